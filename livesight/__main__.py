@@ -1,0 +1,3 @@
+from livesight.app.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Benchmark and evaluation runners (StreamingBench, OVO-Bench, VQA, speed, fidelity)."""

@@ -1,0 +1,49 @@
+"""Attention of a new chunk over the compact cache.
+
+The queries are the last `Lq` tokens of the `Lk` keys; every cached key is visible and the new
+chunk is causal within itself, aligned bottom-right (query i sees keys 0 .. Lk - Lq + i).
+Rotary embeddings are already in q and k, so the buffer order of past keys does not matter.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.bias import causal_lower_right
+
+from livesight.kernels.dispatch import report
+
+use_reference = False  # switch: route every call through the plain-torch reference
+
+
+def chunk_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """q: (B, Hq, Lq, D); k, v: (B, Hkv, Lk, D) -> (B, Hq, Lq, D). Math in float32."""
+    num_q, num_k = q.shape[-2], k.shape[-2]
+    groups = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(groups, dim=1).float()
+    v = v.repeat_interleave(groups, dim=1).float()
+    scores = (q.float() @ k.transpose(-1, -2)) * scale
+    rows = torch.arange(num_q, device=q.device)[:, None] + (num_k - num_q)
+    visible = torch.arange(num_k, device=q.device)[None, :] <= rows
+    scores = scores.masked_fill(~visible, float("-inf"))
+    return (scores.softmax(dim=-1) @ v).to(q.dtype)
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    num_q, num_k = q.shape[-2], k.shape[-2]
+    mask = causal_lower_right(num_q, num_k) if num_q > 1 else None
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+
+
+def chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Dispatch: reference when switched on; FLASH on CUDA half precision (cuDNN rebuilds a graph
+    for every new key length, DESIGN.md §5); SDPA's own choice otherwise."""
+    assert q.shape[-2] <= k.shape[-2], "more queries than keys"
+    if use_reference:
+        report("chunk_attention", "reference")
+        return chunk_attention_reference(q, k, v, scale)
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        report("chunk_attention", "sdpa-flash")
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            return _sdpa(q, k, v, scale)
+    report("chunk_attention", "sdpa")
+    return _sdpa(q, k, v, scale)

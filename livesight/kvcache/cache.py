@@ -1,0 +1,111 @@
+"""The streaming KV cache: one preallocated buffer for all layers, compacted once per step.
+
+Layout of the valid prefix of every layer's buffer after `compact`:
+    [ sink | retrieved | vision window | text window ]   and a step appends its new tokens after.
+Keys are stored with rotary applied at each token's current position; `compact` gathers the kept
+tokens into that layout and re-rotates those whose position moved, in one pass over all layers.
+"""
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from livesight.kernels import rotate_keys
+from livesight.kvcache.table import TokenTable, compaction_shift
+
+
+class CacheFullError(RuntimeError):
+    pass
+
+
+class StreamLayer(CacheLayerMixin):
+    """One layer's view into the shared buffer; `update` appends a step's keys and values."""
+
+    is_compileable = False
+
+    def __init__(self, owner: "StreamCache", layer_idx: int):
+        super().__init__()
+        self.owner, self.layer_idx = owner, layer_idx
+        self.keys = owner.key_buffer[layer_idx]
+        self.values = owner.value_buffer[layer_idx]
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        pass  # preallocated
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """key_states, value_states: (1, Hkv, n, D) -> all valid keys and values (1, Hkv, L + n, D)."""
+        start = self.owner.length
+        end = start + key_states.shape[-2]
+        if end > self.owner.capacity:
+            raise CacheFullError(f"step of {key_states.shape[-2]} tokens overflows the cache ({start}/{self.owner.capacity})")
+        self.keys[:, :, start:end] = key_states
+        self.values[:, :, start:end] = value_states
+        if self.layer_idx == self.owner.num_layers - 1:
+            self.owner.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.owner.length + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.owner.length
+
+    def get_max_length(self) -> int:
+        return self.owner.capacity
+
+
+class StreamCache(Cache):
+    """Preallocated K/V for `num_layers` layers plus the `TokenTable` describing each slot.
+
+    key_buffer, value_buffer: (num_layers, 1, num_kv_heads, capacity, head_dim).
+    """
+
+    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, capacity: int,
+                 inv_freq: torch.Tensor, dtype: torch.dtype, device: torch.device | str):
+        shape = (num_layers, 1, num_kv_heads, capacity, head_dim)
+        self.key_buffer = torch.zeros(shape, dtype=dtype, device=device)
+        self.value_buffer = torch.zeros(shape, dtype=dtype, device=device)
+        self.num_layers, self.capacity, self.length = num_layers, capacity, 0
+        self.inv_freq = inv_freq.float().to(device)
+        self.table = TokenTable.empty()
+        super().__init__(layers=[StreamLayer(self, i) for i in range(num_layers)])
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.length
+
+    @property
+    def nbytes(self) -> int:
+        return self.key_buffer.nbytes + self.value_buffer.nbytes
+
+    def record(self, tokens: TokenTable) -> None:
+        """Describe the tokens the last forward appended."""
+        self.table = self.table.cat(tokens)
+        assert len(self.table) == self.length, f"table has {len(self.table)} tokens, buffer {self.length}"
+
+    def compact(self, keep: torch.Tensor) -> int:
+        """Keep the tokens where `keep` (n,) is true, in segment layout, positions contiguous.
+
+        Returns how many tokens had their keys re-rotated.
+        """
+        assert keep.shape == (self.length,)
+        kept = torch.nonzero(keep).squeeze(1)
+        table = self.table.select(kept)
+        by_time = torch.argsort(table.seq)
+        delta = torch.empty_like(table.seq)
+        delta[by_time] = compaction_shift(table.pos[:, by_time], table.group[by_time])
+        order = torch.argsort(table.segment * (int(table.seq.max()) + 1 if len(table) else 1) + table.seq)
+        kept, delta, table = kept[order], delta[order], table.select(order)
+        table.pos = table.pos - delta
+        n = kept.numel()
+        index = kept.to(self.key_buffer.device)
+        moved = int((delta != 0).sum())
+        if n == self.length and moved == 0 and bool((kept == torch.arange(n)).all()):
+            self.table = table
+            return 0
+        keys = self.key_buffer[:, :, :, index]
+        if moved:
+            keys = rotate_keys(keys, -delta.to(keys.device), self.inv_freq)
+        self.key_buffer[:, :, :, :n] = keys
+        self.value_buffer[:, :, :, :n] = self.value_buffer[:, :, :, index]
+        self.length, self.table = n, table
+        return moved

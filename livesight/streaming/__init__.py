@@ -1,0 +1,1 @@
+"""The model adapter, the Session engine loop, chunking, events and configuration."""

@@ -1,0 +1,41 @@
+"""Engine settings, validated where they are built (the entry points)."""
+
+from dataclasses import dataclass
+
+DEFAULT_SYSTEM_PROMPT = ("You are LiveSight, watching a live video stream one second at a time. "
+                         "Narrate briefly what changes, and answer questions about anything you have seen.")
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    fps: float = 2.0
+    chunk_seconds: float = 1.0
+    vision_window_s: float = 16.0
+    text_sink: int = 512
+    text_window: int = 512
+    narrate: bool = True
+    narrate_tokens: int = 20
+    answer_tokens: int = 64
+    max_question_tokens: int = 256
+    max_pixels: int | None = None  # None: the model's default frame size
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+
+    def __post_init__(self) -> None:
+        if self.fps <= 0 or self.chunk_seconds <= 0:
+            raise ValueError(f"fps and chunk seconds must be positive, got {self.fps} and {self.chunk_seconds}")
+        frames = self.fps * self.chunk_seconds
+        if abs(frames - round(frames)) > 1e-6 or round(frames) % 2:
+            raise ValueError(f"fps x chunk seconds must be a whole, even number of frames (Qwen2.5-VL encodes "
+                             f"frames in pairs); got {self.fps} x {self.chunk_seconds} = {frames:g}")
+        if self.vision_window_s < self.chunk_seconds:
+            raise ValueError(f"vision window ({self.vision_window_s} s) must hold at least one chunk "
+                             f"({self.chunk_seconds} s)")
+        for name in ("text_sink", "text_window", "narrate_tokens", "answer_tokens", "max_question_tokens"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.answer_tokens < 1:
+            raise ValueError("answer tokens must be at least 1")
+
+    @property
+    def frames_per_chunk(self) -> int:
+        return round(self.fps * self.chunk_seconds)

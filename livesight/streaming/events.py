@@ -1,0 +1,21 @@
+"""What the engine tells front ends: small dataclasses, one JSON object each."""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Event:
+    """type: caption | answer | metrics | error | reconnect | info; t: stream seconds."""
+
+    type: str
+    t: float
+    text: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type, "t": round(self.t, 3)}
+        if self.text is not None:
+            out["text"] = self.text
+        out.update(self.data)
+        return out

@@ -1,0 +1,46 @@
+"""The engine loop shared by every front end: chunks and questions in, events out."""
+
+import queue
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+from livesight.errors import InputError
+from livesight.streaming.chunker import Chunk
+from livesight.streaming.events import Event
+from livesight.streaming.session import Session
+from livesight.vision.sources import SourceEvent
+
+
+def run_stream(session: Session, chunks: Iterable[Chunk | SourceEvent], asks: list[tuple[float, str]] = (),
+               questions: "queue.Queue[str] | None" = None, dropped: Callable[[], int] = lambda: 0) -> Iterator[Event]:
+    """Feed chunks to `session`; ask each scheduled question once the stream reaches its time, and
+    any question waiting in `questions` after each chunk. Questions still scheduled when the stream
+    ends are asked at its end. The last event is a summary."""
+    pending = sorted(asks)
+    start = time.perf_counter()
+    for item in chunks:
+        if isinstance(item, SourceEvent):
+            yield Event(item.type, item.t, item.text)
+            continue
+        for event in session.add_chunk(item):
+            if event.type == "metrics":
+                event.data["frames_dropped"] = dropped()
+            yield event
+        while pending and pending[0][0] <= session.now + 1e-9:
+            yield _answer(session, pending.pop(0)[1])
+        while questions is not None and not questions.empty():
+            yield _answer(session, questions.get_nowait())
+    for _, question in pending:
+        yield _answer(session, question)
+    wall = time.perf_counter() - start
+    yield Event("summary", session.now, None, {
+        "chunks": session.num_chunks, "wall_s": round(wall, 3),
+        "chunks_per_s": round(session.num_chunks / wall, 3) if wall > 0 else None,
+        "realtime_factor": round(session.now / wall, 3) if wall > 0 else None})
+
+
+def _answer(session: Session, question: str) -> Event:
+    try:
+        return session.ask(question)
+    except InputError as err:  # a bad typed question must not end a live session
+        return Event("error", session.now, str(err))

@@ -1,0 +1,119 @@
+"""Model specs: `tiny-random`, `random-3b`, `random-7b`, a local checkpoint folder or a hub id."""
+
+import os
+from dataclasses import dataclass
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+from livesight.errors import InputError
+
+RANDOM_MODELS = ("tiny-random", "random-3b", "random-7b")
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                  "<|image_pad|>", "<|video_pad|>"]
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# The real Qwen2.5-VL architectures (from their released config.json files).
+_VISION_REAL = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14,
+                    spatial_merge_size=2, temporal_patch_size=2, window_size=112, tokens_per_second=2,
+                    fullatt_block_indexes=[7, 15, 23, 31], hidden_act="silu")
+_TEXT_REAL = {
+    "random-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                      num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+    "random-3b": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+                      num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+}
+_TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=288, tie_word_embeddings=False)
+_TINY_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
+                    temporal_patch_size=2, window_size=56, tokens_per_second=2, fullatt_block_indexes=[1],
+                    hidden_act="silu")
+
+
+@dataclass
+class LoadedModel:
+    model: Qwen2_5_VLForConditionalGeneration
+    tokenizer: PreTrainedTokenizerFast
+    name: str
+    image_mean: tuple[float, float, float] = CLIP_MEAN
+    image_std: tuple[float, float, float] = CLIP_STD
+    max_pixels: int = 364 * 644
+
+
+def build_byte_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer built locally: 256 byte tokens, then the Qwen special tokens (ids 256..262)."""
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+
+
+def random_config(name: str) -> Qwen2_5_VLConfig:
+    """The config of a random-weight model; special token ids match `build_byte_tokenizer`."""
+    ids = {t: 256 + i for i, t in enumerate(SPECIAL_TOKENS)}
+    text = _TINY_TEXT if name == "tiny-random" else _TEXT_REAL[name]
+    vision = _TINY_VISION if name == "tiny-random" else _VISION_REAL
+    head_dim = text["hidden_size"] // text["num_attention_heads"]
+    section = [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]  # [16, 24, 24] at head_dim 128
+    section[0] += head_dim // 2 - sum(section)
+    return Qwen2_5_VLConfig(
+        text_config=dict(text, rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": section},
+                         max_position_embeddings=128000, rms_norm_eps=1e-6, bos_token_id=ids["<|endoftext|>"],
+                         eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
+        vision_config=dict(vision, out_hidden_size=text["hidden_size"]),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=text["tie_word_embeddings"],
+    )
+
+
+def _random_model(name: str, device: str, dtype: torch.dtype) -> LoadedModel:
+    config = random_config(name)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
+    max_pixels = 112 * 112 if name == "tiny-random" else 364 * 644
+    return LoadedModel(model.eval(), build_byte_tokenizer(), name, max_pixels=max_pixels)
+
+
+def _pretrained(spec: str, device: str, dtype: torch.dtype) -> LoadedModel:
+    local = os.path.isdir(spec)
+    try:
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(spec, dtype=dtype, device_map=device)
+        tokenizer = AutoTokenizer.from_pretrained(spec)
+    except (OSError, ValueError) as err:
+        where = f"the folder {spec}" if local else f"'{spec}' from the model hub (no network here, or no such model)"
+        raise InputError(
+            f"cannot load {where}: {str(err).splitlines()[0]}\n"
+            f"Offline options: --model tiny-random | random-3b | random-7b, or --model PATH to a local folder "
+            f"with a Qwen2.5-VL checkpoint (config.json, *.safetensors, tokenizer files)") from None
+    mean, std, max_pixels = CLIP_MEAN, CLIP_STD, 364 * 644
+    processor_file = os.path.join(spec, "preprocessor_config.json") if local else None
+    if processor_file and os.path.exists(processor_file):
+        import json
+        with open(processor_file) as f:
+            proc = json.load(f)
+        mean, std = tuple(proc.get("image_mean", mean)), tuple(proc.get("image_std", std))
+    return LoadedModel(model.eval(), tokenizer, os.path.basename(os.path.normpath(spec)), mean, std, max_pixels)
+
+
+def load_model(spec: str, device: str = "cpu", dtype: torch.dtype | None = None) -> LoadedModel:
+    """Resolve `spec` to a model and tokenizer on `device`. Raises InputError with the offline options."""
+    if dtype is None:
+        dtype = torch.float32 if spec == "tiny-random" or device == "cpu" else torch.bfloat16
+    if spec in RANDOM_MODELS:
+        return _random_model(spec, device, dtype)
+    if os.path.isdir(spec) or ("/" in spec and not os.path.exists(spec) and not spec.startswith((".", "/"))):
+        return _pretrained(spec, device, dtype)
+    raise InputError(f"unknown model '{spec}': use tiny-random, random-3b, random-7b, a folder with a "
+                     f"Qwen2.5-VL checkpoint, or a hub id such as Qwen/Qwen2.5-VL-7B-Instruct")
+
+
+def save_model(loaded: LoadedModel, folder: str) -> None:
+    """Save model and tokenizer so `load_model(folder)` reads them back (tests, offline use)."""
+    loaded.model.save_pretrained(folder)
+    loaded.tokenizer.save_pretrained(folder)

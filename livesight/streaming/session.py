@@ -1,0 +1,171 @@
+"""The engine: a stream of chunks and questions in, caption/answer/metrics events out.
+
+Per chunk: encode its frames, prefill [pending text | vision group | assistant prefix], narrate
+greedily, then evict by the policy and compact the cache once (re-rotating moved keys). The last
+generated token and the turn's closing tokens are fed at the start of the next step, so no
+forward pass is spent on them alone.
+"""
+
+import time
+
+import numpy as np
+import psutil
+import torch
+
+from livesight.errors import InputError
+from livesight.kvcache import Segment, WindowPolicy
+from livesight.streaming.adapter import QwenVLAdapter
+from livesight.streaming.chunker import Chunk
+from livesight.streaming.config import SessionConfig
+from livesight.streaming.events import Event
+from livesight.streaming.tokens import StepBuilder
+from livesight.vision.preprocess import fit_size
+
+PENDING_MAX = 8  # the last generated token plus the closing "<|im_end|>\n"
+
+
+class Session:
+    def __init__(self, adapter: QwenVLAdapter, config: SessionConfig, frame_size: tuple[int, int]):
+        """frame_size: (height, width) of the source; every chunk is resized to one patch-aligned size."""
+        self.adapter, self.config = adapter, config
+        self.policy = WindowPolicy(config.vision_window_s, config.text_sink, config.text_window)
+        max_pixels = config.max_pixels or adapter.loaded.max_pixels
+        self.size = fit_size(*frame_size, max_pixels, adapter.patch * adapter.merge)
+        self.grid = adapter.merged_grid(self.size, config.frames_per_chunk)
+        enc = self._encode
+        self._chunk_open, self._chunk_close = enc("<|im_start|>user\n<|vision_start|>"), enc("<|vision_end|><|im_end|>\n")
+        self._assistant, self._turn_close = enc("<|im_start|>assistant\n"), enc("<|im_end|>\n")
+        self._user_open = enc("<|im_start|>user\n")
+        tok = adapter.tokenizer
+        self.stop_ids = {i for i in (tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id,
+                                     tok.convert_tokens_to_ids("<|endoftext|>")) if i is not None}
+        self.tokens_per_chunk = len(self._chunk_open) + int(np.prod(self.grid)) + len(self._chunk_close)
+        sink_ids = enc(f"<|im_start|>system\n{config.system_prompt}<|im_end|>\n")
+        caps = self.policy.caps(self.tokens_per_chunk, config.chunk_seconds)
+        chunk_step = PENDING_MAX + self.tokens_per_chunk + len(self._assistant) + config.narrate_tokens
+        question_step = (PENDING_MAX + len(self._user_open) + config.max_question_tokens + len(self._turn_close)
+                         + len(self._assistant) + config.answer_tokens)
+        self.capacity = len(sink_ids) + caps["vision"] + caps["text"] + max(chunk_step, question_step)
+        self.cache = adapter.new_cache(self.capacity)
+        self.temporal_stride = max(1, round(adapter.tokens_per_second * adapter.temporal / config.fps))
+        self.now, self.num_chunks, self.pending = 0.0, 0, []
+        self._seq = self._group = self._pos = 0
+        builder = self._builder()
+        builder.text(adapter.embed_ids(sink_ids), Segment.SINK, 0.0)
+        self._forward(builder)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.adapter.tokenizer.encode(text, add_special_tokens=False)
+
+    def _builder(self) -> StepBuilder:
+        return StepBuilder(self._pos, self._seq, self._group)
+
+    def _forward(self, builder: StepBuilder) -> torch.Tensor:
+        embeds, table = builder.build()
+        logits = self.adapter.forward(embeds, table.pos, self.cache)
+        self.cache.record(table)
+        self._pos, self._seq, self._group = builder.next_pos, builder.next_seq, builder.next_group
+        return logits
+
+    def _generate(self, logits: torch.Tensor, max_tokens: int, t: float) -> list[int]:
+        """Greedy decode; every token but the last is fed now, the last with the closing tokens next step."""
+        generated: list[int] = []
+        while len(generated) < max_tokens:
+            token = int(logits.argmax())
+            if token in self.stop_ids:
+                break
+            generated.append(token)
+            if len(generated) < max_tokens:
+                builder = self._builder()
+                builder.text(self.adapter.embed_ids([token]), Segment.TEXT, t)
+                logits = self._forward(builder)
+        unfed = generated[-1:] if len(generated) == max_tokens else []
+        self.pending = unfed + self._turn_close
+        return generated
+
+    def _evict(self) -> tuple[float, int]:
+        start = time.perf_counter()
+        moved = self.cache.compact(self.policy.keep(self.cache.table, self.now))
+        self._pos = self.cache.table.next_position()
+        self._sync()
+        return (time.perf_counter() - start) * 1000, moved
+
+    def _sync(self) -> None:
+        if self.cache.key_buffer.is_cuda:
+            torch.cuda.synchronize()
+
+    def add_chunk(self, chunk: Chunk) -> list[Event]:
+        """Encode, prefill and narrate one chunk; returns [caption?, metrics]."""
+        t0 = time.perf_counter()
+        frames = torch.from_numpy(np.ascontiguousarray(chunk.frames))
+        visual = self.adapter.encode_frames(frames, self.size)
+        self._sync()
+        t1 = time.perf_counter()
+        embed = self.adapter.embed_ids
+        builder = self._builder()
+        if self.pending:
+            builder.text(embed(self.pending), Segment.TEXT, self.now)
+            self.pending = []
+        grid = self.adapter.merged_grid(self.size, chunk.frames.shape[0])
+        builder.vision(embed(self._chunk_open), visual, grid, embed(self._chunk_close), chunk.t_start,
+                       self.temporal_stride)
+        if self.config.narrate:
+            builder.text(embed(self._assistant), Segment.TEXT, chunk.t_start)
+        num_new = builder.next_seq - self._seq
+        logits = self._forward(builder)
+        self._sync()
+        t2 = time.perf_counter()
+        narration = self._generate(logits, self.config.narrate_tokens, chunk.t_start) if self.config.narrate else []
+        self._sync()
+        t3 = time.perf_counter()
+        self.now, self.num_chunks = chunk.t_end, self.num_chunks + 1
+        evict_ms, moved = self._evict()
+        events = []
+        text = self.adapter.tokenizer.decode(narration, skip_special_tokens=True).strip()
+        if text:
+            events.append(Event("caption", chunk.t_start, text))
+        events.append(self._metrics(chunk, {
+            "vision_ms": (t1 - t0) * 1000, "prefill_ms": (t2 - t1) * 1000, "decode_ms": (t3 - t2) * 1000,
+            "evict_ms": evict_ms}, num_new, len(narration), moved))
+        return events
+
+    def ask(self, question: str) -> Event:
+        """Answer from the current cache; the exchange stays in the text window."""
+        ids = self._encode(question.strip())
+        if not ids:
+            raise InputError("empty question: type a question, or give --ask SECONDS:question")
+        if len(ids) > self.config.max_question_tokens:
+            raise InputError(f"question too long: {len(ids)} tokens, at most {self.config.max_question_tokens}")
+        t0 = time.perf_counter()
+        builder = self._builder()
+        builder.text(self.adapter.embed_ids(self.pending + self._user_open + ids + self._turn_close + self._assistant),
+                     Segment.TEXT, self.now)
+        self.pending = []
+        logits = self._forward(builder)
+        self._sync()
+        ttft = (time.perf_counter() - t0) * 1000
+        answer = self._generate(logits, self.config.answer_tokens, self.now)
+        self._sync()
+        total = (time.perf_counter() - t0) * 1000
+        self._evict()
+        text = self.adapter.tokenizer.decode(answer, skip_special_tokens=True).strip()
+        return Event("answer", self.now, text, {"question": question.strip(), "ttft_ms": round(ttft, 2),
+                                                "latency_ms": round(total, 2), "tokens": len(answer)})
+
+    def _metrics(self, chunk: Chunk, times: dict[str, float], num_new: int, num_narrated: int, moved: int) -> Event:
+        table = self.cache.table
+        data = {
+            "chunk": chunk.index,
+            "kv_tokens": table.counts(),
+            "kv_capacity": self.capacity,
+            "max_position": int(table.pos.max()),
+            **{k: round(v, 2) for k, v in times.items()},
+            "tokens_in": num_new,
+            "tokens_out": num_narrated,
+            "rerotated": moved,
+            "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
+        }
+        if self.cache.key_buffer.is_cuda:
+            data["gpu_mem_mb"] = round(torch.cuda.memory_allocated() / 2**20, 1)
+            data["gpu_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        return Event("metrics", chunk.t_end, None, data)

@@ -1,0 +1,66 @@
+"""Build one step's tokens: embeddings plus the TokenTable rows that describe them.
+
+Text tokens each form their own position group (t = h = w = p). A vision chunk is one group:
+its wrapper text, then the token grid at (s + k * stride, s + row, s + col), then the closing text
+at the grid's largest position + 1, as Qwen2.5-VL's get_rope_index lays out a video.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+
+from livesight.kvcache import Segment, TokenTable
+
+
+@dataclass
+class StepBuilder:
+    """Accumulates a step's pieces; counters continue from the cache's state."""
+
+    next_pos: int
+    next_seq: int
+    next_group: int
+    embeds: list[torch.Tensor] = field(default_factory=list)
+    rows: list[TokenTable] = field(default_factory=list)
+
+    def _add(self, embeds: torch.Tensor, segment: Segment, pos: torch.Tensor, group: torch.Tensor, t: float) -> None:
+        n = embeds.shape[0]
+        self.rows.append(TokenTable(
+            torch.full((n,), int(segment), dtype=torch.int64),
+            torch.arange(self.next_seq, self.next_seq + n), group, pos,
+            torch.full((n,), float(t), dtype=torch.float64)))
+        self.embeds.append(embeds)
+        self.next_seq += n
+        self.next_pos = int(pos.max()) + 1
+
+    def text(self, embeds: torch.Tensor, segment: Segment, t: float) -> None:
+        """embeds: (n, hidden) of n text tokens, each its own group."""
+        n = embeds.shape[0]
+        if n == 0:
+            return
+        pos = torch.arange(self.next_pos, self.next_pos + n).expand(3, n).clone()
+        group = torch.arange(self.next_group, self.next_group + n)
+        self.next_group += n
+        self._add(embeds, segment, pos, group, t)
+
+    def vision(self, before: torch.Tensor, grid_embeds: torch.Tensor, grid: tuple[int, int, int],
+               after: torch.Tensor, t: float, temporal_stride: int) -> None:
+        """One vision group: `before` (k, hidden) text, the (t*h*w, hidden) grid, `after` (m, hidden) text."""
+        gt, gh, gw = grid
+        assert grid_embeds.shape[0] == gt * gh * gw, (grid_embeds.shape, grid)
+        s = self.next_pos + before.shape[0]
+        lead = torch.arange(self.next_pos, s).expand(3, before.shape[0])
+        tt, hh, ww = torch.meshgrid(torch.arange(gt) * temporal_stride, torch.arange(gh), torch.arange(gw), indexing="ij")
+        body = torch.stack([tt, hh, ww]).reshape(3, -1) + s
+        end = int(body.max()) + 1
+        tail = torch.arange(end, end + after.shape[0]).expand(3, after.shape[0])
+        pos = torch.cat([lead, body, tail], dim=1)
+        embeds = torch.cat([before, grid_embeds.to(before.dtype), after])
+        self._add(embeds, Segment.VISION, pos, torch.full((embeds.shape[0],), self.next_group), t)
+        self.next_group += 1
+
+    def build(self) -> tuple[torch.Tensor, TokenTable]:
+        """-> embeds (n, hidden), the new tokens' table."""
+        table = TokenTable.empty()
+        for row in self.rows:
+            table = table.cat(row)
+        return torch.cat(self.embeds), table

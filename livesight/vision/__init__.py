@@ -1,0 +1,1 @@
+"""Frame sources and decoding, sampling, preprocessing for the vision encoder."""

@@ -1,0 +1,219 @@
+"""Frame sources: a video file, a webcam, an RTSP/HTTP stream, or generated frames.
+
+Every source yields `Frame`s sampled to a target fps with stream-time stamps (files: presentation
+time; live: wall clock since the stream started) and `SourceEvent`s for trouble on the way.
+"""
+
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from livesight.errors import InputError
+from livesight.vision import synthetic
+
+SCHEMES = "a video file path, webcam:N, rtsp://..., http(s)://..., or synthetic"
+
+
+@dataclass
+class Frame:
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+    t: float
+
+
+@dataclass
+class SourceEvent:
+    type: str  # error | reconnect
+    t: float
+    text: str
+
+
+class SyntheticSource:
+    is_live = False
+
+    def __init__(self, fps: float, seconds: float, width: int = 640, height: int = 360):
+        self.fps, self.seconds, self.size = fps, seconds, (height, width)
+
+    def __iter__(self) -> Iterator[Frame]:
+        for k in range(int(round(self.seconds * self.fps))):
+            yield Frame(synthetic.render(k / self.fps, self.size[1], self.size[0]), k / self.fps)
+
+    def close(self) -> None:
+        pass
+
+
+class VideoFile:
+    """The one place that decodes files (decord). timestamps: (n,) presentation seconds from 0."""
+
+    def __init__(self, path: str):
+        if not os.path.exists(path):
+            raise InputError(f"video file not found: {path}. Check the path, or use --source synthetic")
+        if os.path.isdir(path):
+            raise InputError(f"{path} is a folder, not a video file: give the path of a video file")
+        if os.path.getsize(path) == 0:
+            raise InputError(f"video file is empty (0 bytes): {path}. Record or copy it again")
+        try:
+            import decord
+            self._reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+            count = len(self._reader)
+            stamps = self._reader.get_frame_timestamp(np.arange(count))[:, 0] if count else np.zeros(0)
+        except ImportError:
+            raise InputError("cannot read video files: the decord package is missing (pip install decord)") from None
+        except Exception as err:  # decord raises its own DECORDError and RuntimeError for bad data
+            reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            raise InputError(f"cannot decode {path} as a video ({reason}). Check that it plays, "
+                             f"or re-encode it: ffmpeg -i {path} -c:v libx264 out.mp4") from None
+        if count == 0:
+            raise InputError(f"video file has no frames: {path}. Check that it plays")
+        self.timestamps = np.asarray(stamps, dtype=np.float64) - float(stamps[0])
+        first = self.frame(0)
+        self.size = first.shape[:2]
+
+    def frame(self, index: int) -> np.ndarray:
+        return self._reader[index].asnumpy()
+
+    @property
+    def duration(self) -> float:
+        step = float(np.median(np.diff(self.timestamps))) if len(self.timestamps) > 1 else 0.0
+        return float(self.timestamps[-1]) + step
+
+
+class FileSource:
+    """Samples a file at `fps`: the sample at time k / fps shows the frame presented then."""
+
+    is_live = False
+
+    def __init__(self, path: str, fps: float, seconds: float | None = None):
+        self.video = VideoFile(path)
+        self.fps, self.seconds, self.size = fps, seconds, self.video.size
+
+    def __iter__(self) -> Iterator[Frame]:
+        end = self.video.duration if self.seconds is None else min(self.seconds, self.video.duration)
+        last_index, image = -1, None
+        for k in range(int(np.ceil(end * self.fps - 1e-9))):
+            t = k / self.fps
+            index = max(0, int(np.searchsorted(self.video.timestamps, t + 1e-6, side="right")) - 1)
+            if index != last_index:
+                image, last_index = self.video.frame(index), index
+            yield Frame(image, t)
+
+    def close(self) -> None:
+        pass
+
+
+class LiveSource:
+    """A webcam or network stream read by OpenCV in a thread that keeps only the newest frame.
+
+    A dropped stream is reopened with exponential backoff; `error` and `reconnect` events say so.
+    Frames are sampled on the wall clock at `fps`; a tick with no new frame yields nothing.
+    """
+
+    is_live = True
+
+    def __init__(self, target: int | str, fps: float, seconds: float | None = None, timeout_s: float = 10.0,
+                 max_backoff_s: float = 8.0):
+        if isinstance(target, str) and target.startswith("rtsp") and "OPENCV_FFMPEG_CAPTURE_OPTIONS" not in os.environ:
+            os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = "rtsp_transport;tcp"  # TCP: no lost UDP packets
+        self.target, self.fps, self.seconds = target, fps, seconds
+        self.timeout_s, self.max_backoff_s = timeout_s, max_backoff_s
+        self.name = f"webcam:{target}" if isinstance(target, int) else target
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._events: list[SourceEvent] = []
+        self._capture = self._open()
+        if self._capture is None:
+            raise InputError(f"cannot open {self.name}: no stream answered within {timeout_s:g} s. Check that the "
+                             f"camera or server is up and the URL is right")
+        ok, image = self._capture.read()
+        if not ok:
+            self._capture.release()
+            raise InputError(f"{self.name} opened but sent no frame. Check the stream with: ffplay {self.name}")
+        self._latest, self._serial = self._rgb(image), 1
+        self.size = self._latest.shape[:2]
+        self._start = time.monotonic()
+        self._reader = threading.Thread(target=self._read_loop, name="livesight-reader", daemon=True)
+        self._reader.start()
+
+    def _open(self):
+        import cv2
+        ms = int(self.timeout_s * 1000)
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+        backend = cv2.CAP_ANY if isinstance(self.target, int) else cv2.CAP_FFMPEG
+        capture = cv2.VideoCapture(self.target, backend, params)
+        if capture.isOpened():
+            return capture
+        capture.release()
+        return None
+
+    @staticmethod
+    def _rgb(image: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(image[:, :, ::-1])
+
+    def _now(self) -> float:
+        return time.monotonic() - self._start
+
+    def _notice(self, kind: str, text: str) -> None:
+        with self._lock:
+            self._events.append(SourceEvent(kind, self._now(), text))
+
+    def _read_loop(self) -> None:
+        capture, backoff = self._capture, 0.5
+        while not self._stop.is_set():
+            ok, image = capture.read() if capture is not None else (False, None)
+            if ok:
+                with self._lock:
+                    self._latest, self._serial = self._rgb(image), self._serial + 1
+                backoff = 0.5
+                continue
+            if capture is not None:
+                capture.release()
+                self._notice("error", f"lost {self.name}; reconnecting")
+            self._stop.wait(backoff)
+            capture = None if self._stop.is_set() else self._open()
+            if capture is not None:
+                self._notice("reconnect", f"reconnected to {self.name}")
+            else:
+                backoff = min(backoff * 2, self.max_backoff_s)
+        if capture is not None:
+            capture.release()
+
+    def __iter__(self) -> Iterator[Frame | SourceEvent]:
+        taken, k = 0, 0
+        while not self._stop.is_set():
+            tick = k / self.fps
+            if self.seconds is not None and tick >= self.seconds:
+                return
+            self._stop.wait(max(0.0, tick - self._now()))
+            k += 1
+            with self._lock:
+                events, self._events = self._events, []
+                image, serial = self._latest, self._serial
+            yield from events
+            if serial != taken:
+                taken = serial
+                yield Frame(image, tick)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._reader.join(timeout=self.timeout_s + 1)
+
+
+def open_source(spec: str, fps: float, seconds: float | None = None):
+    """Parse a source spec and open it; raises InputError naming the input and the fix."""
+    spec = spec.strip()
+    if spec == "synthetic":
+        return SyntheticSource(fps, 30.0 if seconds is None else seconds)
+    if match := re.fullmatch(r"webcam:(\d+)", spec):
+        return LiveSource(int(match.group(1)), fps, seconds)
+    if spec.startswith("webcam"):
+        raise InputError(f"bad webcam source '{spec}': write webcam:N with N the camera index, e.g. webcam:0")
+    scheme = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://", spec)
+    if scheme:
+        if scheme.group(1).lower() in ("rtsp", "rtsps", "http", "https"):
+            return LiveSource(spec, fps, seconds)
+        raise InputError(f"unknown source scheme '{scheme.group(1)}' in '{spec}': use {SCHEMES}")
+    return FileSource(spec, fps, seconds)

@@ -1,0 +1,32 @@
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    from livesight.streaming.models import load_model
+    return load_model("tiny-random")
+
+
+@pytest.fixture(scope="session")
+def clip(tmp_path_factory):
+    """An 8-second synthetic video at 30 fps."""
+    from livesight.vision.synthetic import write_video
+    path = str(tmp_path_factory.mktemp("clip") / "clip.mp4")
+    write_video(path, 8.0, 30.0, 320, 180)
+    return path
+
+
+def make_chunks(num_chunks: int, fps: float = 2.0, frames_per_chunk: int = 2, size=(180, 320)):
+    from livesight.streaming.chunker import Chunk
+    from livesight.vision.synthetic import render
+    chunks = []
+    for i in range(num_chunks):
+        times = [(i * frames_per_chunk + k) / fps for k in range(frames_per_chunk)]
+        frames = np.stack([render(t, size[1], size[0]) for t in times])
+        chunks.append(Chunk(frames, times[0], times[-1] + 1 / fps, i))
+    return chunks

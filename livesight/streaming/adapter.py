@@ -62,6 +62,22 @@ class QwenVLAdapter:
         grid_thw = torch.tensor([grid], device=self.device)
         return self.visual(pixels.to(self.dtype), grid_thw=grid_thw).pooler_output
 
+    def decode(self, ids: list[int]) -> str:
+        """Token ids to text. Ids the tokenizer does not know (a random-weight model at real size has a
+        larger vocabulary than the locally built tokenizer) show as <id> rather than vanishing."""
+        known = len(self.tokenizer)
+        parts, run = [], []
+        for i in ids + [-1]:
+            if 0 <= i < known:
+                run.append(i)
+                continue
+            if run:
+                parts.append(self.tokenizer.decode(run, skip_special_tokens=True))
+                run = []
+            if i >= known:
+                parts.append(f"<{i}>")
+        return "".join(parts).strip()
+
     @torch.inference_mode()
     def embed_ids(self, ids: list[int]) -> torch.Tensor:
         """ids -> (n, hidden)."""

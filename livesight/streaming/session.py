@@ -121,7 +121,7 @@ class Session:
         self.now, self.num_chunks = chunk.t_end, self.num_chunks + 1
         evict_ms, moved = self._evict()
         events = []
-        text = self.adapter.tokenizer.decode(narration, skip_special_tokens=True).strip()
+        text = self.adapter.decode(narration)
         if text:
             events.append(Event("caption", chunk.t_start, text))
         events.append(self._metrics(chunk, {
@@ -148,7 +148,7 @@ class Session:
         self._sync()
         total = (time.perf_counter() - t0) * 1000
         self._evict()
-        text = self.adapter.tokenizer.decode(answer, skip_special_tokens=True).strip()
+        text = self.adapter.decode(answer)
         return Event("answer", self.now, text, {"question": question.strip(), "ttft_ms": round(ttft, 2),
                                                 "latency_ms": round(total, 2), "tokens": len(answer)})
 

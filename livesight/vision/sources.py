@@ -56,6 +56,7 @@ class VideoFile:
             raise InputError(f"{path} is a folder, not a video file: give the path of a video file")
         if os.path.getsize(path) == 0:
             raise InputError(f"video file is empty (0 bytes): {path}. Record or copy it again")
+        self.path = path
         try:
             import decord
             self._reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
@@ -64,17 +65,24 @@ class VideoFile:
         except ImportError:
             raise InputError("cannot read video files: the decord package is missing (pip install decord)") from None
         except Exception as err:  # decord raises its own DECORDError and RuntimeError for bad data
-            reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-            raise InputError(f"cannot decode {path} as a video ({reason}). Check that it plays, "
-                             f"or re-encode it: ffmpeg -i {path} -c:v libx264 out.mp4") from None
+            raise self._undecodable(err) from None
         if count == 0:
             raise InputError(f"video file has no frames: {path}. Check that it plays")
+        self.path = path
         self.timestamps = np.asarray(stamps, dtype=np.float64) - float(stamps[0])
-        first = self.frame(0)
-        self.size = first.shape[:2]
+        self.size = self.frame(0).shape[:2]
+
+    def _undecodable(self, err: Exception, where: str = "") -> InputError:
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        path = getattr(self, "path", None) or "the file"
+        return InputError(f"cannot decode {where}{path} as a video ({reason}). Check that it plays, "
+                          f"or re-encode it: ffmpeg -i {path} -c:v libx264 out.mp4")
 
     def frame(self, index: int) -> np.ndarray:
-        return self._reader[index].asnumpy()
+        try:
+            return self._reader[index].asnumpy()
+        except Exception as err:
+            raise self._undecodable(err, f"frame {index} of ") from None
 
     @property
     def duration(self) -> float:
@@ -118,6 +126,8 @@ class LiveSource:
                  max_backoff_s: float = 8.0):
         if isinstance(target, str) and target.startswith("rtsp") and "OPENCV_FFMPEG_CAPTURE_OPTIONS" not in os.environ:
             os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = "rtsp_transport;tcp"  # TCP: no lost UDP packets
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # our own events report drops and reconnects
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
         self.target, self.fps, self.seconds = target, fps, seconds
         self.timeout_s, self.max_backoff_s = timeout_s, max_backoff_s
         self.name = f"webcam:{target}" if isinstance(target, int) else target

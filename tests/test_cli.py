@@ -1,0 +1,86 @@
+"""The command line: the JSON event stream's fields, readable output, and exit 2 on bad input."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+
+def livesight(*args, timeout=300):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "livesight", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_json_event_stream(clip):
+    proc = livesight("run", "--source", clip, "--seconds", "6", "--narrate-tokens", "3", "--vision-window", "2",
+                     "--ask", "2.5:what is red?", "--ask", "100:and later?", "--json")
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert all({"type", "t"} <= e.keys() for e in events)
+    metrics = [e for e in events if e["type"] == "metrics"]
+    assert [m["chunk"] for m in metrics] == list(range(6))
+    for m in metrics:
+        assert set(m["kv_tokens"]) == {"sink", "retrieved", "vision", "text"}
+        for key in ("max_position", "vision_ms", "prefill_ms", "decode_ms", "rss_mb", "kv_capacity"):
+            assert isinstance(m[key], (int, float)), key
+        assert sum(m["kv_tokens"].values()) <= m["kv_capacity"]
+    answers = [e for e in events if e["type"] == "answer"]
+    assert [a["question"] for a in answers] == ["what is red?", "and later?"]
+    assert answers[0]["t"] == 3.0 and answers[1]["t"] == 6.0  # asked once the stream reached the time
+    assert all(isinstance(e["text"], str) for e in events if e["type"] in ("caption", "answer"))
+    assert any(e["type"] == "caption" for e in events)
+    assert events[-1]["type"] == "summary" and events[-1]["chunks"] == 6
+
+
+def test_readable_output_and_console_script(clip):
+    script = pathlib.Path(sys.executable).with_name("livesight")
+    if not script.exists():
+        pytest.skip(f"console script not installed next to {sys.executable} (run through make test)")
+    proc = subprocess.run([str(script), "run", "--source", "synthetic", "--seconds", "2", "--no-narrate"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("[    1.0s] metrics  chunk 0: kv sink") and "summary" in lines[-1]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run", "--source", "/nonexistent/clip.mp4"], "video file not found: /nonexistent/clip.mp4"),
+    (["run", "--source", "EMPTY"], "video file is empty"),
+    (["run", "--source", "CORRUPT"], "cannot decode"),
+    (["run", "--source", "TEXT"], "cannot decode"),
+    (["run", "--source", "gopher://x"], "unknown source scheme 'gopher'"),
+    (["run", "--source", "rtsp://127.0.0.1:9/live", "--seconds", "1"], "cannot open rtsp://127.0.0.1:9/live"),
+    (["run", "--source", "synthetic", "--ask", "soon:what?"], "malformed --ask 'soon:what?'"),
+    (["run", "--source", "synthetic", "--ask", "12"], "malformed --ask '12'"),
+    (["run", "--source", "synthetic", "--fps", "3"], "even number of frames"),
+    (["run", "--source", "synthetic", "--model", "nope"], "unknown model 'nope'"),
+    (["run", "--source", "synthetic", "--model", "Qwen/Qwen2.5-VL-3B-Instruct"], "Offline options"),
+    (["synth", "OUT", "--seconds", "1", "--size", "big"], "bad --size 'big'"),
+])
+def test_bad_input_exits_2_with_one_clear_message(tmp_path, args, message):
+    files = {"EMPTY": b"", "CORRUPT": os.urandom(3000), "TEXT": b"hello\n" * 100}
+    args = [str(_write(tmp_path, a, files[a])) if a in files else a for a in args]
+    args = [str(tmp_path / "x.mp4") if a == "OUT" else a for a in args]
+    proc = livesight(*args)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def _write(folder, name, data):
+    path = folder / f"{name.lower()}.mp4"
+    path.write_bytes(data)
+    return path
+
+
+def test_synth_writes_a_readable_video(tmp_path):
+    out = tmp_path / "s.mp4"
+    proc = livesight("synth", str(out), "--seconds", "2", "--fps", "10", "--size", "160x90")
+    assert proc.returncode == 0 and "wrote 20 frames" in proc.stdout
+    from livesight.vision.sources import VideoFile
+    video = VideoFile(str(out))
+    assert len(video.timestamps) == 20 and video.size == (90, 160)

@@ -1,0 +1,51 @@
+"""Model specs: a saved checkpoint folder loads back to the same model; offline hub ids fail clearly."""
+
+import torch
+
+import pytest
+
+from livesight.errors import InputError
+from livesight.streaming.models import load_model, save_model
+
+
+def test_checkpoint_folder_round_trip(tiny, tmp_path):
+    save_model(tiny, str(tmp_path))
+    loaded = load_model(str(tmp_path))
+    ids = torch.tensor([[257, 10, 20, 30, 258]])
+    with torch.no_grad():
+        a = tiny.model(input_ids=ids).logits
+        b = loaded.model(input_ids=ids).logits
+    assert torch.equal(a, b)
+    text = "hello <|vision_start|> wörld"
+    assert loaded.tokenizer.encode(text) == tiny.tokenizer.encode(text)
+    assert loaded.tokenizer.decode(loaded.tokenizer.encode(text)) == text
+
+
+def test_offline_hub_id_names_the_offline_options():
+    with pytest.raises(InputError) as err:
+        load_model("Qwen/Qwen2.5-VL-7B-Instruct")
+    message = str(err.value)
+    assert "Qwen/Qwen2.5-VL-7B-Instruct" in message and "tiny-random" in message and "random-7b" in message
+
+
+def test_unknown_model_name():
+    with pytest.raises(InputError, match="unknown model 'gpt-9'"):
+        load_model("gpt-9")
+
+
+def test_random_real_size_configs_have_the_real_architecture():
+    from livesight.streaming.models import random_config
+    seven = random_config("random-7b")
+    assert (seven.text_config.hidden_size, seven.text_config.num_hidden_layers, seven.text_config.num_key_value_heads) == (3584, 28, 4)
+    assert seven.text_config.rope_parameters["mrope_section"] == [16, 24, 24]
+    three = random_config("random-3b")
+    assert (three.text_config.hidden_size, three.text_config.num_hidden_layers) == (2048, 36)
+    assert three.vision_config.depth == 32 and three.vision_config.out_hidden_size == 2048
+
+
+def test_decode_shows_ids_the_tokenizer_does_not_know(tiny):
+    from livesight.streaming.adapter import QwenVLAdapter
+    adapter = QwenVLAdapter(tiny)
+    ids = tiny.tokenizer.encode("ab", add_special_tokens=False)
+    assert adapter.decode(ids + [100000] + ids) == "ab<100000>ab"
+    assert adapter.decode([]) == ""

@@ -25,7 +25,7 @@ def test_json_event_stream(clip):
     assert [m["chunk"] for m in metrics] == list(range(6))
     for m in metrics:
         assert set(m["kv_tokens"]) == {"sink", "retrieved", "vision", "text"}
-        for key in ("max_position", "vision_ms", "prefill_ms", "decode_ms", "rss_mb", "kv_capacity"):
+        for key in ("max_position", "vision_ms", "prefill_ms", "decode_ms", "rss_mb", "kv_capacity", "kv_mb"):
             assert isinstance(m[key], (int, float)), key
         assert sum(m["kv_tokens"].values()) <= m["kv_capacity"]
     answers = [e for e in events if e["type"] == "answer"]

@@ -158,6 +158,7 @@ class Session:
             "chunk": chunk.index,
             "kv_tokens": table.counts(),
             "kv_capacity": self.capacity,
+            "kv_mb": round(self.cache.nbytes / 2**20, 1),
             "max_position": int(table.pos.max()),
             **{k: round(v, 2) for k, v in times.items()},
             "tokens_in": num_new,

@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seconds", type=positive(float), default=20.0)
     demo.add_argument("--json", action="store_true")
 
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
+    from livesight.eval import fidelity_report
+    fidelity_report.add_arguments(bench.add_parser(
+        "fidelity", help="cache policies on trained SmolLM2-135M: perplexity and passkey recall (CPU)"))
+
     synth = sub.add_parser("synth", help="write a synthetic video (moving shapes and a clock)")
     synth.add_argument("out", help="output file, e.g. clip.mp4")
     synth.add_argument("--seconds", type=positive(float), required=True)
@@ -197,11 +202,16 @@ def synth(args) -> int:
     return 0
 
 
+def bench(args) -> int:
+    from livesight.eval import fidelity_report
+    return fidelity_report.main(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     try:
-        return {"run": run, "demo": demo, "synth": synth}[args.command](args)
+        return {"run": run, "demo": demo, "synth": synth, "bench": bench}[args.command](args)
     except InputError as err:
         print(f"livesight: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

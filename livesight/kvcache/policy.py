@@ -39,3 +39,10 @@ class WindowPolicy:
         """The most tokens the vision and text segments hold between steps."""
         chunks = int(self.vision_window_s / chunk_s + 1e-9)
         return {"vision": max(chunks, 1) * tokens_per_chunk, "text": self.text_sink + self.text_window}
+
+
+class KeepAll:
+    """The dense cache: nothing is evicted (the reference the windowed policies are measured against)."""
+
+    def keep(self, table: TokenTable, now_s: float) -> torch.Tensor:
+        return torch.ones(len(table), dtype=torch.bool)

@@ -6,6 +6,7 @@ in, logits out, positions built by the caller.
 
 import torch
 from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface
 
 from livesight.kernels import chunk_attention
 from livesight.kvcache import StreamCache
@@ -24,22 +25,35 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     return out.transpose(1, 2).contiguous(), None
 
 
-class QwenVLAdapter:
+def _no_mask(*args, **kwargs):
+    """Mask builder for our attention: none is needed, causality is bottom-right inside the kernel.
+    Registered so transformers' mask factory does not build (and then discard) a dense mask."""
+    return None
+
+
+class TextAdapter:
+    """A decoder-only language model (Llama family, 1-D RoPE) on LiveSight's cache and attention.
+
+    Positions arrive as (3, n) like every row of the cache's TokenTable; a 1-D model reads row 0."""
+
     def __init__(self, loaded: LoadedModel):
         AttentionInterface.register(ATTENTION_NAME, _attention)
-        self.loaded = loaded
-        model = loaded.model
-        self.language_model = model.model.language_model
+        AttentionMaskInterface.register(ATTENTION_NAME, _no_mask)
+        self.loaded, self.tokenizer = loaded, loaded.tokenizer
+        self.language_model, self.lm_head = self._modules(loaded.model)
         self.language_model.config._attn_implementation = ATTENTION_NAME
-        self.visual, self.lm_head = model.model.visual, model.lm_head
-        text, vision = model.config.text_config, model.config.vision_config
+        text = self.language_model.config
         self.num_layers, self.num_kv_heads = text.num_hidden_layers, text.num_key_value_heads
-        self.head_dim = text.hidden_size // text.num_attention_heads
-        self.patch, self.merge, self.temporal = vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size
-        self.tokens_per_second = vision.tokens_per_second
-        self.video_token_id = model.config.video_token_id
-        self.dtype, self.device = model.dtype, model.device
-        self.tokenizer = loaded.tokenizer
+        self.head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        self.dtype, self.device = loaded.model.dtype, loaded.model.device
+
+    @staticmethod
+    def _modules(model):
+        return model.model, model.lm_head
+
+    @staticmethod
+    def _position_ids(positions: torch.Tensor) -> torch.Tensor:
+        return positions[:1]  # (1, n)
 
     @property
     def inv_freq(self) -> torch.Tensor:
@@ -48,19 +62,6 @@ class QwenVLAdapter:
     def new_cache(self, capacity: int) -> StreamCache:
         return StreamCache(self.num_layers, self.num_kv_heads, self.head_dim, capacity, self.inv_freq,
                            self.dtype, self.device)
-
-    def merged_grid(self, size: tuple[int, int], num_frames: int) -> tuple[int, int, int]:
-        """The language-model token grid (t, h, w) of one chunk of `num_frames` frames of `size`."""
-        unit = self.patch * self.merge
-        return (-(-num_frames // self.temporal), size[0] // unit, size[1] // unit)
-
-    @torch.inference_mode()
-    def encode_frames(self, frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """frames: (T, H, W, 3) uint8 -> visual token embeddings (t * h * w, hidden) for one chunk."""
-        x = resize_frames(frames.to(self.device), size)
-        pixels, grid = to_patches(x, self.loaded.image_mean, self.loaded.image_std, self.patch, self.merge, self.temporal)
-        grid_thw = torch.tensor([grid], device=self.device)
-        return self.visual(pixels.to(self.dtype), grid_thw=grid_thw).pooler_output
 
     def decode(self, ids: list[int]) -> str:
         """Token ids to text. Ids the tokenizer does not know (a random-weight model at real size has a
@@ -89,8 +90,42 @@ class QwenVLAdapter:
         """embeds: (n, hidden); positions: (3, n) -> logits (vocab,) of the last token, or (n, vocab).
 
         Appends the step's keys and values to `cache`."""
-        out = self.language_model(
-            inputs_embeds=embeds[None].to(self.dtype), position_ids=positions[:, None].to(self.device),
-            past_key_values=cache, attention_mask={"full_attention": None}, use_cache=True)
+        out = self.language_model(inputs_embeds=embeds[None].to(self.dtype),
+                                  position_ids=self._position_ids(positions).to(self.device),
+                                  past_key_values=cache, use_cache=True)
         hidden = out.last_hidden_state[0]
         return self.lm_head(hidden if all_logits else hidden[-1]).float()
+
+
+class QwenVLAdapter(TextAdapter):
+    """Qwen2.5-VL: the text model above with 3-D M-RoPE positions, plus the vision tower."""
+
+    def __init__(self, loaded: LoadedModel):
+        super().__init__(loaded)
+        model = loaded.model
+        self.visual = model.model.visual
+        vision = model.config.vision_config
+        self.patch, self.merge, self.temporal = vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size
+        self.tokens_per_second = vision.tokens_per_second
+        self.video_token_id = model.config.video_token_id
+
+    @staticmethod
+    def _modules(model):
+        return model.model.language_model, model.lm_head
+
+    @staticmethod
+    def _position_ids(positions: torch.Tensor) -> torch.Tensor:
+        return positions[:, None]  # (3, 1, n)
+
+    def merged_grid(self, size: tuple[int, int], num_frames: int) -> tuple[int, int, int]:
+        """The language-model token grid (t, h, w) of one chunk of `num_frames` frames of `size`."""
+        unit = self.patch * self.merge
+        return (-(-num_frames // self.temporal), size[0] // unit, size[1] // unit)
+
+    @torch.inference_mode()
+    def encode_frames(self, frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """frames: (T, H, W, 3) uint8 -> visual token embeddings (t * h * w, hidden) for one chunk."""
+        x = resize_frames(frames.to(self.device), size)
+        pixels, grid = to_patches(x, self.loaded.image_mean, self.loaded.image_std, self.patch, self.merge, self.temporal)
+        grid_thw = torch.tensor([grid], device=self.device)
+        return self.visual(pixels.to(self.dtype), grid_thw=grid_thw).pooler_output

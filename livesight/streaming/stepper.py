@@ -1,0 +1,42 @@
+"""One step of the engine's cache cycle, shared by the video Session and text-only drivers:
+build a step's tokens, run the model over them into the cache, then evict and compact."""
+
+import time
+
+import torch
+
+from livesight.kvcache import StreamCache
+from livesight.streaming.adapter import TextAdapter
+from livesight.streaming.tokens import StepBuilder
+
+
+class CacheStepper:
+    def __init__(self, adapter: TextAdapter, policy, capacity: int):
+        """policy: anything with keep(table, now_s) -> (n,) bool."""
+        self.adapter, self.policy = adapter, policy
+        self.cache: StreamCache = adapter.new_cache(capacity)
+        self._pos = self._seq = self._group = 0
+
+    def builder(self) -> StepBuilder:
+        """A builder whose positions, stream indices and groups continue from the cache."""
+        return StepBuilder(self._pos, self._seq, self._group)
+
+    def forward(self, builder: StepBuilder, all_logits: bool = False) -> torch.Tensor:
+        """Run the step; -> logits of its last token (vocab,), or of every token (n, vocab)."""
+        embeds, table = builder.build()
+        logits = self.adapter.forward(embeds, table.pos, self.cache, all_logits=all_logits)
+        self.cache.record(table)
+        self._pos, self._seq, self._group = builder.next_pos, builder.next_seq, builder.next_group
+        return logits
+
+    def evict(self, now_s: float) -> tuple[float, int]:
+        """Apply the policy once; -> (milliseconds, number of re-rotated tokens)."""
+        start = time.perf_counter()
+        moved = self.cache.compact(self.policy.keep(self.cache.table, now_s))
+        self._pos = self.cache.table.next_position()
+        self.sync()
+        return (time.perf_counter() - start) * 1000, moved
+
+    def sync(self) -> None:
+        if self.cache.key_buffer.is_cuda:
+            torch.cuda.synchronize()

@@ -1,0 +1,67 @@
+"""The cache on a trained model (SmolLM2-135M): dense equals the stock model, and the sink effect shows."""
+
+import copy
+
+import pytest
+import torch
+
+from livesight.eval.corpus import passkey_prompt, passkey_trials, python_docs_text
+from livesight.eval.fidelity import FidelityConfig, perplexity, recompute_nll, stream_nll
+from livesight.streaming.adapter import TextAdapter
+
+
+@pytest.fixture(scope="module")
+def smol():
+    from livesight.streaming.models import load_smollm2
+    loaded = load_smollm2()
+    stock = copy.deepcopy(loaded.model)  # keeps transformers' own attention
+    return TextAdapter(loaded), stock
+
+
+@pytest.fixture(scope="module")
+def text_ids(smol):
+    adapter, _ = smol
+    return adapter.tokenizer.encode(python_docs_text(), add_special_tokens=False)[:480]
+
+
+def test_dense_equals_plain_transformers_forward(smol, text_ids):
+    adapter, stock = smol
+    ids = text_ids[:300]
+    ours = stream_nll(adapter, ids, "dense", FidelityConfig(tokens=300, window=64, chunk=16, passkey_chunk=32))
+    with torch.no_grad():
+        logits = stock(input_ids=torch.tensor([ids])).logits[0].float()
+    ref = -logits[:-1].log_softmax(-1).gather(1, torch.tensor(ids[1:])[:, None]).squeeze(1)
+    assert torch.allclose(ours, ref, atol=2e-4), (ours - ref).abs().max()
+
+
+def test_window_wider_than_the_text_is_dense(smol, text_ids):
+    adapter, _ = smol
+    ids = text_ids[:200]
+    config = FidelityConfig(tokens=1000, window=240, chunk=16)  # keeps 224 >= 200 tokens: nothing is evicted
+    assert torch.equal(stream_nll(adapter, ids, "dense", config), stream_nll(adapter, ids, "window", config))
+
+
+def test_sink_restores_what_window_only_loses(smol, text_ids):
+    """StreamingLLM's finding, on our cache: past the window, evicting the first tokens hurts badly;
+    keeping 4 of them recovers most of the loss, close to re-encoding each window afresh."""
+    adapter, stock = smol
+    config = FidelityConfig(tokens=480, window=64, sink=4, chunk=8, passkey_chunk=32)
+    sink_nll = stream_nll(adapter, text_ids, "sink+window", config)
+    window = perplexity(stream_nll(adapter, text_ids, "window", config)[128:])
+    sink = perplexity(sink_nll[128:])
+    dense = perplexity(stream_nll(adapter, text_ids, "dense", config)[128:])
+    assert window > 1.5 * sink, (window, sink)
+    assert dense < sink
+    targets = list(range(160, 480, 40))
+    oracle = perplexity(recompute_nll(stock, text_ids, 64, targets))
+    sink_at = perplexity(sink_nll[torch.tensor(targets) - 1])
+    assert sink_at < 1.5 * oracle, (sink_at, oracle)
+
+
+def test_passkey_prompt_places_one_key_at_its_depth():
+    trials = passkey_trials(20, (0.05, 0.4), seed=3)
+    assert len({k for k, _ in trials}) == 20 and all(10000 <= k <= 99999 for k, _ in trials)
+    assert trials == passkey_trials(20, (0.05, 0.4), seed=3)
+    text = passkey_prompt(12345, 40, 0.25)
+    assert text.count("12345") == 2 and text.rstrip().endswith("The pass key is")
+    assert text.index("12345") / len(text) == pytest.approx(0.25, abs=0.05)

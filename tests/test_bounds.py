@@ -9,6 +9,7 @@ from livesight.streaming.adapter import QwenVLAdapter
 from livesight.streaming.chunker import chunk_frames
 from livesight.streaming.config import SessionConfig
 from livesight.streaming.loop import run_stream
+from livesight.streaming.retrieval import RetrievalConfig
 from livesight.streaming.session import Session
 from livesight.vision.sources import SyntheticSource
 
@@ -16,7 +17,11 @@ SECONDS = 600
 
 
 def test_ten_minute_stream_stays_bounded(tiny):
-    config = SessionConfig(narrate_tokens=4)  # default windows: 16 s of vision, 512 + 512 text tokens
+    # default windows: 16 s of vision, 512 + 512 text tokens; offload budgets small enough to fill:
+    # about 100 blocks in RAM and 200 on disk, of 580 evicted
+    block_gb = 2 * 3 * 2 * 25 * 16 * 4 / 2**30
+    retrieval = RetrievalConfig(ram_gb=100.5 * block_gb, disk_gb=200.5 * block_gb)
+    config = SessionConfig(narrate_tokens=4, retrieval=retrieval)
     session = Session(QwenVLAdapter(tiny), config, (90, 160))
     caps = session.policy.caps(session.tokens_per_chunk, config.chunk_seconds)
     chunks = chunk_frames(SyntheticSource(config.fps, SECONDS, 160, 90), config.frames_per_chunk, config.fps)
@@ -39,6 +44,10 @@ def test_ten_minute_stream_stays_bounded(tiny):
             gc.collect()
             rss[event.data["chunk"]] = psutil.Process().memory_info().rss / 2**20
     assert session.num_chunks == SECONDS and answers == len(asks)
+    stats = session.retriever.store.stats
+    assert stats.ram_bytes <= retrieval.ram_gb * 2**30 and stats.disk_bytes <= retrieval.disk_gb * 2**30
+    assert len(session.retriever.store) == 300 and stats.dropped == SECONDS - 16 - 300
+    session.close()
     # the windows fill: vision at its cap, text at its cap, the sink untouched
     assert peak["vision"] == caps["vision"] and peak["text"] == caps["text"]
     # positions: kept tokens sit back to back, so the largest position is below the cache's capacity,

@@ -30,6 +30,8 @@ def test_json_event_stream(clip):
         assert sum(m["kv_tokens"].values()) <= m["kv_capacity"]
     answers = [e for e in events if e["type"] == "answer"]
     assert [a["question"] for a in answers] == ["what is red?", "and later?"]
+    assert answers[0]["retrieved"] == [[0.0, 1.0]]  # by 3 s, only chunk 0 has left the 2-s window
+    assert all(0 <= a <= b <= 6 for r in answers[1]["retrieved"] for a, b in [r])
     assert answers[0]["t"] == 3.0 and answers[1]["t"] == 6.0  # asked once the stream reached the time
     assert all(isinstance(e["text"], str) for e in events if e["type"] in ("caption", "answer"))
     assert any(e["type"] == "caption" for e in events)
@@ -60,6 +62,8 @@ def test_readable_output_and_console_script(clip):
     (["run", "--source", "synthetic", "--model", "nope"], "unknown model 'nope'"),
     (["run", "--source", "synthetic", "--model", "Qwen/Qwen2.5-VL-3B-Instruct"], "Offline options"),
     (["synth", "OUT", "--seconds", "1", "--size", "big"], "bad --size 'big'"),
+    (["bench", "fidelity", "--window", "64", "--chunk", "64"], "--chunk must be between 1 and the window - 1"),
+    (["bench", "fidelity", "--tokens", "100"], "--tokens (100) must exceed the window (256)"),
 ])
 def test_bad_input_exits_2_with_one_clear_message(tmp_path, args, message):
     files = {"EMPTY": b"", "CORRUPT": os.urandom(3000), "TEXT": b"hello\n" * 100}

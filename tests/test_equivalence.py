@@ -17,6 +17,7 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_
 from conftest import make_chunks
 from livesight.streaming.adapter import QwenVLAdapter
 from livesight.streaming.config import SessionConfig
+from livesight.streaming.retrieval import RetrievalConfig
 from livesight.streaming.session import Session
 
 
@@ -45,13 +46,15 @@ class Reference:
         past = cache.get_seq_length()
         out = self.lm(inputs_embeds=embeds[None], position_ids=new_pos[:, None], past_key_values=cache, use_cache=True)
         cos, sin = self.rotary(new_pos)
-        for layer in range(self.lm.config.num_hidden_layers):
+        layers = range(self.lm.config.num_hidden_layers)
+        keys, values = [], []
+        for layer in layers:
             k_rot = cache.layers[layer].keys[:, :, past:]
-            k, _ = apply_rotary_pos_emb(k_rot, k_rot, cos, -sin)  # undo the rotation
-            v = cache.layers[layer].values[:, :, past:]
-            for i, s in enumerate(new_seq.tolist()):
-                self.keys.setdefault(s, []).append(k[0, :, i])
-                self.values.setdefault(s, []).append(v[0, :, i])
+            keys.append(apply_rotary_pos_emb(k_rot, k_rot, cos, -sin)[0])  # undo the rotation
+            values.append(cache.layers[layer].values[:, :, past:])
+        for i, s in enumerate(new_seq.tolist()):  # replaces the records of a rolled-back probe pass
+            self.keys[s] = [keys[layer][0, :, i] for layer in layers]
+            self.values[s] = [values[layer][0, :, i] for layer in layers]
         return self.head(out.last_hidden_state[0]).float()
 
 
@@ -59,7 +62,7 @@ def run_lockstep(tiny, config, num_chunks, questions=()):
     adapter = QwenVLAdapter(tiny)
     reference = Reference(tiny)
     real_forward = adapter.forward
-    log = {"steps": 0, "max_err": 0.0, "moved": 0}
+    log = {"steps": 0, "max_err": 0.0, "moved": 0, "answers": [], "max_retrieved": 0, "logits": []}
 
     def checked_forward(embeds, positions, cache, all_logits=False):
         table = cache.table
@@ -71,6 +74,8 @@ def run_lockstep(tiny, config, num_chunks, questions=()):
         err = float((got - expected).abs().max() / expected.abs().max())
         log["max_err"] = max(log["max_err"], err)
         log["steps"] += 1
+        log["max_retrieved"] = max(log["max_retrieved"], table.counts()["retrieved"])
+        log["logits"].append(got[-1])
         return got if all_logits else got[-1]
 
     adapter.forward = checked_forward
@@ -83,13 +88,13 @@ def run_lockstep(tiny, config, num_chunks, questions=()):
                 log["moved"] += 1
             first_pos.setdefault(s, p)
         if chunk.index in dict(questions):
-            session.ask(dict(questions)[chunk.index])
+            log["answers"] += session.ask(dict(questions)[chunk.index])
     return session, log
 
 
 def test_engine_matches_plain_forward_after_slides(tiny):
     config = SessionConfig(vision_window_s=3.0, text_sink=6, text_window=10, narrate_tokens=4, answer_tokens=5,
-                           system_prompt="sys")
+                           system_prompt="sys", retrieval=RetrievalConfig(enabled=False))
     session, log = run_lockstep(tiny, config, num_chunks=9, questions=[(4, "what moved?")])
     table = session.cache.table
     # the policy evicted and slid: the sequence kept is far shorter than the sequence seen
@@ -100,7 +105,8 @@ def test_engine_matches_plain_forward_after_slides(tiny):
 
 
 def test_no_narration_still_matches(tiny):
-    config = SessionConfig(vision_window_s=2.0, narrate=False, text_sink=0, text_window=4, system_prompt="s")
+    config = SessionConfig(vision_window_s=2.0, narrate=False, text_sink=0, text_window=4, system_prompt="s",
+                           retrieval=RetrievalConfig(enabled=False))
     session, log = run_lockstep(tiny, config, num_chunks=6)
     assert session.cache.table.counts()["vision"] == 2 * session.tokens_per_chunk
     assert log["max_err"] < 2e-5, log

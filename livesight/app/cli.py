@@ -41,6 +41,16 @@ def positive(kind):
     return parse
 
 
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got '{text}'")
+    return value
+
+
 def non_negative_int(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got '{text}'")
@@ -91,15 +101,28 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-narrate", dest="narrate", action="store_false")
     p.add_argument("--answer-tokens", type=positive(int), default=64)
     p.add_argument("--max-pixels", type=positive(int), default=None, help="frame area fed to the model")
+    p.add_argument("--retrieve", action=argparse.BooleanOptionalAction, default=True,
+                   help="offload evicted video and bring back what a question needs (default: on)")
+    p.add_argument("--retrieve-top-k", type=non_negative_int, default=8, help="blocks (chunks) brought back per question")
+    p.add_argument("--retrieve-scope", choices=("layer", "global"), default="layer",
+                   help="layer: each layer picks its own top-k (ReKV); global: one set for all layers")
+    p.add_argument("--offload-ram-gb", type=non_negative_float, default=4.0, help="pinned-RAM budget for offloaded KV")
+    p.add_argument("--offload-disk-gb", type=non_negative_float, default=16.0, help="disk budget for offloaded KV")
+    p.add_argument("--offload-dir", default=None, help="folder for spilled blocks (default: a new temporary folder)")
 
 
 def session_config(args):
     from livesight.streaming.config import SessionConfig
+    from livesight.streaming.retrieval import RetrievalConfig
     try:
+        if args.offload_dir is not None and not os.path.isdir(args.offload_dir):
+            raise ValueError(f"--offload-dir {args.offload_dir} is not a folder: create it or leave the flag out")
+        retrieval = RetrievalConfig(args.retrieve, args.retrieve_top_k, args.retrieve_scope, args.offload_ram_gb,
+                                    args.offload_disk_gb, args.offload_dir)
         return SessionConfig(fps=args.fps, chunk_seconds=args.chunk_seconds, vision_window_s=args.vision_window,
                              text_sink=args.text_sink, text_window=args.text_window, narrate=args.narrate,
                              narrate_tokens=args.narrate_tokens, answer_tokens=args.answer_tokens,
-                             max_pixels=args.max_pixels)
+                             max_pixels=args.max_pixels, retrieval=retrieval)
     except ValueError as err:
         raise InputError(str(err)) from None
 
@@ -170,8 +193,11 @@ def run(args) -> int:
     ingest = Ingest(source, realtime=args.realtime)
     questions = start_stdin_questions() if source.is_live else None
     chunks = chunk_frames(ingest, config.frames_per_chunk, config.fps)
-    for event in run_stream(session, chunks, args.ask, questions, lambda: ingest.dropped):
-        print_event(event, args.json)
+    try:
+        for event in run_stream(session, chunks, args.ask, questions, lambda: ingest.dropped):
+            print_event(event, args.json)
+    finally:
+        session.close()
     return 0
 
 

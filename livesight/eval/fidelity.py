@@ -9,16 +9,20 @@ Every policy sees at most W tokens per query: the cache is cut to W - chunk befo
 """
 
 import re
+import shutil
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
-from livesight.kvcache import KeepAll, Segment, WindowPolicy
+from livesight.errors import InputError
+from livesight.kvcache import KeepAll, Segment, TokenTable, WindowPolicy
 from livesight.streaming.adapter import TextAdapter
+from livesight.streaming.retrieval import RetrievalConfig, Retriever
 from livesight.streaming.stepper import CacheStepper
 
 POLICIES = ("dense", "window", "sink+window")
+RECALL_POLICIES = ("dense", "sink+window", "sink+window+retrieval")
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,9 @@ class FidelityConfig:
     passkey_chunk: int = 64  # prompt tokens per step while prefilling (the cache holds W - 64 .. W)
     passkey_depths: tuple[float, float] = (0.05, 0.4)
     answer_tokens: int = 8
+    retrieve_block: int = 16  # tokens per offloaded text block
+    retrieve_top_k: int = 16  # blocks brought back for the question (16 x 16 = 256 tokens)
+    retrieve_scope: str = "layer"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -56,26 +63,54 @@ class TextStream:
                  chunk: int | None = None):
         self.adapter, self.config = adapter, config
         self.chunk = chunk or config.chunk
-        self.num_sink = config.sink if policy == "sink+window" else 0
+        self.num_sink = config.sink if policy.startswith("sink+window") else 0
+        retrieve = policy == "sink+window+retrieval"
         if policy == "dense":
             keep, capacity = KeepAll(), max_tokens + self.chunk
-        elif policy in ("window", "sink+window"):
+        elif policy in ("window", "sink+window", "sink+window+retrieval"):
             keep = WindowPolicy(text_sink=0, text_window=config.window - self.chunk - self.num_sink)
-            capacity = config.window + self.chunk
+            capacity = config.window + self.chunk + (config.retrieve_top_k * config.retrieve_block if retrieve else 0)
         else:
-            raise ValueError(f"unknown policy {policy}: one of {POLICIES}")
-        self.stepper = CacheStepper(adapter, keep, capacity)
+            raise ValueError(f"unknown policy {policy}: one of {POLICIES + RECALL_POLICIES}")
+        self.stepper = CacheStepper(adapter, keep, capacity, self._offload if retrieve else None)
+        self.retriever = Retriever(self.stepper, RetrievalConfig(top_k=config.retrieve_top_k, scope=config.retrieve_scope,
+                                                                 ram_gb=1.0, disk_gb=0.0),
+                                   config.retrieve_block) if retrieve else None
         self.fed = 0
 
-    def feed(self, ids: list[int], all_logits: bool = True) -> torch.Tensor:
-        """ids -> logits (n, vocab), or (vocab,) of the last; the stream's first `num_sink` ids are the sink."""
+    def _offload(self, evicted: TokenTable, index: torch.Tensor) -> None:
+        """Text leaving the window becomes blocks of `retrieve_block` tokens in stream order; a block's
+        range is its token indices."""
+        text = torch.nonzero(evicted.segment == Segment.TEXT).squeeze(1)  # not the retrieved slots
+        order = text[torch.argsort(evicted.seq[text])]
+        for part in order.split(self.config.retrieve_block):
+            seq = evicted.seq[part]
+            self.retriever.offload(index[part], (float(seq.min()), float(seq.max())))
+
+    def answer(self, question: list[int], max_tokens: int, stop_id: int | None) -> list[int]:
+        """Retrieve for the question (where the policy retrieves), feed it, decode greedily; the
+        cache is evicted once the answer is done, as the video Session does."""
+        if self.retriever is not None:
+            self.retriever.retrieve(self.adapter.embed_ids(question))
+        out = self.greedy(self.feed(question, all_logits=False, evict=False), max_tokens, stop_id, evict=False)
+        self.stepper.evict(0.0)
+        return out
+
+    def close(self) -> None:
+        if self.retriever is not None:
+            shutil.rmtree(self.retriever.folder, ignore_errors=True)
+
+    def feed(self, ids: list[int], all_logits: bool = True, evict: bool = True) -> torch.Tensor:
+        """ids -> logits (n, vocab), or (vocab,) of the last; the stream's first `num_sink` ids are the sink.
+        evict=False holds the cache as it is (retrieved slots stay while a question is answered)."""
         embeds = self.adapter.embed_ids(ids)
         num_sink = max(0, min(len(ids), self.num_sink - self.fed))
         builder = self.stepper.builder()
         builder.text(embeds[:num_sink], Segment.SINK, 0.0)
         builder.text(embeds[num_sink:], Segment.TEXT, 0.0)
         logits = self.stepper.forward(builder, all_logits=all_logits)
-        self.stepper.evict(0.0)
+        if evict:
+            self.stepper.evict(0.0)
         self.fed += len(ids)
         return logits
 
@@ -85,13 +120,13 @@ class TextStream:
             logits = self.feed(ids[i:i + self.chunk], all_logits=False)
         return logits
 
-    def greedy(self, logits: torch.Tensor, max_tokens: int, stop_id: int | None) -> list[int]:
+    def greedy(self, logits: torch.Tensor, max_tokens: int, stop_id: int | None, evict: bool = True) -> list[int]:
         out: list[int] = []
         for _ in range(max_tokens):
             out.append(int(logits.argmax()))
             if out[-1] == stop_id or len(out) == max_tokens:
                 break
-            logits = self.feed(out[-1:], all_logits=False)
+            logits = self.feed(out[-1:], all_logits=False, evict=evict)
         return out
 
 
@@ -121,13 +156,20 @@ def recompute_nll(model, ids: list[int], window: int, targets: list[int], batch:
 
 
 def passkey_trial(adapter: TextAdapter, policy: str, config: FidelityConfig, passkey: int, depth: float) -> dict:
-    from livesight.eval.corpus import passkey_prompt
+    """Prefill the filler with the key at `depth`, then ask the question (retrieving first where the
+    policy retrieves) and check the greedy answer's first 5-digit number."""
+    from livesight.eval.corpus import QUESTION, passkey_prompt
     tokenizer = adapter.tokenizer
-    ids = tokenizer.encode(passkey_prompt(passkey, config.passkey_filler, depth), add_special_tokens=False)
-    stream = TextStream(adapter, policy, config, len(ids) + config.answer_tokens, config.passkey_chunk)
-    answer = adapter.decode(stream.greedy(stream.prefill(ids), config.answer_tokens, tokenizer.eos_token_id))
+    body = passkey_prompt(passkey, config.passkey_filler, depth)[:-len(QUESTION)]
+    ids, question = (tokenizer.encode(t, add_special_tokens=False) for t in (body, QUESTION))
+    stream = TextStream(adapter, policy, config, len(ids) + len(question) + config.answer_tokens, config.passkey_chunk)
+    try:
+        stream.prefill(ids)
+        answer = adapter.decode(stream.answer(question, config.answer_tokens, tokenizer.eos_token_id))
+    finally:
+        stream.close()
     found = re.search(r"\d{5}", answer)
-    return {"passkey": passkey, "depth": round(depth, 3), "prompt_tokens": len(ids), "answer": answer,
+    return {"passkey": passkey, "depth": round(depth, 3), "prompt_tokens": len(ids) + len(question), "answer": answer,
             "correct": bool(found and int(found.group()) == passkey)}
 
 
@@ -140,7 +182,7 @@ def run_fidelity(adapter: TextAdapter, oracle_model, config: FidelityConfig, log
     from livesight.eval.corpus import passkey_trials, python_docs_text
     ids = adapter.tokenizer.encode(python_docs_text(), add_special_tokens=False)[:config.tokens]
     if len(ids) < config.tokens:
-        raise ValueError(f"the text has only {len(ids)} tokens, fewer than --tokens {config.tokens}")
+        raise InputError(f"--tokens {config.tokens}: the text has only {len(ids)} tokens; ask for fewer")
     targets = np.linspace(config.window, len(ids) - 1, config.oracle_targets).round().astype(int).tolist()
     nll = {}
     for policy in POLICIES:
@@ -152,7 +194,7 @@ def run_fidelity(adapter: TextAdapter, oracle_model, config: FidelityConfig, log
     at_targets["recompute"] = perplexity(oracle)
     trials = passkey_trials(config.trials, config.passkey_depths, config.seed)
     passkey = {}
-    for policy in ("dense", "sink+window"):
+    for policy in RECALL_POLICIES:
         log(f"passkey: {policy}, {len(trials)} trials")
         passkey[policy] = [passkey_trial(adapter, policy, config, key, depth) for key, depth in trials]
     return {

@@ -9,8 +9,8 @@ tokens into that layout and re-rotates those whose position moved, in one pass o
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from livesight.kernels import rotate_keys
-from livesight.kvcache.table import TokenTable, compaction_shift
+from livesight.kernels import rotate_keys, unrotate
+from livesight.kvcache.table import Segment, TokenTable, compaction_shift
 
 
 class CacheFullError(RuntimeError):
@@ -61,12 +61,14 @@ class StreamCache(Cache):
     """
 
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, capacity: int,
-                 inv_freq: torch.Tensor, dtype: torch.dtype, device: torch.device | str):
+                 inv_freq: torch.Tensor, dtype: torch.dtype, device: torch.device | str,
+                 mrope_section: list[int] | None = None):
         shape = (num_layers, 1, num_kv_heads, capacity, head_dim)
         self.key_buffer = torch.zeros(shape, dtype=dtype, device=device)
         self.value_buffer = torch.zeros(shape, dtype=dtype, device=device)
         self.num_layers, self.capacity, self.length = num_layers, capacity, 0
         self.inv_freq = inv_freq.float().to(device)
+        self.mrope_section = mrope_section
         self.table = TokenTable.empty()
         super().__init__(layers=[StreamLayer(self, i) for i in range(num_layers)])
 
@@ -109,3 +111,42 @@ class StreamCache(Cache):
         self.value_buffer[:, :, :, :n] = self.value_buffer[:, :, :, index]
         self.length, self.table = n, table
         return moved
+
+    def gather(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Buffer slots `index` (n,) -> keys, values (L, Hkv, n, D), copies."""
+        index = index.to(self.key_buffer.device)
+        return self.key_buffer[:, 0, :, index], self.value_buffer[:, 0, :, index]
+
+    def representative(self, keys: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """keys (L, Hkv, n, D) rotated at positions (3, n) -> (L, Hkv, D): their mean before rotary."""
+        return unrotate(keys, positions, self.inv_freq, self.mrope_section).float().mean(dim=2)
+
+    def rollback(self, length: int) -> None:
+        """Forget what a forward pass appended past `length` (a probe that must leave no trace)."""
+        assert length <= self.length and len(self.table) == length
+        self.length = length
+
+    def insert_retrieved(self, keys: torch.Tensor, values: torch.Tensor, rows: TokenTable) -> None:
+        """Place retrieved tokens right after the sink; every later token moves up by their extent.
+
+        keys, values: (L, Hkv, R, D) already rotated to rows.pos, which start at the sink's end."""
+        num = keys.shape[2]
+        if self.length + num > self.capacity:
+            raise CacheFullError(f"{num} retrieved tokens overflow the cache ({self.length}/{self.capacity})")
+        num_sink = int((self.table.segment == Segment.SINK).sum())
+        assert bool((self.table.segment[:num_sink] == Segment.SINK).all()), "compact() keeps the sink first"
+        start = self.table.pos[:, :num_sink].max() + 1 if num_sink else 0
+        assert int(rows.pos.min()) == int(start), "retrieved slots must start right after the sink"
+        extent = int(rows.pos.max()) + 1 - int(start)
+        end = self.length
+        shift = torch.full((end - num_sink,), extent, dtype=torch.int64)
+        rest_keys = rotate_keys(self.key_buffer[:, :, :, num_sink:end], shift, self.inv_freq)
+        rest_values = self.value_buffer[:, :, :, num_sink:end].clone()
+        self.key_buffer[:, :, :, num_sink + num:end + num] = rest_keys
+        self.value_buffer[:, :, :, num_sink + num:end + num] = rest_values
+        self.key_buffer[:, 0, :, num_sink:num_sink + num] = keys
+        self.value_buffer[:, 0, :, num_sink:num_sink + num] = values
+        rest = self.table.select(torch.arange(num_sink, end))
+        rest.pos = rest.pos + extent
+        self.table = self.table.select(torch.arange(num_sink)).cat(rows).cat(rest)
+        self.length = end + num

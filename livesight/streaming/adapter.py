@@ -4,6 +4,8 @@ The adapter is the only place that knows the model's module names. It speaks ten
 in, logits out, positions built by the caller.
 """
 
+from contextlib import contextmanager
+
 import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
@@ -16,11 +18,28 @@ from livesight.vision.preprocess import resize_frames, to_patches
 ATTENTION_NAME = "livesight"
 
 
+_captured_queries: dict[int, torch.Tensor] | None = None
+
+
+@contextmanager
+def capture_queries():
+    """Within the block, every layer's attention records its queries (Hq, n, D), rotary applied,
+    in the yielded dict by layer index: the question's query vectors that score offloaded blocks."""
+    global _captured_queries
+    _captured_queries = {}
+    try:
+        yield _captured_queries
+    finally:
+        _captured_queries = None
+
+
 def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """transformers' attention signature: q (B, Hq, Lq, D), k/v (B, Hkv, Lk, D) -> (B, Lq, Hq, D).
 
     The mask is ignored on purpose: the adapter passes none, and chunk_attention aligns the causal
     part bottom-right over the compact cache."""
+    if _captured_queries is not None:
+        _captured_queries[module.layer_idx] = query[0]
     out = chunk_attention(query, key, value, scaling if scaling is not None else query.shape[-1] ** -0.5)
     return out.transpose(1, 2).contiguous(), None
 
@@ -61,7 +80,12 @@ class TextAdapter:
 
     def new_cache(self, capacity: int) -> StreamCache:
         return StreamCache(self.num_layers, self.num_kv_heads, self.head_dim, capacity, self.inv_freq,
-                           self.dtype, self.device)
+                           self.dtype, self.device, self.mrope_section)
+
+    @property
+    def mrope_section(self) -> list[int] | None:
+        """Which position axis each rotary frequency reads (None: 1-D rotary)."""
+        return getattr(self.language_model.rotary_emb, "mrope_section", None)
 
     def decode(self, ids: list[int]) -> str:
         """Token ids to text. Ids the tokenizer does not know (a random-weight model at real size has a

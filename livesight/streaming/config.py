@@ -1,6 +1,8 @@
 """Engine settings, validated where they are built (the entry points)."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from livesight.streaming.retrieval import RetrievalConfig
 
 DEFAULT_SYSTEM_PROMPT = ("You are LiveSight, watching a live video stream one second at a time. "
                          "Narrate briefly what changes, and answer questions about anything you have seen.")
@@ -19,6 +21,7 @@ class SessionConfig:
     max_question_tokens: int = 256
     max_pixels: int | None = None  # None: the model's default frame size
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
 
     def __post_init__(self) -> None:
         if self.fps <= 0 or self.chunk_seconds <= 0:

@@ -27,11 +27,11 @@ def run_stream(session: Session, chunks: Iterable[Chunk | SourceEvent], asks: li
                 event.data["frames_dropped"] = dropped()
             yield event
         while pending and pending[0][0] <= session.now + 1e-9:
-            yield _answer(session, pending.pop(0)[1])
+            yield from _answer(session, pending.pop(0)[1])
         while questions is not None and not questions.empty():
-            yield _answer(session, questions.get_nowait())
+            yield from _answer(session, questions.get_nowait())
     for _, question in pending:
-        yield _answer(session, question)
+        yield from _answer(session, question)
     wall = time.perf_counter() - start
     yield Event("summary", session.now, None, {
         "chunks": session.num_chunks, "wall_s": round(wall, 3),
@@ -39,8 +39,8 @@ def run_stream(session: Session, chunks: Iterable[Chunk | SourceEvent], asks: li
         "realtime_factor": round(session.now / wall, 3) if wall > 0 else None})
 
 
-def _answer(session: Session, question: str) -> Event:
+def _answer(session: Session, question: str) -> list[Event]:
     try:
         return session.ask(question)
     except InputError as err:  # a bad typed question must not end a live session
-        return Event("error", session.now, str(err))
+        return [Event("error", session.now, str(err))]

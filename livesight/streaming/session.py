@@ -6,6 +6,7 @@ generated token and the turn's closing tokens are fed at the start of the next s
 forward pass is spent on them alone.
 """
 
+import shutil
 import time
 
 import numpy as np
@@ -13,11 +14,12 @@ import psutil
 import torch
 
 from livesight.errors import InputError
-from livesight.kvcache import Segment, WindowPolicy
+from livesight.kvcache import Segment, TokenTable, WindowPolicy
 from livesight.streaming.adapter import QwenVLAdapter
 from livesight.streaming.chunker import Chunk
 from livesight.streaming.config import SessionConfig
 from livesight.streaming.events import Event
+from livesight.streaming.retrieval import Retriever
 from livesight.streaming.stepper import CacheStepper
 from livesight.vision.preprocess import fit_size
 
@@ -45,9 +47,13 @@ class Session:
         chunk_step = PENDING_MAX + self.tokens_per_chunk + len(self._assistant) + config.narrate_tokens
         question_step = (PENDING_MAX + len(self._user_open) + config.max_question_tokens + len(self._turn_close)
                          + len(self._assistant) + config.answer_tokens)
-        self.capacity = len(sink_ids) + caps["vision"] + caps["text"] + max(chunk_step, question_step)
-        self.stepper = CacheStepper(adapter, self.policy, self.capacity)
+        retrieval = config.retrieval
+        slots = retrieval.top_k * self.tokens_per_chunk if retrieval.enabled else 0
+        self.capacity = len(sink_ids) + caps["vision"] + caps["text"] + slots + max(chunk_step, question_step)
+        self.stepper = CacheStepper(adapter, self.policy, self.capacity, self._offload if retrieval.enabled else None)
         self.cache = self.stepper.cache
+        self.retriever = Retriever(self.stepper, retrieval, self.tokens_per_chunk) if retrieval.enabled else None
+        self._errors_seen = 0
         self.temporal_stride = max(1, round(adapter.tokens_per_second * adapter.temporal / config.fps))
         self.now, self.num_chunks, self.pending = 0.0, 0, []
         builder = self.stepper.builder()
@@ -56,6 +62,27 @@ class Session:
 
     def _encode(self, text: str) -> list[int]:
         return self.adapter.tokenizer.encode(text, add_special_tokens=False)
+
+    def _offload(self, evicted: TokenTable, index: torch.Tensor) -> None:
+        """Each vision chunk leaving the window becomes one offloaded block."""
+        is_vision = evicted.segment == Segment.VISION
+        for group in evicted.group[is_vision].unique().tolist():
+            mine = is_vision & (evicted.group == group)
+            t0 = float(evicted.t[mine].min())
+            self.retriever.offload(index[mine], (t0, t0 + self.config.chunk_seconds))
+
+    def _store_errors(self) -> list[Event]:
+        """Offload trouble (a deleted session folder, an unreadable block) as error events, once each."""
+        if self.retriever is None:
+            return []
+        errors = self.retriever.store.stats.errors
+        new, self._errors_seen = errors[self._errors_seen:], len(errors)
+        return [Event("error", self.now, text) for text in new]
+
+    def close(self) -> None:
+        """Remove the session's offload folder if the session made it."""
+        if self.retriever is not None and self.config.retrieval.folder is None:
+            shutil.rmtree(self.retriever.folder, ignore_errors=True)
 
     def _generate(self, logits: torch.Tensor, max_tokens: int, t: float) -> list[int]:
         """Greedy decode; every token but the last is fed now, the last with the closing tokens next step."""
@@ -99,7 +126,7 @@ class Session:
         t3 = time.perf_counter()
         self.now, self.num_chunks = chunk.t_end, self.num_chunks + 1
         evict_ms, moved = self.stepper.evict(self.now)
-        events = []
+        events = self._store_errors()
         text = self.adapter.decode(narration)
         if text:
             events.append(Event("caption", chunk.t_start, text))
@@ -108,17 +135,19 @@ class Session:
             "evict_ms": evict_ms}, num_new, len(narration), moved))
         return events
 
-    def ask(self, question: str) -> Event:
-        """Answer from the current cache; the exchange stays in the text window."""
+    def ask(self, question: str) -> list[Event]:
+        """Answer from the current cache and the blocks retrieval brings back; the exchange stays in
+        the text window. -> [error events..., answer]."""
         ids = self._encode(question.strip())
         if not ids:
             raise InputError("empty question: type a question, or give --ask SECONDS:question")
         if len(ids) > self.config.max_question_tokens:
             raise InputError(f"question too long: {len(ids)} tokens, at most {self.config.max_question_tokens}")
         t0 = time.perf_counter()
+        embeds = self.adapter.embed_ids(self.pending + self._user_open + ids + self._turn_close + self._assistant)
+        retrieved = self.retriever.retrieve(embeds) if self.retriever is not None else []
         builder = self.stepper.builder()
-        builder.text(self.adapter.embed_ids(self.pending + self._user_open + ids + self._turn_close + self._assistant),
-                     Segment.TEXT, self.now)
+        builder.text(embeds, Segment.TEXT, self.now)
         self.pending = []
         logits = self.stepper.forward(builder)
         self.stepper.sync()
@@ -128,8 +157,9 @@ class Session:
         total = (time.perf_counter() - t0) * 1000
         self.stepper.evict(self.now)
         text = self.adapter.decode(answer)
-        return Event("answer", self.now, text, {"question": question.strip(), "ttft_ms": round(ttft, 2),
-                                                "latency_ms": round(total, 2), "tokens": len(answer)})
+        return self._store_errors() + [Event("answer", self.now, text, {
+            "question": question.strip(), "ttft_ms": round(ttft, 2), "latency_ms": round(total, 2),
+            "tokens": len(answer), "retrieved": [[round(a, 3), round(b, 3)] for a, b in retrieved]})]
 
     def _metrics(self, chunk: Chunk, times: dict[str, float], num_new: int, num_narrated: int, moved: int) -> Event:
         table = self.cache.table
@@ -145,6 +175,10 @@ class Session:
             "rerotated": moved,
             "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
         }
+        if self.retriever is not None:
+            stats = self.retriever.store.stats
+            data["offload"] = {"blocks": len(self.retriever.store), "ram_mb": round(stats.ram_bytes / 2**20, 1),
+                               "disk_mb": round(stats.disk_bytes / 2**20, 1), "dropped": stats.dropped}
         if self.cache.key_buffer.is_cuda:
             data["gpu_mem_mb"] = round(torch.cuda.memory_allocated() / 2**20, 1)
             data["gpu_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)

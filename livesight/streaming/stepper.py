@@ -11,9 +11,10 @@ from livesight.streaming.tokens import StepBuilder
 
 
 class CacheStepper:
-    def __init__(self, adapter: TextAdapter, policy, capacity: int):
-        """policy: anything with keep(table, now_s) -> (n,) bool."""
-        self.adapter, self.policy = adapter, policy
+    def __init__(self, adapter: TextAdapter, policy, capacity: int, offload=None):
+        """policy: anything with keep(table, now_s) -> (n,) bool. offload(evicted: TokenTable,
+        index: (n,) buffer slots) is called before eviction with the tokens about to leave."""
+        self.adapter, self.policy, self.offload = adapter, policy, offload
         self.cache: StreamCache = adapter.new_cache(capacity)
         self._pos = self._seq = self._group = 0
 
@@ -32,10 +33,18 @@ class CacheStepper:
     def evict(self, now_s: float) -> tuple[float, int]:
         """Apply the policy once; -> (milliseconds, number of re-rotated tokens)."""
         start = time.perf_counter()
-        moved = self.cache.compact(self.policy.keep(self.cache.table, now_s))
-        self._pos = self.cache.table.next_position()
+        keep = self.policy.keep(self.cache.table, now_s)
+        if self.offload is not None and not bool(keep.all()):
+            evicted = torch.nonzero(~keep).squeeze(1)
+            self.offload(self.cache.table.select(evicted), evicted)
+        moved = self.cache.compact(keep)
+        self.resync()
         self.sync()
         return (time.perf_counter() - start) * 1000, moved
+
+    def resync(self) -> None:
+        """Continue positions from the cache after it was rearranged."""
+        self._pos = self.cache.table.next_position()
 
     def sync(self) -> None:
         if self.cache.key_buffer.is_cuda:

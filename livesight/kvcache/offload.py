@@ -1,0 +1,128 @@
+"""Evicted blocks outside the GPU: pinned RAM first, then disk, both under hard byte budgets.
+
+A block is the keys and values (all layers) of one evicted group of tokens, with the TokenTable
+rows that say where its keys are rotated to and which stream moment it shows. Its representative
+(the mean key before rotary, per layer and KV head) stays on the device in a preallocated buffer,
+so scoring needs no transfer and device memory does not grow with the stream.
+"""
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from livesight.kvcache.table import TokenTable
+
+
+@dataclass
+class Block:
+    index: int  # eviction order (time order)
+    slot: int  # row in the representatives buffer
+    rows: TokenTable
+    time_range: tuple[float, float]  # the stream moment it shows, [t_start, t_end]
+    keys: torch.Tensor | None  # (L, Hkv, n, D) on the CPU while in RAM
+    values: torch.Tensor | None
+    path: str | None = None  # the file while on disk
+    nbytes: int = 0
+
+
+@dataclass
+class OffloadStats:
+    ram_bytes: int = 0
+    disk_bytes: int = 0
+    dropped: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class OffloadStore:
+    def __init__(self, folder: str, ram_bytes: int, disk_bytes: int, block_bytes: int, rep_shape: tuple[int, int, int],
+                 device: torch.device | str):
+        """block_bytes: the size of one block (keys + values); rep_shape: (L, Hkv, D)."""
+        if ram_bytes < 0 or disk_bytes < 0:
+            raise ValueError("offload budgets must be >= 0")
+        self.folder, self.ram_budget, self.disk_budget = folder, ram_bytes, disk_bytes
+        self.capacity = max(1, (ram_bytes + disk_bytes) // max(1, block_bytes))
+        self.representatives = torch.zeros((self.capacity, *rep_shape), dtype=torch.float32, device=device)
+        self.blocks: list[Block] = []  # oldest first
+        self.stats = OffloadStats()
+        self._free = list(range(self.capacity - 1, -1, -1))
+        self._next = 0
+        self._pin = torch.cuda.is_available()
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def put(self, keys: torch.Tensor, values: torch.Tensor, rows: TokenTable, representative: torch.Tensor,
+            time_range: tuple[float, float]) -> None:
+        """keys, values: (L, Hkv, n, D) on any device; representative: (L, Hkv, D)."""
+        nbytes = keys.nbytes + values.nbytes
+        if nbytes > max(self.ram_budget, self.disk_budget):
+            self.stats.dropped += 1
+            return
+        if not self._free:
+            self._drop(self.blocks[0])
+        keys_cpu, values_cpu = (t.to("cpu", non_blocking=self._pin) for t in (keys, values))
+        if self._pin:
+            keys_cpu, values_cpu = keys_cpu.pin_memory(), values_cpu.pin_memory()
+        block = Block(self._next, self._free.pop(), rows, time_range, keys_cpu, values_cpu, nbytes=nbytes)
+        self.representatives[block.slot] = representative.float()
+        self._next += 1
+        self.blocks.append(block)
+        self.stats.ram_bytes += nbytes
+        while self.stats.ram_bytes > self.ram_budget:
+            self._spill(next(b for b in self.blocks if b.keys is not None))
+
+    def _spill(self, block: Block) -> None:
+        """Move the oldest RAM block to disk, dropping the oldest disk blocks to make room."""
+        self.stats.ram_bytes -= block.nbytes
+        while self.stats.disk_bytes + block.nbytes > self.disk_budget:
+            on_disk = [b for b in self.blocks if b.path is not None]
+            if not on_disk:
+                self._drop(block, counted_in_ram=False)
+                return
+            self._drop(on_disk[0])
+        path = os.path.join(self.folder, f"block-{block.index:08d}.safetensors")
+        try:
+            save_file({"keys": block.keys.contiguous(), "values": block.values.contiguous()}, path)
+        except (OSError, SafetensorError) as err:
+            reason = getattr(err, "strerror", None) or str(err).split(":")[-1].strip()
+            self.stats.errors.append(f"offload folder {self.folder} is unusable ({reason}); block dropped")
+            self._drop(block, counted_in_ram=False)
+            return
+        block.path, block.keys, block.values = path, None, None
+        self.stats.disk_bytes += block.nbytes
+
+    def _drop(self, block: Block, counted_in_ram: bool = True) -> None:
+        self.blocks.remove(block)
+        self._free.append(block.slot)
+        self.stats.dropped += 1
+        if block.path is not None:
+            self.stats.disk_bytes -= block.nbytes
+            try:
+                os.remove(block.path)
+            except OSError:
+                pass
+        elif block.keys is not None and counted_in_ram:
+            self.stats.ram_bytes -= block.nbytes
+
+    def live_representatives(self) -> torch.Tensor:
+        """(B, L, Hkv, D) for the blocks in `self.blocks`, in that order."""
+        slots = torch.tensor([b.slot for b in self.blocks], device=self.representatives.device)
+        return self.representatives.index_select(0, slots)
+
+    def load(self, block: Block, layers: list[int]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The block's keys and values for `layers`: (len(layers), Hkv, n, D) on the CPU; None (and an
+        error recorded) when its file is gone."""
+        if block.keys is not None:
+            return block.keys[layers], block.values[layers]
+        try:
+            with safe_open(block.path, framework="pt") as f:
+                keys, values = f.get_slice("keys"), f.get_slice("values")
+                return (torch.cat([keys[i:i + 1] for i in layers]), torch.cat([values[i:i + 1] for i in layers]))
+        except (OSError, RuntimeError, SafetensorError) as err:
+            self.stats.errors.append(f"offloaded block {block.index} could not be read from {block.path} ({err}); "
+                                     f"answering without it")
+            self._drop(block)
+            return None

@@ -1,0 +1,120 @@
+"""Retrieval of offloaded blocks for a question (ReKV's idea, with bounded tiers).
+
+1. Probe: run the question's tokens once to capture each layer's query vectors, then roll the
+   cache back. 2. Score every offloaded block's representative against those queries (before
+   rotary) and take the top k per layer or over all layers. 3. Load the chosen blocks and place
+   them, in time order, in the retrieved slots right after the sink; later tokens move up.
+The caller then runs the question for real and generates; its next eviction clears the slots.
+"""
+
+import tempfile
+from dataclasses import dataclass
+
+import torch
+
+from livesight.kernels import rotate_keys, score_blocks, select_blocks, unrotate
+from livesight.kvcache import Segment, TokenTable
+from livesight.kvcache.offload import OffloadStore
+from livesight.streaming.adapter import capture_queries
+from livesight.streaming.stepper import CacheStepper
+
+GB = 2**30
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    enabled: bool = True
+    top_k: int = 8
+    scope: str = "layer"  # layer: each layer its own top-k (ReKV); global: one set for all layers
+    ram_gb: float = 4.0
+    disk_gb: float = 16.0
+    folder: str | None = None  # where blocks spill; None: a new temporary folder per session
+
+    def __post_init__(self) -> None:
+        if self.top_k < 0:
+            raise ValueError(f"--retrieve-top-k must be >= 0, got {self.top_k}")
+        if self.scope not in ("layer", "global"):
+            raise ValueError(f"--retrieve-scope must be layer or global, got {self.scope!r}")
+        if self.ram_gb < 0 or self.disk_gb < 0:
+            raise ValueError(f"offload budgets must be >= 0 GB, got RAM {self.ram_gb}, disk {self.disk_gb}")
+
+
+class Retriever:
+    def __init__(self, stepper: CacheStepper, config: RetrievalConfig, block_tokens: int):
+        self.stepper, self.config, self.block_tokens = stepper, config, block_tokens
+        cache = stepper.cache
+        self.folder = config.folder or tempfile.mkdtemp(prefix="livesight-session-")
+        shape = cache.key_buffer.shape  # (L, 1, Hkv, capacity, D)
+        block_bytes = 2 * shape[0] * shape[2] * block_tokens * shape[4] * cache.key_buffer.element_size()
+        self.store = OffloadStore(self.folder, int(config.ram_gb * GB), int(config.disk_gb * GB), block_bytes,
+                                  (shape[0], shape[2], shape[4]), cache.key_buffer.device)
+        self.skipped = 0  # evicted blocks of another size than block_tokens (not stored)
+
+    def offload(self, index: torch.Tensor, time_range: tuple[float, float]) -> None:
+        """Store the tokens at buffer slots `index` (one block) before eviction overwrites them."""
+        if index.numel() != self.block_tokens:
+            self.skipped += 1
+            return
+        cache = self.stepper.cache
+        keys, values = cache.gather(index)
+        rows = cache.table.select(index)
+        self.store.put(keys, values, rows, cache.representative(keys, rows.pos), time_range)
+
+    def retrieve(self, question: torch.Tensor) -> list[tuple[float, float]]:
+        """question: (n, hidden) embeddings of the tokens the caller will run next. Fills the
+        retrieved slots; -> the time ranges of the blocks used by any layer, in time order."""
+        if not self.config.enabled or self.config.top_k == 0 or len(self.store) == 0:
+            return []
+        blocks = list(self.store.blocks)
+        chosen = select_blocks(score_blocks(self._probe(question), self.store.live_representatives()),
+                               self.config.top_k, self.config.scope).cpu()  # (L, k)
+        loaded = {}
+        for b in chosen.unique().tolist():
+            layers = (chosen == b).any(dim=1).nonzero().squeeze(1).tolist()
+            part = self.store.load(blocks[b], layers)
+            if part is None:
+                return []  # a lost file: the store recorded the error; answer from the window alone
+            loaded[b] = dict(zip(layers, zip(*part)))
+        self._insert(chosen, blocks, loaded)
+        return sorted({blocks[b].time_range for b in chosen.unique().tolist()})
+
+    def _probe(self, question: torch.Tensor) -> torch.Tensor:
+        """-> the question's queries before rotary, (L, Hq, n, D); the cache is left as it was."""
+        stepper, cache = self.stepper, self.stepper.cache
+        builder = stepper.builder()
+        builder.text(question, Segment.TEXT, 0.0)
+        embeds, table = builder.build()
+        length = cache.length
+        with capture_queries() as captured:
+            stepper.adapter.forward(embeds, table.pos, cache)
+        cache.rollback(length)
+        queries = torch.stack([captured[layer] for layer in range(len(captured))])
+        return unrotate(queries, table.pos, cache.inv_freq, cache.mrope_section)
+
+    def _insert(self, chosen: torch.Tensor, blocks: list, loaded: dict) -> None:
+        """Slot j of layer l holds block chosen[l, j], its keys re-rotated from where they were
+        evicted to the slot's positions; the TokenTable rows describe layer 0's blocks."""
+        cache = self.stepper.cache
+        num_sink = int((cache.table.segment == Segment.SINK).sum())
+        start = int(cache.table.pos[:, :num_sink].max()) + 1 if num_sink else 0
+        first = blocks[int(chosen[0, 0])].rows.pos
+        extent = int(first.max()) - int(first.min()) + 1
+        device, inv_freq = cache.key_buffer.device, cache.inv_freq
+        keys, values = [], []
+        for layer, row in enumerate(chosen.tolist()):
+            layer_keys = []
+            for j, b in enumerate(row):
+                shift = start + j * extent - int(blocks[b].rows.pos.min())
+                k = loaded[b][layer][0].to(device, non_blocking=True)
+                layer_keys.append(rotate_keys(k, torch.full((k.shape[1],), shift, dtype=torch.int64), inv_freq))
+            keys.append(torch.cat(layer_keys, dim=1))
+            values.append(torch.cat([loaded[b][layer][1].to(device, non_blocking=True) for b in row], dim=1))
+        rows = TokenTable.empty()
+        for j, b in enumerate(chosen[0].tolist()):
+            r = blocks[b].rows
+            shifted = TokenTable(torch.full_like(r.segment, int(Segment.RETRIEVED)), r.seq, r.group,
+                                 r.pos - int(r.pos.min()) + start + j * extent, r.t)
+            rows = rows.cat(shifted)
+        cache.insert_retrieved(torch.stack(keys), torch.stack(values), rows)
+        self.stepper.resync()
+

@@ -8,7 +8,7 @@ from livesight.errors import InputError
 from livesight.eval.fidelity import POLICIES, FidelityConfig, run_fidelity
 
 NAMES = {"dense": "dense (full cache)", "window": "window only", "sink+window": "sink + window",
-         "recompute": "sliding-window recompute (oracle)"}
+         "recompute": "sliding-window recompute (oracle)", "sink+window+retrieval": "sink + window + retrieval"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,13 +32,15 @@ def markdown(result: dict) -> str:
         ppl_all = f"{all_tokens[p]:.2f}" if p in all_tokens else "—"
         key = f"{round(acc[p] * trials)}/{trials}" if p in acc else "—"
         rows.append(f"| {NAMES[p]} | {ppl_all} | {at[p]:.2f} | {at[p] / oracle:.3f} | {key} |")
-    rows.append("| sink + window + retrieval | — | — | — | not yet: the retrieval issue fills this |")
+    key = f"{round(acc['sink+window+retrieval'] * trials)}/{trials}"
+    rows.append(f"| {NAMES['sink+window+retrieval']} | — | — | — | {key} |")
     return "\n".join([
         f"Model {s['model']}, text {s['text']}: {s['tokens']} tokens; window W = {s['window']} "
         f"(sink S = {s['sink']}), {s['chunk']} tokens per step; oracle on {s['oracle_targets']} evenly spaced "
         f"tokens past the first W; passkey: {trials} trials, keys at depth {s['passkey_depths'][0]:g}–"
         f"{s['passkey_depths'][1]:g} of about {result['passkey']['dense'][0]['prompt_tokens'] if trials else 0} tokens, prefilled "
-        f"{s['passkey_chunk']} tokens per step.",
+        f"{s['passkey_chunk']} tokens per step; retrieval brings back the top {s['retrieve_top_k']} blocks of "
+        f"{s['retrieve_block']} tokens ({s['retrieve_scope']} scope) for the question.",
         "", *rows, ""])
 
 

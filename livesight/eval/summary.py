@@ -29,7 +29,15 @@ def summarize(lines, skip: int = 5) -> dict:
     }
     if "gpu_mem_mb" in metrics[0]:
         out["gpu_mem_mb_first_last"] = [metrics[0]["gpu_mem_mb"], metrics[-1]["gpu_mem_mb"]]
+        mem = [m["gpu_mem_mb"] for m in steady]
+        out["gpu_mem_mb_min_max"] = [min(mem), max(mem)]
+        out["gpu_mem_spread"] = round((max(mem) - min(mem)) / max(mem), 5)
         out["gpu_peak_mb_last"] = metrics[-1]["gpu_peak_mb"]
+    if "offload" in metrics[-1]:
+        out["offload_last"] = metrics[-1]["offload"]
+    out["answers"] = [{k: a.get(k) for k in ("t", "question", "ttft_ms", "latency_ms")} | {
+        "retrieved_ranges": len(a.get("retrieved", []))} for a in lines if a.get("type") == "answer"]
+    out["errors"] = [e.get("text") for e in lines if e.get("type") == "error"][:5]
     summary = [e for e in lines if e.get("type") == "summary"]
     if summary:
         out["realtime_factor"] = summary[-1]["realtime_factor"]

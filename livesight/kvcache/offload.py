@@ -63,9 +63,7 @@ class OffloadStore:
             return
         if not self._free:
             self._drop(self.blocks[0])
-        keys_cpu, values_cpu = (t.to("cpu", non_blocking=self._pin) for t in (keys, values))
-        if self._pin:
-            keys_cpu, values_cpu = keys_cpu.pin_memory(), values_cpu.pin_memory()
+        keys_cpu, values_cpu = (torch.empty(t.shape, dtype=t.dtype, pin_memory=self._pin).copy_(t) for t in (keys, values))
         block = Block(self._next, self._free.pop(), rows, time_range, keys_cpu, values_cpu, nbytes=nbytes)
         self.representatives[block.slot] = representative.float()
         self._next += 1
@@ -112,15 +110,15 @@ class OffloadStore:
         slots = torch.tensor([b.slot for b in self.blocks], device=self.representatives.device)
         return self.representatives.index_select(0, slots)
 
-    def load(self, block: Block, layers: list[int]) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The block's keys and values for `layers`: (len(layers), Hkv, n, D) on the CPU; None (and an
-        error recorded) when its file is gone."""
+    def load(self, block: Block, layers: list[int]) -> dict[int, tuple[torch.Tensor, torch.Tensor]] | None:
+        """The block's keys and values (Hkv, n, D) on the CPU for each of `layers` (views of pinned
+        memory while in RAM); None, with an error recorded, when its file is gone."""
         if block.keys is not None:
-            return block.keys[layers], block.values[layers]
+            return {i: (block.keys[i], block.values[i]) for i in layers}
         try:
             with safe_open(block.path, framework="pt") as f:
                 keys, values = f.get_slice("keys"), f.get_slice("values")
-                return (torch.cat([keys[i:i + 1] for i in layers]), torch.cat([values[i:i + 1] for i in layers]))
+                return {i: (keys[i:i + 1][0], values[i:i + 1][0]) for i in layers}
         except (OSError, RuntimeError, SafetensorError) as err:
             self.stats.errors.append(f"offloaded block {block.index} could not be read from {block.path} ({err}); "
                                      f"answering without it")

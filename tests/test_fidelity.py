@@ -65,3 +65,15 @@ def test_passkey_prompt_places_one_key_at_its_depth():
     text = passkey_prompt(12345, 40, 0.25)
     assert text.count("12345") == 2 and text.rstrip().endswith("The pass key is")
     assert text.index("12345") / len(text) == pytest.approx(0.25, abs=0.05)
+
+
+def test_retrieval_brings_back_a_passkey_the_window_lost(smol):
+    """A key ~100 tokens into a 1,000-token prompt, far outside a 128-token window: sink + window
+    cannot answer; retrieving 8 blocks of 16 tokens for the question can, as dense can."""
+    from livesight.eval.fidelity import passkey_trial
+    adapter, _ = smol
+    config = FidelityConfig(tokens=1000, window=128, chunk=16, passkey_chunk=32, passkey_filler=40,
+                            retrieve_block=16, retrieve_top_k=8)
+    results = {p: passkey_trial(adapter, p, config, 52817, 0.1) for p in ("dense", "sink+window", "sink+window+retrieval")}
+    assert results["dense"]["correct"] and results["sink+window+retrieval"]["correct"], results
+    assert not results["sink+window"]["correct"], results

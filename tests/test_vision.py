@@ -46,6 +46,7 @@ def test_file_source_samples_presentation_time(clip):
         source = FileSource(clip, fps)
         frames = list(source)
         _check_rate(frames, fps, 8.0)
+        assert len(frames) == int(fps * 8)  # an 8.0-s file gives exactly fps x 8 samples
         assert frames[0].image.shape == (180, 320, 3) and frames[0].image.dtype == np.uint8
 
 

@@ -165,6 +165,10 @@ def print_event(event, as_json: bool) -> None:
             line += f", gpu {d['gpu_mem_mb']:.0f} MB"
     elif event.type == "answer":
         line = f"Q: {d['question']}\n{'':9}A: {event.text}  ({d['ttft_ms']:.0f} ms to first token)"
+        if d.get("retrieved"):
+            moments = ", ".join(f"{a:g}-{b:g} s" for a, b in d["retrieved"][:6])
+            more = f" and {len(d['retrieved']) - 6} more" if len(d["retrieved"]) > 6 else ""
+            line += f"\n{'':9}drew on: {moments}{more}"
     elif event.type == "summary":
         line = (f"{d['chunks']} chunks in {d['wall_s']:.1f} s: {d['chunks_per_s']} chunks/s, "
                 f"real-time factor {d['realtime_factor']}")
@@ -209,8 +213,10 @@ def demo(args) -> int:
     if not args.json:
         print(f"wrote {args.seconds:g} s of synthetic video to {path}; running it with tiny-random "
               f"(random weights: the words are noise, the engine is real)", flush=True)
-    ns = build_parser().parse_args(["run", "--source", path, "--model", "tiny-random", "--narrate-tokens", "8",
-                                    "--ask", f"{args.seconds / 2:g}:What is moving?"])
+    ns = build_parser().parse_args([  # a short window, so the questions draw on offloaded moments
+        "run", "--source", path, "--model", "tiny-random", "--narrate-tokens", "8", "--vision-window", "4",
+        "--retrieve-top-k", "2", "--ask", f"{args.seconds / 2:g}:What is moving?",
+        "--ask", f"{args.seconds:g}:What happened at the start?"])
     ns.json = args.json
     return run(ns)
 

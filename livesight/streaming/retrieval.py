@@ -7,7 +7,9 @@
 The caller then runs the question for real and generates; its next eviction clears the slots.
 """
 
+import shutil
 import tempfile
+import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -45,6 +47,8 @@ class Retriever:
         self.stepper, self.config, self.block_tokens = stepper, config, block_tokens
         cache = stepper.cache
         self.folder = config.folder or tempfile.mkdtemp(prefix="livesight-session-")
+        if config.folder is None:  # ours: removed when the session goes away, closed or not
+            weakref.finalize(self, shutil.rmtree, self.folder, True)
         shape = cache.key_buffer.shape  # (L, 1, Hkv, capacity, D)
         block_bytes = 2 * shape[0] * shape[2] * block_tokens * shape[4] * cache.key_buffer.element_size()
         self.store = OffloadStore(self.folder, int(config.ram_gb * GB), int(config.disk_gb * GB), block_bytes,

@@ -80,7 +80,7 @@ class Session:
         return [Event("error", self.now, text) for text in new]
 
     def close(self) -> None:
-        """Remove the session's offload folder if the session made it."""
+        """Remove the session's offload folder now if the session made it (else when collected)."""
         if self.retriever is not None and self.config.retrieval.folder is None:
             shutil.rmtree(self.retriever.folder, ignore_errors=True)
 

@@ -102,7 +102,7 @@ class FileSource:
     def __iter__(self) -> Iterator[Frame]:
         end = self.video.duration if self.seconds is None else min(self.seconds, self.video.duration)
         last_index, image = -1, None
-        for k in range(int(np.ceil(end * self.fps - 1e-9))):
+        for k in range(int(np.ceil(end * self.fps - 1e-3))):  # decord's float32 stamps are off by ~1e-6 s
             t = k / self.fps
             index = max(0, int(np.searchsorted(self.video.timestamps, t + 1e-6, side="right")) - 1)
             if index != last_index:

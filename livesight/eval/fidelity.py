@@ -9,7 +9,6 @@ Every policy sees at most W tokens per query: the cache is cut to W - chunk befo
 """
 
 import re
-import shutil
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -98,7 +97,7 @@ class TextStream:
 
     def close(self) -> None:
         if self.retriever is not None:
-            shutil.rmtree(self.retriever.folder, ignore_errors=True)
+            self.retriever.close()
 
     def feed(self, ids: list[int], all_logits: bool = True, evict: bool = True) -> torch.Tensor:
         """ids -> logits (n, vocab), or (vocab,) of the last; the stream's first `num_sink` ids are the sink.

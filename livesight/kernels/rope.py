@@ -29,8 +29,9 @@ def rotate_by_angles_reference(x: torch.Tensor, angles: torch.Tensor) -> torch.T
 
 
 def rotate_keys_reference(keys: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    """keys: (..., n, D) with rotary applied at some positions -> the same keys at positions + delta."""
-    angles = delta.to(torch.float64)[:, None] * inv_freq.to(torch.float64)[None, :]
+    """keys: (..., n, D) with rotary applied at some positions -> the same keys at positions + delta,
+    delta: (n,) or any shape that broadcasts against keys' leading dims and ends in n."""
+    angles = delta.to(torch.float64)[..., None] * inv_freq.to(torch.float64)
     return rotate_by_angles_reference(keys, angles)
 
 

@@ -126,6 +126,13 @@ class StreamCache(Cache):
         assert length <= self.length and len(self.table) == length
         self.length = length
 
+    def slots_start(self) -> tuple[int, int]:
+        """(buffer index, position) where retrieved slots go: right after the sink, which compact()
+        keeps first in the buffer."""
+        num_sink = int((self.table.segment == Segment.SINK).sum())
+        assert bool((self.table.segment[:num_sink] == Segment.SINK).all()), "compact() keeps the sink first"
+        return num_sink, (int(self.table.pos[:, :num_sink].max()) + 1 if num_sink else 0)
+
     def insert_retrieved(self, keys: torch.Tensor, values: torch.Tensor, rows: TokenTable) -> None:
         """Place retrieved tokens right after the sink; every later token moves up by their extent.
 
@@ -133,11 +140,9 @@ class StreamCache(Cache):
         num = keys.shape[2]
         if self.length + num > self.capacity:
             raise CacheFullError(f"{num} retrieved tokens overflow the cache ({self.length}/{self.capacity})")
-        num_sink = int((self.table.segment == Segment.SINK).sum())
-        assert bool((self.table.segment[:num_sink] == Segment.SINK).all()), "compact() keeps the sink first"
-        start = self.table.pos[:, :num_sink].max() + 1 if num_sink else 0
-        assert int(rows.pos.min()) == int(start), "retrieved slots must start right after the sink"
-        extent = int(rows.pos.max()) + 1 - int(start)
+        num_sink, start = self.slots_start()
+        assert int(rows.pos.min()) == start, "retrieved slots must start right after the sink"
+        extent = int(rows.pos.max()) + 1 - start
         end = self.length
         shift = torch.full((end - num_sink,), extent, dtype=torch.int64)
         rest_keys = rotate_keys(self.key_buffer[:, :, :, num_sink:end], shift, self.inv_freq)

@@ -116,8 +116,9 @@ def load_smollm2(device: str = "cpu", dtype: torch.dtype = torch.float32, cache_
     folder = list(found.submodule_search_locations)[0]
     cache = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "livesight", "smollm2-135m-instruct")
     if not os.path.exists(os.path.join(cache, "config.json")):
-        staging = tempfile.mkdtemp(prefix="smollm2-", dir=os.path.dirname(os.path.abspath(cache)) if os.path.isdir(
-            os.path.dirname(os.path.abspath(cache))) else None)
+        parent = os.path.dirname(os.path.abspath(cache))
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix="smollm2-", dir=parent)  # same disk: the final rename is atomic
         AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF).save_pretrained(staging)
         quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
         config = quantized.config
@@ -127,7 +128,6 @@ def load_smollm2(device: str = "cpu", dtype: torch.dtype = torch.float32, cache_
         plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # GGUF models refuse to save
         plain.load_state_dict(quantized.state_dict())
         plain.save_pretrained(staging)
-        os.makedirs(os.path.dirname(os.path.abspath(cache)), exist_ok=True)
         shutil.rmtree(cache, ignore_errors=True)
         os.replace(staging, cache)  # whole or not at all: a killed conversion leaves no half copy
     model = AutoModelForCausalLM.from_pretrained(cache, dtype=dtype, device_map=device)

@@ -47,18 +47,17 @@ class Retriever:
         self.stepper, self.config, self.block_tokens = stepper, config, block_tokens
         cache = stepper.cache
         self.folder = config.folder or tempfile.mkdtemp(prefix="livesight-session-")
-        if config.folder is None:  # ours: removed when the session goes away, closed or not
-            weakref.finalize(self, shutil.rmtree, self.folder, True)
+        # a folder we made is removed by close(), or when the retriever is collected, closed or not
+        self.close = weakref.finalize(self, shutil.rmtree, self.folder, True) if config.folder is None else lambda: None
         shape = cache.key_buffer.shape  # (L, 1, Hkv, capacity, D)
         block_bytes = 2 * shape[0] * shape[2] * block_tokens * shape[4] * cache.key_buffer.element_size()
         self.store = OffloadStore(self.folder, int(config.ram_gb * GB), int(config.disk_gb * GB), block_bytes,
                                   (shape[0], shape[2], shape[4]), cache.key_buffer.device)
-        self.skipped = 0  # evicted blocks of another size than block_tokens (not stored)
 
     def offload(self, index: torch.Tensor, time_range: tuple[float, float]) -> None:
         """Store the tokens at buffer slots `index` (one block) before eviction overwrites them."""
-        if index.numel() != self.block_tokens:
-            self.skipped += 1
+        if index.numel() != self.block_tokens:  # slots hold blocks of one size
+            self.store.stats.skipped += 1
             return
         cache = self.stepper.cache
         keys, values = cache.gather(index)
@@ -119,26 +118,21 @@ class Retriever:
         """Slot j of layer l holds block chosen[l, j], its keys re-rotated from where they were
         evicted to the slot's positions; the TokenTable rows describe layer 0's blocks."""
         cache = self.stepper.cache
-        num_sink = int((cache.table.segment == Segment.SINK).sum())
-        start = int(cache.table.pos[:, :num_sink].max()) + 1 if num_sink else 0
+        _, start = cache.slots_start()
         first = blocks[int(chosen[0, 0])].rows.pos
         extent = int(first.max()) - int(first.min()) + 1
-        inv_freq = cache.inv_freq
-        keys, values = [], []
-        for layer, row in enumerate(chosen.tolist()):
-            layer_keys = []
-            for j, b in enumerate(row):
-                shift = start + j * extent - int(blocks[b].rows.pos.min())
-                k = loaded[b][layer][0]
-                layer_keys.append(rotate_keys(k, torch.full((k.shape[1],), shift, dtype=torch.int64), inv_freq))
-            keys.append(torch.cat(layer_keys, dim=1))
-            values.append(torch.cat([loaded[b][layer][1] for b in row], dim=1))
+        starts = torch.tensor([int(b.rows.pos.min()) for b in blocks])
+        shift = start + torch.arange(chosen.shape[1]) * extent - starts[chosen]  # (L, k)
+        keys = torch.stack([torch.cat([loaded[b][layer][0] for b in row], dim=1) for layer, row in enumerate(chosen.tolist())])
+        values = torch.stack([torch.cat([loaded[b][layer][1] for b in row], dim=1) for layer, row in enumerate(chosen.tolist())])
+        shift = shift.repeat_interleave(self.block_tokens, dim=1)[:, None, :]  # (L, 1, R): per layer and token
+        keys = rotate_keys(keys, shift, cache.inv_freq)
         rows = TokenTable.empty()
         for j, b in enumerate(chosen[0].tolist()):
             r = blocks[b].rows
             shifted = TokenTable(torch.full_like(r.segment, int(Segment.RETRIEVED)), r.seq, r.group,
                                  r.pos - int(r.pos.min()) + start + j * extent, r.t)
             rows = rows.cat(shifted)
-        cache.insert_retrieved(torch.stack(keys), torch.stack(values), rows)
+        cache.insert_retrieved(keys, values, rows)
         self.stepper.resync()
 

@@ -6,7 +6,6 @@ generated token and the turn's closing tokens are fed at the start of the next s
 forward pass is spent on them alone.
 """
 
-import shutil
 import time
 
 import numpy as np
@@ -81,8 +80,8 @@ class Session:
 
     def close(self) -> None:
         """Remove the session's offload folder now if the session made it (else when collected)."""
-        if self.retriever is not None and self.config.retrieval.folder is None:
-            shutil.rmtree(self.retriever.folder, ignore_errors=True)
+        if self.retriever is not None:
+            self.retriever.close()
 
     def _generate(self, logits: torch.Tensor, max_tokens: int, t: float) -> list[int]:
         """Greedy decode; every token but the last is fed now, the last with the closing tokens next step."""
@@ -178,7 +177,8 @@ class Session:
         if self.retriever is not None:
             stats = self.retriever.store.stats
             data["offload"] = {"blocks": len(self.retriever.store), "ram_mb": round(stats.ram_bytes / 2**20, 1),
-                               "disk_mb": round(stats.disk_bytes / 2**20, 1), "dropped": stats.dropped}
+                               "disk_mb": round(stats.disk_bytes / 2**20, 1), "dropped": stats.dropped,
+                               "skipped": stats.skipped}
         if self.cache.key_buffer.is_cuda:
             data["gpu_mem_mb"] = round(torch.cuda.memory_allocated() / 2**20, 1)
             data["gpu_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)

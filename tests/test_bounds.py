@@ -7,7 +7,7 @@ import torch
 
 from livesight.streaming.adapter import QwenVLAdapter
 from livesight.streaming.chunker import chunk_frames
-from livesight.streaming.config import SessionConfig
+from livesight.streaming.config import CompressionConfig, SessionConfig
 from livesight.streaming.loop import run_stream
 from livesight.streaming.retrieval import RetrievalConfig
 from livesight.streaming.session import Session
@@ -21,7 +21,9 @@ def test_ten_minute_stream_stays_bounded(tiny):
     # about 100 blocks in RAM and 200 on disk, of 580 evicted
     block_gb = 2 * 3 * 2 * 25 * 16 * 4 / 2**30
     retrieval = RetrievalConfig(ram_gb=100.5 * block_gb, disk_gb=200.5 * block_gb)
-    config = SessionConfig(narrate_tokens=4, retrieval=retrieval)
+    # compression off: every chunk is a full block, so the budgets' block counts are exact
+    config = SessionConfig(narrate_tokens=4, retrieval=retrieval,
+                           compression=CompressionConfig(reuse=False, prune=False))
     session = Session(QwenVLAdapter(tiny), config, (90, 160))
     caps = session.policy.caps(session.tokens_per_chunk, config.chunk_seconds)
     chunks = chunk_frames(SyntheticSource(config.fps, SECONDS, 160, 90), config.frames_per_chunk, config.fps)

@@ -70,6 +70,7 @@ class StreamCache(Cache):
         self.inv_freq = inv_freq.float().to(device)
         self.mrope_section = mrope_section
         self.table = TokenTable.empty()
+        self.key_valid: torch.Tensor | None = None  # (L, capacity) bool while retrieved slots hold padding
         super().__init__(layers=[StreamLayer(self, i) for i in range(num_layers)])
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -90,6 +91,9 @@ class StreamCache(Cache):
         Returns how many tokens had their keys re-rotated.
         """
         assert keep.shape == (self.length,)
+        if self.key_valid is not None:  # padding lives only in retrieved slots, which never stay
+            assert not bool(keep[self.table.segment == Segment.RETRIEVED].any()), "padded retrieved slots kept"
+            self.key_valid = None
         kept = torch.nonzero(keep).squeeze(1)
         table = self.table.select(kept)
         by_time = torch.argsort(table.seq)
@@ -133,10 +137,13 @@ class StreamCache(Cache):
         assert bool((self.table.segment[:num_sink] == Segment.SINK).all()), "compact() keeps the sink first"
         return num_sink, (int(self.table.pos[:, :num_sink].max()) + 1 if num_sink else 0)
 
-    def insert_retrieved(self, keys: torch.Tensor, values: torch.Tensor, rows: TokenTable) -> None:
+    def insert_retrieved(self, keys: torch.Tensor, values: torch.Tensor, rows: TokenTable,
+                         valid: torch.Tensor | None = None) -> None:
         """Place retrieved tokens right after the sink; every later token moves up by their extent.
 
-        keys, values: (L, Hkv, R, D) already rotated to rows.pos, which start at the sink's end."""
+        keys, values: (L, Hkv, R, D) already rotated to rows.pos, which start at the sink's end.
+        valid: (L, R) bool, False where a layer's slots are padding (its blocks were smaller);
+        attention masks those keys until the next compaction clears the slots."""
         num = keys.shape[2]
         if self.length + num > self.capacity:
             raise CacheFullError(f"{num} retrieved tokens overflow the cache ({self.length}/{self.capacity})")
@@ -155,3 +162,7 @@ class StreamCache(Cache):
         rest.pos = rest.pos + extent
         self.table = self.table.select(torch.arange(num_sink)).cat(rows).cat(rest)
         self.length = end + num
+        if valid is not None and not bool(valid.all()):
+            self.key_valid = torch.ones(self.key_buffer.shape[0], self.capacity, dtype=torch.bool,
+                                        device=self.key_buffer.device)
+            self.key_valid[:, num_sink:num_sink + num] = valid.to(self.key_buffer.device)

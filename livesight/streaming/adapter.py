@@ -13,6 +13,7 @@ from transformers.masking_utils import AttentionMaskInterface
 from livesight.kernels import chunk_attention
 from livesight.kvcache import StreamCache
 from livesight.streaming.models import LoadedModel
+from livesight.vision.encoder import EncodeStats, VisionEncoder
 from livesight.vision.preprocess import resize_frames, to_patches
 
 ATTENTION_NAME = "livesight"
@@ -40,7 +41,10 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     part bottom-right over the compact cache."""
     if _captured_queries is not None:
         _captured_queries[module.layer_idx] = query[0]
-    out = chunk_attention(query, key, value, scaling if scaling is not None else query.shape[-1] ** -0.5)
+    key_valid = kwargs.get("livesight_key_valid")
+    if key_valid is not None:
+        key_valid = key_valid[module.layer_idx, :key.shape[-2]]
+    out = chunk_attention(query, key, value, scaling if scaling is not None else query.shape[-1] ** -0.5, key_valid)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -116,7 +120,7 @@ class TextAdapter:
         Appends the step's keys and values to `cache`."""
         out = self.language_model(inputs_embeds=embeds[None].to(self.dtype),
                                   position_ids=self._position_ids(positions).to(self.device),
-                                  past_key_values=cache, use_cache=True)
+                                  past_key_values=cache, use_cache=True, livesight_key_valid=cache.key_valid)
         hidden = out.last_hidden_state[0]
         return self.lm_head(hidden if all_logits else hidden[-1]).float()
 
@@ -146,10 +150,17 @@ class QwenVLAdapter(TextAdapter):
         unit = self.patch * self.merge
         return (-(-num_frames // self.temporal), size[0] // unit, size[1] // unit)
 
+    def vision_encoder(self, size: tuple[int, int], num_frames: int, reuse_threshold: float | None) -> VisionEncoder:
+        """The encoder for chunks of `num_frames` frames of `size`; reuse_threshold None: no reuse."""
+        grid = (-(-num_frames // self.temporal), size[0] // self.patch, size[1] // self.patch)
+        return VisionEncoder(self.visual, grid, reuse_threshold)
+
     @torch.inference_mode()
-    def encode_frames(self, frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """frames: (T, H, W, 3) uint8 -> visual token embeddings (t * h * w, hidden) for one chunk."""
+    def encode_frames(self, frames: torch.Tensor, size: tuple[int, int],
+                      encoder: VisionEncoder) -> tuple[torch.Tensor, EncodeStats]:
+        """frames: (T, H, W, 3) uint8 -> visual tokens (t * h * w, hidden) row-major for one chunk."""
         x = resize_frames(frames.to(self.device), size)
-        pixels, grid = to_patches(x, self.loaded.image_mean, self.loaded.image_std, self.patch, self.merge, self.temporal)
-        grid_thw = torch.tensor([grid], device=self.device)
-        return self.visual(pixels.to(self.dtype), grid_thw=grid_thw).pooler_output
+        if x.shape[0] % self.temporal:  # the tower encodes frames in pairs: repeat the last
+            x = torch.cat([x, x[-1:].expand(self.temporal - x.shape[0] % self.temporal, -1, -1, -1)])
+        pixels, _ = to_patches(x, self.loaded.image_mean, self.loaded.image_std, self.patch, self.merge, self.temporal)
+        return encoder.encode(x, pixels.to(self.dtype))

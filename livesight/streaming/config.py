@@ -9,6 +9,28 @@ DEFAULT_SYSTEM_PROMPT = ("You are LiveSight, watching a live video stream one se
 
 
 @dataclass(frozen=True)
+class CompressionConfig:
+    """Encoder reuse (vision/encoder.py) and token pruning (vision/prune.py)."""
+
+    reuse: bool = True
+    reuse_threshold: float = 0.02  # mean absolute pixel change (0..1) a token may have and be reused
+    prune: bool = True
+    keep_ratio: float = 1.0  # the most of a chunk's tokens kept, most novel first
+    keep_floor: float = 0.25  # the least kept of a chunk whose tokens changed (up to the number that changed)
+    prune_threshold: float = 0.02  # 1 - cosine similarity at or below which a token is redundant
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.reuse_threshold <= 1:
+            raise ValueError(f"--reuse-threshold must be within 0..1 (mean pixel change), got {self.reuse_threshold}")
+        if not 0 < self.keep_ratio <= 1:
+            raise ValueError(f"--keep-ratio must be within (0, 1], got {self.keep_ratio}")
+        if not 0 <= self.keep_floor <= 1:
+            raise ValueError(f"--keep-floor must be within 0..1, got {self.keep_floor}")
+        if not 0 <= self.prune_threshold < 2:
+            raise ValueError(f"--prune-threshold must be within [0, 2) (1 - cosine similarity), got {self.prune_threshold}")
+
+
+@dataclass(frozen=True)
 class SessionConfig:
     fps: float = 2.0
     chunk_seconds: float = 1.0
@@ -22,6 +44,7 @@ class SessionConfig:
     max_pixels: int | None = None  # None: the model's default frame size
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
 
     def __post_init__(self) -> None:
         if self.fps <= 0 or self.chunk_seconds <= 0:

@@ -55,8 +55,9 @@ class Retriever:
                                   (shape[0], shape[2], shape[4]), cache.key_buffer.device)
 
     def offload(self, index: torch.Tensor, time_range: tuple[float, float]) -> None:
-        """Store the tokens at buffer slots `index` (one block) before eviction overwrites them."""
-        if index.numel() != self.block_tokens:  # slots hold blocks of one size
+        """Store the tokens at buffer slots `index` (one block, at most block_tokens; pruned chunks
+        are smaller) before eviction overwrites them."""
+        if index.numel() > self.block_tokens:  # the retrieved slots could not hold it
             self.store.stats.skipped += 1
             return
         cache = self.stepper.cache
@@ -116,23 +117,43 @@ class Retriever:
 
     def _insert(self, chosen: torch.Tensor, blocks: list, loaded: dict) -> None:
         """Slot j of layer l holds block chosen[l, j], its keys re-rotated from where they were
-        evicted to the slot's positions; the TokenTable rows describe layer 0's blocks."""
+        evicted to the slot's positions (every block spans the same positions, pruned or not).
+        Blocks differ in size once pruning is on: each layer's slots are padded to the longest
+        layer's, and the padding is masked. The TokenTable rows describe layer 0's blocks."""
         cache = self.stepper.cache
         _, start = cache.slots_start()
         first = blocks[int(chosen[0, 0])].rows.pos
         extent = int(first.max()) - int(first.min()) + 1
         starts = torch.tensor([int(b.rows.pos.min()) for b in blocks])
         shift = start + torch.arange(chosen.shape[1]) * extent - starts[chosen]  # (L, k)
-        keys = torch.stack([torch.cat([loaded[b][layer][0] for b in row], dim=1) for layer, row in enumerate(chosen.tolist())])
-        values = torch.stack([torch.cat([loaded[b][layer][1] for b in row], dim=1) for layer, row in enumerate(chosen.tolist())])
-        shift = shift.repeat_interleave(self.block_tokens, dim=1)[:, None, :]  # (L, 1, R): per layer and token
-        keys = rotate_keys(keys, shift, cache.inv_freq)
+        sizes = torch.tensor([len(b.rows) for b in blocks])[chosen]  # (L, k)
+        total = int(sizes.sum(1).max())
+        pad = total - sizes.sum(1)  # (L,)
+        keys, values = [], []
+        for layer, row in enumerate(chosen.tolist()):
+            parts = [loaded[b][layer] for b in row]
+            keys.append(self._padded([k for k, _ in parts], int(pad[layer])))
+            values.append(self._padded([v for _, v in parts], int(pad[layer])))
+        token_shift = torch.stack([torch.cat([s.repeat_interleave(n), torch.zeros(int(p), dtype=torch.int64)])
+                                   for s, n, p in zip(shift, sizes, pad)])[:, None, :]  # (L, 1, R)
+        keys = rotate_keys(torch.stack(keys), token_shift, cache.inv_freq)
+        valid = torch.arange(total)[None, :] < (total - pad)[:, None]  # (L, R)
         rows = TokenTable.empty()
         for j, b in enumerate(chosen[0].tolist()):
             r = blocks[b].rows
-            shifted = TokenTable(torch.full_like(r.segment, int(Segment.RETRIEVED)), r.seq, r.group,
-                                 r.pos - int(r.pos.min()) + start + j * extent, r.t)
-            rows = rows.cat(shifted)
-        cache.insert_retrieved(keys, values, rows)
+            rows = rows.cat(TokenTable(torch.full_like(r.segment, int(Segment.RETRIEVED)), r.seq, r.group,
+                                       r.pos - int(r.pos.min()) + start + j * extent, r.t))
+        num_pad = int(pad[0])  # layer 0's padding rows: masked slots at the region's first position
+        rows = rows.cat(TokenTable(torch.full((num_pad,), int(Segment.RETRIEVED)), torch.full((num_pad,), -1),
+                                   torch.full((num_pad,), -1), torch.full((3, num_pad), start),
+                                   torch.zeros(num_pad, dtype=torch.float64)))
+        cache.insert_retrieved(keys, torch.stack(values), rows, valid)
         self.stepper.resync()
+
+    @staticmethod
+    def _padded(parts: list[torch.Tensor], num_pad: int) -> torch.Tensor:
+        """(Hkv, n_i, D) pieces -> (Hkv, sum n_i + num_pad, D), zeros at the end."""
+        if num_pad:
+            parts = parts + [parts[0].new_zeros(parts[0].shape[0], num_pad, parts[0].shape[2])]
+        return torch.cat(parts, dim=1)
 

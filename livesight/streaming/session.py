@@ -21,6 +21,7 @@ from livesight.streaming.events import Event
 from livesight.streaming.retrieval import Retriever
 from livesight.streaming.stepper import CacheStepper
 from livesight.vision.preprocess import fit_size
+from livesight.vision.prune import TokenPruner
 
 PENDING_MAX = 8  # the last generated token plus the closing "<|im_end|>\n"
 
@@ -33,6 +34,12 @@ class Session:
         max_pixels = config.max_pixels or adapter.loaded.max_pixels
         self.size = fit_size(*frame_size, max_pixels, adapter.patch * adapter.merge)
         self.grid = adapter.merged_grid(self.size, config.frames_per_chunk)
+        compress = config.compression
+        self.encoder = adapter.vision_encoder(self.size, config.frames_per_chunk,
+                                              compress.reuse_threshold if compress.reuse else None)
+        refresh_s = max(config.vision_window_s - config.chunk_seconds, config.chunk_seconds)
+        self.pruner = TokenPruner(compress.keep_ratio, compress.keep_floor, compress.prune_threshold,
+                                  refresh_s) if compress.prune else None
         enc = self._encode
         self._chunk_open, self._chunk_close = enc("<|im_start|>user\n<|vision_start|>"), enc("<|vision_end|><|im_end|>\n")
         self._assistant, self._turn_close = enc("<|im_start|>assistant\n"), enc("<|im_end|>\n")
@@ -40,7 +47,8 @@ class Session:
         tok = adapter.tokenizer
         self.stop_ids = {i for i in (tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id,
                                      tok.convert_tokens_to_ids("<|endoftext|>")) if i is not None}
-        self.tokens_per_chunk = len(self._chunk_open) + int(np.prod(self.grid)) + len(self._chunk_close)
+        self.num_wrapper = len(self._chunk_open) + len(self._chunk_close)
+        self.tokens_per_chunk = self.num_wrapper + int(np.prod(self.grid))
         sink_ids = enc(f"<|im_start|>system\n{config.system_prompt}<|im_end|>\n")
         caps = self.policy.caps(self.tokens_per_chunk, config.chunk_seconds)
         chunk_step = PENDING_MAX + self.tokens_per_chunk + len(self._assistant) + config.narrate_tokens
@@ -63,10 +71,13 @@ class Session:
         return self.adapter.tokenizer.encode(text, add_special_tokens=False)
 
     def _offload(self, evicted: TokenTable, index: torch.Tensor) -> None:
-        """Each vision chunk leaving the window becomes one offloaded block."""
+        """Each vision chunk leaving the window becomes one offloaded block, unless pruning left
+        none of its visual tokens (a block of delimiters shows nothing to retrieve)."""
         is_vision = evicted.segment == Segment.VISION
         for group in evicted.group[is_vision].unique().tolist():
             mine = is_vision & (evicted.group == group)
+            if int(mine.sum()) <= self.num_wrapper:
+                continue
             t0 = float(evicted.t[mine].min())
             self.retriever.offload(index[mine], (t0, t0 + self.config.chunk_seconds))
 
@@ -100,26 +111,33 @@ class Session:
         return generated
 
     def add_chunk(self, chunk: Chunk) -> list[Event]:
-        """Encode, prefill and narrate one chunk; returns [caption?, metrics]."""
+        """Encode, prune, prefill and narrate one chunk; returns [caption?, metrics]."""
+        if chunk.frames.shape[0] != self.config.frames_per_chunk:
+            raise ValueError(f"chunk {chunk.index} has {chunk.frames.shape[0]} frames, the session takes "
+                             f"{self.config.frames_per_chunk} (fps x chunk seconds)")
         t0 = time.perf_counter()
         frames = torch.from_numpy(np.ascontiguousarray(chunk.frames))
-        visual = self.adapter.encode_frames(frames, self.size)
+        visual, encoded = self.adapter.encode_frames(frames, self.size, self.encoder)
         self.stepper.sync()
         t1 = time.perf_counter()
+        kept = self.pruner.select(visual, chunk.t_start) if self.pruner is not None else None
+        self.stepper.sync()
+        t_prune = time.perf_counter()
         embed = self.adapter.embed_ids
         builder = self.stepper.builder()
         if self.pending:
             builder.text(embed(self.pending), Segment.TEXT, self.now)
             self.pending = []
-        grid = self.adapter.merged_grid(self.size, chunk.frames.shape[0])
-        builder.vision(embed(self._chunk_open), visual, grid, embed(self._chunk_close), chunk.t_start,
-                       self.temporal_stride)
+        builder.vision(embed(self._chunk_open), visual if kept is None else visual[kept], self.grid,
+                       embed(self._chunk_close), chunk.t_start, self.temporal_stride, kept)
         if self.config.narrate:
             builder.text(embed(self._assistant), Segment.TEXT, chunk.t_start)
         num_new = builder.num_tokens
         logits = self.stepper.forward(builder)
         self.stepper.sync()
         t2 = time.perf_counter()
+        vision_tokens = {"grid": encoded.num_tokens, "encoded": encoded.num_encoded,
+                         "kept": encoded.num_tokens if kept is None else kept.numel()}
         narration = self._generate(logits, self.config.narrate_tokens, chunk.t_start) if self.config.narrate else []
         self.stepper.sync()
         t3 = time.perf_counter()
@@ -130,8 +148,9 @@ class Session:
         if text:
             events.append(Event("caption", chunk.t_start, text))
         events.append(self._metrics(chunk, {
-            "vision_ms": (t1 - t0) * 1000, "prefill_ms": (t2 - t1) * 1000, "decode_ms": (t3 - t2) * 1000,
-            "evict_ms": evict_ms}, num_new, len(narration), moved))
+            "vision_ms": (t1 - t0) * 1000, "prune_ms": (t_prune - t1) * 1000, "prefill_ms": (t2 - t_prune) * 1000,
+            "decode_ms": (t3 - t2) * 1000, "evict_ms": evict_ms}, num_new, len(narration), moved,
+            {"encoder": encoded.mode, "vision_tokens": vision_tokens}))
         return events
 
     def ask(self, question: str) -> list[Event]:
@@ -160,7 +179,8 @@ class Session:
             "question": question.strip(), "ttft_ms": round(ttft, 2), "latency_ms": round(total, 2),
             "tokens": len(answer), "retrieved": [[round(a, 3), round(b, 3)] for a, b in retrieved]})]
 
-    def _metrics(self, chunk: Chunk, times: dict[str, float], num_new: int, num_narrated: int, moved: int) -> Event:
+    def _metrics(self, chunk: Chunk, times: dict[str, float], num_new: int, num_narrated: int, moved: int,
+                 compression: dict) -> Event:
         table = self.cache.table
         data = {
             "chunk": chunk.index,
@@ -172,6 +192,7 @@ class Session:
             "tokens_in": num_new,
             "tokens_out": num_narrated,
             "rerotated": moved,
+            **compression,
             "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
         }
         if self.retriever is not None:

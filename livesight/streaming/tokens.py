@@ -43,15 +43,22 @@ class StepBuilder:
         self._add(embeds, segment, pos, group, t)
 
     def vision(self, before: torch.Tensor, grid_embeds: torch.Tensor, grid: tuple[int, int, int],
-               after: torch.Tensor, t: float, temporal_stride: int) -> None:
-        """One vision group: `before` (k, hidden) text, the (t*h*w, hidden) grid, `after` (m, hidden) text."""
+               after: torch.Tensor, t: float, temporal_stride: int, kept: torch.Tensor | None = None) -> None:
+        """One vision group: `before` (k, hidden) text, the grid's tokens, `after` (m, hidden) text.
+
+        grid_embeds: (t*h*w, hidden) row-major, or only the rows `kept` (r,) ascending of the grid
+        when pruning dropped the others: kept tokens carry the positions they have in the full grid,
+        and the group spans the full grid's positions."""
         gt, gh, gw = grid
-        assert grid_embeds.shape[0] == gt * gh * gw, (grid_embeds.shape, grid)
+        num_rows = gt * gh * gw if kept is None else kept.numel()
+        assert grid_embeds.shape[0] == num_rows, (grid_embeds.shape, grid, num_rows)
         s = self.next_pos + before.shape[0]
         lead = torch.arange(self.next_pos, s).expand(3, before.shape[0])
         tt, hh, ww = torch.meshgrid(torch.arange(gt) * temporal_stride, torch.arange(gh), torch.arange(gw), indexing="ij")
         body = torch.stack([tt, hh, ww]).reshape(3, -1) + s
         end = int(body.max()) + 1
+        if kept is not None:
+            body = body[:, kept.cpu()]
         tail = torch.arange(end, end + after.shape[0]).expand(3, after.shape[0])
         pos = torch.cat([lead, body, tail], dim=1)
         embeds = torch.cat([before, grid_embeds.to(before.dtype), after])

@@ -16,7 +16,7 @@ import numpy as np
 from livesight.errors import InputError
 from livesight.vision import synthetic
 
-SCHEMES = "a video file path, webcam:N, rtsp://..., http(s)://..., or synthetic"
+SCHEMES = "a video file path, webcam:N, rtsp://..., http(s)://..., synthetic or synthetic:SCENE"
 
 
 @dataclass
@@ -35,12 +35,15 @@ class SourceEvent:
 class SyntheticSource:
     is_live = False
 
-    def __init__(self, fps: float, seconds: float, width: int = 640, height: int = 360):
-        self.fps, self.seconds, self.size = fps, seconds, (height, width)
+    def __init__(self, fps: float, seconds: float, width: int = 640, height: int = 360, scene: str = "shapes"):
+        if scene not in synthetic.SCENES:
+            raise InputError(f"unknown synthetic scene '{scene}': use synthetic or synthetic:SCENE with SCENE one "
+                             f"of {', '.join(synthetic.SCENES)}")
+        self.fps, self.seconds, self.size, self.scene = fps, seconds, (height, width), scene
 
     def __iter__(self) -> Iterator[Frame]:
         for k in range(int(round(self.seconds * self.fps))):
-            yield Frame(synthetic.render(k / self.fps, self.size[1], self.size[0]), k / self.fps)
+            yield Frame(synthetic.render(k / self.fps, self.size[1], self.size[0], self.scene), k / self.fps)
 
     def close(self) -> None:
         pass
@@ -215,8 +218,8 @@ class LiveSource:
 def open_source(spec: str, fps: float, seconds: float | None = None):
     """Parse a source spec and open it; raises InputError naming the input and the fix."""
     spec = spec.strip()
-    if spec == "synthetic":
-        return SyntheticSource(fps, 30.0 if seconds is None else seconds)
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        return SyntheticSource(fps, 30.0 if seconds is None else seconds, scene=spec.partition(":")[2] or "shapes")
     if match := re.fullmatch(r"webcam:(\d+)", spec):
         return LiveSource(int(match.group(1)), fps, seconds)
     if spec.startswith("webcam"):

@@ -1,0 +1,143 @@
+"""Qwen2.5-VL's vision tower run block by block, so a chunk that barely changed reuses earlier work.
+
+Change is measured on pixels (no trained weight involved): the mean absolute change of each
+language-model token's pixel cube against the pixels its cached output was computed from.
+- no token changed by more than the threshold: the cached output is returned, the tower is skipped;
+- a few tokens changed (threshold > 0): only their patches run through the blocks, attending to
+  the cached keys and values of every other patch in their window (or frame, in the full-attention
+  blocks); the other tokens keep their cached outputs. This is approximate: in a full recompute the
+  unchanged tokens would see the changed ones too. `error` in the bench measures by how much;
+- otherwise, and always at threshold 0: the full tower. So threshold 0 reuses only pixel-identical
+  chunks and equals full recomputation exactly.
+Patches are kept in the tower's window order throughout, as transformers does.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
+
+from livesight.kernels import segment_attention, token_change
+
+MAX_PARTIAL = 0.5  # past this share of changed tokens a full pass costs about the same, and is exact
+MAX_STALE = 1.0  # partial passes since the last full one may recompute this many frames' worth of tokens
+
+
+@dataclass
+class EncodeStats:
+    mode: str  # "full", "partial" or "reused"
+    num_tokens: int
+    num_encoded: int  # tokens whose output was computed this chunk
+
+
+@dataclass
+class _State:
+    ref: torch.Tensor  # (T, 3, H, W) the pixels each token's cached output was computed from
+    keys: torch.Tensor  # (depth, patches, heads, head_dim) per block, window order, rotary applied
+    values: torch.Tensor
+    hidden: torch.Tensor  # (patches, dim) the last block's output, window order
+    output: torch.Tensor  # (tokens, out_dim) the merged tokens, row-major (t, h, w)
+    stale: float = 0.0  # share of tokens recomputed by partial passes since the last full pass
+
+
+class VisionEncoder:
+    def __init__(self, visual, grid: tuple[int, int, int], reuse_threshold: float | None):
+        """visual: transformers' Qwen2.5-VL vision tower; grid: one chunk's patch grid (t, h, w);
+        reuse_threshold: mean absolute pixel change (0..1) up to which a token counts as unchanged,
+        None to encode every chunk in full."""
+        config = visual.config
+        self.visual, self.threshold = visual, reuse_threshold
+        self.merge, self.temporal = config.spatial_merge_size, config.temporal_patch_size
+        self.unit = self.merge ** 2
+        self.heads = config.num_heads
+        self.full_blocks = set(config.fullatt_block_indexes)
+        device = visual.patch_embed.proj.weight.device
+        grid_thw = torch.tensor([grid])
+        order, cu_windows = get_vision_window_index(grid_thw, self.merge, config.window_size, config.patch_size)
+        self.order = order.to(device)  # window order -> row-major token index
+        self.rank = torch.argsort(order).to(device)  # row-major token -> window order
+        self.patch_order = self._patches(self.order)
+        positions = get_vision_position_ids(grid_thw, self.merge).to(device)
+        cos, sin = visual.rotary_pos_emb(positions, positions)
+        self.cos, self.sin = cos[self.patch_order], sin[self.patch_order]
+        lengths = (cu_windows[1:] - cu_windows[:-1]).to(device)
+        self.window_segment = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths)
+        self.frame_segment = torch.arange(grid[0], device=device).repeat_interleave(grid[1] * grid[2])
+        self.num_tokens = order.numel()
+        self.state: _State | None = None
+
+    def _patches(self, tokens: torch.Tensor) -> torch.Tensor:
+        """token indices (k,) -> their patch rows (k * merge**2,): a token's patches are consecutive."""
+        return (tokens[:, None] * self.unit + torch.arange(self.unit, device=tokens.device)).reshape(-1)
+
+    @torch.inference_mode()
+    def encode(self, frames: torch.Tensor, pixels: torch.Tensor) -> tuple[torch.Tensor, EncodeStats]:
+        """frames: (T, 3, H, W) in [0, 1], T a multiple of temporal; pixels: the tower's patch rows
+        for them, row-major -> visual tokens (tokens, out_dim) row-major, and what was computed."""
+        state = self.state
+        if self.threshold is None or state is None:
+            return self._full(frames, pixels)
+        changed = token_change(frames, state.ref, self.merge * self.visual.config.patch_size, self.temporal) > self.threshold
+        num_changed = int(changed.sum())
+        if num_changed == 0:
+            return state.output.clone(), EncodeStats("reused", self.num_tokens, 0)
+        share = num_changed / self.num_tokens
+        if self.threshold == 0 or share > MAX_PARTIAL or state.stale + share > MAX_STALE:
+            return self._full(frames, pixels)
+        return self._partial(frames, pixels, changed.nonzero().squeeze(1), share)
+
+    def _full(self, frames: torch.Tensor, pixels: torch.Tensor) -> tuple[torch.Tensor, EncodeStats]:
+        hidden = self.visual.patch_embed(pixels)[self.patch_order]
+        keep = self.threshold is not None
+        shape = (len(self.visual.blocks), hidden.shape[0], self.heads, hidden.shape[1] // self.heads)
+        keys = torch.empty(shape, dtype=hidden.dtype, device=hidden.device) if keep else None
+        values = torch.empty_like(keys) if keep else None
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        for i, block in enumerate(self.visual.blocks):
+            hidden = self._block(i, block, hidden, rows, keys, values)
+        output = self.visual.merger(hidden)[self.rank]
+        if keep:
+            self.state = _State(frames.clone(), keys, values, hidden, output.clone())
+        return output, EncodeStats("full", self.num_tokens, self.num_tokens)
+
+    def _partial(self, frames: torch.Tensor, pixels: torch.Tensor, tokens: torch.Tensor,
+                 share: float) -> tuple[torch.Tensor, EncodeStats]:
+        """Recompute `tokens` (k,) row-major against the cached keys and values of all others."""
+        state = self.state
+        rows = self._patches(self.rank[tokens])  # their patch rows in window order
+        hidden = self.visual.patch_embed(pixels[self._patches(tokens)])
+        for i, block in enumerate(self.visual.blocks):
+            hidden = self._block(i, block, hidden, rows, state.keys, state.values)
+        state.hidden[rows] = hidden
+        state.output[tokens] = self.visual.merger(hidden)
+        mask = torch.zeros(self.num_tokens, dtype=torch.bool, device=frames.device)
+        mask[tokens] = True
+        state.ref = torch.where(self._pixel_mask(mask, frames.shape), frames, state.ref)
+        state.stale += share
+        return state.output.clone(), EncodeStats("partial", self.num_tokens, tokens.numel())
+
+    def _pixel_mask(self, token_mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """(tokens,) bool row-major -> (T, 1, H, W) bool over each token's pixel cube."""
+        num_frames, _, height, width = shape
+        side = self.merge * self.visual.config.patch_size
+        grid = token_mask.reshape(num_frames // self.temporal, 1, height // side, width // side)
+        grid = grid.repeat_interleave(side, dim=2).repeat_interleave(side, dim=3)
+        return grid.repeat_interleave(self.temporal, dim=0)
+
+    def _block(self, index: int, block, hidden: torch.Tensor, rows: torch.Tensor, keys: torch.Tensor | None,
+               values: torch.Tensor | None) -> torch.Tensor:
+        """One vision block for the patches at window-order `rows` (m,), hidden (m, dim). With a
+        key/value store, their new keys and values are written into it and attention reads all of it;
+        without one, `rows` must be every patch."""
+        attn = block.attn
+        q, k, v = attn.qkv(block.norm1(hidden)).reshape(hidden.shape[0], 3, self.heads, -1).unbind(1)
+        q, k = apply_rotary_pos_emb_vision(q, k, self.cos[rows], self.sin[rows])
+        segment = self.frame_segment if index in self.full_blocks else self.window_segment
+        if keys is not None:
+            keys[index, rows], values[index, rows] = k, v
+            k, v = keys[index], values[index]
+        out = segment_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), segment[rows], segment,
+                                attn.scaling)
+        hidden = hidden + attn.proj(out.transpose(0, 1).reshape(hidden.shape[0], -1))
+        return hidden + block.mlp(block.norm2(hidden))

@@ -21,12 +21,12 @@ def clip(tmp_path_factory):
     return path
 
 
-def make_chunks(num_chunks: int, fps: float = 2.0, frames_per_chunk: int = 2, size=(180, 320)):
+def make_chunks(num_chunks: int, fps: float = 2.0, frames_per_chunk: int = 2, size=(180, 320), scene="shapes"):
     from livesight.streaming.chunker import Chunk
     from livesight.vision.synthetic import render
     chunks = []
     for i in range(num_chunks):
         times = [(i * frames_per_chunk + k) / fps for k in range(frames_per_chunk)]
-        frames = np.stack([render(t, size[1], size[0]) for t in times])
+        frames = np.stack([render(t, size[1], size[0], scene) for t in times])
         chunks.append(Chunk(frames, times[0], times[-1] + 1 / fps, i))
     return chunks

@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="watch a source, narrate, answer questions")
-    run.add_argument("--source", required=True, help="video file, webcam:N, rtsp://..., http(s)://..., or synthetic")
+    run.add_argument("--source", required=True, help="video file, webcam:N, rtsp://..., http(s)://..., or "
+                     "synthetic[:static|quiet|shapes|busy]")
     add_engine_args(run)
     run.add_argument("--ask", action="append", type=parse_ask, default=[], metavar="SECONDS:QUESTION",
                      help="ask QUESTION when the stream reaches SECONDS (repeatable)")
@@ -77,12 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     from livesight.eval import fidelity_report
     fidelity_report.add_arguments(bench.add_parser(
         "fidelity", help="cache policies on trained SmolLM2-135M: perplexity and passkey recall (CPU)"))
+    from livesight.eval import compression
+    compression.add_arguments(bench.add_parser(
+        "compression", help="encoder reuse and token pruning on the synthetic scenes: tokens, encoder calls, time"))
 
     synth = sub.add_parser("synth", help="write a synthetic video (moving shapes and a clock)")
     synth.add_argument("out", help="output file, e.g. clip.mp4")
     synth.add_argument("--seconds", type=positive(float), required=True)
     synth.add_argument("--fps", type=positive(float), default=30.0)
     synth.add_argument("--size", default="640x360", help="WIDTHxHEIGHT")
+    synth.add_argument("--scene", default="shapes", help="static | quiet | shapes | busy (default shapes)")
     return parser
 
 
@@ -109,6 +114,34 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offload-ram-gb", type=non_negative_float, default=4.0, help="pinned-RAM budget for offloaded KV")
     p.add_argument("--offload-disk-gb", type=non_negative_float, default=16.0, help="disk budget for offloaded KV")
     p.add_argument("--offload-dir", default=None, help="folder for spilled blocks (default: a new temporary folder)")
+    add_compression_args(p)
+
+
+def add_compression_args(p: argparse.ArgumentParser) -> None:
+    from livesight.streaming.config import CompressionConfig
+    d = CompressionConfig()
+    p.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=d.reuse,
+                   help="reuse the vision encoder's work for regions that did not change (default: on)")
+    p.add_argument("--reuse-threshold", type=non_negative_float, default=d.reuse_threshold,
+                   help="mean pixel change (0..1) up to which a region counts as unchanged; 0: only identical "
+                        "chunks are reused, exactly (default %(default)s)")
+    p.add_argument("--prune", action=argparse.BooleanOptionalAction, default=d.prune,
+                   help="drop visual tokens the model already has before they reach it (default: on)")
+    p.add_argument("--keep-ratio", type=positive(float), default=d.keep_ratio,
+                   help="the most of a chunk's visual tokens kept, most novel first (default %(default)s)")
+    p.add_argument("--keep-floor", type=non_negative_float, default=d.keep_floor,
+                   help="the least kept of a chunk that changed, so a scene cut is never starved (default %(default)s)")
+    p.add_argument("--prune-threshold", type=non_negative_float, default=d.prune_threshold,
+                   help="1 - cosine similarity at or below which a token is redundant (default %(default)s)")
+
+
+def compression_config(args):
+    from livesight.streaming.config import CompressionConfig
+    try:
+        return CompressionConfig(args.reuse, args.reuse_threshold, args.prune, args.keep_ratio, args.keep_floor,
+                                 args.prune_threshold)
+    except ValueError as err:
+        raise InputError(str(err)) from None
 
 
 def session_config(args):
@@ -122,7 +155,7 @@ def session_config(args):
         return SessionConfig(fps=args.fps, chunk_seconds=args.chunk_seconds, vision_window_s=args.vision_window,
                              text_sink=args.text_sink, text_window=args.text_window, narrate=args.narrate,
                              narrate_tokens=args.narrate_tokens, answer_tokens=args.answer_tokens,
-                             max_pixels=args.max_pixels, retrieval=retrieval)
+                             max_pixels=args.max_pixels, retrieval=retrieval, compression=compression_config(args))
     except ValueError as err:
         raise InputError(str(err)) from None
 
@@ -161,6 +194,8 @@ def print_event(event, as_json: bool) -> None:
         line = (f"chunk {d['chunk']}: kv sink {kv['sink']} vision {kv['vision']} text {kv['text']} "
                 f"(cap {d['kv_capacity']}), max pos {d['max_position']}, vision {d['vision_ms']:.0f} ms, "
                 f"prefill {d['prefill_ms']:.0f} ms, decode {d['decode_ms']:.0f} ms, rss {d['rss_mb']:.0f} MB")
+        vt = d["vision_tokens"]
+        line += f", visual tokens {vt['kept']}/{vt['grid']} (encoder {d['encoder']})"
         if "gpu_mem_mb" in d:
             line += f", gpu {d['gpu_mem_mb']:.0f} MB"
     elif event.type == "answer":
@@ -229,14 +264,14 @@ def synth(args) -> int:
         raise InputError(f"bad --size '{args.size}': write WIDTHxHEIGHT, e.g. 640x360") from None
     if width < 32 or height < 32 or width % 2 or height % 2:
         raise InputError(f"bad --size '{args.size}': both sides must be even and at least 32")
-    count = write_video(args.out, args.seconds, args.fps, width, height)
+    count = write_video(args.out, args.seconds, args.fps, width, height, args.scene)
     print(f"wrote {count} frames ({args.seconds:g} s at {args.fps:g} fps, {width}x{height}) to {args.out}")
     return 0
 
 
 def bench(args) -> int:
-    from livesight.eval import fidelity_report
-    return fidelity_report.main(args)
+    from livesight.eval import compression, fidelity_report
+    return {"fidelity": fidelity_report.main, "compression": compression.main}[args.bench](args)
 
 
 def main(argv: list[str] | None = None) -> int:

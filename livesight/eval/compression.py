@@ -1,0 +1,198 @@
+"""`livesight bench compression`: what encoder reuse and token pruning save, scene by scene.
+
+Every setting streams the same synthetic scene through a real Session (narration and retrieval
+off, so vision and prefill are what is timed). Per setting: visual tokens entering the cache per
+second of video, encoder passes (full / partial / reused), the share of the encoder skipped, and
+median vision, pruning and prefill milliseconds per chunk after a warm-up. A separate, untimed pass
+measures the error of reuse: each chunk's reused tokens against a full recomputation.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from livesight.errors import InputError
+from livesight.streaming.adapter import QwenVLAdapter
+from livesight.streaming.chunker import chunk_frames
+from livesight.streaming.config import CompressionConfig, SessionConfig
+from livesight.streaming.models import load_model
+from livesight.streaming.retrieval import RetrievalConfig
+from livesight.streaming.session import Session
+from livesight.vision.preprocess import resize_frames, to_patches
+from livesight.vision.sources import SyntheticSource
+from livesight.vision.synthetic import SCENES
+
+WARMUP_CHUNKS = 3
+SETTINGS = {
+    "off": CompressionConfig(reuse=False, prune=False),
+    "reuse": CompressionConfig(prune=False),
+    "prune": CompressionConfig(reuse=False),
+    "reuse+prune": CompressionConfig(),
+    "reuse+prune, keep 0.5": CompressionConfig(keep_ratio=0.5),
+    "reuse+prune, keep 0.25": CompressionConfig(keep_ratio=0.25),
+}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    model: str = "tiny-random"
+    device: str = "cpu"
+    seconds: float = 60.0
+    fps: float = 2.0
+    width: int = 640
+    height: int = 360
+    scenes: tuple[str, ...] = SCENES
+
+
+def run_setting(adapter: QwenVLAdapter, bench: BenchConfig, scene: str, compression: CompressionConfig) -> dict:
+    config = SessionConfig(fps=bench.fps, narrate=False, retrieval=RetrievalConfig(enabled=False),
+                           compression=compression)
+    session = Session(adapter, config, (bench.height, bench.width))
+    source = SyntheticSource(bench.fps, bench.seconds, bench.width, bench.height, scene)
+    rows = [session.add_chunk(chunk)[-1].data for chunk in chunk_frames(source, config.frames_per_chunk, bench.fps)]
+    session.close()
+    timed = rows[WARMUP_CHUNKS:] or rows
+    modes = [r["encoder"] for r in rows]
+    grid = sum(r["vision_tokens"]["grid"] for r in rows)
+    return {
+        "chunks": len(rows),
+        "grid_tokens_per_chunk": rows[0]["vision_tokens"]["grid"],
+        "tokens_per_s": round(sum(r["vision_tokens"]["kept"] for r in rows) / bench.seconds, 1),
+        "encoder_passes": {m: modes.count(m) for m in ("full", "partial", "reused")},
+        "encoder_skipped": round(1 - sum(r["vision_tokens"]["encoded"] for r in rows) / grid, 4),
+        **{f"{k}_p50": round(statistics.median(r[k] for r in timed), 2) for k in ("vision_ms", "prune_ms", "prefill_ms")},
+    }
+
+
+@torch.inference_mode()
+def reuse_error(adapter: QwenVLAdapter, bench: BenchConfig, scene: str, threshold: float) -> dict:
+    """Relative L2 error of each chunk's tokens with reuse against full recomputation."""
+    probe = Session(adapter, SessionConfig(fps=bench.fps, retrieval=RetrievalConfig(enabled=False)),
+                    (bench.height, bench.width))
+    frames_per_chunk = probe.config.frames_per_chunk
+    reusing = adapter.vision_encoder(probe.size, frames_per_chunk, threshold)
+    full = adapter.vision_encoder(probe.size, frames_per_chunk, None)
+    source = SyntheticSource(bench.fps, bench.seconds, bench.width, bench.height, scene)
+    errors = []
+    for chunk in chunk_frames(source, frames_per_chunk, bench.fps):
+        frames = torch.from_numpy(chunk.frames)
+        got, _ = adapter.encode_frames(frames, probe.size, reusing)
+        want, _ = adapter.encode_frames(frames, probe.size, full)
+        errors.append(float((got.float() - want.float()).norm() / want.float().norm()))
+    probe.close()
+    errors.sort()
+    return {"mean": round(statistics.fmean(errors), 4), "p95": round(errors[int(0.95 * (len(errors) - 1))], 4),
+            "max": round(errors[-1], 4)}
+
+
+def _median_ms(fn, repeats: int = 10) -> float:
+    """Median wall time of fn() after one warm-up call, synchronizing the GPU around each call."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    fn()
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - start) * 1000)
+    return round(statistics.median(times), 2)
+
+
+@torch.inference_mode()
+def tower_timing(adapter: QwenVLAdapter, bench: BenchConfig) -> dict:
+    """One chunk through transformers' own tower and through our block-by-block full pass."""
+    probe = Session(adapter, SessionConfig(fps=bench.fps, retrieval=RetrievalConfig(enabled=False)),
+                    (bench.height, bench.width))
+    chunk = next(iter(chunk_frames(SyntheticSource(bench.fps, 1.0, bench.width, bench.height), 2, bench.fps)))
+    frames = torch.from_numpy(chunk.frames).to(adapter.device)
+    x = resize_frames(frames, probe.size)
+    pixels, grid = to_patches(x, adapter.loaded.image_mean, adapter.loaded.image_std, adapter.patch, adapter.merge,
+                              adapter.temporal)
+    pixels, grid_thw = pixels.to(adapter.dtype), torch.tensor([grid], device=adapter.device)
+    encoder = adapter.vision_encoder(probe.size, 2, None)
+    probe.close()
+    return {"transformers_tower_ms": _median_ms(lambda: adapter.visual(pixels, grid_thw=grid_thw)),
+            "livesight_full_pass_ms": _median_ms(lambda: encoder.encode(x, pixels))}
+
+
+def run(bench: BenchConfig) -> dict:
+    adapter = QwenVLAdapter(load_model(bench.model, bench.device))
+    result = {"settings": {**bench.__dict__, "scenes": list(bench.scenes), "device": str(adapter.device),
+                           "gpu": torch.cuda.get_device_name() if adapter.device.type == "cuda" else None,
+                           "defaults": CompressionConfig().__dict__},
+              "tower": tower_timing(adapter, bench), "scenes": {}}
+    for scene in bench.scenes:
+        result["scenes"][scene] = {name: run_setting(adapter, bench, scene, c) for name, c in SETTINGS.items()}
+        result["scenes"][scene]["reuse"]["error"] = reuse_error(adapter, bench, scene, CompressionConfig().reuse_threshold)
+    return result
+
+
+def markdown(result: dict) -> str:
+    s = result["settings"]
+    lines = [f"Model {s['model']} on {s['gpu'] or s['device']}; {s['seconds']:g} s of each synthetic scene at "
+             f"{s['width']}x{s['height']}, {s['fps']:g} fps, 1-s chunks; narration and retrieval off. Medians "
+             f"after {WARMUP_CHUNKS} warm-up chunks. Defaults: reuse threshold {s['defaults']['reuse_threshold']}, "
+             f"prune threshold {s['defaults']['prune_threshold']}, keep floor {s['defaults']['keep_floor']}.", "",
+             "| scene | setting | visual tokens / s of video | encoder full / partial / reused | encoder skipped "
+             "| vision ms | prune ms | prefill ms | reuse error (mean / max) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    tower = result["tower"]
+    lines[1:1] = ["", f"One chunk through the vision tower: transformers' own forward {tower['transformers_tower_ms']:.1f} ms, "
+                      f"LiveSight's block-by-block full pass {tower['livesight_full_pass_ms']:.1f} ms (what 'off' runs)."]
+    for scene, settings in result["scenes"].items():
+        for name, r in settings.items():
+            p = r["encoder_passes"]
+            err = f"{r['error']['mean']:.3f} / {r['error']['max']:.3f}" if "error" in r else "—"
+            lines.append(f"| {scene} | {name} | {r['tokens_per_s']:g} of {r['grid_tokens_per_chunk'] * r['chunks'] / s['seconds']:g} "
+                         f"| {p['full']} / {p['partial']} / {p['reused']} | {100 * r['encoder_skipped']:.1f} % "
+                         f"| {r['vision_ms_p50']:.1f} | {r['prune_ms_p50']:.1f} | {r['prefill_ms_p50']:.1f} "
+                         f"| {err} |")
+    lines += ["", "Change against compression off, on the same scene (medians per chunk):", "",
+              "| scene | vision ms, off → reuse+prune | change | prefill ms, off → reuse+prune | change |",
+              "|---|---|---|---|---|"]
+    for scene, settings in result["scenes"].items():
+        off, on = settings["off"], settings["reuse+prune"]
+        dv = 100 * (on["vision_ms_p50"] / off["vision_ms_p50"] - 1)
+        dp = 100 * (on["prefill_ms_p50"] / off["prefill_ms_p50"] - 1)
+        lines.append(f"| {scene} | {off['vision_ms_p50']:.1f} → {on['vision_ms_p50']:.1f} | {dv:+.1f} % "
+                     f"| {off['prefill_ms_p50']:.1f} → {on['prefill_ms_p50']:.1f} | {dp:+.1f} % |")
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = BenchConfig()
+    parser.add_argument("--model", default=d.model, help="tiny-random | random-3b | random-7b | a checkpoint folder")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--seconds", type=float, default=d.seconds, help="seconds of each scene")
+    parser.add_argument("--scenes", default=",".join(d.scenes), help=f"comma-separated, of {', '.join(SCENES)}")
+    parser.add_argument("--size", default=f"{d.width}x{d.height}", help="WIDTHxHEIGHT of the synthetic video")
+    parser.add_argument("--out", default="out/compression", help="folder for compression.json and compression.md")
+
+
+def main(args) -> int:
+    scenes = tuple(s.strip() for s in args.scenes.split(",") if s.strip())
+    if not scenes or any(s not in SCENES for s in scenes):
+        raise InputError(f"bad --scenes '{args.scenes}': a comma-separated list of {', '.join(SCENES)}")
+    if args.seconds < 5:
+        raise InputError(f"--seconds must be at least 5 (got {args.seconds:g}): the medians skip a warm-up")
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise InputError(f"bad --size '{args.size}': write WIDTHxHEIGHT, e.g. 640x360") from None
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    bench = BenchConfig(args.model, device, args.seconds, 2.0, width, height, scenes)
+    result = run(bench)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "compression.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    text = markdown(result)
+    with open(os.path.join(args.out, "compression.md"), "w") as f:
+        f.write(text)
+    print(text)
+    return 0

@@ -104,21 +104,38 @@ def _median_ms(fn, repeats: int = 10) -> float:
     return round(statistics.median(times), 2)
 
 
-@torch.inference_mode()
-def tower_timing(adapter: QwenVLAdapter, bench: BenchConfig) -> dict:
-    """One chunk through transformers' own tower and through our block-by-block full pass."""
-    probe = Session(adapter, SessionConfig(fps=bench.fps, retrieval=RetrievalConfig(enabled=False)),
-                    (bench.height, bench.width))
-    chunk = next(iter(chunk_frames(SyntheticSource(bench.fps, 1.0, bench.width, bench.height), 2, bench.fps)))
-    frames = torch.from_numpy(chunk.frames).to(adapter.device)
-    x = resize_frames(frames, probe.size)
+def _pixels(adapter: QwenVLAdapter, frames, size) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+    x = resize_frames(torch.from_numpy(frames).to(adapter.device), size)
     pixels, grid = to_patches(x, adapter.loaded.image_mean, adapter.loaded.image_std, adapter.patch, adapter.merge,
                               adapter.temporal)
-    pixels, grid_thw = pixels.to(adapter.dtype), torch.tensor([grid], device=adapter.device)
-    encoder = adapter.vision_encoder(probe.size, 2, None)
+    return x, pixels.to(adapter.dtype), grid
+
+
+@torch.inference_mode()
+def tower_timing(adapter: QwenVLAdapter, bench: BenchConfig) -> dict:
+    """One chunk through transformers' own tower and through our full pass; on a GPU, the largest
+    difference between the CUDA-graph and the eager passes (a full pass, then a partial one)."""
+    probe = Session(adapter, SessionConfig(fps=bench.fps, retrieval=RetrievalConfig(enabled=False)),
+                    (bench.height, bench.width))
+    size = probe.size
     probe.close()
-    return {"transformers_tower_ms": _median_ms(lambda: adapter.visual(pixels, grid_thw=grid_thw)),
-            "livesight_full_pass_ms": _median_ms(lambda: encoder.encode(x, pixels))}
+    chunks = list(chunk_frames(SyntheticSource(bench.fps, 2.0, bench.width, bench.height, "quiet"), 2, bench.fps))
+    x, pixels, grid = _pixels(adapter, chunks[0].frames, size)
+    grid_thw = torch.tensor([grid], device=adapter.device)
+    encoder = adapter.vision_encoder(size, 2, None)
+    result = {"transformers_tower_ms": _median_ms(lambda: adapter.visual(pixels, grid_thw=grid_thw)),
+              "livesight_full_pass_ms": _median_ms(lambda: encoder.encode(x, pixels))}
+    if adapter.device.type == "cuda":
+        threshold = CompressionConfig().reuse_threshold
+        graphed, eager = (adapter.vision_encoder(size, 2, threshold) for _ in range(2))
+        eager.graphs = False
+        errors = []
+        for chunk in chunks:  # the second chunk of the quiet scene is a partial pass
+            inputs = _pixels(adapter, chunk.frames, size)[:2]
+            (a, stats), (b, _) = graphed.encode(*inputs), eager.encode(*inputs)
+            errors.append((stats.mode, float((a.float() - b.float()).abs().max() / b.float().abs().max())))
+        result["graph_vs_eager"] = errors
+    return result
 
 
 def run(bench: BenchConfig) -> dict:
@@ -144,7 +161,9 @@ def markdown(result: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     tower = result["tower"]
     lines[1:1] = ["", f"One chunk through the vision tower: transformers' own forward {tower['transformers_tower_ms']:.1f} ms, "
-                      f"LiveSight's block-by-block full pass {tower['livesight_full_pass_ms']:.1f} ms (what 'off' runs)."]
+                      f"LiveSight's block-by-block full pass {tower['livesight_full_pass_ms']:.1f} ms (what 'off' runs)."
+                      + ("" if "graph_vs_eager" not in tower else " CUDA-graph passes against eager ones, largest "
+                         "relative difference: " + ", ".join(f"{m} {e:.1e}" for m, e in tower["graph_vs_eager"]) + ".")]
     for scene, settings in result["scenes"].items():
         for name, r in settings.items():
             p = r["encoder_passes"]

@@ -10,6 +10,10 @@ language-model token's pixel cube against the pixels its cached output was compu
 - otherwise, and always at threshold 0: the full tower. So threshold 0 reuses only pixel-identical
   chunks and equals full recomputation exactly.
 Patches are kept in the tower's window order throughout, as transformers does.
+
+On a GPU each pass is replayed from a CUDA graph (the full pass once per session, a partial pass
+per bucket of changed-token counts, padded by repeating a changed token): the tower's ~45 small
+kernels per block are otherwise launch-bound. Elsewhere the same functions run eagerly.
 """
 
 from dataclasses import dataclass
@@ -19,6 +23,7 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_
 from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
 from livesight.kernels import segment_attention, token_change
+from livesight.kernels.dispatch import report
 
 MAX_PARTIAL = 0.5  # past this share of changed tokens a full pass costs about the same, and is exact
 MAX_STALE = 1.0  # partial passes since the last full one may recompute this many frames' worth of tokens
@@ -31,33 +36,47 @@ class EncodeStats:
     num_encoded: int  # tokens whose output was computed this chunk
 
 
-@dataclass
-class _State:
-    ref: torch.Tensor  # (T, 3, H, W) the pixels each token's cached output was computed from
-    keys: torch.Tensor  # (depth, patches, heads, head_dim) per block, window order, rotary applied
-    values: torch.Tensor
-    hidden: torch.Tensor  # (patches, dim) the last block's output, window order
-    output: torch.Tensor  # (tokens, out_dim) the merged tokens, row-major (t, h, w)
-    stale: float = 0.0  # share of tokens recomputed by partial passes since the last full pass
+class _Replay:
+    """fn(*inputs) captured once in a CUDA graph; calling copies new inputs in and replays it.
+    fn must be a pure function of its tensor inputs and of buffers that live as long as the graph."""
+
+    def __init__(self, fn, inputs: list[torch.Tensor]):
+        self.inputs = [x.clone() for x in inputs]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn(*self.inputs)  # warm-up outside the graph: library handles, allocator pools
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.output = fn(*self.inputs)
+
+    def __call__(self, *inputs: torch.Tensor):
+        for buffer, x in zip(self.inputs, inputs):
+            buffer.copy_(x)
+        self.graph.replay()
+        return self.output
 
 
 class VisionEncoder:
-    def __init__(self, visual, grid: tuple[int, int, int], reuse_threshold: float | None):
+    def __init__(self, visual, grid: tuple[int, int, int], reuse_threshold: float | None, graphs: bool | None = None):
         """visual: transformers' Qwen2.5-VL vision tower; grid: one chunk's patch grid (t, h, w);
         reuse_threshold: mean absolute pixel change (0..1) up to which a token counts as unchanged,
-        None to encode every chunk in full."""
+        None to encode every chunk in full; graphs: replay CUDA graphs (default: on a GPU)."""
         config = visual.config
         self.visual, self.threshold = visual, reuse_threshold
-        self.merge, self.temporal = config.spatial_merge_size, config.temporal_patch_size
+        self.merge, self.temporal, self.side = config.spatial_merge_size, config.temporal_patch_size, \
+            config.spatial_merge_size * config.patch_size
         self.unit = self.merge ** 2
         self.heads = config.num_heads
         self.full_blocks = set(config.fullatt_block_indexes)
-        device = visual.patch_embed.proj.weight.device
+        weight = visual.patch_embed.proj.weight
+        device = weight.device
+        self.graphs = device.type == "cuda" if graphs is None else graphs
         grid_thw = torch.tensor([grid])
         order, cu_windows = get_vision_window_index(grid_thw, self.merge, config.window_size, config.patch_size)
-        self.order = order.to(device)  # window order -> row-major token index
         self.rank = torch.argsort(order).to(device)  # row-major token -> window order
-        self.patch_order = self._patches(self.order)
+        self.patch_order = self._patches(order.to(device))
         positions = get_vision_position_ids(grid_thw, self.merge).to(device)
         cos, sin = visual.rotary_pos_emb(positions, positions)
         self.cos, self.sin = cos[self.patch_order], sin[self.patch_order]
@@ -65,7 +84,16 @@ class VisionEncoder:
         self.window_segment = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths)
         self.frame_segment = torch.arange(grid[0], device=device).repeat_interleave(grid[1] * grid[2])
         self.num_tokens = order.numel()
-        self.state: _State | None = None
+        num_patches = self.num_tokens * self.unit
+        if reuse_threshold is not None:  # what a partial pass reads: every block's keys and values, the outputs
+            shape = (len(visual.blocks), num_patches, self.heads, config.hidden_size // self.heads)
+            self.keys = torch.zeros(shape, dtype=weight.dtype, device=device)
+            self.values = torch.zeros_like(self.keys)
+            self.hidden = torch.zeros(num_patches, config.hidden_size, dtype=weight.dtype, device=device)
+            self.output = torch.zeros(self.num_tokens, config.out_hidden_size, dtype=weight.dtype, device=device)
+        self.ref: torch.Tensor | None = None  # (T, 3, H, W) the pixels each token's cached output came from
+        self.stale = 0.0  # share of tokens recomputed by partial passes since the last full pass
+        self._replays: dict = {}
 
     def _patches(self, tokens: torch.Tensor) -> torch.Tensor:
         """token indices (k,) -> their patch rows (k * merge**2,): a token's patches are consecutive."""
@@ -75,54 +103,69 @@ class VisionEncoder:
     def encode(self, frames: torch.Tensor, pixels: torch.Tensor) -> tuple[torch.Tensor, EncodeStats]:
         """frames: (T, 3, H, W) in [0, 1], T a multiple of temporal; pixels: the tower's patch rows
         for them, row-major -> visual tokens (tokens, out_dim) row-major, and what was computed."""
-        state = self.state
-        if self.threshold is None or state is None:
+        if self.threshold is None or self.ref is None:
             return self._full(frames, pixels)
-        changed = token_change(frames, state.ref, self.merge * self.visual.config.patch_size, self.temporal) > self.threshold
+        changed = token_change(frames, self.ref, self.side, self.temporal) > self.threshold
         num_changed = int(changed.sum())
         if num_changed == 0:
-            return state.output.clone(), EncodeStats("reused", self.num_tokens, 0)
+            return self.output.clone(), EncodeStats("reused", self.num_tokens, 0)
         share = num_changed / self.num_tokens
-        if self.threshold == 0 or share > MAX_PARTIAL or state.stale + share > MAX_STALE:
+        if self.threshold == 0 or share > MAX_PARTIAL or self.stale + share > MAX_STALE:
             return self._full(frames, pixels)
-        return self._partial(frames, pixels, changed.nonzero().squeeze(1), share)
-
-    def _full(self, frames: torch.Tensor, pixels: torch.Tensor) -> tuple[torch.Tensor, EncodeStats]:
-        hidden = self.visual.patch_embed(pixels)[self.patch_order]
-        keep = self.threshold is not None
-        shape = (len(self.visual.blocks), hidden.shape[0], self.heads, hidden.shape[1] // self.heads)
-        keys = torch.empty(shape, dtype=hidden.dtype, device=hidden.device) if keep else None
-        values = torch.empty_like(keys) if keep else None
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        for i, block in enumerate(self.visual.blocks):
-            hidden = self._block(i, block, hidden, rows, keys, values)
-        output = self.visual.merger(hidden)[self.rank]
-        if keep:
-            self.state = _State(frames.clone(), keys, values, hidden, output.clone())
-        return output, EncodeStats("full", self.num_tokens, self.num_tokens)
-
-    def _partial(self, frames: torch.Tensor, pixels: torch.Tensor, tokens: torch.Tensor,
-                 share: float) -> tuple[torch.Tensor, EncodeStats]:
-        """Recompute `tokens` (k,) row-major against the cached keys and values of all others."""
-        state = self.state
-        rows = self._patches(self.rank[tokens])  # their patch rows in window order
-        hidden = self.visual.patch_embed(pixels[self._patches(tokens)])
-        for i, block in enumerate(self.visual.blocks):
-            hidden = self._block(i, block, hidden, rows, state.keys, state.values)
-        state.hidden[rows] = hidden
-        state.output[tokens] = self.visual.merger(hidden)
+        tokens = changed.nonzero().squeeze(1)
+        bucket = max(8, 1 << (num_changed - 1).bit_length())  # pad by repeating the last changed token
+        padded = torch.cat([tokens, tokens[-1:].expand(bucket - num_changed)])
+        self._run(("partial", bucket), self._partial_pass, pixels[self._patches(padded)], padded)
         mask = torch.zeros(self.num_tokens, dtype=torch.bool, device=frames.device)
         mask[tokens] = True
-        state.ref = torch.where(self._pixel_mask(mask, frames.shape), frames, state.ref)
-        state.stale += share
-        return state.output.clone(), EncodeStats("partial", self.num_tokens, tokens.numel())
+        self.ref = torch.where(self._pixel_mask(mask, frames.shape), frames, self.ref)
+        self.stale += share
+        return self.output.clone(), EncodeStats("partial", self.num_tokens, num_changed)
+
+    def _full(self, frames: torch.Tensor, pixels: torch.Tensor) -> tuple[torch.Tensor, EncodeStats]:
+        output = self._run(("full",), self._full_pass, pixels).clone()
+        if self.threshold is not None:
+            self.ref, self.stale = frames.clone(), 0.0
+        return output, EncodeStats("full", self.num_tokens, self.num_tokens)
+
+    def _run(self, key: tuple, fn, *inputs: torch.Tensor):
+        if not self.graphs:
+            report("vision_encoder", "eager")
+            return fn(*inputs)
+        report("vision_encoder", "cuda-graph")
+        if key not in self._replays:
+            self._replays[key] = _Replay(fn, list(inputs))
+        return self._replays[key](*inputs)
+
+    def _full_pass(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels (patches, P) row-major -> tokens (tokens, out_dim) row-major; with reuse on, fills
+        the stored keys, values, last hidden states and outputs."""
+        store = self.threshold is not None
+        hidden = self.visual.patch_embed(pixels)[self.patch_order]
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        for i, block in enumerate(self.visual.blocks):
+            hidden = self._block(i, block, hidden, rows, self.keys if store else None, self.values if store else None)
+        output = self.visual.merger(hidden)[self.rank]
+        if store:
+            self.hidden.copy_(hidden)
+            self.output.copy_(output)
+        return output
+
+    def _partial_pass(self, pixels: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Recompute `tokens` (k,) row-major, from their patch rows `pixels` (k * merge**2, P),
+        against the stored keys and values of all others; updates the stores."""
+        rows = self._patches(self.rank[tokens])  # their patch rows in window order
+        hidden = self.visual.patch_embed(pixels)
+        for i, block in enumerate(self.visual.blocks):
+            hidden = self._block(i, block, hidden, rows, self.keys, self.values)
+        self.hidden[rows] = hidden
+        self.output[tokens] = self.visual.merger(hidden)
 
     def _pixel_mask(self, token_mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """(tokens,) bool row-major -> (T, 1, H, W) bool over each token's pixel cube."""
         num_frames, _, height, width = shape
-        side = self.merge * self.visual.config.patch_size
-        grid = token_mask.reshape(num_frames // self.temporal, 1, height // side, width // side)
-        grid = grid.repeat_interleave(side, dim=2).repeat_interleave(side, dim=3)
+        grid = token_mask.reshape(num_frames // self.temporal, 1, height // self.side, width // self.side)
+        grid = grid.repeat_interleave(self.side, dim=2).repeat_interleave(self.side, dim=3)
         return grid.repeat_interleave(self.temporal, dim=0)
 
     def _block(self, index: int, block, hidden: torch.Tensor, rows: torch.Tensor, keys: torch.Tensor | None,

@@ -25,8 +25,11 @@ def test_json_event_stream(clip):
     assert [m["chunk"] for m in metrics] == list(range(6))
     for m in metrics:
         assert set(m["kv_tokens"]) == {"sink", "retrieved", "vision", "text"}
-        for key in ("max_position", "vision_ms", "prefill_ms", "decode_ms", "rss_mb", "kv_capacity", "kv_mb"):
+        for key in ("max_position", "vision_ms", "prune_ms", "prefill_ms", "decode_ms", "rss_mb", "kv_capacity", "kv_mb"):
             assert isinstance(m[key], (int, float)), key
+        tokens = m["vision_tokens"]
+        assert 0 <= tokens["kept"] <= tokens["grid"] and 0 <= tokens["encoded"] <= tokens["grid"]
+        assert m["encoder"] in ("full", "partial", "reused")
         assert sum(m["kv_tokens"].values()) <= m["kv_capacity"]
     answers = [e for e in events if e["type"] == "answer"]
     assert [a["question"] for a in answers] == ["what is red?", "and later?"]
@@ -62,6 +65,12 @@ def test_readable_output_and_console_script(clip):
     (["run", "--source", "synthetic", "--model", "nope"], "unknown model 'nope'"),
     (["run", "--source", "synthetic", "--model", "Qwen/Qwen2.5-VL-3B-Instruct"], "Offline options"),
     (["synth", "OUT", "--seconds", "1", "--size", "big"], "bad --size 'big'"),
+    (["synth", "OUT", "--seconds", "1", "--scene", "windy"], "unknown synthetic scene 'windy'"),
+    (["run", "--source", "synthetic:windy"], "unknown synthetic scene 'windy'"),
+    (["run", "--source", "synthetic", "--keep-ratio", "1.5"], "--keep-ratio must be within (0, 1]"),
+    (["run", "--source", "synthetic", "--reuse-threshold", "2"], "--reuse-threshold must be within 0..1"),
+    (["run", "--source", "synthetic", "--keep-floor", "3"], "--keep-floor must be within 0..1"),
+    (["bench", "compression", "--scenes", "quiet,windy"], "bad --scenes 'quiet,windy'"),
     (["bench", "fidelity", "--window", "64", "--chunk", "64"], "--chunk must be between 1 and the window - 1"),
     (["bench", "fidelity", "--tokens", "100"], "--tokens (100) must exceed the window (256)"),
 ])

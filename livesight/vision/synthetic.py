@@ -66,6 +66,8 @@ def write_video(path: str, seconds: float, fps: float = 30.0, width: int = 640, 
     """Write `seconds` of synthetic video to `path` (MPEG-4); returns the number of frames."""
     if seconds <= 0 or fps <= 0:
         raise InputError(f"synthetic video needs positive --seconds and --fps, got {seconds} and {fps}")
+    if scene not in SCENES:
+        raise InputError(f"unknown synthetic scene '{scene}': use one of {', '.join(SCENES)}")
     writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
     if not writer.isOpened():
         raise InputError(f"cannot write a video to {path}: check the folder exists and the name ends in .mp4")

@@ -33,7 +33,7 @@ class OffloadStats:
     ram_bytes: int = 0
     disk_bytes: int = 0
     dropped: int = 0
-    skipped: int = 0  # evicted groups of another size than a block (not stored)
+    skipped: int = 0  # evicted groups larger than a block (not stored)
     errors: list[str] = field(default_factory=list)
 
 

@@ -84,11 +84,10 @@ def _encoder_pair(tiny, threshold):
 
 def test_full_pass_equals_transformers_tower(tiny):
     adapter, size, _, full = _encoder_pair(tiny, 0.0)
-    from livesight.vision.preprocess import resize_frames, to_patches
     for chunk in make_chunks(2, size=SIZE):
-        x = resize_frames(torch.from_numpy(chunk.frames), size)
-        pixels, grid = to_patches(x, tiny.image_mean, tiny.image_std)
-        want = adapter.visual(pixels, grid_thw=torch.tensor([grid])).pooler_output
+        x, pixels = adapter.to_pixels(torch.from_numpy(chunk.frames), size)
+        with torch.inference_mode():
+            want = adapter.visual(pixels, grid_thw=torch.tensor([adapter.patch_grid(size, 2)])).pooler_output
         got, stats = full.encode(x, pixels)
         assert stats.mode == "full" and torch.allclose(got, want, atol=1e-5, rtol=1e-4)
 
@@ -111,9 +110,7 @@ def test_partial_pass_of_every_token_is_the_full_pass(tiny):
     adapter, size, reusing, full = _encoder_pair(tiny, 0.02)
     first, second = make_chunks(2, size=SIZE)
     adapter.encode_frames(torch.from_numpy(first.frames), size, reusing)
-    from livesight.vision.preprocess import resize_frames, to_patches
-    x = resize_frames(torch.from_numpy(second.frames), size)
-    pixels, _ = to_patches(x, tiny.image_mean, tiny.image_std)
+    x, pixels = adapter.to_pixels(torch.from_numpy(second.frames), size)
     with torch.inference_mode():
         reusing._partial_pass(pixels, torch.arange(reusing.num_tokens))
     want, _ = full.encode(x, pixels)

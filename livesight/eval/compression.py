@@ -23,7 +23,7 @@ from livesight.streaming.config import CompressionConfig, SessionConfig
 from livesight.streaming.models import load_model
 from livesight.streaming.retrieval import RetrievalConfig
 from livesight.streaming.session import Session
-from livesight.vision.preprocess import resize_frames, to_patches
+from livesight.vision.preprocess import fit_size
 from livesight.vision.sources import SyntheticSource
 from livesight.vision.synthetic import SCENES
 
@@ -70,21 +70,19 @@ def run_setting(adapter: QwenVLAdapter, bench: BenchConfig, scene: str, compress
 
 
 @torch.inference_mode()
-def reuse_error(adapter: QwenVLAdapter, bench: BenchConfig, scene: str, threshold: float) -> dict:
+def reuse_error(adapter: QwenVLAdapter, bench: BenchConfig, size: tuple[int, int], scene: str,
+                threshold: float) -> dict:
     """Relative L2 error of each chunk's tokens with reuse against full recomputation."""
-    probe = Session(adapter, SessionConfig(fps=bench.fps, retrieval=RetrievalConfig(enabled=False)),
-                    (bench.height, bench.width))
-    frames_per_chunk = probe.config.frames_per_chunk
-    reusing = adapter.vision_encoder(probe.size, frames_per_chunk, threshold)
-    full = adapter.vision_encoder(probe.size, frames_per_chunk, None)
+    frames_per_chunk = SessionConfig(fps=bench.fps).frames_per_chunk
+    reusing = adapter.vision_encoder(size, frames_per_chunk, threshold)
+    full = adapter.vision_encoder(size, frames_per_chunk, None)
     source = SyntheticSource(bench.fps, bench.seconds, bench.width, bench.height, scene)
     errors = []
     for chunk in chunk_frames(source, frames_per_chunk, bench.fps):
         frames = torch.from_numpy(chunk.frames)
-        got, _ = adapter.encode_frames(frames, probe.size, reusing)
-        want, _ = adapter.encode_frames(frames, probe.size, full)
+        got, _ = adapter.encode_frames(frames, size, reusing)
+        want, _ = adapter.encode_frames(frames, size, full)
         errors.append(float((got.float() - want.float()).norm() / want.float().norm()))
-    probe.close()
     errors.sort()
     return {"mean": round(statistics.fmean(errors), 4), "p95": round(errors[int(0.95 * (len(errors) - 1))], 4),
             "max": round(errors[-1], 4)}
@@ -104,24 +102,13 @@ def _median_ms(fn, repeats: int = 10) -> float:
     return round(statistics.median(times), 2)
 
 
-def _pixels(adapter: QwenVLAdapter, frames, size) -> tuple[torch.Tensor, torch.Tensor, tuple]:
-    x = resize_frames(torch.from_numpy(frames).to(adapter.device), size)
-    pixels, grid = to_patches(x, adapter.loaded.image_mean, adapter.loaded.image_std, adapter.patch, adapter.merge,
-                              adapter.temporal)
-    return x, pixels.to(adapter.dtype), grid
-
-
 @torch.inference_mode()
-def tower_timing(adapter: QwenVLAdapter, bench: BenchConfig) -> dict:
+def tower_timing(adapter: QwenVLAdapter, size: tuple[int, int], bench: BenchConfig) -> dict:
     """One chunk through transformers' own tower and through our full pass; on a GPU, the largest
     difference between the CUDA-graph and the eager passes (a full pass, then a partial one)."""
-    probe = Session(adapter, SessionConfig(fps=bench.fps, retrieval=RetrievalConfig(enabled=False)),
-                    (bench.height, bench.width))
-    size = probe.size
-    probe.close()
     chunks = list(chunk_frames(SyntheticSource(bench.fps, 2.0, bench.width, bench.height, "quiet"), 2, bench.fps))
-    x, pixels, grid = _pixels(adapter, chunks[0].frames, size)
-    grid_thw = torch.tensor([grid], device=adapter.device)
+    x, pixels = adapter.to_pixels(torch.from_numpy(chunks[0].frames), size)
+    grid_thw = torch.tensor([adapter.patch_grid(size, 2)], device=adapter.device)
     encoder = adapter.vision_encoder(size, 2, None)
     result = {"transformers_tower_ms": _median_ms(lambda: adapter.visual(pixels, grid_thw=grid_thw)),
               "livesight_full_pass_ms": _median_ms(lambda: encoder.encode(x, pixels))}
@@ -131,7 +118,7 @@ def tower_timing(adapter: QwenVLAdapter, bench: BenchConfig) -> dict:
         eager.graphs = False
         errors = []
         for chunk in chunks:  # the second chunk of the quiet scene is a partial pass
-            inputs = _pixels(adapter, chunk.frames, size)[:2]
+            inputs = adapter.to_pixels(torch.from_numpy(chunk.frames), size)
             (a, stats), (b, _) = graphed.encode(*inputs), eager.encode(*inputs)
             errors.append((stats.mode, float((a.float() - b.float()).abs().max() / b.float().abs().max())))
         result["graph_vs_eager"] = errors
@@ -140,13 +127,15 @@ def tower_timing(adapter: QwenVLAdapter, bench: BenchConfig) -> dict:
 
 def run(bench: BenchConfig) -> dict:
     adapter = QwenVLAdapter(load_model(bench.model, bench.device))
+    size = fit_size(bench.height, bench.width, adapter.loaded.max_pixels, adapter.patch * adapter.merge)  # as Session
     result = {"settings": {**bench.__dict__, "scenes": list(bench.scenes), "device": str(adapter.device),
                            "gpu": torch.cuda.get_device_name() if adapter.device.type == "cuda" else None,
                            "defaults": CompressionConfig().__dict__},
-              "tower": tower_timing(adapter, bench), "scenes": {}}
+              "tower": tower_timing(adapter, size, bench), "scenes": {}}
     for scene in bench.scenes:
         result["scenes"][scene] = {name: run_setting(adapter, bench, scene, c) for name, c in SETTINGS.items()}
-        result["scenes"][scene]["reuse"]["error"] = reuse_error(adapter, bench, scene, CompressionConfig().reuse_threshold)
+        result["scenes"][scene]["reuse"]["error"] = reuse_error(adapter, bench, size, scene,
+                                                                CompressionConfig().reuse_threshold)
     return result
 
 

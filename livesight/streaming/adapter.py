@@ -145,22 +145,30 @@ class QwenVLAdapter(TextAdapter):
     def _position_ids(positions: torch.Tensor) -> torch.Tensor:
         return positions[:, None]  # (3, 1, n)
 
+    def patch_grid(self, size: tuple[int, int], num_frames: int) -> tuple[int, int, int]:
+        """The vision tower's patch grid (t, h, w) of one chunk of `num_frames` frames of `size`."""
+        return (-(-num_frames // self.temporal), size[0] // self.patch, size[1] // self.patch)
+
     def merged_grid(self, size: tuple[int, int], num_frames: int) -> tuple[int, int, int]:
         """The language-model token grid (t, h, w) of one chunk of `num_frames` frames of `size`."""
-        unit = self.patch * self.merge
-        return (-(-num_frames // self.temporal), size[0] // unit, size[1] // unit)
+        t, h, w = self.patch_grid(size, num_frames)
+        return (t, h // self.merge, w // self.merge)
 
     def vision_encoder(self, size: tuple[int, int], num_frames: int, reuse_threshold: float | None) -> VisionEncoder:
         """The encoder for chunks of `num_frames` frames of `size`; reuse_threshold None: no reuse."""
-        grid = (-(-num_frames // self.temporal), size[0] // self.patch, size[1] // self.patch)
-        return VisionEncoder(self.visual, grid, reuse_threshold)
+        return VisionEncoder(self.visual, self.patch_grid(size, num_frames), reuse_threshold)
 
     @torch.inference_mode()
+    def to_pixels(self, frames: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """frames: (T, H, W, 3) uint8 -> the frames resized, (T', 3, h, w) in [0, 1] with T' a multiple
+        of the tower's temporal patch (the last frame repeated), and their patch rows in model dtype."""
+        x = resize_frames(frames.to(self.device), size)
+        if x.shape[0] % self.temporal:
+            x = torch.cat([x, x[-1:].expand(self.temporal - x.shape[0] % self.temporal, -1, -1, -1)])
+        pixels, _ = to_patches(x, self.loaded.image_mean, self.loaded.image_std, self.patch, self.merge, self.temporal)
+        return x, pixels.to(self.dtype)
+
     def encode_frames(self, frames: torch.Tensor, size: tuple[int, int],
                       encoder: VisionEncoder) -> tuple[torch.Tensor, EncodeStats]:
         """frames: (T, H, W, 3) uint8 -> visual tokens (t * h * w, hidden) row-major for one chunk."""
-        x = resize_frames(frames.to(self.device), size)
-        if x.shape[0] % self.temporal:  # the tower encodes frames in pairs: repeat the last
-            x = torch.cat([x, x[-1:].expand(self.temporal - x.shape[0] % self.temporal, -1, -1, -1)])
-        pixels, _ = to_patches(x, self.loaded.image_mean, self.loaded.image_std, self.patch, self.merge, self.temporal)
-        return encoder.encode(x, pixels.to(self.dtype))
+        return encoder.encode(*self.to_pixels(frames, size))

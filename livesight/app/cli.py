@@ -115,6 +115,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offload-disk-gb", type=non_negative_float, default=16.0, help="disk budget for offloaded KV")
     p.add_argument("--offload-dir", default=None, help="folder for spilled blocks (default: a new temporary folder)")
     add_compression_args(p)
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
+                   help="on a GPU, replay vision passes and language-model steps from CUDA graphs (default on)")
 
 
 def add_compression_args(p: argparse.ArgumentParser) -> None:
@@ -155,7 +157,8 @@ def session_config(args):
         return SessionConfig(fps=args.fps, chunk_seconds=args.chunk_seconds, vision_window_s=args.vision_window,
                              text_sink=args.text_sink, text_window=args.text_window, narrate=args.narrate,
                              narrate_tokens=args.narrate_tokens, answer_tokens=args.answer_tokens,
-                             max_pixels=args.max_pixels, retrieval=retrieval, compression=compression_config(args))
+                             max_pixels=args.max_pixels, retrieval=retrieval, compression=compression_config(args),
+                             cuda_graphs=args.cuda_graphs)
     except ValueError as err:
         raise InputError(str(err)) from None
 

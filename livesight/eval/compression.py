@@ -49,10 +49,15 @@ class BenchConfig:
     scenes: tuple[str, ...] = SCENES
 
 
-def run_setting(adapter: QwenVLAdapter, bench: BenchConfig, scene: str, compression: CompressionConfig) -> dict:
+def run_setting(adapter: QwenVLAdapter, bench: BenchConfig, scene: str, compression: CompressionConfig,
+                graphs: bool = True, logits: list | None = None) -> dict:
+    """logits: if given, receives every chunk's last logits."""
     config = SessionConfig(fps=bench.fps, narrate=False, retrieval=RetrievalConfig(enabled=False),
-                           compression=compression)
+                           compression=compression, cuda_graphs=graphs)
     session = Session(adapter, config, (bench.height, bench.width))
+    if logits is not None:
+        forward = session.stepper.forward
+        session.stepper.forward = lambda *a, **k: logits.append(forward(*a, **k)) or logits[-1]
     source = SyntheticSource(bench.fps, bench.seconds, bench.width, bench.height, scene)
     rows = [session.add_chunk(chunk)[-1].data for chunk in chunk_frames(source, config.frames_per_chunk, bench.fps)]
     session.close()
@@ -125,6 +130,20 @@ def tower_timing(adapter: QwenVLAdapter, size: tuple[int, int], bench: BenchConf
     return result
 
 
+def graphs_effect(adapter: QwenVLAdapter, bench: BenchConfig) -> dict:
+    """On a GPU, the quiet scene with compression off and on, CUDA graphs on against off: prefill
+    medians, and the largest relative difference between the two runs' logits."""
+    result = {}
+    for name in ("off", "reuse+prune"):
+        logits = {True: [], False: []}
+        prefill = {g: run_setting(adapter, bench, "quiet", SETTINGS[name], g, logits[g])["prefill_ms_p50"]
+                   for g in (False, True)}
+        diff = max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(logits[True], logits[False]))
+        result[name] = {"prefill_ms_p50_eager": prefill[False], "prefill_ms_p50_graphs": prefill[True],
+                        "max_logit_diff": diff}
+    return result
+
+
 def run(bench: BenchConfig) -> dict:
     adapter = QwenVLAdapter(load_model(bench.model, bench.device))
     size = fit_size(bench.height, bench.width, adapter.loaded.max_pixels, adapter.patch * adapter.merge)  # as Session
@@ -136,6 +155,8 @@ def run(bench: BenchConfig) -> dict:
         result["scenes"][scene] = {name: run_setting(adapter, bench, scene, c) for name, c in SETTINGS.items()}
         result["scenes"][scene]["reuse"]["error"] = reuse_error(adapter, bench, size, scene,
                                                                 CompressionConfig().reuse_threshold)
+    if adapter.device.type == "cuda":
+        result["graphs"] = graphs_effect(adapter, bench)
     return result
 
 
@@ -153,6 +174,12 @@ def markdown(result: dict) -> str:
                       f"LiveSight's block-by-block full pass {tower['livesight_full_pass_ms']:.1f} ms (what 'off' runs)."
                       + ("" if "graph_vs_eager" not in tower else " CUDA-graph passes against eager ones, largest "
                          "relative difference: " + ", ".join(f"{m} {e:.1e}" for m, e in tower["graph_vs_eager"]) + ".")]
+    if "graphs" in result:
+        lines[3:3] = ["", "Language-model steps replayed from CUDA graphs (as every row below) against run eagerly, quiet "
+                      "scene, prefill ms per chunk: " + "; ".join(
+                          f"{name} {g['prefill_ms_p50_eager']:.1f} eager → {g['prefill_ms_p50_graphs']:.1f} graphs "
+                          f"(logits differ by at most {g['max_logit_diff']:.1e} relative)"
+                          for name, g in result["graphs"].items()) + "."]
     for scene, settings in result["scenes"].items():
         for name, r in settings.items():
             p = r["encoder_passes"]

@@ -33,7 +33,15 @@ class StreamLayer(CacheLayerMixin):
         pass  # preallocated
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        """key_states, value_states: (1, Hkv, n, D) -> all valid keys and values (1, Hkv, L + n, D)."""
+        """key_states, value_states: (1, Hkv, n, D) -> all valid keys and values (1, Hkv, L + n, D).
+
+        In a static step (owner.static_write = (slots (n,), num_keys)) they go to the given slots,
+        the length is left to the caller, and the first num_keys slots come back, whatever they hold."""
+        if self.owner.static_write is not None:
+            slots, num_keys = self.owner.static_write
+            self.keys.index_copy_(2, slots, key_states)
+            self.values.index_copy_(2, slots, value_states)
+            return self.keys[:, :, :num_keys], self.values[:, :, :num_keys]
         start = self.owner.length
         end = start + key_states.shape[-2]
         if end > self.owner.capacity:
@@ -71,6 +79,7 @@ class StreamCache(Cache):
         self.mrope_section = mrope_section
         self.table = TokenTable.empty()
         self.key_valid: torch.Tensor | None = None  # (L, capacity) bool while retrieved slots hold padding
+        self.static_write: tuple[torch.Tensor, int] | None = None  # set only during a static step
         super().__init__(layers=[StreamLayer(self, i) for i in range(num_layers)])
 
     def get_seq_length(self, layer_idx: int = 0) -> int:

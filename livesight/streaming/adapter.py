@@ -10,7 +10,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
-from livesight.kernels import chunk_attention
+from livesight.kernels import chunk_attention, fold_mask, masked_attention
 from livesight.kvcache import StreamCache
 from livesight.streaming.models import LoadedModel
 from livesight.vision.encoder import EncodeStats, VisionEncoder
@@ -41,6 +41,10 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     part bottom-right over the compact cache."""
     if _captured_queries is not None:
         _captured_queries[module.layer_idx] = query[0]
+    bias = kwargs.get("livesight_bias")
+    if bias is not None:  # a static step: fixed key span, the mask says what is real
+        out = masked_attention(query, key, value, scaling if scaling is not None else query.shape[-1] ** -0.5, bias)
+        return out.transpose(1, 2).contiguous(), None
     key_valid = kwargs.get("livesight_key_valid")
     if key_valid is not None:
         key_valid = key_valid[module.layer_idx, :key.shape[-2]]
@@ -112,17 +116,41 @@ class TextAdapter:
         """ids -> (n, hidden)."""
         return self.language_model.embed_tokens(torch.tensor(ids, device=self.device))
 
+    def _hidden(self, embeds: torch.Tensor, positions: torch.Tensor, cache: StreamCache, **kwargs) -> torch.Tensor:
+        """embeds: (n, hidden); positions: (3, n) -> last hidden states (n, hidden); appends to `cache`."""
+        out = self.language_model(inputs_embeds=embeds[None].to(self.dtype),
+                                  position_ids=self._position_ids(positions).to(self.device),
+                                  past_key_values=cache, use_cache=True, **kwargs)
+        return out.last_hidden_state[0]
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden (..., hidden) -> float logits (..., vocab)."""
+        return self.lm_head(hidden).float()
+
     @torch.inference_mode()
     def forward(self, embeds: torch.Tensor, positions: torch.Tensor, cache: StreamCache,
                 all_logits: bool = False) -> torch.Tensor:
         """embeds: (n, hidden); positions: (3, n) -> logits (vocab,) of the last token, or (n, vocab).
 
         Appends the step's keys and values to `cache`."""
-        out = self.language_model(inputs_embeds=embeds[None].to(self.dtype),
-                                  position_ids=self._position_ids(positions).to(self.device),
-                                  past_key_values=cache, use_cache=True, livesight_key_valid=cache.key_valid)
-        hidden = out.last_hidden_state[0]
-        return self.lm_head(hidden if all_logits else hidden[-1]).float()
+        hidden = self._hidden(embeds, positions, cache, livesight_key_valid=cache.key_valid)
+        return self.logits(hidden if all_logits else hidden[-1])
+
+    def static_hidden(self, embeds: torch.Tensor, positions: torch.Tensor, start: torch.Tensor,
+                      cache: StreamCache, num_keys: int) -> torch.Tensor:
+        """The step at fixed shapes (streaming/static_step.py): embeds (n, hidden) and positions
+        (3, n) are written to cache slots start .. start + n - 1 (start: (1,) on the device), and
+        attend to cache slots 0 .. num_keys - 1, causally. Shapes depend only on (n, num_keys).
+        -> last hidden states (n, hidden). The cache's length is left to the caller."""
+        slots = start + torch.arange(embeds.shape[0], device=start.device)
+        visible = torch.arange(num_keys, device=start.device)[None, :] <= slots[:, None]
+        text = self.language_model.config
+        bias = fold_mask(visible, text.num_attention_heads // self.num_kv_heads, self.dtype)
+        cache.static_write = (slots, num_keys)
+        try:
+            return self._hidden(embeds, positions, cache, livesight_bias=bias)
+        finally:
+            cache.static_write = None
 
 
 class QwenVLAdapter(TextAdapter):
@@ -154,9 +182,11 @@ class QwenVLAdapter(TextAdapter):
         t, h, w = self.patch_grid(size, num_frames)
         return (t, h // self.merge, w // self.merge)
 
-    def vision_encoder(self, size: tuple[int, int], num_frames: int, reuse_threshold: float | None) -> VisionEncoder:
-        """The encoder for chunks of `num_frames` frames of `size`; reuse_threshold None: no reuse."""
-        return VisionEncoder(self.visual, self.patch_grid(size, num_frames), reuse_threshold)
+    def vision_encoder(self, size: tuple[int, int], num_frames: int, reuse_threshold: float | None,
+                       graphs: bool | None = None) -> VisionEncoder:
+        """The encoder for chunks of `num_frames` frames of `size`; reuse_threshold None: no reuse;
+        graphs: replay CUDA graphs (None: on a GPU)."""
+        return VisionEncoder(self.visual, self.patch_grid(size, num_frames), reuse_threshold, graphs)
 
     @torch.inference_mode()
     def to_pixels(self, frames: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:

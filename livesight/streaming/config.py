@@ -45,6 +45,7 @@ class SessionConfig:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
+    cuda_graphs: bool = True  # on a GPU, replay vision passes and language-model steps from CUDA graphs
 
     def __post_init__(self) -> None:
         if self.fps <= 0 or self.chunk_seconds <= 0:

@@ -36,7 +36,8 @@ class Session:
         self.grid = adapter.merged_grid(self.size, config.frames_per_chunk)
         compress = config.compression
         self.encoder = adapter.vision_encoder(self.size, config.frames_per_chunk,
-                                              compress.reuse_threshold if compress.reuse else None)
+                                              compress.reuse_threshold if compress.reuse else None,
+                                              None if config.cuda_graphs else False)
         refresh_s = max(config.vision_window_s - config.chunk_seconds, config.chunk_seconds)
         self.pruner = TokenPruner(compress.keep_ratio, compress.keep_floor, compress.prune_threshold,
                                   refresh_s) if compress.prune else None
@@ -57,7 +58,8 @@ class Session:
         retrieval = config.retrieval
         slots = retrieval.top_k * self.tokens_per_chunk if retrieval.enabled else 0
         self.capacity = len(sink_ids) + caps["vision"] + caps["text"] + slots + max(chunk_step, question_step)
-        self.stepper = CacheStepper(adapter, self.policy, self.capacity, self._offload if retrieval.enabled else None)
+        self.stepper = CacheStepper(adapter, self.policy, self.capacity, self._offload if retrieval.enabled else None,
+                                    config.cuda_graphs)
         self.cache = self.stepper.cache
         self.retriever = Retriever(self.stepper, retrieval, self.tokens_per_chunk) if retrieval.enabled else None
         self._errors_seen = 0

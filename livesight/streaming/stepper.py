@@ -7,15 +7,19 @@ import torch
 
 from livesight.kvcache import StreamCache
 from livesight.streaming.adapter import TextAdapter
+from livesight.streaming.static_step import StaticStep
 from livesight.streaming.tokens import StepBuilder
 
 
 class CacheStepper:
-    def __init__(self, adapter: TextAdapter, policy, capacity: int, offload=None):
+    def __init__(self, adapter: TextAdapter, policy, capacity: int, offload=None, graphs: bool = True):
         """policy: anything with keep(table, now_s) -> (n,) bool. offload(evicted: TokenTable,
-        index: (n,) buffer slots) is called before eviction with the tokens about to leave."""
+        index: (n,) buffer slots) is called before eviction with the tokens about to leave.
+        graphs: on a GPU, run steps at fixed shapes replayed from CUDA graphs (static_step.py)."""
         self.adapter, self.policy, self.offload = adapter, policy, offload
         self.cache: StreamCache = adapter.new_cache(capacity)
+        use_graphs = graphs and self.cache.key_buffer.is_cuda
+        self.static: StaticStep | None = StaticStep(adapter, self.cache, graphs=True) if use_graphs else None
         self._pos = self._seq = self._group = 0
 
     def builder(self) -> StepBuilder:
@@ -25,7 +29,10 @@ class CacheStepper:
     def forward(self, builder: StepBuilder, all_logits: bool = False) -> torch.Tensor:
         """Run the step; -> logits of its last token (vocab,), or of every token (n, vocab)."""
         embeds, table = builder.build()
-        logits = self.adapter.forward(embeds, table.pos, self.cache, all_logits=all_logits)
+        if self.static is not None and not all_logits and self.static.fits(len(table)):
+            logits = self.static(embeds, table.pos)
+        else:
+            logits = self.adapter.forward(embeds, table.pos, self.cache, all_logits=all_logits)
         self.cache.record(table)
         self._pos, self._seq, self._group = builder.next_pos, builder.next_seq, builder.next_group
         return logits

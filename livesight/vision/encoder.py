@@ -24,6 +24,7 @@ from transformers.vision_utils import get_vision_position_ids, get_vision_window
 
 from livesight.kernels import segment_attention, token_change
 from livesight.kernels.dispatch import report
+from livesight.kernels.graphs import GraphReplay
 
 MAX_PARTIAL = 0.5  # past this share of changed tokens a full pass costs about the same, and is exact
 MAX_STALE = 1.0  # partial passes since the last full one may recompute this many frames' worth of tokens
@@ -34,28 +35,6 @@ class EncodeStats:
     mode: str  # "full", "partial" or "reused"
     num_tokens: int
     num_encoded: int  # tokens whose output was computed this chunk
-
-
-class _Replay:
-    """fn(*inputs) captured once in a CUDA graph; calling copies new inputs in and replays it.
-    fn must be a pure function of its tensor inputs and of buffers that live as long as the graph."""
-
-    def __init__(self, fn, inputs: list[torch.Tensor]):
-        self.inputs = [x.clone() for x in inputs]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            fn(*self.inputs)  # warm-up outside the graph: library handles, allocator pools
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.output = fn(*self.inputs)
-
-    def __call__(self, *inputs: torch.Tensor):
-        for buffer, x in zip(self.inputs, inputs):
-            buffer.copy_(x)
-        self.graph.replay()
-        return self.output
 
 
 class VisionEncoder:
@@ -134,7 +113,7 @@ class VisionEncoder:
             return fn(*inputs)
         report("vision_encoder", "cuda-graph")
         if key not in self._replays:
-            self._replays[key] = _Replay(fn, list(inputs))
+            self._replays[key] = GraphReplay(fn, list(inputs))
         return self._replays[key](*inputs)
 
     def _full_pass(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,69 @@
+"""The language model's step at fixed shapes, so that on a GPU it replays from a CUDA graph.
+
+A step of n tokens runs as a bucket of B >= n rows (powers of two up to 64, then multiples of 64)
+against a fixed span of Kb cache slots (the next multiple of 512 past the step's end). The B - n
+padding rows write their keys past the cache's end, where the next step overwrites them, and no
+real query sees them (causal); slots past each query's own are masked. Shapes then depend only on
+(B, Kb), and each pair is captured once and replayed after: without it, transformers' ~20 small
+kernels per layer wait on the host launching them, and a step costs the same 25-40 ms for 20
+tokens as for 264 (results/issue5). Elsewhere the same function runs eagerly (tests hold it equal
+to the dynamic forward).
+"""
+
+import torch
+import torch.nn.functional as F
+
+from livesight.kernels.dispatch import report
+from livesight.kernels.graphs import GraphReplay
+from livesight.kvcache import StreamCache
+from livesight.streaming.adapter import TextAdapter
+
+ROW_STEP = 64
+KEY_BLOCK = 512
+
+
+def row_bucket(num_tokens: int) -> int:
+    """The rows a step of num_tokens runs as."""
+    if num_tokens <= ROW_STEP:
+        return 1 << (num_tokens - 1).bit_length()
+    return -(-num_tokens // ROW_STEP) * ROW_STEP
+
+
+class StaticStep:
+    def __init__(self, adapter: TextAdapter, cache: StreamCache, graphs: bool):
+        self.adapter, self.cache, self.graphs = adapter, cache, graphs
+        self._replays: dict[tuple[int, int], GraphReplay] = {}
+        self._pool = torch.cuda.graph_pool_handle() if graphs else None
+
+    @property
+    def num_graphs(self) -> int:
+        return len(self._replays)
+
+    def fits(self, num_tokens: int) -> bool:
+        """Whether a step of num_tokens can run here: its padding must fit in the cache, and no
+        retrieved slot may hold padding of its own (cache.key_valid: the dynamic path masks that)."""
+        return self.cache.key_valid is None and self.cache.length + row_bucket(num_tokens) <= self.cache.capacity
+
+    @torch.inference_mode()
+    def __call__(self, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """embeds: (n, hidden); positions: (3, n) -> logits (vocab,) of the last token; appends to the cache."""
+        cache, device = self.cache, self.cache.key_buffer.device
+        num_tokens, start = embeds.shape[0], cache.length
+        rows = row_bucket(num_tokens)
+        num_keys = min(-(-(start + rows) // KEY_BLOCK) * KEY_BLOCK, cache.capacity)
+        pad = rows - num_tokens
+        embeds = F.pad(embeds.to(device, self.adapter.dtype), (0, 0, 0, pad))
+        positions = torch.cat([positions, positions[:, -1:].expand(-1, pad)], dim=1).to(device)
+        start_slot = torch.tensor([start], device=device)
+        if self.graphs:
+            report("lm_step", "cuda-graph")
+            replay = self._replays.get((rows, num_keys))
+            if replay is None:
+                step = lambda e, p, s: self.adapter.static_hidden(e, p, s, cache, num_keys)  # noqa: E731
+                replay = self._replays[rows, num_keys] = GraphReplay(step, [embeds, positions, start_slot], self._pool)
+            hidden = replay(embeds, positions, start_slot)
+        else:
+            report("lm_step", "static-eager")
+            hidden = self.adapter.static_hidden(embeds, positions, start_slot, cache, num_keys)
+        cache.length = start + num_tokens
+        return self.adapter.logits(hidden[num_tokens - 1])

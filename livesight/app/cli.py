@@ -1,4 +1,4 @@
-"""`livesight run | demo | synth`: the command-line front end.
+"""`livesight run | web | demo | synth | bench`: the command-line front end.
 
 Bad input gets one line naming the input and the fix, and exit code 2; never a traceback.
 """
@@ -69,6 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="ask QUESTION when the stream reaches SECONDS (repeatable)")
     run.add_argument("--realtime", action="store_true", help="pace a file or synthetic source at real time")
     run.add_argument("--json", action="store_true", help="one JSON object per event on stdout")
+
+    web = sub.add_parser("web", help="the web UI: watch a file, webcam or camera, narrate and ask in a browser")
+    web.add_argument("--model", default="tiny-random",
+                     help="tiny-random | random-3b | random-7b | a local checkpoint folder | a hub id")
+    web.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    web.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 to serve the network)")
+    web.add_argument("--port", type=positive(int), default=7860)
+    web.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
+    web.add_argument("--max-streams", type=positive(int), default=2,
+                     help="streams running at once; a visitor past that is told the server is busy")
+    web.add_argument("--max-upload-mb", type=positive(int), default=500, help="largest video upload accepted")
 
     demo = sub.add_parser("demo", help="write a synthetic clip and run it with tiny-random")
     demo.add_argument("--seconds", type=positive(float), default=20.0)
@@ -272,6 +283,11 @@ def synth(args) -> int:
     return 0
 
 
+def web(args) -> int:
+    from livesight.app import web as web_ui
+    return web_ui.main(args)
+
+
 def bench(args) -> int:
     from livesight.eval import compression, fidelity_report
     return {"fidelity": fidelity_report.main, "compression": compression.main}[args.bench](args)
@@ -281,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     try:
-        return {"run": run, "demo": demo, "synth": synth, "bench": bench}[args.command](args)
+        return {"run": run, "web": web, "demo": demo, "synth": synth, "bench": bench}[args.command](args)
     except InputError as err:
         print(f"livesight: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

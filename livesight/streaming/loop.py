@@ -1,5 +1,6 @@
 """The engine loop shared by every front end: chunks and questions in, events out."""
 
+import contextlib
 import queue
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -12,26 +13,30 @@ from livesight.vision.sources import SourceEvent
 
 
 def run_stream(session: Session, chunks: Iterable[Chunk | SourceEvent], asks: list[tuple[float, str]] = (),
-               questions: "queue.Queue[str] | None" = None, dropped: Callable[[], int] = lambda: 0) -> Iterator[Event]:
+               questions: "queue.Queue[str] | None" = None, dropped: Callable[[], int] = lambda: 0,
+               lock: contextlib.AbstractContextManager = contextlib.nullcontext()) -> Iterator[Event]:
     """Feed chunks to `session`; ask each scheduled question once the stream reaches its time, and
     any question waiting in `questions` after each chunk. Questions still scheduled when the stream
-    ends are asked at its end. The last event is a summary."""
+    ends are asked at its end. The last event is a summary. Each engine step holds `lock` (a front
+    end driving several sessions on one model serializes them; waiting for frames holds nothing)."""
     pending = sorted(asks)
     start = time.perf_counter()
     for item in chunks:
         if isinstance(item, SourceEvent):
             yield Event(item.type, item.t, item.text)
             continue
-        for event in session.add_chunk(item):
+        with lock:
+            events = session.add_chunk(item)
+        for event in events:
             if event.type == "metrics":
                 event.data["frames_dropped"] = dropped()
             yield event
         while pending and pending[0][0] <= session.now + 1e-9:
-            yield from _answer(session, pending.pop(0)[1])
+            yield from answer(session, pending.pop(0)[1], lock)
         while questions is not None and not questions.empty():
-            yield from _answer(session, questions.get_nowait())
+            yield from answer(session, questions.get_nowait(), lock)
     for _, question in pending:
-        yield from _answer(session, question)
+        yield from answer(session, question, lock)
     wall = time.perf_counter() - start
     yield Event("summary", session.now, None, {
         "chunks": session.num_chunks, "wall_s": round(wall, 3),
@@ -39,8 +44,10 @@ def run_stream(session: Session, chunks: Iterable[Chunk | SourceEvent], asks: li
         "realtime_factor": round(session.now / wall, 3) if wall > 0 else None})
 
 
-def _answer(session: Session, question: str) -> list[Event]:
+def answer(session: Session, question: str, lock: contextlib.AbstractContextManager = contextlib.nullcontext()) -> list[Event]:
+    """session.ask under `lock`; a bad question becomes an error event."""
     try:
-        return session.ask(question)
+        with lock:
+            return session.ask(question)
     except InputError as err:  # a bad typed question must not end a live session
         return [Event("error", session.now, str(err))]

@@ -116,14 +116,82 @@ class FileSource:
         pass
 
 
-class LiveSource:
+class NewestFrame:
+    """A live source's newest frame, set by a reader, sampled on the wall clock at `fps`: a tick
+    with no new frame yields nothing, older frames are never queued. Notices pass in order."""
+
+    is_live = True
+
+    def __init__(self, fps: float, seconds: float | None):
+        self.fps, self.seconds = fps, seconds
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._events: list[SourceEvent] = []
+        self._latest: np.ndarray | None = None
+        self._serial = 0
+        self._start = time.monotonic()
+
+    def _set(self, image: np.ndarray) -> None:
+        with self._lock:
+            self._latest, self._serial = image, self._serial + 1
+
+    def _now(self) -> float:
+        return time.monotonic() - self._start
+
+    def _notice(self, kind: str, text: str) -> None:
+        with self._lock:
+            self._events.append(SourceEvent(kind, self._now(), text))
+
+    def __iter__(self) -> Iterator[Frame | SourceEvent]:
+        taken, k = 0, 0
+        while not self._stop.is_set():
+            tick = k / self.fps
+            if self.seconds is not None and tick >= self.seconds:
+                return
+            self._stop.wait(max(0.0, tick - self._now()))
+            k += 1
+            with self._lock:
+                events, self._events = self._events, []
+                image, serial = self._latest, self._serial
+            yield from events
+            if serial != taken and image is not None:
+                taken = serial
+                yield Frame(image, tick)
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+class PushSource(NewestFrame):
+    """Frames handed in by a front end (the browser's webcam in the web UI), RGB uint8 (H, W, 3)."""
+
+    def __init__(self, fps: float, seconds: float | None = None):
+        super().__init__(fps, seconds)
+        self._first = threading.Event()
+        self.size: tuple[int, int] | None = None
+
+    def put(self, image: np.ndarray) -> None:
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise InputError(f"a pushed frame must be RGB uint8 (H, W, 3), got {image.dtype} {image.shape}")
+        if self.size is None:
+            self.size = image.shape[:2]
+            self._start = time.monotonic()
+        self._set(np.ascontiguousarray(image))
+        self._first.set()
+
+    def wait_first(self, timeout_s: float) -> tuple[int, int]:
+        """Block until the first frame; -> its (height, width)."""
+        if not self._first.wait(timeout_s):
+            raise InputError(f"no frame from the webcam within {timeout_s:g} s: allow the camera in the browser, "
+                             f"wait for its picture, then press Start")
+        return self.size
+
+
+class LiveSource(NewestFrame):
     """A webcam or network stream read by OpenCV in a thread that keeps only the newest frame.
 
     A dropped stream is reopened with exponential backoff; `error` and `reconnect` events say so.
-    Frames are sampled on the wall clock at `fps`; a tick with no new frame yields nothing.
     """
-
-    is_live = True
 
     def __init__(self, target: int | str, fps: float, seconds: float | None = None, timeout_s: float = 10.0,
                  max_backoff_s: float = 8.0):
@@ -131,12 +199,9 @@ class LiveSource:
             os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = "rtsp_transport;tcp"  # TCP: no lost UDP packets
         os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # our own events report drops and reconnects
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-        self.target, self.fps, self.seconds = target, fps, seconds
-        self.timeout_s, self.max_backoff_s = timeout_s, max_backoff_s
+        super().__init__(fps, seconds)
+        self.target, self.timeout_s, self.max_backoff_s = target, timeout_s, max_backoff_s
         self.name = f"webcam:{target}" if isinstance(target, int) else target
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._events: list[SourceEvent] = []
         self._capture = self._open()
         if self._capture is None:
             raise InputError(f"cannot open {self.name}: no stream answered within {timeout_s:g} s. Check that the "
@@ -166,20 +231,12 @@ class LiveSource:
     def _rgb(image: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(image[:, :, ::-1])
 
-    def _now(self) -> float:
-        return time.monotonic() - self._start
-
-    def _notice(self, kind: str, text: str) -> None:
-        with self._lock:
-            self._events.append(SourceEvent(kind, self._now(), text))
-
     def _read_loop(self) -> None:
         capture, backoff = self._capture, 0.5
         while not self._stop.is_set():
             ok, image = capture.read() if capture is not None else (False, None)
             if ok:
-                with self._lock:
-                    self._latest, self._serial = self._rgb(image), self._serial + 1
+                self._set(self._rgb(image))
                 backoff = 0.5
                 continue
             if capture is not None:
@@ -193,22 +250,6 @@ class LiveSource:
                 backoff = min(backoff * 2, self.max_backoff_s)
         if capture is not None:
             capture.release()
-
-    def __iter__(self) -> Iterator[Frame | SourceEvent]:
-        taken, k = 0, 0
-        while not self._stop.is_set():
-            tick = k / self.fps
-            if self.seconds is not None and tick >= self.seconds:
-                return
-            self._stop.wait(max(0.0, tick - self._now()))
-            k += 1
-            with self._lock:
-                events, self._events = self._events, []
-                image, serial = self._latest, self._serial
-            yield from events
-            if serial != taken:
-                taken = serial
-                yield Frame(image, tick)
 
     def close(self) -> None:
         self._stop.set()

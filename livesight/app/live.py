@@ -1,0 +1,208 @@
+"""One browser session's stream, run in a thread over its own Session, and the registry that caps
+how many run at once. The web UI only reads what a LiveRun keeps; the engine is streaming/."""
+
+import bisect
+import contextlib
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from livesight.errors import InputError
+from livesight.streaming.adapter import QwenVLAdapter
+from livesight.streaming.chunker import Chunk, chunk_frames
+from livesight.streaming.config import SessionConfig
+from livesight.streaming.events import Event
+from livesight.streaming.loop import answer, run_stream
+from livesight.streaming.session import Session
+from livesight.vision.ingest import Ingest
+from livesight.vision.sources import PushSource, open_source
+
+MAX_THUMBNAILS = 7200  # one per chunk: two hours of 1-s chunks at about 3 KB each
+MAX_HISTORY = 3600  # metrics rows kept for the plots
+THUMB_WIDTH = 160
+WEBCAM_WAIT_S = 15.0
+
+
+@dataclass
+class Asked:
+    """A question put to a run; `done` is set once `events` holds its answer (or error)."""
+
+    question: str
+    done: threading.Event = field(default_factory=threading.Event)
+    events: list[Event] = field(default_factory=list)
+
+
+class LiveRun:
+    def __init__(self, adapter: QwenVLAdapter, config: SessionConfig, source: str | PushSource,
+                 realtime: bool = True, lock: contextlib.AbstractContextManager = contextlib.nullcontext()):
+        """source: a spec for open_source (file path, rtsp://..., webcam:N) or frames pushed by the page."""
+        self.adapter, self.config, self.source_spec = adapter, config, source
+        self.realtime, self.lock = realtime, lock
+        self.events: list[Event] = []
+        self.history: deque[dict] = deque(maxlen=MAX_HISTORY)
+        self.state = "starting"  # starting | running | ended | failed | stopped
+        self.started = time.monotonic()
+        self.frames = 0
+        self._thumb_times: list[float] = []
+        self._thumbs: dict[float, bytes] = {}
+        self._questions: "queue.Queue[Asked]" = queue.Queue()
+        self._stop = threading.Event()  # stop reading the source
+        self._closed = threading.Event()  # stop answering too
+        self._mutex = threading.Lock()
+        self._thread = threading.Thread(target=self._main, name="livesight-web-run", daemon=True)
+        self._thread.start()
+
+    # --- the run thread
+    def _main(self) -> None:
+        session = None
+        try:
+            source = self._open()
+            with self.lock:
+                session = Session(self.adapter, self.config, source.size)
+            self.state = "running"
+            ingest = Ingest(source, realtime=self.realtime)
+            chunks = self._between_chunks(chunk_frames(ingest, self.config.frames_per_chunk, self.config.fps), session)
+            for event in run_stream(session, chunks, dropped=lambda: ingest.dropped, lock=self.lock):
+                self._add(event)
+            chunks.close()
+            self.state = "stopped" if self._stop.is_set() else "ended"
+            while not self._closed.is_set():  # questions on what was seen, until the page lets go
+                self._serve(session, wait_s=0.2)
+        except InputError as err:
+            self.state = "failed"
+            self._add(Event("error", 0.0, str(err)))
+        except Exception as err:  # the page shows it; the server and other sessions go on
+            self.state = "failed"
+            self._add(Event("error", 0.0, f"the stream stopped: {type(err).__name__}: {err}"))
+        finally:
+            self._serve(None)
+            if session is not None:
+                session.close()
+
+    def _open(self):
+        if isinstance(self.source_spec, PushSource):
+            self.source_spec.wait_first(WEBCAM_WAIT_S)
+            return self.source_spec
+        return open_source(self.source_spec, self.config.fps)
+
+    def _between_chunks(self, chunks, session: Session):
+        """The chunks, with the page's questions answered between them, until stopped."""
+        for item in chunks:
+            self._serve(session)
+            if self._stop.is_set():
+                return
+            if isinstance(item, Chunk):
+                self._thumbnail(item)
+                self.frames += item.frames.shape[0]
+            yield item
+
+    def _serve(self, session: Session | None, wait_s: float = 0.0) -> None:
+        """Answer the questions waiting (without a session: tell them the stream is gone)."""
+        while True:
+            try:
+                asked = self._questions.get(timeout=wait_s) if wait_s else self._questions.get_nowait()
+            except queue.Empty:
+                return
+            wait_s = 0.0
+            if session is None:
+                asked.events = [Event("error", 0.0, "the stream ended before this question was answered")]
+            else:
+                asked.events = answer(session, asked.question, self.lock)
+                for event in asked.events:
+                    self._add(event)
+            asked.done.set()
+
+    def _add(self, event: Event) -> None:
+        with self._mutex:
+            self.events.append(event)
+            if event.type == "metrics":
+                self.history.append({"t": event.t, "wall_s": time.monotonic() - self.started, **event.data})
+
+    def _thumbnail(self, chunk: Chunk) -> None:
+        image = chunk.frames[0]
+        height = max(1, round(image.shape[0] * THUMB_WIDTH / image.shape[1]))
+        small = cv2.resize(image, (THUMB_WIDTH, height), interpolation=cv2.INTER_AREA)
+        ok, jpeg = cv2.imencode(".jpg", small[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 80])
+        if not ok:
+            return
+        with self._mutex:
+            self._thumb_times.append(chunk.t_start)
+            self._thumbs[chunk.t_start] = jpeg.tobytes()
+            if len(self._thumb_times) > MAX_THUMBNAILS:
+                del self._thumbs[self._thumb_times.pop(0)]
+
+    # --- what the page calls
+    def ask(self, question: str, timeout_s: float = 300.0) -> list[Event]:
+        """Ask and wait for the answer (asked after the chunk in flight); -> [answer] or [error]."""
+        if not self._thread.is_alive():
+            return [Event("error", 0.0, "no stream is running: press Start first")]
+        asked = Asked(question)
+        self._questions.put(asked)
+        if not asked.done.wait(timeout_s):
+            return [Event("error", 0.0, f"no answer within {timeout_s:g} s; the engine is busy")]
+        return asked.events
+
+    def thumbnail(self, t: float) -> np.ndarray | None:
+        """The kept thumbnail of the chunk starting nearest to stream time t, RGB; None if gone."""
+        with self._mutex:
+            times = self._thumb_times
+            i = bisect.bisect_left(times, t)
+            near = [k for k in (i - 1, i) if 0 <= k < len(times)]
+            if not near:
+                return None
+            best = times[min(near, key=lambda k: abs(times[k] - t))]
+            if abs(best - t) > self.config.chunk_seconds:
+                return None
+            jpeg = self._thumbs[best]
+        return cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+
+    def snapshot(self) -> tuple[list[Event], list[dict]]:
+        with self._mutex:
+            return list(self.events), list(self.history)
+
+    def stop(self) -> None:
+        """Stop reading the source; questions on what was seen are still answered."""
+        self._stop.set()
+        if isinstance(self.source_spec, PushSource):
+            self.source_spec.close()
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop everything and free the session."""
+        self.stop()
+        self._closed.set()
+        self._thread.join(timeout_s)
+
+
+class RunRegistry:
+    """Runs by browser session, at most `max_runs` at once; a model step holds `lock` (one GPU)."""
+
+    def __init__(self, max_runs: int):
+        self.max_runs = max_runs
+        self.lock = threading.Lock()
+        self._runs: dict[str, LiveRun] = {}
+        self._mutex = threading.Lock()
+
+    def get(self, key: str) -> LiveRun | None:
+        with self._mutex:
+            return self._runs.get(key)
+
+    def start(self, key: str, make) -> LiveRun:
+        """Replace this session's run with make(); raises InputError when the server is full."""
+        self.close(key)
+        with self._mutex:
+            if len(self._runs) >= self.max_runs:
+                raise InputError(f"LiveSight is busy: {len(self._runs)} streams are running, the most this server "
+                                 f"takes at once. Try again when one ends")
+            run = self._runs[key] = make()
+        return run
+
+    def close(self, key: str) -> None:
+        with self._mutex:
+            run = self._runs.pop(key, None)
+        if run is not None:
+            run.close()

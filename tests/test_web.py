@@ -247,3 +247,34 @@ def test_bad_upload_and_unreachable_camera_show_errors_and_the_server_stays_up(s
     assert server[0].poll() is None
     assert urllib.request.urlopen(server[1], timeout=5).status == 200
     page.close()
+
+
+def test_push_source_yields_the_newest_frame_on_the_clock():
+    import numpy as np
+
+    from livesight.vision.sources import Frame, PushSource
+    source = PushSource(fps=20.0, seconds=0.5)
+    with pytest.raises(InputError, match="no frame from the webcam"):
+        source.wait_first(0.05)
+    with pytest.raises(InputError, match="RGB uint8"):
+        source.put(np.zeros((4, 4), np.uint8))
+    for value in (1, 2, 3):  # only the newest is taken
+        source.put(np.full((8, 6, 3), value, np.uint8))
+    assert source.wait_first(0.1) == (8, 6)
+    frames = [item for item in source if isinstance(item, Frame)]
+    assert len(frames) == 1 and int(frames[0].image[0, 0, 0]) == 3  # no new frame: nothing more yielded
+
+
+def test_web_command_rejects_bad_input_with_a_message():
+    bad_model = subprocess.run([sys.executable, "-m", "livesight", "web", "--model", "no-such-model"],
+                               capture_output=True, text=True, timeout=120)
+    assert bad_model.returncode == 2 and "unknown model 'no-such-model'" in bad_model.stderr
+    assert "Traceback" not in bad_model.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = subprocess.run([sys.executable, "-m", "livesight", "web", "--port", str(port), "--device", "cpu"],
+                              capture_output=True, text=True, timeout=180)
+    assert busy.returncode == 2 and f"cannot serve on 127.0.0.1:{port}" in busy.stderr, busy.stderr[-2000:]
+    assert "Traceback" not in busy.stderr

@@ -281,6 +281,10 @@ def main(args) -> int:
     export_dir = tempfile.mkdtemp(prefix="livesight-web-")
     demo = build(adapter, registry, export_dir, args.model)
     demo.queue(default_concurrency_limit=8)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share,
-                max_file_size=f"{args.max_upload_mb}mb", css=CSS, quiet=False, show_error=False)
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share,
+                    max_file_size=f"{args.max_upload_mb}mb", css=CSS, quiet=False, show_error=False)
+    except OSError as err:
+        raise InputError(f"cannot serve on {args.host}:{args.port} ({err}): pick a free port with --port, "
+                         f"or a local address with --host") from None
     return 0

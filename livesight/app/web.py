@@ -31,7 +31,8 @@ CSS = """
 #narration {max-height: 360px; overflow-y: auto; font-family: ui-monospace, monospace; font-size: 13px}
 #narration .line {padding: 1px 0} #narration .t {color: #6b7280; margin-right: .6em}
 #narration .error {color: #b91c1c} #narration .answer {color: #1d4ed8}
-#metrics table {font-size: 13px; width: 100%} #metrics td:last-child {text-align: right; font-variant-numeric: tabular-nums}
+#metrics table {font-size: 13px; width: 100%}
+#metrics td:last-child {text-align: right; font-variant-numeric: tabular-nums}
 #status .error {color: #b91c1c; font-weight: 600}
 """
 
@@ -86,7 +87,7 @@ def metrics_rows(run: LiveRun | None, events: list[Event], history: list[dict]) 
         return [("state", run.state if run else "idle")]
     last = history[-1]
     wall = max(1e-9, last.get("wall_s", 0.0))
-    kv = last["kv_tokens"]
+    kv, vt = last["kv_tokens"], last["vision_tokens"]
     latency = sum(last[k] for k in ("vision_ms", "prune_ms", "prefill_ms", "decode_ms", "evict_ms"))
     decode_s = last["decode_ms"] / 1000
     answers = [e for e in events if e.type == "answer"]
@@ -94,14 +95,16 @@ def metrics_rows(run: LiveRun | None, events: list[Event], history: list[dict]) 
             ("ingest FPS", f"{run.frames / wall:.1f}"), ("real-time factor", f"{last['t'] / wall:.2f}"),
             ("chunk latency", f"{latency:.0f} ms"),
             ("time to first token", f"{answers[-1].data['ttft_ms']:.0f} ms" if answers else "—"),
-            ("tokens per second", f"{last['tokens_out'] / decode_s:.1f}" if decode_s > 0 and last["tokens_out"] else "—"),
+            ("tokens per second", f"{last['tokens_out'] / decode_s:.1f}" if decode_s and last["tokens_out"] else "—"),
             ("KV tokens: sink / vision / text / retrieved",
              f"{kv['sink']} / {kv['vision']} / {kv['text']} / {kv['retrieved']}"),
-            ("visual tokens kept", f"{last['vision_tokens']['kept']} of {last['vision_tokens']['grid']} ({last['encoder']})")]
+            ("visual tokens kept", f"{vt['kept']} of {vt['grid']} ({last['encoder']})")]
     if "offload" in last:
         off = last["offload"]
-        rows.append(("offload store", f"{off['blocks']} blocks, {off['ram_mb']:.0f} MB RAM, {off['disk_mb']:.0f} MB disk"))
-    rows.append(("GPU memory", f"{last['gpu_mem_mb']:.0f} MB" if "gpu_mem_mb" in last else f"— (CPU; RSS {last['rss_mb']:.0f} MB)"))
+        rows.append(("offload store", f"{off['blocks']} blocks, {off['ram_mb']:.0f} MB RAM, "
+                                      f"{off['disk_mb']:.0f} MB disk"))
+    gpu = last.get("gpu_mem_mb")
+    rows.append(("GPU memory", f"{gpu:.0f} MB" if gpu is not None else f"— (CPU; RSS {last['rss_mb']:.0f} MB)"))
     return rows
 
 
@@ -157,7 +160,8 @@ def build(adapter: QwenVLAdapter, registry: RunRegistry, export_dir: str, model_
 
     def reset(request: gr.Request):
         registry.close(request.session_hash)
-        return [], [], render_narration([]), render_metrics(metrics_rows(None, [], [])), "Reset. Choose a source and press **Start**."
+        return ([], [], render_narration([]), render_metrics(metrics_rows(None, [], [])),
+                "Reset. Choose a source and press **Start**.")
 
     def refresh(request: gr.Request):
         run = registry.get(request.session_hash)
@@ -198,10 +202,11 @@ def build(adapter: QwenVLAdapter, registry: RunRegistry, export_dir: str, model_
         run = registry.get(request.session_hash)
         events = run.snapshot()[0] if run else []
         caption_s = run.config.chunk_seconds if run else 1.0
-        text = {"JSONL": to_jsonl, "SRT": lambda e: to_srt(e, caption_s), "WebVTT": lambda e: to_vtt(e, caption_s)}[fmt](events)
+        suffix, text = {"JSONL": ("jsonl", to_jsonl(events)), "SRT": ("srt", to_srt(events, caption_s)),
+                        "WebVTT": ("vtt", to_vtt(events, caption_s))}[fmt]
         folder = os.path.join(export_dir, request.session_hash)
         os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, "livesight-transcript." + {"JSONL": "jsonl", "SRT": "srt", "WebVTT": "vtt"}[fmt])
+        path = os.path.join(folder, f"livesight-transcript.{suffix}")
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
         return path
@@ -211,7 +216,8 @@ def build(adapter: QwenVLAdapter, registry: RunRegistry, export_dir: str, model_
                 gr.update(visible=kind == "Camera URL"))
 
     with gr.Blocks(title="LiveSight") as demo:
-        noise = " (random weights: the words are noise, the engine is real)" if model_name.startswith(("tiny-random", "random-")) else ""
+        is_random = model_name.startswith(("tiny-random", "random-"))
+        noise = " (random weights: the words are noise, the engine is real)" if is_random else ""
         gr.Markdown(f"# LiveSight\nWatches a video stream, narrates what it sees and answers questions about "
                     f"anything it has seen, with bounded memory. Model: `{html.escape(model_name)}`{noise}.")
         with gr.Row():

@@ -44,7 +44,8 @@ def run_stream(session: Session, chunks: Iterable[Chunk | SourceEvent], asks: li
         "realtime_factor": round(session.now / wall, 3) if wall > 0 else None})
 
 
-def answer(session: Session, question: str, lock: contextlib.AbstractContextManager = contextlib.nullcontext()) -> list[Event]:
+def answer(session: Session, question: str,
+           lock: contextlib.AbstractContextManager = contextlib.nullcontext()) -> list[Event]:
     """session.ask under `lock`; a bad question becomes an error event."""
     try:
         with lock:

@@ -17,7 +17,7 @@ from livesight.app.transcript import lines, stamp, to_jsonl, to_srt, to_vtt
 from livesight.errors import InputError
 from livesight.streaming.adapter import QwenVLAdapter
 from livesight.streaming.config import CompressionConfig, SessionConfig
-from livesight.streaming.events import Event
+from livesight.streaming.events import Event, chunk_ms
 from livesight.streaming.retrieval import RetrievalConfig
 from livesight.vision.sources import PushSource
 
@@ -88,7 +88,7 @@ def metrics_rows(run: LiveRun | None, events: list[Event], history: list[dict]) 
     last = history[-1]
     wall = max(1e-9, last.get("wall_s", 0.0))
     kv, vt = last["kv_tokens"], last["vision_tokens"]
-    latency = sum(last[k] for k in ("vision_ms", "prune_ms", "prefill_ms", "decode_ms", "evict_ms"))
+    latency = chunk_ms(last)
     decode_s = last["decode_ms"] / 1000
     answers = [e for e in events if e.type == "answer"]
     rows = [("state", run.state), ("stream time", stamp(last["t"])),
@@ -116,8 +116,7 @@ def render_metrics(rows: list[tuple[str, str]]) -> str:
 def plot_frames(history: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     step = max(1, len(history) // PLOT_POINTS)
     rows = history[::step]
-    latency = pd.DataFrame({"stream s": [r["t"] for r in rows], "ms": [sum(
-        r[k] for k in ("vision_ms", "prune_ms", "prefill_ms", "decode_ms", "evict_ms")) for r in rows]})
+    latency = pd.DataFrame({"stream s": [r["t"] for r in rows], "ms": [chunk_ms(r) for r in rows]})
     memory = pd.DataFrame({"stream s": [r["t"] for r in rows],
                            "MB": [r.get("gpu_mem_mb", r["rss_mb"]) for r in rows]})
     return latency, memory

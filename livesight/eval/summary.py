@@ -9,15 +9,17 @@ import sys
 
 import numpy as np
 
+from livesight.streaming.events import CHUNK_PARTS, chunk_ms
+
 
 def summarize(lines, skip: int = 5) -> dict:
-    """Metrics after the first `skip` chunks (warm-up); latency = vision + prefill + decode + evict."""
+    """Metrics after the first `skip` chunks (warm-up); latency = vision + prune + prefill + decode + evict."""
     metrics = [e for e in lines if e.get("type") == "metrics"]
     if not metrics:
         raise ValueError("no metrics events in the log")
     steady = metrics[skip:] or metrics
-    latency = np.array([m["vision_ms"] + m["prefill_ms"] + m["decode_ms"] + m["evict_ms"] for m in steady])
-    parts = {k: float(np.median([m[k] for m in steady])) for k in ("vision_ms", "prefill_ms", "decode_ms", "evict_ms")}
+    latency = np.array([chunk_ms(m) for m in steady])
+    parts = {k: float(np.median([m.get(k, 0.0) for m in steady])) for k in CHUNK_PARTS}
     out = {
         "chunks": len(metrics), "stream_s": metrics[-1]["t"], "skipped_warmup_chunks": len(metrics) - len(steady),
         "chunk_ms_p50": float(np.median(latency)), "chunk_ms_p99": float(np.percentile(latency, 99)),

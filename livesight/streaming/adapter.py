@@ -41,14 +41,13 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     part bottom-right over the compact cache."""
     if _captured_queries is not None:
         _captured_queries[module.layer_idx] = query[0]
-    bias = kwargs.get("livesight_bias")
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    bias, key_valid = kwargs.get("livesight_bias"), kwargs.get("livesight_key_valid")
     if bias is not None:  # a static step: fixed key span, the mask says what is real
-        out = masked_attention(query, key, value, scaling if scaling is not None else query.shape[-1] ** -0.5, bias)
-        return out.transpose(1, 2).contiguous(), None
-    key_valid = kwargs.get("livesight_key_valid")
-    if key_valid is not None:
-        key_valid = key_valid[module.layer_idx, :key.shape[-2]]
-    out = chunk_attention(query, key, value, scaling if scaling is not None else query.shape[-1] ** -0.5, key_valid)
+        out = masked_attention(query, key, value, scale, bias)
+    else:
+        out = chunk_attention(query, key, value, scale,
+                              None if key_valid is None else key_valid[module.layer_idx, :key.shape[-2]])
     return out.transpose(1, 2).contiguous(), None
 
 

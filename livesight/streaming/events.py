@@ -4,6 +4,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+CHUNK_PARTS = ("vision_ms", "prune_ms", "prefill_ms", "decode_ms", "evict_ms")  # a metrics event's timings
+
+
+def chunk_ms(metrics: dict[str, Any]) -> float:
+    """A chunk's latency from its metrics event's data: the sum of its parts (older logs lack some)."""
+    return sum(metrics.get(part, 0.0) for part in CHUNK_PARTS)
+
+
 @dataclass
 class Event:
     """type: caption | answer | metrics | error | reconnect | info; t: stream seconds."""

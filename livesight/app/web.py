@@ -277,7 +277,7 @@ def build(adapter: QwenVLAdapter, registry: RunRegistry, export_dir: str, model_
 
 
 def main(args) -> int:
-    from livesight.app.cli import resolve_device
+    from livesight.streaming.options import resolve_device
     from livesight.streaming.models import load_model
     if args.share:
         print("livesight web: --share makes a public link: anyone with it can use this server", flush=True)

@@ -139,6 +139,23 @@ class StreamCache(Cache):
         assert length <= self.length and len(self.table) == length
         self.length = length
 
+    def snapshot(self) -> tuple:
+        """The valid prefix and its description, copied, for `restore` (an answer that must leave
+        no trace: retrieval moves keys, so a rollback of the length alone would not do)."""
+        n = self.length
+        return (n, self.table, self.key_buffer[:, :, :, :n].clone(), self.value_buffer[:, :, :, :n].clone(),
+                self.key_valid)
+
+    def restore(self, snapshot: tuple) -> None:
+        n, self.table, keys, values, self.key_valid = snapshot
+        self.key_buffer[:, :, :, :n] = keys
+        self.value_buffer[:, :, :, :n] = values
+        self.length = n
+
+    def clear(self) -> None:
+        """Empty, for a new stream; the buffers (and graphs captured over them) stay."""
+        self.length, self.table, self.key_valid = 0, TokenTable.empty(), None
+
     def slots_start(self) -> tuple[int, int]:
         """(buffer index, position) where retrieved slots go: right after the sink, which compact()
         keeps first in the buffer."""

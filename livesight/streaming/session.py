@@ -38,9 +38,6 @@ class Session:
         self.encoder = adapter.vision_encoder(self.size, config.frames_per_chunk,
                                               compress.reuse_threshold if compress.reuse else None,
                                               None if config.cuda_graphs else False)
-        refresh_s = max(config.vision_window_s - config.chunk_seconds, config.chunk_seconds)
-        self.pruner = TokenPruner(compress.keep_ratio, compress.keep_floor, compress.prune_threshold,
-                                  refresh_s) if compress.prune else None
         enc = self._encode
         self._chunk_open, self._chunk_close = enc("<|im_start|>user\n<|vision_start|>"), enc("<|vision_end|><|im_end|>\n")
         self._assistant, self._turn_close = enc("<|im_start|>assistant\n"), enc("<|im_end|>\n")
@@ -61,12 +58,28 @@ class Session:
         self.stepper = CacheStepper(adapter, self.policy, self.capacity, self._offload if retrieval.enabled else None,
                                     config.cuda_graphs)
         self.cache = self.stepper.cache
-        self.retriever = Retriever(self.stepper, retrieval, self.tokens_per_chunk) if retrieval.enabled else None
-        self._errors_seen = 0
         self.temporal_stride = max(1, round(adapter.tokens_per_second * adapter.temporal / config.fps))
+        self._sink_ids, self.retriever = sink_ids, None
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new stream here: empty cache, offload store and compression state, the sink
+        prefilled again. Buffers and captured CUDA graphs stay (an evaluator runs thousands of
+        short streams at one frame size)."""
+        config = self.config
+        self.close()
+        self.stepper.reset()
+        self.encoder.reset()
+        self.retriever = Retriever(self.stepper, config.retrieval, self.tokens_per_chunk) \
+            if config.retrieval.enabled else None
+        compress = config.compression
+        refresh_s = max(config.vision_window_s - config.chunk_seconds, config.chunk_seconds)
+        self.pruner = TokenPruner(compress.keep_ratio, compress.keep_floor, compress.prune_threshold,
+                                  refresh_s) if compress.prune else None
+        self._errors_seen = 0
         self.now, self.num_chunks, self.pending = 0.0, 0, []
         builder = self.stepper.builder()
-        builder.text(adapter.embed_ids(sink_ids), Segment.SINK, 0.0)
+        builder.text(self.adapter.embed_ids(self._sink_ids), Segment.SINK, 0.0)
         self.stepper.forward(builder)
 
     def _encode(self, text: str) -> list[int]:
@@ -155,14 +168,18 @@ class Session:
             {"encoder": encoded.mode, "vision_tokens": vision_tokens}))
         return events
 
-    def ask(self, question: str) -> list[Event]:
-        """Answer from the current cache and the blocks retrieval brings back; the exchange stays in
-        the text window. -> [error events..., answer]."""
+    def ask(self, question: str, remember: bool = True, max_tokens: int | None = None) -> list[Event]:
+        """Answer from the current cache and the blocks retrieval brings back. remember: the
+        exchange stays in the text window; otherwise the session is left exactly as it was (an
+        evaluator's questions must not see each other). max_tokens: at most the configured
+        answer tokens. -> [error events..., answer]."""
         ids = self._encode(question.strip())
         if not ids:
             raise InputError("empty question: type a question, or give --ask SECONDS:question")
         if len(ids) > self.config.max_question_tokens:
             raise InputError(f"question too long: {len(ids)} tokens, at most {self.config.max_question_tokens}")
+        max_tokens = self.config.answer_tokens if max_tokens is None else min(max_tokens, self.config.answer_tokens)
+        saved = None if remember else (self.stepper.snapshot(), self.pending)
         t0 = time.perf_counter()
         embeds = self.adapter.embed_ids(self.pending + self._user_open + ids + self._turn_close + self._assistant)
         retrieved = self.retriever.retrieve(embeds) if self.retriever is not None else []
@@ -172,10 +189,14 @@ class Session:
         logits = self.stepper.forward(builder)
         self.stepper.sync()
         ttft = (time.perf_counter() - t0) * 1000
-        answer = self._generate(logits, self.config.answer_tokens, self.now)
+        answer = self._generate(logits, max_tokens, self.now)
         self.stepper.sync()
         total = (time.perf_counter() - t0) * 1000
-        self.stepper.evict(self.now)
+        if saved is None:
+            self.stepper.evict(self.now)
+        else:
+            self.stepper.restore(saved[0])
+            self.pending = saved[1]
         text = self.adapter.decode(answer)
         return self._store_errors() + [Event("answer", self.now, text, {
             "question": question.strip(), "ttft_ms": round(ttft, 2), "latency_ms": round(total, 2),

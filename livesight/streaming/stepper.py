@@ -49,6 +49,18 @@ class CacheStepper:
         self.sync()
         return (time.perf_counter() - start) * 1000, moved
 
+    def snapshot(self) -> tuple:
+        return self.cache.snapshot(), (self._pos, self._seq, self._group)
+
+    def restore(self, snapshot: tuple) -> None:
+        """Back to the state `snapshot` saw, bit for bit."""
+        cache_state, (self._pos, self._seq, self._group) = snapshot
+        self.cache.restore(cache_state)
+
+    def reset(self) -> None:
+        self.cache.clear()
+        self._pos = self._seq = self._group = 0
+
     def resync(self) -> None:
         """Continue positions from the cache after it was rearranged."""
         self._pos = self.cache.table.next_position()

@@ -74,6 +74,10 @@ class VisionEncoder:
         self.stale = 0.0  # share of tokens recomputed by partial passes since the last full pass
         self._replays: dict = {}
 
+    def reset(self) -> None:
+        """Forget the cached chunk (a new stream): the next chunk runs the full pass."""
+        self.ref, self.stale = None, 0.0
+
     def _patches(self, tokens: torch.Tensor) -> torch.Tensor:
         """token indices (k,) -> their patch rows (k * merge**2,): a token's patches are consecutive."""
         return (tokens[:, None] * self.unit + torch.arange(self.unit, device=tokens.device)).reshape(-1)

@@ -94,20 +94,23 @@ class VideoFile:
 
 
 class FileSource:
-    """Samples a file at `fps`: the sample at time k / fps shows the frame presented then."""
+    """Samples a file at `fps` from `start` seconds: the sample at stream time k / fps shows the
+    frame presented at start + k / fps. video: a path, or a VideoFile already open (cut after cut
+    of one file, as the evaluator makes, decodes without reopening it)."""
 
     is_live = False
 
-    def __init__(self, path: str, fps: float, seconds: float | None = None):
-        self.video = VideoFile(path)
-        self.fps, self.seconds, self.size = fps, seconds, self.video.size
+    def __init__(self, video: "str | VideoFile", fps: float, seconds: float | None = None, start: float = 0.0):
+        self.video = video if isinstance(video, VideoFile) else VideoFile(video)
+        self.fps, self.seconds, self.start, self.size = fps, seconds, start, self.video.size
 
     def __iter__(self) -> Iterator[Frame]:
-        end = self.video.duration if self.seconds is None else min(self.seconds, self.video.duration)
+        span = self.video.duration - self.start
+        end = span if self.seconds is None else min(self.seconds, span)
         last_index, image = -1, None
         for k in range(int(np.ceil(end * self.fps - 1e-3))):  # decord's float32 stamps are off by ~1e-6 s
             t = k / self.fps
-            index = max(0, int(np.searchsorted(self.video.timestamps, t + 1e-6, side="right")) - 1)
+            index = max(0, int(np.searchsorted(self.video.timestamps, self.start + t + 1e-6, side="right")) - 1)
             if index != last_index:
                 image, last_index = self.video.frame(index), index
             yield Frame(image, t)

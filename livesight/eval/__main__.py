@@ -1,0 +1,25 @@
+"""`python -m livesight.eval BENCHMARK …`, the entry `accelerate launch -m livesight.eval` runs in
+each process; the same as `livesight eval BENCHMARK …`."""
+
+import argparse
+import logging
+import sys
+
+from livesight.errors import InputError
+from livesight.eval.cli import add_arguments, main
+
+
+def run(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="livesight eval", description="Benchmarks through the streaming engine.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    try:
+        return main(args)
+    except InputError as err:
+        print(f"livesight eval: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,181 @@
+"""`livesight eval streamingbench | ovobench | vqa`: a benchmark through the streaming engine.
+
+    livesight eval streamingbench --data FILE --videos DIR --out DIR [--model …] [--protocol stream|official]
+                                  [--context all|60] [--tasks …] [--limit N] [engine flags]
+    accelerate launch --num_processes N -m livesight.eval streamingbench …   (videos sharded over N processes)
+
+Writes OUT/results.jsonl (a line per question, appended as made), OUT/summary.json and
+OUT/summary.md. A rerun into the same OUT skips what is done.
+"""
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+
+from livesight.errors import InputError
+from livesight.eval import ovobench, report, streamingbench, vqa
+from livesight.eval.results import ResultsLog, _atomic_write
+from livesight.eval.runner import RunStats, evaluate
+from livesight.streaming.options import add_engine_args, positive, resolve_device, session_config
+
+LOADERS = {"streamingbench": streamingbench.load, "ovobench": ovobench.load, "vqa": vqa.load}
+log = logging.getLogger("livesight.eval")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="benchmark", required=True)
+    helps = {"streamingbench": "StreamingBench (GitHub JSON or Hugging Face CSV)",
+             "ovobench": "OVO-Bench (its ovo_bench.json annotation format)",
+             "vqa": "a generic JSONL of video, time, question, options, answer"}
+    for name, text in helps.items():
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--data", required=True, help="the benchmark's question file")
+        p.add_argument("--videos", required=True, help="folder the videos are resolved in (and only in)")
+        p.add_argument("--out", required=True, help="results folder; a rerun into it resumes")
+        p.add_argument("--protocol", choices=("stream", "official"), default="stream",
+                       help="stream: one pass per video, each question at its time (default); official: the video "
+                            "cut at each question's time, a fresh stream each, as the benchmark's script does")
+        p.add_argument("--context", default="all", type=_context,
+                       help="all (default) or SECONDS: how much video before a question the model may use")
+        p.add_argument("--tasks", default=None, help="comma-separated task names or abbreviations (e.g. OP,CT)")
+        p.add_argument("--limit", type=positive(int), default=None, help="only the first N questions")
+        add_engine_args(p)
+        p.add_argument("--narrate", dest="narrate", action="store_true", help="narrate each chunk (default off)")
+        p.set_defaults(narrate=False, answer_tokens=16)
+
+
+def _context(text: str) -> float | None:
+    if text == "all":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"--context takes all or a number of seconds > 0, got '{text}'")
+    return value
+
+
+def load_questions(args) -> list:
+    if not os.path.isfile(args.data):
+        raise InputError(f"--data {args.data}: no such file. Download the benchmark's question file (README: "
+                         f"Benchmarks) and give its path")
+    if not os.path.isdir(args.videos):
+        raise InputError(f"--videos {args.videos} is not a folder: give the folder that holds the benchmark's videos")
+    try:
+        questions = LOADERS[args.benchmark](args.data)
+    except (ValueError, SyntaxError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read --data {args.data} as {args.benchmark}: {str(err).splitlines()[0]}") from None
+    if args.tasks:
+        wanted = {streamingbench.task_name(t) if args.benchmark == "streamingbench" else t.strip().upper()
+                  for t in args.tasks.split(",") if t.strip()}
+        known = {q.task for q in questions}
+        if not wanted & known:
+            raise InputError(f"--tasks {args.tasks}: none of these tasks is in {args.data} "
+                             f"(it has {', '.join(sorted(known))})")
+        questions = [q for q in questions if q.task in wanted]
+    return questions[:args.limit] if args.limit else questions
+
+
+def _identity(args, config) -> dict:
+    """What the answers depend on: a rerun into the same --out must match it."""
+    with open(args.data, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()[:16]
+    engine = dataclasses.asdict(config)
+    engine["retrieval"].pop("folder")
+    engine.pop("max_question_tokens")
+    return {"benchmark": args.benchmark, "data_sha256": digest, "model": args.model, "protocol": args.protocol,
+            "context": "all" if args.context is None else args.context, "engine": engine}
+
+
+def _processes():
+    """(rank, world, state): accelerate's PartialState when launched as several processes."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, None
+    from accelerate import PartialState
+    state = PartialState()
+    return state.process_index, state.num_processes, state
+
+
+def main(args) -> int:
+    logging.getLogger("livesight.eval").setLevel(logging.INFO)
+    config = session_config(args)
+    if args.protocol == "stream" and args.context is not None:  # only the last `context` seconds: no history
+        config = dataclasses.replace(config, vision_window_s=min(config.vision_window_s, args.context),
+                                     retrieval=dataclasses.replace(config.retrieval, enabled=False))
+    questions = load_questions(args)
+    rank, world, state = _processes()
+    results = ResultsLog(args.out, rank, world)
+    results.check_run(_identity(args, config))
+    done = results.done()
+    todo = [q for q in questions if q.id not in done]
+    mine = _shard(todo, rank, world)
+    start = time.perf_counter()
+    stats = RunStats()
+    if mine:
+        stats = _run(args, config, mine, results)
+    results.close()
+    _atomic_write(os.path.join(args.out, f"stats.rank{rank}.json"), json.dumps(dataclasses.asdict(stats) | {
+        "wall_s": time.perf_counter() - start}))
+    if state is not None:
+        state.wait_for_everyone()
+    if rank == 0:
+        _finish(args, config, questions, results, world)
+    return 0
+
+
+def _shard(todo: list, rank: int, world: int) -> list:
+    """Whole videos, dealt round-robin in data order; malformed rows go to process 0."""
+    videos = list(dict.fromkeys(q.video for q in todo if q.error is None))
+    mine = set(videos[rank::world])
+    return [q for q in todo if (q.error is None and q.video in mine) or (q.error is not None and rank == 0)]
+
+
+def _run(args, config, questions: list, results: ResultsLog) -> RunStats:
+    from livesight.eval.engine import SessionEngine
+    from livesight.streaming.adapter import QwenVLAdapter
+    from livesight.streaming.models import load_model
+
+    device = resolve_device(args.device)
+    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    adapter = QwenVLAdapter(load_model(args.model, device))
+    longest = max((len(adapter.tokenizer.encode(p, add_special_tokens=False)) for q in questions
+                   for p in [q.prompt, q.poll_prompt] + [p.prompt for p in q.probes]), default=0)
+    config = dataclasses.replace(config, max_question_tokens=max(config.max_question_tokens, longest))
+    engine = SessionEngine(adapter, config)
+    try:
+        return evaluate(questions, engine, args.videos, results.append, args.protocol, args.context,
+                        config.answer_tokens)
+    finally:
+        engine.close()
+
+
+def _finish(args, config, questions: list, results: ResultsLog, world: int) -> None:
+    """Merge the processes' results, then write the summary (JSON and Markdown) and print it."""
+    records = results.merge({q.id: q.order for q in questions})
+    wanted = {q.id for q in questions}
+    runs = []
+    for r in range(world):
+        with open(os.path.join(args.out, f"stats.rank{r}.json")) as f:
+            runs.append(json.load(f))
+    total = {k: sum(run[k] for run in runs) for k in ("videos", "questions", "errors", "frames_encoded",
+                                                      "frames_span", "video_s")}
+    wall = max(run["wall_s"] for run in runs)
+    run = total | {"wall_s": round(wall, 2), "processes": world,
+                   "questions_per_min": round(60 * total["questions"] / wall, 2) if wall > 0 else None,
+                   "encodes_per_frame": round(total["frames_encoded"] / total["frames_span"], 3)
+                   if total["frames_span"] else None}
+    summary = {"settings": {"benchmark": args.benchmark, "data": args.data, "model": args.model,
+                            "protocol": args.protocol, "context": "all" if args.context is None else args.context,
+                            "fps": config.fps, "vision_window_s": config.vision_window_s,
+                            "retrieval": config.retrieval.enabled},
+               "scores": report.scores([r for r in records if r["id"] in wanted], args.benchmark), "run": run}
+    _atomic_write(os.path.join(args.out, "summary.json"), json.dumps(summary, indent=2) + "\n")
+    text = report.markdown(summary)
+    _atomic_write(os.path.join(args.out, "summary.md"), text)
+    print(text, end="", flush=True)

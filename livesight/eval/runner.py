@@ -1,0 +1,201 @@
+"""The evaluator's loop: each video's questions through an engine, in either protocol.
+
+stream (default): one pass over each video; every probe is asked when the stream reaches its
+time, the model having seen only what came before. Answers leave no trace in the session
+(`Session.ask(remember=False)`), so a question never sees another and a resumed video gives the
+same answers. official: a fresh stream over the video cut at each probe's time (from 0, or the
+last `context` seconds), as StreamingBench's script does, for comparison with the leaderboard.
+
+An engine opens videos (`video(path)` -> something with `.duration`) and passes
+(`open(video, start, seconds)` -> `.frames`, `advance(t)`, `ask(prompt, max_tokens)`, `close()`);
+`SessionEngine` is the real one (engine.py), tests script others.
+"""
+
+import heapq
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from livesight.errors import InputError
+from livesight.eval.questions import Question, resolve_video
+from livesight.eval.scoring import said_yes, score
+
+log = logging.getLogger("livesight.eval")
+POLL_TOKENS, COUNT_TOKENS = 4, 8  # a yes/no poll and a count need no more
+
+
+@dataclass
+class RunStats:
+    videos: int = 0
+    questions: int = 0  # records made
+    errors: int = 0
+    frames_encoded: int = 0  # frames the engine took in
+    frames_span: int = 0  # frames each video has up to its last probe: what one pass must encode
+    video_s: float = 0.0  # video seconds streamed
+
+
+class Plan:
+    """One question's probes in order: (t, prompt, max_tokens, is_poll). A proactive question
+    polls every second after its time stamp up to the ground truth + 4 s, and at the first yes
+    asks the question itself at that moment. Times past the video's end are clamped to it."""
+
+    def __init__(self, question: Question, duration: float, answer_tokens: int | None):
+        self.q, self.duration = question, duration
+        q = question
+        if q.kind in ("choice", "open"):
+            probes = [(q.t, q.prompt, answer_tokens, False)]
+        elif q.kind == "series":
+            probes = [(p.t, p.prompt, COUNT_TOKENS if p.rule == "count" else POLL_TOKENS, False) for p in q.probes]
+        else:
+            num_polls = max(1, math.floor(q.gt_t + 4 - q.t + 1e-9))
+            probes = [(q.t + k, q.poll_prompt, POLL_TOKENS, True) for k in range(1, num_polls + 1)]
+        self.clamped = any(probe[0] > duration + 1e-6 for probe in probes)
+        clamped = [(min(t, duration), prompt, tokens, poll) for t, prompt, tokens, poll in probes]
+        self.todo = [p for i, p in enumerate(clamped) if not (p[3] and i and clamped[i - 1][0] == p[0])]
+        self.replies: list[dict] = []
+        self.error: str | None = None
+
+    def next(self):
+        return self.todo[0] if self.todo else None
+
+    def feed(self, reply: dict) -> None:
+        t, _, _, poll = self.todo.pop(0)
+        self.replies.append(dict(reply, t=round(t, 3), poll=poll))
+        if poll and said_yes(reply["text"]):
+            self.todo = [(t, self.q.prompt, None, False)]
+
+    def record(self) -> dict:
+        rec = base_record(self.q)
+        rec.update(asked_t=self.replies[0]["t"], clamped=self.clamped, **score(self.q, self.replies))
+        rec["latency_ms"] = round(sum(r["latency_ms"] for r in self.replies), 2)
+        rec["ttft_ms"] = self.replies[0]["ttft_ms"]
+        rec["retrieved"] = sorted({tuple(r) for reply in self.replies for r in reply["retrieved"]})
+        rec["frames_seen"] = self.replies[-1]["frames"]
+        return rec
+
+
+def base_record(q: Question) -> dict:
+    rec = {"id": q.id, "benchmark": q.benchmark, "video": q.video, "task": q.task, "group": q.group, "kind": q.kind,
+           "time_stamp": q.time_stamp, "question": q.text}
+    if q.options:
+        rec["options"] = q.options
+    if q.answer:
+        rec["answer"] = q.answer
+    return rec
+
+
+def error_record(q: Question, kind: str, message: str) -> dict:
+    return base_record(q) | {"error": message, "error_kind": kind}
+
+
+def evaluate(questions: list[Question], engine, videos_dir: str, write: Callable[[dict], None], protocol: str = "stream",
+             context: float | None = None, answer_tokens: int | None = None) -> RunStats:
+    """Ask `questions` (those not done yet) video by video; each record goes to `write` as soon as
+    it is made. A malformed row, or a video that is missing or cannot be read, becomes error records."""
+    stats = RunStats()
+    by_video: dict[str, list[Question]] = {}
+    for q in questions:
+        if q.error is not None:
+            write(error_record(q, "malformed", q.error))
+            stats.errors += 1
+        else:
+            by_video.setdefault(q.video, []).append(q)
+    for name, items in by_video.items():
+        start = time.perf_counter()
+        try:
+            path = resolve_video(videos_dir, name)
+            video = engine.video(path)
+        except (ValueError, OSError) as err:  # InputError is a ValueError: unreadable, empty, ...
+            kind = "video_missing" if isinstance(err, FileNotFoundError) else "video_unreadable"
+            for q in items:
+                write(error_record(q, kind, str(err).splitlines()[0]))
+            stats.errors += len(items)
+            continue
+        plans = [Plan(q, video.duration, answer_tokens) for q in items]
+        done = _stream(engine, video, plans, write, stats) if protocol == "stream" else \
+            _official(engine, video, plans, context, write, stats)
+        stats.videos += 1
+        span = max(p.replies[-1]["t"] if p.replies else 0.0 for p in plans)
+        stats.frames_span += _frames_until(span, engine)
+        stats.video_s += span
+        unfinished = [p for p in plans if p not in done]
+        for p in unfinished:
+            write(error_record(p.q, "failed", p.error))
+        stats.errors += len(unfinished)
+        log.info("%s: %d questions in %.1f s", name, len(items), time.perf_counter() - start)
+    return stats
+
+
+def _frames_until(t: float, engine) -> int:
+    """The frames a stream holds once it has reached t: whole chunks."""
+    per_chunk = engine.frames_per_chunk
+    return math.ceil(t * engine.fps / per_chunk - 1e-6) * per_chunk
+
+
+def _ask(session_pass, probe, offset: float = 0.0) -> dict:
+    _, prompt, tokens, _ = probe
+    reply = session_pass.ask(prompt, tokens)
+    reply["retrieved"] = [[round(a + offset, 3), round(b + offset, 3)] for a, b in reply["retrieved"]]
+    reply["frames"] = session_pass.frames
+    return reply
+
+
+def _stream(engine, video, plans: list[Plan], write, stats: RunStats) -> set:
+    """One pass over the video; probes in time order (then data order)."""
+    done: set = set()
+    heap = [(p.next()[0], p.q.order, i) for i, p in enumerate(plans)]
+    heapq.heapify(heap)
+    session_pass = engine.open(video, 0.0, None)
+    try:
+        while heap:
+            t, _, i = heapq.heappop(heap)
+            plan = plans[i]
+            session_pass.advance(t)
+            plan.feed(_ask(session_pass, plan.next()))
+            if plan.next() is None:
+                write(plan.record())
+                stats.questions += 1
+                done.add(plan)
+            else:
+                heapq.heappush(heap, (plan.next()[0], plan.q.order, i))
+    except Exception as err:  # noqa: BLE001 - one broken video must not end a run of thousands
+        _fail(plans, done, err)
+    finally:
+        stats.frames_encoded += session_pass.frames
+        session_pass.close()
+    return done
+
+
+def _official(engine, video, plans: list[Plan], context: float | None, write, stats: RunStats) -> set:
+    """A fresh stream per probe over the cut [start, t]: from 0 (a proactive question: from its
+    time stamp, as the official script cuts), or the last `context` seconds."""
+    done: set = set()
+    for plan in plans:
+        try:
+            while (probe := plan.next()) is not None:
+                t = probe[0]
+                origin = plan.q.t if plan.q.kind == "proactive" else 0.0
+                start = min(origin, t) if context is None else max(min(origin, t), t - context)
+                session_pass = engine.open(video, start, t - start)
+                try:
+                    session_pass.advance(t - start)
+                    plan.feed(_ask(session_pass, probe, start))
+                finally:
+                    stats.frames_encoded += session_pass.frames
+                    session_pass.close()
+            write(plan.record())
+            stats.questions += 1
+            done.add(plan)
+        except Exception as err:  # noqa: BLE001
+            _fail([plan], done, err)
+    return done
+
+
+def _fail(plans: list[Plan], done: set, err: Exception) -> None:
+    if not isinstance(err, InputError):
+        log.exception("evaluation failed")
+    for plan in plans:
+        if plan not in done:
+            plan.error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"

@@ -96,8 +96,9 @@ def _processes():
     """(rank, world, state): accelerate's PartialState when launched as several processes."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1, None
+    import torch
     from accelerate import PartialState
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())  # on CPUs: gloo; accelerate launch --multi_gpu starts them
     return state.process_index, state.num_processes, state
 
 

@@ -71,8 +71,8 @@ def load_questions(args) -> list:
     except (ValueError, SyntaxError, UnicodeDecodeError) as err:
         raise InputError(f"cannot read --data {args.data} as {args.benchmark}: {str(err).splitlines()[0]}") from None
     if args.tasks:
-        wanted = {streamingbench.task_name(t) if args.benchmark == "streamingbench" else t.strip().upper()
-                  for t in args.tasks.split(",") if t.strip()}
+        name = {"streamingbench": streamingbench.task_name, "ovobench": str.upper, "vqa": str}[args.benchmark]
+        wanted = {name(t.strip()) for t in args.tasks.split(",") if t.strip()}
         known = {q.task for q in questions}
         if not wanted & known:
             raise InputError(f"--tasks {args.tasks}: none of these tasks is in {args.data} "

@@ -51,20 +51,25 @@ class Plan:
         else:
             num_polls = max(1, math.floor(q.gt_t + 4 - q.t + 1e-9))
             probes = [(q.t + k, q.poll_prompt, POLL_TOKENS, True) for k in range(1, num_polls + 1)]
-        self.clamped = any(probe[0] > duration + 1e-6 for probe in probes)
-        clamped = [(min(t, duration), prompt, tokens, poll) for t, prompt, tokens, poll in probes]
-        self.todo = [p for i, p in enumerate(clamped) if not (p[3] and i and clamped[i - 1][0] == p[0])]
+        self.todo: list[list] = []  # [t, prompt, max_tokens, is_poll, latest scheduled time it stands for]
+        for t, prompt, tokens, poll in probes:
+            if poll and self.todo and self.todo[-1][0] == min(t, duration):  # polls past the end: the last one
+                self.todo[-1][4] = t
+            else:
+                self.todo.append([min(t, duration), prompt, tokens, poll, t])
         self.replies: list[dict] = []
+        self.clamped = False  # a probe asked stood for a time past the video's end
         self.error: str | None = None
 
     def next(self):
         return self.todo[0] if self.todo else None
 
     def feed(self, reply: dict) -> None:
-        t, _, _, poll = self.todo.pop(0)
+        t, _, _, poll, scheduled = self.todo.pop(0)
+        self.clamped |= scheduled > self.duration + 1e-6
         self.replies.append(dict(reply, t=round(t, 3), poll=poll))
         if poll and said_yes(reply["text"]):
-            self.todo = [(t, self.q.prompt, None, False)]
+            self.todo = [[t, self.q.prompt, None, False, t]]
 
     def record(self) -> dict:
         rec = base_record(self.q)
@@ -135,7 +140,7 @@ def _frames_until(t: float, engine) -> int:
 
 
 def _ask(session_pass, probe, offset: float = 0.0) -> dict:
-    _, prompt, tokens, _ = probe
+    prompt, tokens = probe[1], probe[2]
     reply = session_pass.ask(prompt, tokens)
     reply["retrieved"] = [[round(a + offset, 3), round(b + offset, 3)] for a, b in reply["retrieved"]]
     reply["frames"] = session_pass.frames

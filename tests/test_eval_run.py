@@ -1,0 +1,165 @@
+"""The evaluator end to end with tiny-random: protocols, encode-once, resume after SIGKILL,
+several processes, bad input."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from livesight.eval.__main__ import run as eval_main
+from livesight.eval.results import ResultsLog, read_records
+
+TIMING = ("latency_ms", "ttft_ms")
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory, clip):
+    """A VQA set over two videos: 8 s of shapes and 6 s of the quiet scene, 9 questions."""
+    from livesight.vision.synthetic import write_video
+    folder = tmp_path_factory.mktemp("bench")
+    videos = folder / "videos"
+    videos.mkdir()
+    shutil.copy(clip, videos / "shapes.mp4")
+    write_video(str(videos / "quiet.mp4"), 6.0, 30.0, 320, 180, "quiet")
+    rows = [("shapes.mp4", t) for t in (2, 3, 5, 7, 8, 12)] + [("quiet.mp4", t) for t in (1, 4, 6)]
+    lines = [{"id": f"{v}@{t}", "video": v, "time": t, "question": f"What is there at {t} s?",
+              "options": ["a ball", "a box", "a car", "a cat"], "answer": "B"} for v, t in rows]
+    (folder / "vqa.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return folder
+
+
+def args(bench, out, *extra):
+    return ["vqa", "--data", str(bench / "vqa.jsonl"), "--videos", str(bench / "videos"), "--out", str(out),
+            "--vision-window", "2", "--retrieve-top-k", "2", "--answer-tokens", "6", *extra]
+
+
+def records(out) -> dict:
+    return {r["id"]: r for r in read_records(os.path.join(out, "results.jsonl"))}
+
+
+def deterministic(out) -> set:
+    """The results file as a set of lines, timing left out (wall-clock latency differs run to run)."""
+    return {json.dumps({k: v for k, v in r.items() if k not in TIMING}, sort_keys=True) for r in records(out).values()}
+
+
+def summary(out) -> dict:
+    with open(os.path.join(out, "summary.json")) as f:
+        return json.load(f)
+
+
+def test_stream_answers_equal_a_fresh_stream_cut_at_each_time(bench, tmp_path):
+    """With retrieval on and a 2-s window, the one-pass stream answers every question exactly as a
+    fresh stream over the video cut at its time does: the stream shows the model only what came
+    before, and no question sees another. Frames are encoded once per video in the stream."""
+    assert eval_main(args(bench, tmp_path / "stream")) == 0
+    assert eval_main(args(bench, tmp_path / "official", "--protocol", "official")) == 0
+    stream, official = records(tmp_path / "stream"), records(tmp_path / "official")
+    assert stream.keys() == official.keys() and len(stream) == 9
+    for key in stream:
+        for field in ("reply", "letter_strict", "letter_robust", "score_strict", "retrieved", "frames_seen", "asked_t"):
+            assert stream[key][field] == official[key][field], (key, field)
+    assert stream["shapes.mp4@7"]["retrieved"], "the question at 7 s draws on offloaded moments"
+    assert stream["shapes.mp4@12"]["clamped"] and stream["shapes.mp4@12"]["asked_t"] == 8.0
+    run_stream, run_official = summary(tmp_path / "stream")["run"], summary(tmp_path / "official")["run"]
+    assert run_stream["frames_encoded"] == run_stream["frames_span"] == 16 + 12  # each video once, to its last question
+    assert run_stream["encodes_per_frame"] == 1.0
+    assert run_official["frames_encoded"] == 2 * (2 + 3 + 5 + 7 + 8 + 8) + 2 * (1 + 4 + 6)
+    assert summary(tmp_path / "stream")["scores"] == {**summary(tmp_path / "official")["scores"], "latency_ms": (
+        summary(tmp_path / "stream")["scores"]["latency_ms"])}
+    md = (tmp_path / "stream" / "summary.md").read_text()
+    assert "| **overall** | | 9 |" in md and "1.0 encodes per frame" in md
+
+
+def test_resume_after_sigkill_gives_the_same_results(bench, tmp_path):
+    """Killed at three random moments and resumed, the run ends with the same lines as an
+    uninterrupted one, and no question twice."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    command = [sys.executable, "-m", "livesight.eval", *args(bench, tmp_path / "killed", "--answer-tokens", "24")]
+    whole = [sys.executable, "-m", "livesight.eval", *args(bench, tmp_path / "whole", "--answer-tokens", "24")]
+    assert subprocess.run(whole, env=env, capture_output=True, timeout=600).returncode == 0
+    rng = random.Random(7)
+    results = tmp_path / "killed" / "results.jsonl"
+    killed_mid_run = 0
+    for _ in range(3):
+        before = len(read_records(str(results)))
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and len(read_records(str(results))) <= before and time.monotonic() < deadline:
+            time.sleep(0.02)  # the model is loaded and answering
+        time.sleep(rng.uniform(0.0, 0.4))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            killed_mid_run += 1
+        proc.wait()
+    assert killed_mid_run == 3, "every kill must land while the run is still going"
+    assert len(read_records(str(results))) < 9
+    assert subprocess.run(command, env=env, capture_output=True, timeout=600).returncode == 0
+    lines = (tmp_path / "killed" / "results.jsonl").read_text().splitlines()
+    assert len(lines) == len({json.loads(x)["id"] for x in lines}) == 9
+    assert deterministic(tmp_path / "killed") == deterministic(tmp_path / "whole")
+
+
+def test_two_processes_merge_into_the_single_process_result(bench, tmp_path):
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
+    if accelerate is None:
+        pytest.skip("accelerate's launcher is not installed next to this Python")
+    assert eval_main(args(bench, tmp_path / "one")) == 0
+    proc = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "livesight.eval",
+                           *args(bench, tmp_path / "two")], env=dict(os.environ, HF_HUB_OFFLINE="1"),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path / "two")) == ["results.jsonl", "run.json", "stats.rank0.json",
+                                                    "stats.rank1.json", "summary.json", "summary.md"]
+    assert deterministic(tmp_path / "two") == deterministic(tmp_path / "one")
+    one, two = summary(tmp_path / "one"), summary(tmp_path / "two")
+    assert {k: v for k, v in two["scores"].items() if k != "latency_ms"} == \
+        {k: v for k, v in one["scores"].items() if k != "latency_ms"}
+    assert two["run"]["processes"] == 2 and two["run"]["videos"] == 2 and two["run"]["questions"] == 9
+    assert [r["id"] for r in read_records(str(tmp_path / "two" / "results.jsonl"))] == \
+        [r["id"] for r in read_records(str(tmp_path / "one" / "results.jsonl"))]  # data order
+
+
+def test_a_partial_last_line_is_cut_and_asked_again(tmp_path):
+    log = ResultsLog(str(tmp_path))
+    log.append({"id": "a", "x": 1})
+    log.close()
+    with open(tmp_path / "results.jsonl", "ab") as f:
+        f.write(b'{"id": "b", "x"')  # killed mid-write
+    assert set(log.done()) == {"a"}
+    log.append({"id": "b", "x": 2})
+    log.close()
+    assert [r["id"] for r in read_records(str(tmp_path / "results.jsonl"))] == ["a", "b"]
+    assert (tmp_path / "results.jsonl").read_text().count("\n") == 2
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--data", "/nonexistent.json"], "--data /nonexistent.json: no such file"),
+    (["--videos", "/nonexistent"], "--videos /nonexistent is not a folder"),
+    (["--context", "soon"], "--context takes all or a number of seconds"),
+    (["--tasks", "XYZ"], "--tasks XYZ: none of these tasks"),
+    (["--fps", "3"], "even number of frames"),
+])
+def test_bad_input_exits_2(bench, tmp_path, capsys, extra, message):
+    argv = args(bench, tmp_path / "out") + extra
+    if "--context" in extra:
+        with pytest.raises(SystemExit) as exit_info:
+            eval_main(argv)
+        assert exit_info.value.code == 2
+    else:
+        assert eval_main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_rerun_with_other_settings_is_refused(bench, tmp_path, capsys):
+    assert eval_main(args(bench, tmp_path / "out", "--limit", "2")) == 0
+    assert eval_main(args(bench, tmp_path / "out", "--protocol", "official")) == 2
+    assert "holds results made with other settings (protocol differ)" in capsys.readouterr().err
+    assert eval_main(args(bench, tmp_path / "out")) == 0  # the same settings resume: 7 more questions
+    assert len(records(tmp_path / "out")) == 9

@@ -96,9 +96,8 @@ def _processes():
     """(rank, world, state): accelerate's PartialState when launched as several processes."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1, None
-    import torch
     from accelerate import PartialState
-    state = PartialState(cpu=not torch.cuda.is_available())  # on CPUs: gloo; accelerate launch --multi_gpu starts them
+    state = PartialState(cpu=True)  # gloo: the processes only meet at the end, and may share a GPU
     return state.process_index, state.num_processes, state
 
 
@@ -142,8 +141,9 @@ def _run(args, config, questions: list, results: ResultsLog) -> RunStats:
     from livesight.streaming.models import load_model
 
     device = resolve_device(args.device)
-    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one GPU per process, shared past the count
+        import torch
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
     adapter = QwenVLAdapter(load_model(args.model, device))
     longest = max((len(adapter.tokenizer.encode(p, add_special_tokens=False)) for q in questions
                    for p in [q.prompt, q.poll_prompt] + [p.prompt for p in q.probes]), default=0)

@@ -165,7 +165,8 @@ def _finish(args, config, questions: list, results: ResultsLog, world: int) -> N
         with open(os.path.join(args.out, f"stats.rank{r}.json")) as f:
             runs.append(json.load(f))
     total = {k: sum(run[k] for run in runs) for k in ("videos", "questions", "errors", "frames_encoded",
-                                                      "frames_span", "video_s")}
+                                                      "frames_span", "video_s", "stream_s", "wait_s", "ask_s")}
+    total |= {k: round(total[k], 2) for k in ("video_s", "stream_s", "wait_s", "ask_s")}
     wall = max(run["wall_s"] for run in runs)
     run = total | {"wall_s": round(wall, 2), "processes": world,
                    "questions_per_min": round(60 * total["questions"] / wall, 2) if wall > 0 else None,

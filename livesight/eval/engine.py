@@ -2,6 +2,7 @@
 UI run. Sessions are kept per frame size and reset between streams, so buffers and captured CUDA
 graphs serve every video and every cut of that size."""
 
+import time
 from collections import OrderedDict
 
 from livesight.streaming.chunker import chunk_frames
@@ -46,22 +47,28 @@ class SessionPass:
 
     def __init__(self, session: Session, source: FileSource):
         self.session, self.frames = session, 0
+        self.stream_s = self.wait_s = self.ask_s = 0.0  # feeding chunks (waiting included), waiting, answering
         config = session.config
         self._chunks = iter(chunk_frames(Ingest(source), config.frames_per_chunk, config.fps))
 
     def advance(self, t: float) -> None:
         """Feed chunks until the stream reaches t seconds, or ends."""
         while self.session.now < t - 1e-9:
+            start = time.perf_counter()
             chunk = next(self._chunks, None)
+            self.wait_s += time.perf_counter() - start
             if chunk is None:
                 return
             if isinstance(chunk, SourceEvent):
                 continue
             self.session.add_chunk(chunk)
             self.frames += chunk.frames.shape[0]
+            self.stream_s += time.perf_counter() - start
 
     def ask(self, prompt: str, max_tokens: int | None) -> dict:
+        start = time.perf_counter()
         event = self.session.ask(prompt, remember=False, max_tokens=max_tokens)[-1]
+        self.ask_s += time.perf_counter() - start
         data = event.data
         return {"text": event.text, "ttft_ms": data["ttft_ms"], "latency_ms": data["latency_ms"],
                 "retrieved": data["retrieved"]}

@@ -79,5 +79,7 @@ def markdown(summary: dict) -> str:
         lines += ["", f"This run: {run['questions']} questions in {run['wall_s']:.1f} s "
                       f"({run['questions_per_min']} per minute) on {run['processes']} process(es); "
                       f"{run['frames_encoded']} frames encoded for {run['frames_span']} frames of video "
-                      f"({run['encodes_per_frame']} encodes per frame)."]
+                      f"({run['encodes_per_frame']} encodes per frame). Time: {run['stream_s']:.1f} s streaming "
+                      f"{run['video_s']:.0f} s of video (of which {run['wait_s']:.1f} s waiting for frames to decode), "
+                      f"{run['ask_s']:.1f} s answering."]
     return "\n".join(lines) + "\n"

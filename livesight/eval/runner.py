@@ -34,6 +34,14 @@ class RunStats:
     frames_encoded: int = 0  # frames the engine took in
     frames_span: int = 0  # frames each video has up to its last probe: what one pass must encode
     video_s: float = 0.0  # video seconds streamed
+    stream_s: float = 0.0  # wall seconds feeding video into the engine, of which
+    wait_s: float = 0.0  # waiting for frames to decode
+    ask_s: float = 0.0  # wall seconds answering
+
+    def add_pass(self, session_pass) -> None:
+        self.frames_encoded += session_pass.frames
+        for name in ("stream_s", "wait_s", "ask_s"):
+            setattr(self, name, getattr(self, name) + getattr(session_pass, name, 0.0))
 
 
 class Plan:
@@ -168,7 +176,7 @@ def _stream(engine, video, plans: list[Plan], write, stats: RunStats) -> set:
     except Exception as err:  # noqa: BLE001 - one broken video must not end a run of thousands
         _fail(plans, done, err)
     finally:
-        stats.frames_encoded += session_pass.frames
+        stats.add_pass(session_pass)
         session_pass.close()
     return done
 
@@ -188,7 +196,7 @@ def _official(engine, video, plans: list[Plan], context: float | None, write, st
                     session_pass.advance(t - start)
                     plan.feed(_ask(session_pass, probe, start))
                 finally:
-                    stats.frames_encoded += session_pass.frames
+                    stats.add_pass(session_pass)
                     session_pass.close()
             write(plan.record())
             stats.questions += 1

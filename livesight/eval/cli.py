@@ -10,6 +10,7 @@ OUT/summary.md. A rerun into the same OUT skips what is done.
 
 import argparse
 import dataclasses
+import datetime
 import hashlib
 import json
 import logging
@@ -92,13 +93,15 @@ def _identity(args, config) -> dict:
             "context": "all" if args.context is None else args.context, "engine": engine}
 
 
-def _processes():
-    """(rank, world, state): accelerate's PartialState when launched as several processes."""
+def _processes() -> tuple[int, int]:
+    """(rank, world). Launched as several processes (accelerate launch, torchrun: the env:// variables
+    are set), they join a gloo group: they meet only at the end, over the CPU, and may share a GPU."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1, None
-    from accelerate import PartialState
-    state = PartialState(cpu=True)  # gloo: the processes only meet at the end, and may share a GPU
-    return state.process_index, state.num_processes, state
+        return 0, 1
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))  # a shard may finish hours early
+    return dist.get_rank(), dist.get_world_size()
 
 
 def main(args) -> int:
@@ -108,7 +111,7 @@ def main(args) -> int:
         config = dataclasses.replace(config, vision_window_s=min(config.vision_window_s, args.context),
                                      retrieval=dataclasses.replace(config.retrieval, enabled=False))
     questions = load_questions(args)
-    rank, world, state = _processes()
+    rank, world = _processes()
     results = ResultsLog(args.out, rank, world)
     results.check_run(_identity(args, config))
     done = results.done()
@@ -121,10 +124,14 @@ def main(args) -> int:
     results.close()
     _atomic_write(os.path.join(args.out, f"stats.rank{rank}.json"), json.dumps(dataclasses.asdict(stats) | {
         "wall_s": time.perf_counter() - start}))
-    if state is not None:
-        state.wait_for_everyone()
+    if world > 1:
+        import torch.distributed as dist
+        dist.barrier()
     if rank == 0:
         _finish(args, config, questions, results, world)
+    if world > 1:
+        dist.barrier()  # the others end once the summary is written
+        dist.destroy_process_group()
     return 0
 
 

@@ -192,7 +192,7 @@ def test_ovobench_scores_exactly(tmp_path, videos):
               ("clip.mp4", 7): "1 and 2", ("other.mp4", 2): "Y", ("other.mp4", 6): "Yes", ("other.mp4", 3): "no",
               ("other.mp4", 8): "Yes, it is."}
     records, _, _ = run(questions, videos, lambda name, t, prompt: script[(name, t)])
-    assert (records["1"]["score_strict"], records["1"]["score_robust"]) == (1, 0)  # B is contained; the robust parser reads the leading A
+    assert (records["1"]["score_strict"], records["1"]["score_robust"]) == (1, 0)  # B is in it; robust: the leading A
     assert (records["2"]["score_strict"], records["2"]["score_robust"]) == (0, 0)
     rec = records["3"]
     assert [p["right"] for p in rec["probes"]] == [True, True, True]  # "1 and 2" joins to 12, as the official scorer

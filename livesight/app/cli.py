@@ -13,8 +13,7 @@ import tempfile
 import threading
 
 from livesight.errors import InputError
-from livesight.streaming.options import (add_engine_args, positive, resolve_device,
-                                        session_config)
+from livesight.streaming.options import add_engine_args, positive, resolve_device, session_config
 
 EXIT_BAD_INPUT = 2
 

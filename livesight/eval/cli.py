@@ -53,12 +53,9 @@ def _context(text: str) -> float | None:
     if text == "all":
         return None
     try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"--context takes all or a number of seconds > 0, got '{text}'")
-    return value
+        return positive(float)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"--context takes all or a number of seconds > 0, got '{text}'") from None
 
 
 def load_questions(args) -> list:

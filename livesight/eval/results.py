@@ -42,7 +42,8 @@ class ResultsLog:
         self._file = None
 
     def files(self) -> list[str]:
-        return [os.path.join(self.folder, RESULTS)] + sorted(glob.glob(os.path.join(self.folder, "results.rank*.jsonl")))
+        ranks = sorted(glob.glob(os.path.join(self.folder, "results.rank*.jsonl")))
+        return [os.path.join(self.folder, RESULTS)] + ranks
 
     def done(self) -> dict[str, dict]:
         """Every record already made, by id (the first wins if a crash left a copy behind)."""

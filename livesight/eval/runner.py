@@ -103,8 +103,8 @@ def error_record(q: Question, kind: str, message: str) -> dict:
     return base_record(q) | {"error": message, "error_kind": kind}
 
 
-def evaluate(questions: list[Question], engine, videos_dir: str, write: Callable[[dict], None], protocol: str = "stream",
-             context: float | None = None, answer_tokens: int | None = None) -> RunStats:
+def evaluate(questions: list[Question], engine, videos_dir: str, write: Callable[[dict], None],
+             protocol: str = "stream", context: float | None = None, answer_tokens: int | None = None) -> RunStats:
     """Ask `questions` (those not done yet) video by video; each record goes to `write` as soon as
     it is made. A malformed row, or a video that is missing or cannot be read, becomes error records."""
     stats = RunStats()

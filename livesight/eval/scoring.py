@@ -90,4 +90,5 @@ def score(question, replies: list[dict]) -> dict:
     marks = [probe_right(r["text"], p.expected, p.rule) for r, p in zip(replies, question.probes)]
     return {"probes": [{"t": r["t"], "reply": r["text"], "expected": p.expected, "right": m[0], "right_robust": m[1]}
                        for r, p, m in zip(replies, question.probes, marks)],
-            "score_strict": sum(m[0] for m in marks) / len(marks), "score_robust": sum(m[1] for m in marks) / len(marks)}
+            "score_strict": sum(m[0] for m in marks) / len(marks),
+            "score_robust": sum(m[1] for m in marks) / len(marks)}

@@ -115,8 +115,8 @@ def _question(row, video: str, qid: str, order: int) -> Question:
             gt_t = parse_time(row.get("ground_truth_time_stamp"))
             output = str(row.get("ground_truth_output") or "").strip()
             poll = f"{question} Is it the right time to output \"{output}\"? You can only answer yes or no."
-            return Question(**base, kind="proactive", t=t, text=question, prompt=PROACTIVE.format(question=question), answer=output,
-                            poll_prompt=PROACTIVE.format(question=poll), gt_t=gt_t)
+            return Question(**base, kind="proactive", t=t, text=question, answer=output, gt_t=gt_t,
+                            prompt=PROACTIVE.format(question=question), poll_prompt=PROACTIVE.format(question=poll))
         options = row.get("options")
         if isinstance(options, str) and options.strip():
             options = ast.literal_eval(options.strip())

@@ -73,6 +73,8 @@ def test_readable_output_and_console_script(clip):
     (["bench", "compression", "--scenes", "quiet,windy"], "bad --scenes 'quiet,windy'"),
     (["bench", "fidelity", "--window", "64", "--chunk", "64"], "--chunk must be between 1 and the window - 1"),
     (["bench", "fidelity", "--tokens", "100"], "--tokens (100) must exceed the window (256)"),
+    (["eval", "vqa", "--data", "/nonexistent.jsonl", "--videos", ".", "--out", "OUT"],
+     "--data /nonexistent.jsonl: no such file"),
 ])
 def test_bad_input_exits_2_with_one_clear_message(tmp_path, args, message):
     files = {"EMPTY": b"", "CORRUPT": os.urandom(3000), "TEXT": b"hello\n" * 100}

@@ -163,3 +163,31 @@ def test_a_rerun_with_other_settings_is_refused(bench, tmp_path, capsys):
     assert "holds results made with other settings (protocol differ)" in capsys.readouterr().err
     assert eval_main(args(bench, tmp_path / "out")) == 0  # the same settings resume: 7 more questions
     assert len(records(tmp_path / "out")) == 9
+
+
+def test_an_answer_that_is_not_remembered_leaves_the_session_as_it_was(tiny):
+    """ask(remember=False) after retrieval has moved keys: cache, table, positions and pending
+    tokens are bit for bit what they were; reset() gives a fresh session's state."""
+    import torch
+    from conftest import make_chunks
+    from livesight.streaming.adapter import QwenVLAdapter
+    from livesight.streaming.config import SessionConfig
+    from livesight.streaming.session import Session
+    adapter = QwenVLAdapter(tiny)
+    session = Session(adapter, SessionConfig(vision_window_s=2.0, narrate_tokens=3), (180, 320))
+    fresh = [session.cache.key_buffer[:, :, :, :session.cache.length].clone(), session.cache.table.pos.clone()]
+    for chunk in make_chunks(6):
+        session.add_chunk(chunk)
+    cache = session.cache
+    n = cache.length
+    before = (n, cache.key_buffer[:, :, :, :n].clone(), cache.value_buffer[:, :, :, :n].clone(),
+              cache.table.pos.clone(), cache.table.seq.clone(), list(session.pending), session.stepper.builder().next_pos)
+    answer = session.ask("what moved?", remember=False)[-1]
+    assert answer.data["retrieved"], "retrieval moved the cached keys"
+    after = (cache.length, cache.key_buffer[:, :, :, :n], cache.value_buffer[:, :, :, :n],
+             cache.table.pos, cache.table.seq, session.pending, session.stepper.builder().next_pos)
+    for name, a, b in zip(("length", "keys", "values", "positions", "seq", "pending", "next position"), before, after):
+        assert (torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b), name
+    session.reset()
+    assert torch.equal(cache.key_buffer[:, :, :, :cache.length], fresh[0]) and torch.equal(cache.table.pos, fresh[1])
+    assert session.now == 0 and len(session.retriever.store) == 0

@@ -127,6 +127,10 @@ def evaluate(questions: list[Question], engine, videos_dir: str, write: Callable
             stats.errors += len(items)
             continue
         plans = [Plan(q, video.duration, answer_tokens) for q in items]
+        late = [q.time_stamp or f"{q.t:g}" for q in items if q.t > video.duration + 1e-6]
+        if late:
+            log.warning("%s is %.1f s long: time stamps %s lie past its end and are asked at the end",
+                        name, video.duration, ", ".join(late))
         done = _stream(engine, video, plans, write, stats) if protocol == "stream" else \
             _official(engine, video, plans, context, write, stats)
         stats.videos += 1

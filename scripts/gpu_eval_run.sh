@@ -2,7 +2,8 @@
 # The issue-7 GPU measurement, through the device tool from the repo root (carry .whl: transformers
 # 5.23.0 and decord 0.6.0 wheels), in two calls that each fit the 10-minute limit:
 #   bash scripts/gpu_eval_run.sh stream|official
-# Each runs the evaluator's GPU tests (two processes on one GPU among them), then
+# Each runs the GPU tests (CUDA-graph steps, with retrieval too; the evaluator, two processes on one
+# GPU among them), then
 # random-7b over a synthetic StreamingBench-format set (6 videos x 120 s, 5 questions
 # each; scripts/synthetic_streamingbench.py), with all context and with the last 60 s.
 set -uo pipefail
@@ -11,7 +12,8 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
-timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_eval_run.py -k "stream_answers or two_processes" \
+timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_static_step.py tests/test_eval_run.py \
+  -k "cuda_graph or stream_answers or two_processes" \
   > "$OUT/gpu_tests.txt" 2>&1
 tail -3 "$OUT/gpu_tests.txt"
 BENCH=/tmp/sbench

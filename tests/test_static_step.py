@@ -65,7 +65,7 @@ def test_static_step_equals_the_dynamic_forward(tiny, retrieval):
     static_call = StaticStep.__call__
 
     def counted(self, embeds, positions):
-        calls.append((embeds.shape[0], self.cache.length))
+        calls.append((embeds.shape[0], self.cache.length, self.cache.key_valid is not None))
         return static_call(self, embeds, positions)
 
     StaticStep.__call__ = counted
@@ -73,7 +73,8 @@ def test_static_step_equals_the_dynamic_forward(tiny, retrieval):
         static, got, got_events = run(tiny, config, True, 9, ask_at=6)
     finally:
         StaticStep.__call__ = static_call
-    assert len(calls) > 30 and any(row_bucket(n) > n for n, _ in calls), "the static step did not run padded"
+    assert len(calls) > 30 and any(row_bucket(n) > n for n, _, _ in calls), "the static step did not run padded"
+    assert not retrieval or any(padded for _, _, padded in calls), "no static step after unequal retrieved blocks"
     assert len(got) == len(want)
     assert not retrieval or any(e.data.get("retrieved") for e in got_events), "nothing was retrieved"
     for a, b in zip(got, want):
@@ -86,11 +87,15 @@ def test_static_step_equals_the_dynamic_forward(tiny, retrieval):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (run on the device machine)")
-def test_cuda_graph_steps_equal_the_dynamic_forward():
+@pytest.mark.parametrize("retrieval", [False, True])
+def test_cuda_graph_steps_equal_the_dynamic_forward(retrieval):
+    """With retrieval, a question after chunk 6 brings back pruned blocks of unequal size: the
+    steps after it replay graphs that add the padding's key bias."""
     from livesight.streaming.models import load_model
     loaded = load_model("tiny-random", "cuda")
     config = SessionConfig(vision_window_s=3.0, text_sink=6, text_window=10, narrate_tokens=4, answer_tokens=5,
-                           system_prompt="sys", retrieval=RetrievalConfig(enabled=False))
+                           system_prompt="sys", retrieval=RetrievalConfig(enabled=retrieval, top_k=2),
+                           compression=CompressionConfig(keep_ratio=0.6, keep_floor=0.2))
     results = {}
     for graphs in (True, False):
         session = Session(QwenVLAdapter(loaded), SessionConfig(**{**config.__dict__, "cuda_graphs": graphs}), (180, 320))
@@ -98,10 +103,13 @@ def test_cuda_graph_steps_equal_the_dynamic_forward():
         session.stepper.forward = lambda *a, **k: logits.append(forward(*a, **k)) or logits[-1]
         for chunk in make_chunks(9):
             session.add_chunk(chunk)
+            if chunk.index == 6:
+                session.ask("what moved?")
         results[graphs] = (session, logits)
     (graphed, got), (eager, want) = results[True], results[False]
     assert graphed.stepper.static is not None and eager.stepper.static is None
     assert 0 < graphed.stepper.static.num_graphs < len(got) / 2, "graphs were not captured, or not replayed"
+    assert not retrieval or any(padded for _, _, padded in graphed.stepper.static._replays), "no padded graph"
     assert len(got) == len(want)
     for a, b in zip(got, want):
         assert float((a - b).abs().max() / b.abs().max()) < 1e-4

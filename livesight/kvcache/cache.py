@@ -79,6 +79,8 @@ class StreamCache(Cache):
         self.mrope_section = mrope_section
         self.table = TokenTable.empty()
         self.key_valid: torch.Tensor | None = None  # (L, capacity) bool while retrieved slots hold padding
+        # the same as an additive bias, 0 or -inf, in a buffer that lives as long as the cache (CUDA graphs read it)
+        self.key_bias = torch.zeros(num_layers, capacity, dtype=dtype, device=device)
         self.static_write: tuple[torch.Tensor, int] | None = None  # set only during a static step
         super().__init__(layers=[StreamLayer(self, i) for i in range(num_layers)])
 
@@ -102,7 +104,7 @@ class StreamCache(Cache):
         assert keep.shape == (self.length,)
         if self.key_valid is not None:  # padding lives only in retrieved slots, which never stay
             assert not bool(keep[self.table.segment == Segment.RETRIEVED].any()), "padded retrieved slots kept"
-            self.key_valid = None
+            self._set_key_valid(None)
         kept = torch.nonzero(keep).squeeze(1)
         table = self.table.select(kept)
         by_time = torch.argsort(table.seq)
@@ -147,14 +149,23 @@ class StreamCache(Cache):
                 self.key_valid)
 
     def restore(self, snapshot: tuple) -> None:
-        n, self.table, keys, values, self.key_valid = snapshot
+        n, self.table, keys, values, key_valid = snapshot
         self.key_buffer[:, :, :, :n] = keys
         self.value_buffer[:, :, :, :n] = values
         self.length = n
+        self._set_key_valid(key_valid)
 
     def clear(self) -> None:
         """Empty, for a new stream; the buffers (and graphs captured over them) stay."""
-        self.length, self.table, self.key_valid = 0, TokenTable.empty(), None
+        self.length, self.table = 0, TokenTable.empty()
+        self._set_key_valid(None)
+
+    def _set_key_valid(self, key_valid: torch.Tensor | None) -> None:
+        self.key_valid = key_valid
+        if key_valid is None:
+            self.key_bias.zero_()
+        else:
+            self.key_bias.copy_(torch.zeros_like(self.key_bias).masked_fill_(~key_valid, float("-inf")))
 
     def slots_start(self) -> tuple[int, int]:
         """(buffer index, position) where retrieved slots go: right after the sink, which compact()
@@ -189,6 +200,7 @@ class StreamCache(Cache):
         self.table = self.table.select(torch.arange(num_sink)).cat(rows).cat(rest)
         self.length = end + num
         if valid is not None and not bool(valid.all()):
-            self.key_valid = torch.ones(self.key_buffer.shape[0], self.capacity, dtype=torch.bool,
-                                        device=self.key_buffer.device)
-            self.key_valid[:, num_sink:num_sink + num] = valid.to(self.key_buffer.device)
+            key_valid = torch.ones(self.key_buffer.shape[0], self.capacity, dtype=torch.bool,
+                                   device=self.key_buffer.device)
+            key_valid[:, num_sink:num_sink + num] = valid.to(self.key_buffer.device)
+            self._set_key_valid(key_valid)

@@ -44,6 +44,9 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     bias, key_valid = kwargs.get("livesight_bias"), kwargs.get("livesight_key_valid")
     if bias is not None:  # a static step: fixed key span, the mask says what is real
+        key_bias = kwargs.get("livesight_key_bias")  # (L, capacity): padding in retrieved slots
+        if key_bias is not None:
+            bias = bias + key_bias[module.layer_idx, :key.shape[-2]]
         out = masked_attention(query, key, value, scale, bias)
     else:
         out = chunk_attention(query, key, value, scale,
@@ -136,10 +139,11 @@ class TextAdapter:
         return self.logits(hidden if all_logits else hidden[-1])
 
     def static_hidden(self, embeds: torch.Tensor, positions: torch.Tensor, start: torch.Tensor,
-                      cache: StreamCache, num_keys: int) -> torch.Tensor:
+                      cache: StreamCache, num_keys: int, padded: bool = False) -> torch.Tensor:
         """The step at fixed shapes (streaming/static_step.py): embeds (n, hidden) and positions
         (3, n) are written to cache slots start .. start + n - 1 (start: (1,) on the device), and
         attend to cache slots 0 .. num_keys - 1, causally. Shapes depend only on (n, num_keys).
+        padded: retrieved slots hold padding, which cache.key_bias hides layer by layer.
         -> last hidden states (n, hidden). The cache's length is left to the caller."""
         slots = start + torch.arange(embeds.shape[0], device=start.device)
         visible = torch.arange(num_keys, device=start.device)[None, :] <= slots[:, None]
@@ -147,7 +151,8 @@ class TextAdapter:
         bias = fold_mask(visible, text.num_attention_heads // self.num_kv_heads, self.dtype)
         cache.static_write = (slots, num_keys)
         try:
-            return self._hidden(embeds, positions, cache, livesight_bias=bias)
+            return self._hidden(embeds, positions, cache, livesight_bias=bias,
+                                livesight_key_bias=cache.key_bias if padded else None)
         finally:
             cache.static_write = None
 

@@ -40,9 +40,8 @@ class StaticStep:
         return len(self._replays)
 
     def fits(self, num_tokens: int) -> bool:
-        """Whether a step of num_tokens can run here: its padding must fit in the cache, and no
-        retrieved slot may hold padding of its own (cache.key_valid: the dynamic path masks that)."""
-        return self.cache.key_valid is None and self.cache.length + row_bucket(num_tokens) <= self.cache.capacity
+        """Whether a step of num_tokens can run here: its padding must fit in the cache."""
+        return self.cache.length + row_bucket(num_tokens) <= self.cache.capacity
 
     @torch.inference_mode()
     def __call__(self, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -55,15 +54,17 @@ class StaticStep:
         embeds = F.pad(embeds.to(device, self.adapter.dtype), (0, 0, 0, pad))
         positions = torch.cat([positions, positions[:, -1:].expand(-1, pad)], dim=1).to(device)
         start_slot = torch.tensor([start], device=device)
+        padded = cache.key_valid is not None  # after retrieval of unequal blocks: a graph that adds the key bias
         if self.graphs:
             report("lm_step", "cuda-graph")
-            replay = self._replays.get((rows, num_keys))
+            replay = self._replays.get((rows, num_keys, padded))
             if replay is None:
-                step = lambda e, p, s: self.adapter.static_hidden(e, p, s, cache, num_keys)  # noqa: E731
-                replay = self._replays[rows, num_keys] = GraphReplay(step, [embeds, positions, start_slot], self._pool)
+                step = lambda e, p, s: self.adapter.static_hidden(e, p, s, cache, num_keys, padded)  # noqa: E731
+                replay = GraphReplay(step, [embeds, positions, start_slot], self._pool)
+                self._replays[rows, num_keys, padded] = replay
             hidden = replay(embeds, positions, start_slot)
         else:
             report("lm_step", "static-eager")
-            hidden = self.adapter.static_hidden(embeds, positions, start_slot, cache, num_keys)
+            hidden = self.adapter.static_hidden(embeds, positions, start_slot, cache, num_keys, padded)
         cache.length = start + num_tokens
         return self.adapter.logits(hidden[num_tokens - 1])

@@ -180,8 +180,8 @@ def test_an_answer_that_is_not_remembered_leaves_the_session_as_it_was(tiny):
         session.add_chunk(chunk)
     cache = session.cache
     n = cache.length
-    before = (n, cache.key_buffer[:, :, :, :n].clone(), cache.value_buffer[:, :, :, :n].clone(),
-              cache.table.pos.clone(), cache.table.seq.clone(), list(session.pending), session.stepper.builder().next_pos)
+    before = (n, cache.key_buffer[:, :, :, :n].clone(), cache.value_buffer[:, :, :, :n].clone(), cache.table.pos.clone(),
+              cache.table.seq.clone(), list(session.pending), session.stepper.builder().next_pos)
     answer = session.ask("what moved?", remember=False)[-1]
     assert answer.data["retrieved"], "retrieval moved the cached keys"
     after = (cache.length, cache.key_buffer[:, :, :, :n], cache.value_buffer[:, :, :, :n],
@@ -191,3 +191,23 @@ def test_an_answer_that_is_not_remembered_leaves_the_session_as_it_was(tiny):
     session.reset()
     assert torch.equal(cache.key_buffer[:, :, :, :cache.length], fresh[0]) and torch.equal(cache.table.pos, fresh[1])
     assert session.now == 0 and len(session.retriever.store) == 0
+
+
+def test_error_lines_are_kept_until_retried(bench, tmp_path):
+    """A missing video gives error lines that a rerun keeps; --retry-errors asks them again once the
+    video is there, and the merged results hold one line per question."""
+    videos = tmp_path / "videos"
+    shutil.copytree(bench / "videos", videos)
+    quiet = videos / "quiet.mp4"
+    quiet.rename(tmp_path / "quiet.mp4")
+    argv = ["vqa", "--data", str(bench / "vqa.jsonl"), "--videos", str(videos), "--out", str(tmp_path / "out"),
+            "--answer-tokens", "4"]
+    assert eval_main(argv) == 0
+    assert summary(tmp_path / "out")["scores"]["errors"] == {"video_missing": 3}
+    (tmp_path / "quiet.mp4").rename(quiet)
+    assert eval_main(argv) == 0
+    assert summary(tmp_path / "out")["scores"]["errors"] == {"video_missing": 3}
+    assert eval_main(argv + ["--retry-errors"]) == 0
+    assert summary(tmp_path / "out")["scores"]["errors"] == {} and summary(tmp_path / "out")["run"]["questions"] == 3
+    lines = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 9 and not any("error" in json.loads(x) for x in lines)

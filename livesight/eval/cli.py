@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="all (default) or SECONDS: how much video before a question the model may use")
         p.add_argument("--tasks", default=None, help="comma-separated task names or abbreviations (e.g. OP,CT)")
         p.add_argument("--limit", type=positive(int), default=None, help="only the first N questions")
+        p.add_argument("--retry-errors", action="store_true",
+                       help="ask again the questions whose results are error lines (a video added or fixed since)")
         add_engine_args(p)
         p.add_argument("--narrate", dest="narrate", action="store_true", help="narrate each chunk (default off)")
         p.set_defaults(narrate=False, answer_tokens=16)
@@ -112,7 +114,7 @@ def main(args) -> int:
     results = ResultsLog(args.out, rank, world)
     results.check_run(_identity(args, config))
     done = results.done()
-    todo = [q for q in questions if q.id not in done]
+    todo = [q for q in questions if q.id not in done or (args.retry_errors and "error" in done[q.id])]
     mine = _shard(todo, rank, world)
     start = time.perf_counter()
     stats = RunStats()

@@ -6,7 +6,8 @@ OUT/run.json               what produced the results; a rerun with other setting
 
 Each line goes out in one write and is fsynced, so a run killed at any moment leaves whole lines
 and at most one partial last line, which the next run cuts off (that question is asked again).
-A record is never written twice: a rerun skips every id already in any results file.
+A record is never written twice: a rerun skips every id already in any results file (with
+--retry-errors it asks the error lines' questions again, and the merge keeps their answers).
 """
 
 import glob
@@ -46,11 +47,14 @@ class ResultsLog:
         return [os.path.join(self.folder, RESULTS)] + ranks
 
     def done(self) -> dict[str, dict]:
-        """Every record already made, by id (the first wins if a crash left a copy behind)."""
+        """Every record already made, by id: the first answer, else the last error (a retried
+        question's error line gives way to its answer when the files are merged)."""
         records: dict[str, dict] = {}
         for path in self.files():
             for record in read_records(path):
-                records.setdefault(record["id"], record)
+                old = records.get(record["id"])
+                if old is None or "error" in old:
+                    records[record["id"]] = record
         return records
 
     def check_run(self, identity: dict) -> None:

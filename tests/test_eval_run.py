@@ -180,8 +180,9 @@ def test_an_answer_that_is_not_remembered_leaves_the_session_as_it_was(tiny):
         session.add_chunk(chunk)
     cache = session.cache
     n = cache.length
-    before = (n, cache.key_buffer[:, :, :, :n].clone(), cache.value_buffer[:, :, :, :n].clone(), cache.table.pos.clone(),
-              cache.table.seq.clone(), list(session.pending), session.stepper.builder().next_pos)
+    keys, values = cache.key_buffer[:, :, :, :n].clone(), cache.value_buffer[:, :, :, :n].clone()
+    before = (n, keys, values, cache.table.pos.clone(), cache.table.seq.clone(), list(session.pending),
+              session.stepper.builder().next_pos)
     answer = session.ask("what moved?", remember=False)[-1]
     assert answer.data["retrieved"], "retrieval moved the cached keys"
     after = (cache.length, cache.key_buffer[:, :, :, :n], cache.value_buffer[:, :, :, :n],

@@ -219,3 +219,14 @@ def test_vqa_open_and_choice(tmp_path, videos):
     assert (records["a"]["score_strict"], records["a"]["score_robust"]) == (0, 1)
     assert records["b"]["score_strict"] == 1 and records["b"]["answer"] == "B"
     assert records["line3"]["error_kind"] == "malformed" and records["d"]["error_kind"] == "malformed"
+
+
+def test_repeated_ids_get_a_suffix(tmp_path, videos):
+    import argparse
+    from livesight.eval.cli import load_questions
+    row = {"id": "q", "video": "clip.mp4", "time": 1, "question": "?", "options": ["x", "y"], "answer": "A"}
+    path = tmp_path / "v.jsonl"
+    path.write_text((json.dumps(row) + "\n") * 3)
+    args = argparse.Namespace(data=str(path), videos=str(videos), benchmark="vqa", tasks=None, limit=2)
+    everything, selected = load_questions(args)
+    assert [q.id for q in everything] == ["q", "q~2", "q~3"] and [q.id for q in selected] == ["q", "q~2"]

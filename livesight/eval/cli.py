@@ -60,16 +60,18 @@ def _context(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"--context takes all or a number of seconds > 0, got '{text}'") from None
 
 
-def load_questions(args) -> list:
+def load_questions(args) -> tuple[list, list]:
+    """-> (every question in --data, those --tasks and --limit select)."""
     if not os.path.isfile(args.data):
         raise InputError(f"--data {args.data}: no such file. Download the benchmark's question file (README: "
                          f"Benchmarks) and give its path")
     if not os.path.isdir(args.videos):
         raise InputError(f"--videos {args.videos} is not a folder: give the folder that holds the benchmark's videos")
     try:
-        questions = LOADERS[args.benchmark](args.data)
+        questions = everything = LOADERS[args.benchmark](args.data)
     except (ValueError, SyntaxError, UnicodeDecodeError) as err:
         raise InputError(f"cannot read --data {args.data} as {args.benchmark}: {str(err).splitlines()[0]}") from None
+    _unique_ids(questions)
     if args.tasks:
         name = {"streamingbench": streamingbench.task_name, "ovobench": str.upper, "vqa": str}[args.benchmark]
         wanted = {name(t.strip()) for t in args.tasks.split(",") if t.strip()}
@@ -78,7 +80,17 @@ def load_questions(args) -> list:
             raise InputError(f"--tasks {args.tasks}: none of these tasks is in {args.data} "
                              f"(it has {', '.join(sorted(known))})")
         questions = [q for q in questions if q.task in wanted]
-    return questions[:args.limit] if args.limit else questions
+    return everything, questions[:args.limit] if args.limit else questions
+
+
+def _unique_ids(questions: list) -> None:
+    """A repeated id (the data's own question_id or id) gets a suffix: each question keeps its line."""
+    seen: dict[str, int] = {}
+    for q in questions:
+        count = seen[q.id] = seen.get(q.id, 0) + 1
+        if count > 1:
+            log.warning("question id %s repeats in the data: this one is %s~%d", q.id, q.id, count)
+            q.id = f"{q.id}~{count}"
 
 
 def _identity(args, config) -> dict:
@@ -109,7 +121,7 @@ def main(args) -> int:
     if args.protocol == "stream" and args.context is not None:  # only the last `context` seconds: no history
         config = dataclasses.replace(config, vision_window_s=min(config.vision_window_s, args.context),
                                      retrieval=dataclasses.replace(config.retrieval, enabled=False))
-    questions = load_questions(args)
+    everything, questions = load_questions(args)
     rank, world = _processes()
     results = ResultsLog(args.out, rank, world)
     results.check_run(_identity(args, config))
@@ -119,7 +131,7 @@ def main(args) -> int:
     start = time.perf_counter()
     stats = RunStats()
     if mine:
-        stats = _run(args, config, mine, results)
+        stats = _run(args, config, mine, everything, results)
     results.close()
     _atomic_write(os.path.join(args.out, f"stats.rank{rank}.json"), json.dumps(dataclasses.asdict(stats) | {
         "wall_s": time.perf_counter() - start}))
@@ -141,7 +153,7 @@ def _shard(todo: list, rank: int, world: int) -> list:
     return [q for q in todo if (q.error is None and q.video in mine) or (q.error is not None and rank == 0)]
 
 
-def _run(args, config, questions: list, results: ResultsLog) -> RunStats:
+def _run(args, config, questions: list, everything: list, results: ResultsLog) -> RunStats:
     from livesight.eval.engine import SessionEngine
     from livesight.streaming.adapter import QwenVLAdapter
     from livesight.streaming.models import load_model
@@ -151,7 +163,8 @@ def _run(args, config, questions: list, results: ResultsLog) -> RunStats:
         import torch
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
     adapter = QwenVLAdapter(load_model(args.model, device))
-    longest = max((len(adapter.tokenizer.encode(p, add_special_tokens=False)) for q in questions
+    # the cache's size from the longest prompt in the whole file: the same in every process and every rerun
+    longest = max((len(adapter.tokenizer.encode(p, add_special_tokens=False)) for q in everything
                    for p in [q.prompt, q.poll_prompt] + [p.prompt for p in q.probes]), default=0)
     config = dataclasses.replace(config, max_question_tokens=max(config.max_question_tokens, longest))
     engine = SessionEngine(adapter, config)

@@ -212,3 +212,28 @@ def test_error_lines_are_kept_until_retried(bench, tmp_path):
     assert summary(tmp_path / "out")["scores"]["errors"] == {} and summary(tmp_path / "out")["run"]["questions"] == 3
     lines = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
     assert len(lines) == 9 and not any("error" in json.loads(x) for x in lines)
+
+
+def test_streamingbench_and_ovobench_files_end_to_end(bench, tmp_path):
+    """Each format through tiny-random: proactive polls and forward probes run; every kind scores."""
+    videos = str(bench / "videos")
+    sb = [{"video_path": "./videos/shapes.mp4", "questions": [
+        {"task_type": "Counting", "question": "How many?", "time_stamp": "00:00:03", "answer": "B",
+         "options": ["A. 1", "B. 2", "C. 3", "D. 4"]},
+        {"task_type": "Proactive Output", "question": "Tell me when it turns.", "time_stamp": "00:00:02",
+         "ground_truth_time_stamp": "00:00:04", "ground_truth_output": "Now."}]}]
+    ovo = [{"id": 1, "video": "quiet.mp4", "task": "OJR", "question": "What?", "options": ["a", "b"], "realtime": 2,
+            "gt": 1},
+           {"id": 2, "video": "quiet.mp4", "task": "REC", "activity": "tick", "test_info": [
+               {"realtime": 2, "count": 1}, {"realtime": 5, "count": 3}]}]
+    for name, data in (("streamingbench", sb), ("ovobench", ovo)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+        out = tmp_path / name
+        assert eval_main([name, "--data", str(tmp_path / f"{name}.json"), "--videos", videos, "--out", str(out),
+                          "--answer-tokens", "4"]) == 0
+        got = records(out)
+        assert len(got) == 2 and not any("error" in r for r in got.values())
+        assert all(0 <= r["score_strict"] <= 1 and 0 <= r["score_robust"] <= 1 for r in got.values())
+    proactive = records(tmp_path / "streamingbench")["./videos/shapes.mp4#1"]
+    assert [t for t, _ in proactive["polls"]][0] == 3 and proactive["polls"][-1][0] <= 8
+    assert [p["t"] for p in records(tmp_path / "ovobench")["2"]["probes"]] == [2, 5]

@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     from livesight.eval import compression
     compression.add_arguments(bench.add_parser(
         "compression", help="encoder reuse and token pruning on the synthetic scenes: tokens, encoder calls, time"))
+    from livesight.eval import speed_report
+    speed_report.add_arguments(bench.add_parser(
+        "speed", help="real-time factor, latency, decode, TTFT, memory, MFU; plain-transformers baselines side by side"))
 
     synth = sub.add_parser("synth", help="write a synthetic video (moving shapes and a clock)")
     synth.add_argument("out", help="output file, e.g. clip.mp4")
@@ -185,8 +188,8 @@ def web(args) -> int:
 
 
 def bench(args) -> int:
-    from livesight.eval import compression, fidelity_report
-    return {"fidelity": fidelity_report.main, "compression": compression.main}[args.bench](args)
+    from livesight.eval import compression, fidelity_report, speed_report
+    return {"fidelity": fidelity_report.main, "compression": compression.main, "speed": speed_report.main}[args.bench](args)
 
 
 def evaluate(args) -> int:

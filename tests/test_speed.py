@@ -1,0 +1,60 @@
+"""`livesight bench speed` on the CPU with tiny-random: the baselines compute what the engine does
+where they must agree, their contexts grow (full) or stay put (window), and the report holds."""
+
+import argparse
+import json
+
+import torch
+
+from conftest import make_chunks
+from livesight.eval import speed_report
+from livesight.eval.baselines import PlainStream
+from livesight.streaming.adapter import QwenVLAdapter
+from livesight.streaming.config import DEFAULT_SYSTEM_PROMPT, CompressionConfig, SessionConfig
+from livesight.streaming.retrieval import RetrievalConfig
+from livesight.streaming.session import Session
+
+
+def test_a_baseline_chunk_equals_the_engine_chunk(tiny):
+    """Before anything is evicted, plain transformers (its tower, SDPA, DynamicCache) and the engine
+    (its tower, attention and cache) give the same logits, chunk after chunk, and the window baseline
+    the same as long as its window holds the whole stream."""
+    adapter = QwenVLAdapter(tiny)
+    config = SessionConfig(narrate=False, vision_window_s=8.0, retrieval=RetrievalConfig(enabled=False),
+                           compression=CompressionConfig(reuse=False, prune=False))
+    session = Session(adapter, config, (180, 320))
+    logits, forward = [], session.stepper.forward
+    session.stepper.forward = lambda *a, **k: logits.append(forward(*a, **k)) or logits[-1]
+    full = PlainStream(adapter, session.size, 2, session.temporal_stride, DEFAULT_SYSTEM_PROMPT, 0)
+    window = PlainStream(adapter, session.size, 2, session.temporal_stride, DEFAULT_SYSTEM_PROMPT, 0, window_chunks=8)
+    for chunk in make_chunks(3):
+        session.add_chunk(chunk)
+        full.step(chunk)
+        window.step(chunk)
+        for plain in (full, window):
+            assert float((plain.last_logits - logits[-1]).abs().max() / logits[-1].abs().max()) < 1e-4
+    assert adapter.language_model.config._attn_implementation == "livesight", "the engine's attention is back"
+
+
+def test_bench_speed_reports_engine_and_baselines(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    speed_report.add_arguments(parser)
+    args = parser.parse_args(["--model", "tiny-random", "--device", "cpu", "--seconds", "12", "--baseline-seconds",
+                              "10", "--window", "3", "--ask-every", "6", "--narrate-tokens", "2", "--out",
+                              str(tmp_path)])
+    assert speed_report.main(args) == 0
+    result = json.loads((tmp_path / "speed.json").read_text())
+    assert (tmp_path / "speed.png").stat().st_size > 10_000 and "| real-time factor" in capsys.readouterr().out
+    engine, full, window = result["engine"]["rows"], result["baselines"]["full"]["rows"], \
+        result["baselines"]["window"]["rows"]
+    assert len(engine) == 12 and len(full) == len(window) == 10
+    grow = [b["context_tokens"] - a["context_tokens"] for a, b in zip(full, full[1:])]
+    assert len(set(grow)) == 1 and grow[0] > 0, "the full context grows by one chunk (and its prompt) each chunk"
+    assert len({r["context_tokens"] for r in window[3:]}) == 1 and window[3]["context_tokens"] < full[-1]["context_tokens"]
+    assert max(r["kv_tokens"] for r in engine[4:]) <= 2 * min(r["kv_tokens"] for r in engine[4:])  # bounded
+    s = result["summary"]
+    assert [q["t"] for q in s["questions"]] == [6.0, 12.0] and s["questions"][-1]["offloaded_blocks"] > 0
+    assert s["decode_ms_per_token_p50"] > 0 and s["chunk_ms_p99"] >= s["chunk_ms_p50"] > 0
+    assert [(c["from_s"], c["to_s"]) for c in s["compare"]] == [(3.0, 10.0)]
+    assert all(c["full_ratio"] > 0 and c["window_ratio"] > 0 for c in s["compare"])
+    assert torch.isfinite(torch.tensor([r["prefill_tflops"] for r in engine])).all()

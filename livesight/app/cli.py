@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         "compression", help="encoder reuse and token pruning on the synthetic scenes: tokens, encoder calls, time"))
     from livesight.eval import speed_report
     speed_report.add_arguments(bench.add_parser(
-        "speed", help="real-time factor, latency, decode, TTFT, memory, MFU; plain-transformers baselines side by side"))
+        "speed", help="real-time factor, latency, decode, TTFT, memory, MFU, against plain-transformers baselines"))
 
     synth = sub.add_parser("synth", help="write a synthetic video (moving shapes and a clock)")
     synth.add_argument("out", help="output file, e.g. clip.mp4")
@@ -189,7 +189,8 @@ def web(args) -> int:
 
 def bench(args) -> int:
     from livesight.eval import compression, fidelity_report, speed_report
-    return {"fidelity": fidelity_report.main, "compression": compression.main, "speed": speed_report.main}[args.bench](args)
+    commands = {"fidelity": fidelity_report.main, "compression": compression.main, "speed": speed_report.main}
+    return commands[args.bench](args)
 
 
 def evaluate(args) -> int:

@@ -71,7 +71,8 @@ class PlainStream:
 
     def _forward(self, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         lm = self.adapter.language_model
-        out = lm(inputs_embeds=embeds[None].to(self.adapter.dtype), position_ids=positions[:, None].to(self.adapter.device),
+        adapter = self.adapter
+        out = lm(inputs_embeds=embeds[None].to(adapter.dtype), position_ids=positions[:, None].to(adapter.device),
                  past_key_values=self.cache, use_cache=True)
         return self.adapter.logits(out.last_hidden_state[0, -1])
 

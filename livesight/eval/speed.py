@@ -9,12 +9,9 @@ MFU; and, stream length by stream length, how much slower each baseline is. Outp
 speed.md and speed.png in --out.
 """
 
-import argparse
-import json
-import os
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import psutil
@@ -133,7 +130,8 @@ def summarize(engine: dict, baselines: dict, cfg: SpeedConfig) -> dict:
     decode = [r["decode_ms"] / r["tokens_out"] for r in steady if r["tokens_out"]]
     out = {
         "realtime_factor": engine["realtime_factor"],
-        "chunk_ms_p50": round(float(np.median(latency)), 2), "chunk_ms_p99": round(float(np.percentile(latency, 99)), 2),
+        "chunk_ms_p50": round(float(np.median(latency)), 2),
+        "chunk_ms_p99": round(float(np.percentile(latency, 99)), 2),
         "split_ms_p50": {k: round(statistics.median(r[k] for r in steady), 2) for k in ("vision_ms", "prefill_ms",
                                                                                          "decode_ms")},
         "decode_ms_per_token_p50": round(statistics.median(decode), 2) if decode else None,

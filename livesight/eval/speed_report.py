@@ -42,7 +42,7 @@ def main(args) -> int:
     adapter = QwenVLAdapter(load_model(cfg.model, cfg.device))
     baselines = {}
     if cfg.baseline_seconds > 0:  # baselines first: the engine's offload store then cannot crowd them out
-        baselines = {"full": run_baseline(adapter, cfg, window=False), "window": run_baseline(adapter, cfg, window=True)}
+        baselines = {name: run_baseline(adapter, cfg, window=name == "window") for name in ("full", "window")}
     engine = run_engine(adapter, cfg)
     result = {"config": asdict(cfg), "hardware": _hardware(), "summary": summarize(engine, baselines, cfg),
               "engine": engine, "baselines": baselines}
@@ -67,7 +67,8 @@ def markdown(result: dict) -> str:
     split = s["split_ms_p50"]
     lines = [f"# bench speed: {cfg['model']} on {result['hardware']['gpu'] or 'CPU'}", "",
              f"{cfg['seconds']:g} s of `{cfg['scene']}` at {cfg['fps']:g} fps, window {cfg['window_s']:g} s, "
-             f"narration {cfg['narrate_tokens']} tokens per chunk, compression {'on' if cfg['compression'] else 'off'}, "
+             f"narration {cfg['narrate_tokens']} tokens per chunk, "
+             f"compression {'on' if cfg['compression'] else 'off'}, "
              f"retrieval {'on' if cfg['retrieval'] else 'off'}.", "",
              "| metric | value |", "|---|---|",
              f"| real-time factor (video s per wall s) | {s['realtime_factor']} |",

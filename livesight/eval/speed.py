@@ -140,7 +140,8 @@ def summarize(engine: dict, baselines: dict, cfg: SpeedConfig) -> dict:
         "questions": engine["questions"],
     }
     compare = []
-    edges = list(range(int(cfg.window_s) + 30, int(cfg.baseline_seconds), 30)) + [cfg.baseline_seconds]
+    edges = [] if not baselines else \
+        list(range(int(cfg.window_s) + 30, int(cfg.baseline_seconds), 30)) + [cfg.baseline_seconds]
     for lo, hi in zip([cfg.window_s] + edges[:-1], edges):
         ours = [r["chunk_ms"] for r in engine["rows"] if lo < r["t"] <= hi]
         row = {"from_s": lo, "to_s": hi, "livesight_ms": round(statistics.median(ours), 2) if ours else None}

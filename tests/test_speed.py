@@ -9,6 +9,7 @@ import torch
 from conftest import make_chunks
 from livesight.eval import speed_report
 from livesight.eval.baselines import PlainStream
+from livesight.eval.speed import SpeedConfig, summarize
 from livesight.streaming.adapter import QwenVLAdapter
 from livesight.streaming.config import DEFAULT_SYSTEM_PROMPT, CompressionConfig, SessionConfig
 from livesight.streaming.retrieval import RetrievalConfig
@@ -59,3 +60,5 @@ def test_bench_speed_reports_engine_and_baselines(tmp_path, capsys):
     assert [(c["from_s"], c["to_s"]) for c in s["compare"]] == [(3.0, 10.0)]
     assert all(c["full_ratio"] > 0 and c["window_ratio"] > 0 for c in s["compare"])
     assert torch.isfinite(torch.tensor([r["prefill_tflops"] for r in engine])).all()
+    config = {k: v for k, v in result["config"].items()}
+    assert summarize(result["engine"], {}, SpeedConfig(**config))["compare"] == []  # no baselines, no ratios

@@ -8,8 +8,6 @@ measures the error of reuse: each chunk's reused tokens against a full recomputa
 """
 
 import argparse
-import json
-import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -17,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from livesight.errors import InputError
+from livesight.eval import report
 from livesight.streaming.adapter import QwenVLAdapter
 from livesight.streaming.chunker import chunk_frames
 from livesight.streaming.config import CompressionConfig, SessionConfig
@@ -223,11 +222,7 @@ def main(args) -> int:
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     bench = BenchConfig(args.model, device, args.seconds, 2.0, width, height, scenes)
     result = run(bench)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "compression.json"), "w") as f:
-        json.dump(result, f, indent=1)
     text = markdown(result)
-    with open(os.path.join(args.out, "compression.md"), "w") as f:
-        f.write(text)
+    report.save(args.out, "compression", result, text)
     print(text)
     return 0

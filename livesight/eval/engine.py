@@ -49,7 +49,7 @@ class SessionPass:
         self.session, self.frames = session, 0
         self.stream_s = self.wait_s = self.ask_s = 0.0  # feeding chunks (waiting included), waiting, answering
         config = session.config
-        self._chunks = iter(chunk_frames(Ingest(source), config.frames_per_chunk, config.fps))
+        self._chunks = chunk_frames(Ingest(source), config.frames_per_chunk, config.fps)
 
     def advance(self, t: float) -> None:
         """Feed chunks until the stream reaches t seconds, or ends."""
@@ -74,6 +74,4 @@ class SessionPass:
                 "retrieved": data["retrieved"]}
 
     def close(self) -> None:
-        close = getattr(self._chunks, "close", None)
-        if close is not None:
-            close()  # stops the decoding thread
+        self._chunks.close()  # stops the decoding thread

@@ -1,10 +1,10 @@
 """`livesight bench fidelity`: load the models, run, write JSON + Markdown + PNG under --out."""
 
 import argparse
-import json
 import os
 
 from livesight.errors import InputError
+from livesight.eval import report
 from livesight.eval.fidelity import POLICIES, FidelityConfig, run_fidelity
 
 NAMES = {"dense": "dense (full cache)", "window": "window only", "sink+window": "sink + window",
@@ -81,11 +81,8 @@ def main(args) -> int:
     adapter = TextAdapter(load_smollm2())
     oracle_model = load_smollm2().model  # stock attention: the oracle shares no code with the cache
     result = run_fidelity(adapter, oracle_model, config, log=lambda m: print(f"... {m}", flush=True))
-    with open(os.path.join(args.out, "fidelity.json"), "w") as f:
-        json.dump(result, f)
     table = markdown(result)
-    with open(os.path.join(args.out, "fidelity.md"), "w") as f:
-        f.write(table)
+    report.save(args.out, "fidelity", result, table, indent=None)
     plot(result, os.path.join(args.out, "fidelity.png"))
     print(table)
     print(f"wrote {args.out}/fidelity.json, fidelity.md, fidelity.png")

@@ -4,11 +4,22 @@ parsers), errors and clamped time stamps, latency; as JSON and as Markdown.
 `scores` depends only on the records, so it is the same however the run was split or resumed;
 `run` is this invocation's throughput."""
 
+import json
+import os
 import statistics
 
 from livesight.eval import ovobench, streamingbench
 
 GROUP_ORDER = {"streamingbench": list(streamingbench.GROUPS), "ovobench": list(ovobench.GROUPS)}
+
+
+def save(folder: str, stem: str, result: dict, text: str, indent: int | None = 1) -> None:
+    """A bench's outputs: folder/STEM.json (the result) and folder/STEM.md (its table)."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"{stem}.json"), "w") as f:
+        json.dump(result, f, indent=indent)
+    with open(os.path.join(folder, f"{stem}.md"), "w") as f:
+        f.write(text)
 
 
 def _mean(values) -> float | None:

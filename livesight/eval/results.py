@@ -26,7 +26,7 @@ def read_records(path: str) -> list[dict]:
     with open(path, "rb") as f:
         data = f.read()
     records = []
-    for line in data.split(b"\n")[:-1] if not data.endswith(b"\n") else data.split(b"\n"):
+    for line in data.split(b"\n")[:-1]:  # the last piece is empty, or a partial line
         if line.strip():
             try:
                 records.append(json.loads(line))

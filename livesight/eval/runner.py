@@ -131,13 +131,15 @@ def evaluate(questions: list[Question], engine, videos_dir: str, write: Callable
         if late:
             log.warning("%s is %.1f s long: time stamps %s lie past its end and are asked at the end",
                         name, video.duration, ", ".join(late))
-        done = _stream(engine, video, plans, write, stats) if protocol == "stream" else \
+        if protocol == "stream":
+            _stream(engine, video, plans, write, stats)
+        else:
             _official(engine, video, plans, context, write, stats)
         stats.videos += 1
         span = max(p.replies[-1]["t"] if p.replies else 0.0 for p in plans)
         stats.frames_span += _frames_until(span, engine)
         stats.video_s += span
-        unfinished = [p for p in plans if p not in done]
+        unfinished = [p for p in plans if p.next() is not None]
         for p in unfinished:
             write(error_record(p.q, "failed", p.error))
         stats.errors += len(unfinished)
@@ -159,9 +161,8 @@ def _ask(session_pass, probe, offset: float = 0.0) -> dict:
     return reply
 
 
-def _stream(engine, video, plans: list[Plan], write, stats: RunStats) -> set:
+def _stream(engine, video, plans: list[Plan], write, stats: RunStats) -> None:
     """One pass over the video; probes in time order (then data order)."""
-    done: set = set()
     heap = [(p.next()[0], p.q.order, i) for i, p in enumerate(plans)]
     heapq.heapify(heap)
     session_pass = engine.open(video, 0.0, None)
@@ -174,21 +175,18 @@ def _stream(engine, video, plans: list[Plan], write, stats: RunStats) -> set:
             if plan.next() is None:
                 write(plan.record())
                 stats.questions += 1
-                done.add(plan)
             else:
                 heapq.heappush(heap, (plan.next()[0], plan.q.order, i))
     except Exception as err:  # noqa: BLE001 - one broken video must not end a run of thousands
-        _fail(plans, done, err)
+        _fail(plans, err)
     finally:
         stats.add_pass(session_pass)
         session_pass.close()
-    return done
 
 
-def _official(engine, video, plans: list[Plan], context: float | None, write, stats: RunStats) -> set:
+def _official(engine, video, plans: list[Plan], context: float | None, write, stats: RunStats) -> None:
     """A fresh stream per probe over the cut [start, t]: from 0 (a proactive question: from its
     time stamp, as the official script cuts), or the last `context` seconds."""
-    done: set = set()
     for plan in plans:
         try:
             while (probe := plan.next()) is not None:
@@ -204,15 +202,14 @@ def _official(engine, video, plans: list[Plan], context: float | None, write, st
                     session_pass.close()
             write(plan.record())
             stats.questions += 1
-            done.add(plan)
         except Exception as err:  # noqa: BLE001
-            _fail([plan], done, err)
-    return done
+            _fail([plan], err)
 
 
-def _fail(plans: list[Plan], done: set, err: Exception) -> None:
+def _fail(plans: list[Plan], err: Exception) -> None:
+    """The plans with probes left become error records (evaluate writes them)."""
     if not isinstance(err, InputError):
         log.exception("evaluation failed")
     for plan in plans:
-        if plan not in done:
+        if plan.next() is not None:
             plan.error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"

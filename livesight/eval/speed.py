@@ -25,6 +25,7 @@ from livesight.streaming.config import DEFAULT_SYSTEM_PROMPT, CompressionConfig,
 from livesight.streaming.events import chunk_ms
 from livesight.streaming.retrieval import RetrievalConfig
 from livesight.streaming.session import Session
+from livesight.vision.preprocess import fit_size
 from livesight.vision.sources import SyntheticSource
 
 WARMUP_CHUNKS = 5
@@ -59,33 +60,32 @@ def _memory_mb(device: torch.device) -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def _lm_params(adapter: QwenVLAdapter) -> int:
-    return sum(p.numel() for p in adapter.language_model.layers.parameters())
-
-
-def prefill_flops(adapter: QwenVLAdapter, tokens_in: int, keys: int) -> float:
-    """Matmul FLOPs of one prefill step: the weights once per token, plus QK^T and AV over `keys`."""
+def prefill_flops(adapter: QwenVLAdapter, num_params: int, tokens_in: int, keys: int) -> float:
+    """Matmul FLOPs of one prefill step: the layers' num_params weights once per token, plus QK^T and
+    AV over `keys`."""
     config = adapter.language_model.config
     attention = 4 * config.num_hidden_layers * tokens_in * keys * config.num_attention_heads * adapter.head_dim
-    return 2 * _lm_params(adapter) * tokens_in + attention
+    return 2 * num_params * tokens_in + attention
 
 
 def run_engine(adapter: QwenVLAdapter, cfg: SpeedConfig) -> dict:
     compress = CompressionConfig(reuse=cfg.compression, prune=cfg.compression)
     config = SessionConfig(fps=cfg.fps, vision_window_s=cfg.window_s, narrate=cfg.narrate_tokens > 0,
-                           narrate_tokens=max(cfg.narrate_tokens, 1), compression=compress,
+                           narrate_tokens=cfg.narrate_tokens, compression=compress,
                            retrieval=RetrievalConfig(enabled=cfg.retrieval, ram_gb=32.0, disk_gb=0.0))
     session = Session(adapter, config, (cfg.height, cfg.width))
     source = SyntheticSource(cfg.fps, cfg.seconds, cfg.width, cfg.height, cfg.scene)
     rows, questions, asking = [], [], 0.0
+    num_params = sum(p.numel() for p in adapter.language_model.layers.parameters())
     start = time.perf_counter()
     for chunk in chunk_frames(source, config.frames_per_chunk, cfg.fps):
         m = session.add_chunk(chunk)[-1].data
         keys = sum(m["kv_tokens"].values())
+        flops = prefill_flops(adapter, num_params, m["tokens_in"], keys)
         rows.append({"t": chunk.t_end, "chunk_ms": round(chunk_ms(m), 2), **{k: m[k] for k in (
             "vision_ms", "prefill_ms", "decode_ms", "tokens_in", "tokens_out")}, "kv_tokens": keys,
             "mem_mb": round(_memory_mb(adapter.device), 1),
-            "prefill_tflops": round(prefill_flops(adapter, m["tokens_in"], keys) / (m["prefill_ms"] / 1000) / 1e12, 1)})
+            "prefill_tflops": round(flops / m["prefill_ms"] / 1e9, 1)})
         last = chunk.t_end >= cfg.seconds - 1e-9
         if int(chunk.t_end) % int(cfg.ask_every_s) == 0 or last:
             t0 = time.perf_counter()
@@ -102,11 +102,9 @@ def run_engine(adapter: QwenVLAdapter, cfg: SpeedConfig) -> dict:
 
 def run_baseline(adapter: QwenVLAdapter, cfg: SpeedConfig, window: bool) -> dict:
     session_config = SessionConfig(fps=cfg.fps)
-    size = Session(adapter, SessionConfig(fps=cfg.fps, retrieval=RetrievalConfig(enabled=False)),
-                   (cfg.height, cfg.width)).size
-    stride = max(1, round(adapter.tokens_per_second * adapter.temporal / cfg.fps))
-    stream = PlainStream(adapter, size, session_config.frames_per_chunk, stride, DEFAULT_SYSTEM_PROMPT,
-                         cfg.narrate_tokens, round(cfg.window_s) if window else None)
+    size = fit_size(cfg.height, cfg.width, adapter.loaded.max_pixels, adapter.patch * adapter.merge)  # as Session
+    stream = PlainStream(adapter, size, session_config.frames_per_chunk, adapter.temporal_stride(cfg.fps),
+                         DEFAULT_SYSTEM_PROMPT, cfg.narrate_tokens, round(cfg.window_s) if window else None)
     source = SyntheticSource(cfg.fps, cfg.baseline_seconds, cfg.width, cfg.height, cfg.scene)
     rows, stopped = [], None
     for chunk in chunk_frames(source, session_config.frames_per_chunk, cfg.fps):

@@ -1,7 +1,6 @@
 """`livesight bench speed`'s command line and its outputs: speed.json, speed.md, speed.png."""
 
 import argparse
-import json
 import os
 import platform
 from dataclasses import asdict
@@ -9,6 +8,7 @@ from dataclasses import asdict
 import torch
 
 from livesight.errors import InputError
+from livesight.eval import report
 from livesight.eval.speed import SpeedConfig, run_baseline, run_engine, summarize
 from livesight.streaming.options import positive, resolve_device
 
@@ -46,12 +46,8 @@ def main(args) -> int:
     engine = run_engine(adapter, cfg)
     result = {"config": asdict(cfg), "hardware": _hardware(), "summary": summarize(engine, baselines, cfg),
               "engine": engine, "baselines": baselines}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "speed.json"), "w") as f:
-        json.dump(result, f, indent=1)
     text = markdown(result)
-    with open(os.path.join(args.out, "speed.md"), "w") as f:
-        f.write(text)
+    report.save(args.out, "speed", result, text)
     plot(result, os.path.join(args.out, "speed.png"))
     print(text, end="")
     return 0

@@ -162,10 +162,9 @@ class StreamCache(Cache):
 
     def _set_key_valid(self, key_valid: torch.Tensor | None) -> None:
         self.key_valid = key_valid
-        if key_valid is None:
-            self.key_bias.zero_()
-        else:
-            self.key_bias.copy_(torch.zeros_like(self.key_bias).masked_fill_(~key_valid, float("-inf")))
+        self.key_bias.zero_()
+        if key_valid is not None:
+            self.key_bias.masked_fill_(~key_valid, float("-inf"))
 
     def slots_start(self) -> tuple[int, int]:
         """(buffer index, position) where retrieved slots go: right after the sink, which compact()

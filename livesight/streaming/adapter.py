@@ -181,6 +181,10 @@ class QwenVLAdapter(TextAdapter):
         """The vision tower's patch grid (t, h, w) of one chunk of `num_frames` frames of `size`."""
         return (-(-num_frames // self.temporal), size[0] // self.patch, size[1] // self.patch)
 
+    def temporal_stride(self, fps: float) -> int:
+        """M-RoPE temporal positions between consecutive chunks' frame pairs at `fps`."""
+        return max(1, round(self.tokens_per_second * self.temporal / fps))
+
     def merged_grid(self, size: tuple[int, int], num_frames: int) -> tuple[int, int, int]:
         """The language-model token grid (t, h, w) of one chunk of `num_frames` frames of `size`."""
         t, h, w = self.patch_grid(size, num_frames)

@@ -58,7 +58,7 @@ class Session:
         self.stepper = CacheStepper(adapter, self.policy, self.capacity, self._offload if retrieval.enabled else None,
                                     config.cuda_graphs)
         self.cache = self.stepper.cache
-        self.temporal_stride = max(1, round(adapter.tokens_per_second * adapter.temporal / config.fps))
+        self.temporal_stride = adapter.temporal_stride(config.fps)
         self._sink_ids, self.retriever = sink_ids, None
         self.reset()
 

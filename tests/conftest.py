@@ -2,8 +2,13 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# without a GPU, the Triton kernels' tests run them in Triton's interpreter; it is read when a kernel
+# is defined, so before livesight.kernels is first imported
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

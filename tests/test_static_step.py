@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from conftest import make_chunks
-from livesight.kernels import fold_mask, masked_attention, masked_attention_reference
 from livesight.streaming.adapter import QwenVLAdapter
 from livesight.streaming.config import CompressionConfig, SessionConfig
 from livesight.streaming.retrieval import RetrievalConfig
@@ -20,21 +19,6 @@ def test_row_buckets_cover_every_step_with_bounded_padding():
         assert rows >= n
         assert rows < 2 * n or rows - n < 64
         assert row_bucket(rows) == rows  # a bucket is its own bucket: no chain of graphs
-
-
-@pytest.mark.parametrize("heads,kv_heads", [(4, 2), (6, 1), (3, 3)])
-def test_masked_attention_matches_reference_and_hides_the_masked(heads, kv_heads):
-    torch.manual_seed(0)
-    num_q, num_k, dim = 5, 37, 16
-    q = torch.randn(1, heads, num_q, dim)
-    k, v = torch.randn(1, kv_heads, num_k, dim), torch.randn(1, kv_heads, num_k, dim)
-    visible = torch.arange(num_k)[None, :] <= torch.arange(num_q)[:, None] + 20  # causal, 12 keys past the end
-    bias = fold_mask(visible, heads // kv_heads, q.dtype)
-    got = masked_attention(q, k, v, 0.25, bias)
-    torch.testing.assert_close(got, masked_attention_reference(q, k, v, 0.25, bias), atol=1e-5, rtol=1e-5)
-    k2, v2 = k.clone(), v.clone()
-    k2[:, :, 20 + num_q:], v2[:, :, 20 + num_q:] = 1e4, -1e4  # only keys past every query's reach change
-    torch.testing.assert_close(masked_attention(q, k2, v2, 0.25, bias), got, atol=1e-5, rtol=1e-5)
 
 
 def run(tiny, config, static: bool, num_chunks: int, ask_at: int):

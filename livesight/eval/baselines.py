@@ -25,13 +25,16 @@ from livesight.streaming.tokens import StepBuilder
 
 @contextmanager
 def plain_attention(adapter: QwenVLAdapter):
-    """transformers' own SDPA attention and mask for the language model while inside."""
-    config = adapter.language_model.config
-    previous, config._attn_implementation = config._attn_implementation, "sdpa"
+    """transformers' own SDPA attention (and mask) for the language model and the vision tower while inside."""
+    configs = [adapter.language_model.config, adapter.visual.config]
+    previous = [config._attn_implementation for config in configs]
+    for config in configs:
+        config._attn_implementation = "sdpa"
     try:
         yield
     finally:
-        config._attn_implementation = previous
+        for config, name in zip(configs, previous):
+            config._attn_implementation = name
 
 
 class PlainStream:

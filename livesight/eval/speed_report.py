@@ -65,13 +65,16 @@ def markdown(result: dict) -> str:
              f"{cfg['seconds']:g} s of `{cfg['scene']}` at {cfg['fps']:g} fps, window {cfg['window_s']:g} s, "
              f"narration {cfg['narrate_tokens']} tokens per chunk, "
              f"compression {'on' if cfg['compression'] else 'off'}, "
-             f"retrieval {'on' if cfg['retrieval'] else 'off'}.", "",
+             f"retrieval {'on' if cfg['retrieval'] else 'off'}. Latency and memory after a warm-up of "
+             f"{cfg['window_s'] + 10:g} s (the window fills; the first question captures the graphs questions need).",
+             "",
              "| metric | value |", "|---|---|",
              f"| real-time factor (video s per wall s) | {s['realtime_factor']} |",
              f"| chunk latency p50 / p99 | {s['chunk_ms_p50']} / {s['chunk_ms_p99']} ms (p99/p50 "
              f"{s['chunk_ms_p99'] / s['chunk_ms_p50']:.2f}) |",
-             f"| split p50: vision / prefill / decode | {split['vision_ms']} / {split['prefill_ms']} / "
-             f"{split['decode_ms']} ms |",
+             f"| split p50: vision / prune / prefill / decode / evict | {split['vision_ms']} / {split['prune_ms']} / "
+             f"{split['prefill_ms']} / {split['decode_ms']} / {split['evict_ms']} ms |",
+             f"| outside the chunk p50 (metrics, frames waiting) | {s['outside_chunk_ms_p50']} ms |",
              f"| decode per token p50 | {s['decode_ms_per_token_p50']} ms |",
              f"| prefill MFU p50 (of {cfg['peak_tflops']:g} TFLOP/s) | {100 * s['prefill_mfu_p50']:.1f} % |",
              f"| memory min / max (spread) | {s['mem_mb_min_max'][0]:.0f} / {s['mem_mb_min_max'][1]:.0f} MB "

@@ -61,48 +61,6 @@ def chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
     return _sdpa(q, k, v, scale)
 
 
-def fold_mask(visible: torch.Tensor, groups: int, dtype: torch.dtype) -> torch.Tensor:
-    """visible: (Lq, Lk) bool -> the additive bias (groups * Lq, Lk) that masked_attention takes:
-    0 where visible, -inf elsewhere, once for each query head that shares a KV head."""
-    bias = torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill_(~visible, float("-inf"))
-    return bias.repeat(groups, 1)
-
-
-def masked_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-                               bias: torch.Tensor) -> torch.Tensor:
-    """q: (1, Hq, Lq, D); k, v: (1, Hkv, Lk, D); bias (g * Lq, Lk), g = Hq / Hkv, from fold_mask
-    -> (1, Hq, Lq, D). Math in float32, keys repeated per query head."""
-    num_heads, num_q = q.shape[1], q.shape[2]
-    groups = num_heads // k.shape[1]
-    k = k.repeat_interleave(groups, dim=1).float()
-    v = v.repeat_interleave(groups, dim=1).float()
-    per_head = bias.float().view(groups, num_q, -1).repeat(k.shape[1] // groups, 1, 1)  # head h reads h % g
-    scores = (q.float() @ k.transpose(-1, -2)) * scale + per_head[None]
-    return (scores.softmax(dim=-1) @ v).to(q.dtype)
-
-
-def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-                     bias: torch.Tensor) -> torch.Tensor:
-    """Attention under an arbitrary mask at fixed shapes (the language model's static step, whose
-    keys are a fixed span of the cache and whose mask hides what lies past its end).
-    The g query heads of each KV head are folded into its query rows, so no key is copied per head
-    and the memory-efficient kernel, which takes any mask but not grouped heads, runs it."""
-    if use_reference:
-        report("masked_attention", "reference")
-        return masked_attention_reference(q, k, v, scale, bias)
-    batch, num_heads, num_q, dim = q.shape
-    num_kv = k.shape[1]
-    folded = q.reshape(batch, num_kv, num_heads // num_kv * num_q, dim)
-    if q.is_cuda:
-        report("masked_attention", "sdpa-efficient")
-        with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):
-            out = F.scaled_dot_product_attention(folded, k, v, attn_mask=bias, scale=scale)
-    else:
-        report("masked_attention", "sdpa")
-        out = F.scaled_dot_product_attention(folded, k, v, attn_mask=bias, scale=scale)
-    return out.reshape(batch, num_heads, num_q, dim)
-
-
 def segment_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_segment: torch.Tensor,
                                 k_segment: torch.Tensor, scale: float) -> torch.Tensor:
     """Non-causal attention within segments (the vision tower's windows or frames).

@@ -1,4 +1,5 @@
-"""Scoring offloaded blocks against a question's queries, with top-k per layer or over all layers."""
+"""Scoring offloaded blocks against a question's queries, with one top-k over all layers at once
+(each layer its own, or one set for all)."""
 
 import torch
 
@@ -29,5 +30,11 @@ def select_blocks(scores: torch.Tensor, top_k: int, scope: str) -> torch.Tensor:
 
 
 def score_blocks(queries: torch.Tensor, representatives: torch.Tensor) -> torch.Tensor:
-    report("score_blocks", "torch")
-    return score_blocks_reference(queries, representatives)
+    """The reference's scores with the mean over query heads and tokens taken first (q . r is linear
+    in q), so every block of every layer is scored by one batched product: (L, B, Hkv*D) @ (L, Hkv*D, 1)."""
+    report("score_blocks", "torch-reduced")
+    num_layers, num_q_heads, num_q, dim = queries.shape
+    num_kv = representatives.shape[2]
+    mean = queries.float().reshape(num_layers, num_kv, -1, dim).sum(2) / (num_q_heads * num_q)  # (L, Hkv, D)
+    reps = representatives.float().reshape(representatives.shape[0], num_layers, -1).transpose(0, 1)  # (L, B, Hkv*D)
+    return torch.bmm(reps, mean.reshape(num_layers, -1, 1)).squeeze(2)

@@ -10,7 +10,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
-from livesight.kernels import chunk_attention, fold_mask, masked_attention
+from livesight.kernels import VISION_ATTENTION_NAME, chunk_attention, span_attention, vision_attention
 from livesight.kvcache import StreamCache
 from livesight.streaming.models import LoadedModel
 from livesight.vision.encoder import EncodeStats, VisionEncoder
@@ -42,12 +42,11 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     if _captured_queries is not None:
         _captured_queries[module.layer_idx] = query[0]
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    bias, key_valid = kwargs.get("livesight_bias"), kwargs.get("livesight_key_valid")
-    if bias is not None:  # a static step: fixed key span, the mask says what is real
+    start, key_valid = kwargs.get("livesight_start"), kwargs.get("livesight_key_valid")
+    if start is not None:  # a static step: fixed key span, rows written from slot `start` on
         key_bias = kwargs.get("livesight_key_bias")  # (L, capacity): padding in retrieved slots
-        if key_bias is not None:
-            bias = bias + key_bias[module.layer_idx, :key.shape[-2]]
-        out = masked_attention(query, key, value, scale, bias)
+        out = span_attention(query, key, value, scale, start,
+                             None if key_bias is None else key_bias[module.layer_idx, :key.shape[-2]])
     else:
         out = chunk_attention(query, key, value, scale,
                               None if key_valid is None else key_valid[module.layer_idx, :key.shape[-2]])
@@ -146,12 +145,9 @@ class TextAdapter:
         padded: retrieved slots hold padding, which cache.key_bias hides layer by layer.
         -> last hidden states (n, hidden). The cache's length is left to the caller."""
         slots = start + torch.arange(embeds.shape[0], device=start.device)
-        visible = torch.arange(num_keys, device=start.device)[None, :] <= slots[:, None]
-        text = self.language_model.config
-        bias = fold_mask(visible, text.num_attention_heads // self.num_kv_heads, self.dtype)
         cache.static_write = (slots, num_keys)
         try:
-            return self._hidden(embeds, positions, cache, livesight_bias=bias,
+            return self._hidden(embeds, positions, cache, livesight_start=start,
                                 livesight_key_bias=cache.key_bias if padded else None)
         finally:
             cache.static_write = None
@@ -164,6 +160,8 @@ class QwenVLAdapter(TextAdapter):
         super().__init__(loaded)
         model = loaded.model
         self.visual = model.model.visual
+        AttentionInterface.register(VISION_ATTENTION_NAME, vision_attention)
+        self.visual.config._attn_implementation = VISION_ATTENTION_NAME  # the tower's own forward, if called
         vision = model.config.vision_config
         self.patch, self.merge, self.temporal = vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size
         self.tokens_per_second = vision.tokens_per_second

@@ -22,7 +22,7 @@ import torch
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
-from livesight.kernels import segment_attention, token_change
+from livesight.kernels import segment_attention, token_change, varlen_attention
 from livesight.kernels.dispatch import report
 from livesight.kernels.graphs import GraphReplay
 
@@ -35,6 +35,14 @@ class EncodeStats:
     mode: str  # "full", "partial" or "reused"
     num_tokens: int
     num_encoded: int  # tokens whose output was computed this chunk
+
+
+def _runs(segment: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Segment ids (N,), each segment one contiguous run -> (cu_seqlens (S + 1,) int32, longest run)."""
+    _, lengths = torch.unique_consecutive(segment, return_counts=True)
+    assert lengths.numel() == int(segment.max()) + 1, "segments must be contiguous runs"
+    cu = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]).to(torch.int32)
+    return cu, int(lengths.max())
 
 
 class VisionEncoder:
@@ -62,6 +70,7 @@ class VisionEncoder:
         lengths = (cu_windows[1:] - cu_windows[:-1]).to(device)
         self.window_segment = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths)
         self.frame_segment = torch.arange(grid[0], device=device).repeat_interleave(grid[1] * grid[2])
+        self.window_runs, self.frame_runs = _runs(self.window_segment), _runs(self.frame_segment)
         self.num_tokens = order.numel()
         num_patches = self.num_tokens * self.unit
         if reuse_threshold is not None:  # what a partial pass reads: every block's keys and values, the outputs
@@ -125,9 +134,8 @@ class VisionEncoder:
         the stored keys, values, last hidden states and outputs."""
         store = self.threshold is not None
         hidden = self.visual.patch_embed(pixels)[self.patch_order]
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
         for i, block in enumerate(self.visual.blocks):
-            hidden = self._block(i, block, hidden, rows, self.keys if store else None, self.values if store else None)
+            hidden = self._block(i, block, hidden, None, self.keys if store else None, self.values if store else None)
         output = self.visual.merger(hidden)[self.rank]
         if store:
             self.hidden.copy_(hidden)
@@ -151,19 +159,27 @@ class VisionEncoder:
         grid = grid.repeat_interleave(self.side, dim=2).repeat_interleave(self.side, dim=3)
         return grid.repeat_interleave(self.temporal, dim=0)
 
-    def _block(self, index: int, block, hidden: torch.Tensor, rows: torch.Tensor, keys: torch.Tensor | None,
+    def _block(self, index: int, block, hidden: torch.Tensor, rows: torch.Tensor | None, keys: torch.Tensor | None,
                values: torch.Tensor | None) -> torch.Tensor:
-        """One vision block for the patches at window-order `rows` (m,), hidden (m, dim). With a
-        key/value store, their new keys and values are written into it and attention reads all of it;
-        without one, `rows` must be every patch."""
+        """One vision block for the patches at window-order `rows` (m,), hidden (m, dim); rows None:
+        every patch, in window order. With a key/value store, their new keys and values are written
+        into it and attention reads all of it; without one, rows must be None."""
         attn = block.attn
         q, k, v = attn.qkv(block.norm1(hidden)).reshape(hidden.shape[0], 3, self.heads, -1).unbind(1)
-        q, k = apply_rotary_pos_emb_vision(q, k, self.cos[rows], self.sin[rows])
-        segment = self.frame_segment if index in self.full_blocks else self.window_segment
+        cos, sin = (self.cos, self.sin) if rows is None else (self.cos[rows], self.sin[rows])
+        q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
+        full = index in self.full_blocks
         if keys is not None:
-            keys[index, rows], values[index, rows] = k, v
-            k, v = keys[index], values[index]
-        out = segment_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), segment[rows], segment,
-                                attn.scaling)
+            if rows is None:
+                keys[index], values[index] = k, v
+            else:
+                keys[index, rows], values[index, rows] = k, v
+                k, v = keys[index], values[index]
+        q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
+        if rows is None:  # every patch, segment after segment: one varlen call
+            out = varlen_attention(q, k, v, *(self.frame_runs if full else self.window_runs), attn.scaling)
+        else:
+            segment = self.frame_segment if full else self.window_segment
+            out = segment_attention(q, k, v, segment[rows], segment, attn.scaling)
         hidden = hidden + attn.proj(out.transpose(0, 1).reshape(hidden.shape[0], -1))
         return hidden + block.mlp(block.norm2(hidden))

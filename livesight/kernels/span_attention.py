@@ -1,0 +1,153 @@
+"""Attention of a static step's rows over a fixed span of the cache, with the cache length on the device.
+
+The language model's fixed-shape step (streaming/static_step.py) writes its n rows at cache slots
+start .. start + n - 1 and attends to a fixed span of Lk slots; row i sees slots 0 .. start + i
+(bottom-right causal over the compact cache), and what lies past start + n is stale. `start` is a
+device tensor, so one CUDA graph serves every cache length.
+
+The Triton kernel reads `start` and visits only the keys that exist, split over programs
+(flash-decoding): a decode step of 1 row x 7 grouped heads would otherwise fill 4 programs of a GPU
+with 132 SMs. The g query heads of a KV head are folded into its rows, so keys are read once per
+KV head. Each split writes its normalised partial output and log-sum-exp; one torch pass merges them.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from livesight.kernels.dispatch import report
+from livesight.kernels.triton_support import check_device, dot_type, on_gpu
+
+use_reference = False  # switch: route every call through the plain-torch reference
+TARGET_PROGRAMS = 264  # two per SM of an H100: splits are added until a step has about this many
+
+
+def span_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, start: torch.Tensor,
+                             key_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """q: (1, Hq, n, D); k, v: (1, Hkv, Lk, D); start: (1,) the slot of row 0; key_bias: (Lk,) additive
+    (0 or -inf), or None -> (1, Hq, n, D). Math in float32."""
+    num_q, num_k = q.shape[2], k.shape[2]
+    groups = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(groups, dim=1).float()
+    v = v.repeat_interleave(groups, dim=1).float()
+    scores = (q.float() @ k.transpose(-1, -2)) * scale
+    if key_bias is not None:
+        scores = scores + key_bias.float()
+    slots = start.to(q.device) + torch.arange(num_q, device=q.device)
+    visible = torch.arange(num_k, device=q.device)[None, :] <= slots[:, None]
+    scores = scores.masked_fill(~visible, float("-inf"))
+    return (scores.softmax(dim=-1) @ v).to(q.dtype)
+
+
+def _span_sdpa(q, k, v, scale, start, key_bias):
+    """One SDPA call with the mask built on the device (the CPU path, and the GPU path for float32).
+    The grouped query heads are folded into rows, as the kernel does: the memory-efficient kernel
+    takes any mask but not grouped heads."""
+    batch, num_heads, num_q, dim = q.shape
+    num_kv, num_k = k.shape[1], k.shape[2]
+    slots = start + torch.arange(num_q, device=q.device)
+    visible = torch.arange(num_k, device=q.device)[None, :] <= slots[:, None]
+    bias = torch.zeros(visible.shape, dtype=q.dtype, device=q.device).masked_fill_(~visible, float("-inf"))
+    if key_bias is not None:
+        bias = bias + key_bias.to(q.dtype)
+    folded = q.reshape(batch, num_kv, num_heads // num_kv * num_q, dim)
+    with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+        out = F.scaled_dot_product_attention(folded, k, v, attn_mask=bias.repeat(num_heads // num_kv, 1), scale=scale)
+    return out.reshape(batch, num_heads, num_q, dim)
+
+
+@triton.jit
+def _span_kernel(Q, K, V, Bias, Start, Out, Lse, sq_h, sq_m, sk_h, sk_n, sv_h, sv_n, num_rows, groups,
+                 keys_per_split, scale_log2, HAS_BIAS: tl.constexpr, DOT: tl.constexpr, HEAD_DIM: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    kv_head, m_block, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    num_heads = tl.num_programs(0) * groups
+    r = m_block * BLOCK_M + tl.arange(0, BLOCK_M)  # folded rows: query head kv_head * g + r // n, token r % n
+    row_ok = r < groups * num_rows
+    head = kv_head * groups + r // num_rows
+    tok = r % num_rows
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < HEAD_DIM
+    q = tl.load(Q + head[:, None] * sq_h + tok[:, None] * sq_m + d[None, :], mask=row_ok[:, None] & d_ok[None, :],
+                other=0.0)
+    start = tl.load(Start)
+    lo = split * keys_per_split
+    hi = tl.minimum(lo + keys_per_split, start + num_rows)
+    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    l_i = tl.zeros((BLOCK_M,), tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    for n0 in range(lo, hi, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)
+        n_ok = n < hi
+        kv_mask = n_ok[:, None] & d_ok[None, :]
+        k = tl.load(K + kv_head * sk_h + n[:, None] * sk_n + d[None, :], mask=kv_mask, other=0.0)
+        s = tl.dot(q.to(DOT), tl.trans(k.to(DOT))) * scale_log2
+        if HAS_BIAS:
+            s += tl.load(Bias + n, mask=n_ok, other=0.0).to(tl.float32)[None, :] * 1.4426950408889634
+        s = tl.where(n_ok[None, :] & (n[None, :] <= start + tok[:, None]), s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that has seen no key yet
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(V + kv_head * sv_h + n[:, None] * sv_n + d[None, :], mask=kv_mask, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(DOT), v.to(DOT))
+        m_i = m_new
+    l_safe = tl.where(l_i > 0, l_i, 1.0)
+    out_row = (split * num_heads + head) * num_rows + tok
+    tl.store(Out + out_row[:, None] * HEAD_DIM + d[None, :], acc / l_safe[:, None],
+             mask=row_ok[:, None] & d_ok[None, :])
+    tl.store(Lse + out_row, tl.where(l_i > 0, m_i + tl.log2(l_safe), float("-inf")), mask=row_ok)
+
+
+def span_plan(num_rows: int, num_keys: int, num_kv: int, groups: int) -> tuple[int, int, int]:
+    """-> (BLOCK_M, number of splits, keys per split), fixed by the shapes alone (graph-safe)."""
+    block_m = 16 if groups * num_rows <= 16 else 64
+    m_blocks = -(-groups * num_rows // block_m)
+    key_blocks = -(-num_keys // 64)
+    splits = max(1, min(key_blocks, -(-TARGET_PROGRAMS // (num_kv * m_blocks))))
+    blocks_per_split = -(-key_blocks // splits)
+    return block_m, -(-key_blocks // blocks_per_split), blocks_per_split * 64
+
+
+def span_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, start: torch.Tensor,
+                          key_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """span_attention_reference's result from the Triton kernel. k, v may be views with any head and
+    slot strides (the cache's buffers); the last dimension must be contiguous."""
+    check_device(q)
+    _, num_heads, num_q, dim = q.shape
+    num_kv, num_k = k.shape[1], k.shape[2]
+    assert k.stride(-1) == 1 and v.stride(-1) == 1 and q.stride(-1) == 1 and k.shape[0] == 1
+    groups = num_heads // num_kv
+    block_m, splits, per_split = span_plan(num_q, num_k, num_kv, groups)
+    out = torch.empty(splits, num_heads, num_q, dim, dtype=torch.float32, device=q.device)
+    lse = torch.empty(splits, num_heads, num_q, dtype=torch.float32, device=q.device)
+    grid = (num_kv, -(-groups * num_q // block_m), splits)
+    _span_kernel[grid](q, k, v, key_bias if key_bias is not None else q, start, out, lse,
+                       q.stride(1), q.stride(2), k.stride(1), k.stride(2), v.stride(1), v.stride(2),
+                       num_q, groups, per_split, scale * math.log2(math.e), HAS_BIAS=key_bias is not None,
+                       DOT=dot_type(q.dtype), HEAD_DIM=dim, BLOCK_M=block_m, BLOCK_N=64,
+                       BLOCK_D=triton.next_power_of_2(max(dim, 16)))
+    if splits == 1:
+        return out[0][None].to(q.dtype)
+    weight = torch.exp2(lse - lse.max(dim=0).values)  # (S, Hq, n); splits past the keys weigh 0
+    merged = (out * weight[..., None]).sum(0) / weight.sum(0)[..., None]
+    return merged[None].to(q.dtype)
+
+
+def span_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, start: torch.Tensor,
+                   key_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Dispatch: the reference when switched on; Triton for CUDA half precision; one masked SDPA call
+    otherwise (the CPU)."""
+    if use_reference:
+        report("span_attention", "reference")
+        return span_attention_reference(q, k, v, scale, start, key_bias)
+    if on_gpu(q) and q.dtype in (torch.float16, torch.bfloat16):
+        report("span_attention", "triton")
+        return span_attention_triton(q, k, v, scale, start, key_bias)
+    report("span_attention", "sdpa-masked")
+    return _span_sdpa(q, k, v, scale, start, key_bias)

@@ -1,0 +1,30 @@
+"""Where the Triton kernels run: compiled on a GPU, or interpreted on the CPU when TRITON_INTERPRET=1
+is set before this package is imported (the tests do; triton.jit reads it when a kernel is defined)."""
+
+import os
+
+import torch
+import triton.language as tl
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def on_gpu(x: torch.Tensor) -> bool:
+    """Whether a dispatcher takes the Triton path for `x`: CUDA tensors only; the CPU keeps torch
+    (the interpreter is for checking the kernels, and far too slow to serve)."""
+    return x.is_cuda and not interpreting()
+
+
+def check_device(x: torch.Tensor) -> None:
+    """A Triton launcher's guard: a CUDA tensor, or any tensor under the interpreter."""
+    assert x.is_cuda or interpreting(), "Triton kernels need a CUDA tensor (or TRITON_INTERPRET=1 on the CPU)"
+
+
+def dot_type(dtype: torch.dtype):
+    """The operand type for tl.dot: the tensor's own, except bfloat16 under the interpreter, whose
+    bf16 dot returns garbage (triton 3.8); there the operands go through float32."""
+    if dtype == torch.bfloat16:
+        return tl.float32 if interpreting() else tl.bfloat16
+    return {torch.float16: tl.float16, torch.float32: tl.float32}[dtype]

@@ -1,13 +1,32 @@
 #!/usr/bin/env bash
-# The issue-8 GPU measurement, through the device tool from the repo root (carry .whl): random-7b,
-# 2 fps, shapes scene. (1) 30 minutes without narration, with both plain-transformers baselines for
-# 300 s each; (2) 5 minutes with 20 narrated tokens per chunk. Outputs to $OUT/nonarrate, $OUT/narrate.
+# The issue-8 GPU measurement, through the device tool from the repo root (carry .whl: transformers,
+# decord and pytest wheels for Python 3.12). random-7b, 2 fps, shapes scene. Two parts, each under the
+# tool's 10 minutes:
+#   kernels: the kernel and static-step tests on the GPU, scripts/kernel_bench.py, and 5 minutes with
+#            20 narrated tokens per chunk;
+#   stream:  30 minutes without narration, with both plain-transformers baselines for 300 s each; and
+#            5 minutes with compression off (every chunk's ~300 visual tokens reach the prefill: its MFU).
+# Only JSON comes back (the tool returns 8 files); speed.md and speed.png are rendered from it with
+#   python -m livesight.eval.speed_report --render results/issue8/h100/<name>
 set -uo pipefail
+part=${1:?kernels or stream}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
-timeout 420 python3 -m livesight bench speed --model random-7b --seconds 1800 --baseline-seconds 300 \
-  --out "$OUT/nonarrate" 2> "$OUT/nonarrate.err"; echo "exit $?"; tail -3 "$OUT/nonarrate.err"
-timeout 150 python3 -m livesight bench speed --model random-7b --seconds 300 --baseline-seconds 0 --narrate-tokens 20 \
-  --ask-every 150 --out "$OUT/narrate" 2> "$OUT/narrate.err"; echo "exit $?"; tail -3 "$OUT/narrate.err"
+bench() {  # name, timeout, bench speed arguments...
+  local name=$1 limit=$2; shift 2
+  mkdir -p "$OUT/$name" /tmp/$name
+  timeout "$limit" python3 -m livesight bench speed --model random-7b --out /tmp/$name "$@" 2> /tmp/$name.err
+  echo "$name: exit $?"; tail -3 /tmp/$name.err
+  cp /tmp/$name/speed.json "$OUT/$name/" 2>/dev/null
+}
+if [ "$part" = kernels ]; then
+  timeout 180 python3 -m pytest -q -p no:cacheprovider tests/test_triton_kernels.py tests/test_kernels.py \
+    tests/test_static_step.py tests/test_compression.py 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
+  timeout 90 python3 scripts/kernel_bench.py --out "$OUT/kernels.json" 2>&1 | tail -12
+  bench narrate 200 --seconds 300 --baseline-seconds 0 --narrate-tokens 20 --ask-every 150
+else
+  bench nonarrate 420 --seconds 1800 --baseline-seconds 300
+  bench nocompress 120 --seconds 300 --baseline-seconds 0 --no-compression --ask-every 150
+fi

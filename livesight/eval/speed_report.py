@@ -1,6 +1,7 @@
 """`livesight bench speed`'s command line and its outputs: speed.json, speed.md, speed.png."""
 
 import argparse
+import json
 import os
 import platform
 from dataclasses import asdict
@@ -114,3 +115,18 @@ def plot(result: dict, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def render(folder: str) -> None:
+    """speed.md and speed.png again from a run's speed.json (a GPU run that returned only the JSON)."""
+    with open(os.path.join(folder, "speed.json")) as f:
+        result = json.load(f)
+    with open(os.path.join(folder, "speed.md"), "w") as f:
+        f.write(markdown(result))
+    plot(result, os.path.join(folder, "speed.png"))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Render speed.md and speed.png from FOLDER/speed.json")
+    parser.add_argument("--render", metavar="FOLDER", required=True)
+    render(parser.parse_args().render)

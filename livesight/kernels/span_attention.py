@@ -85,7 +85,7 @@ def _span_kernel(Q, K, V, Bias, Start, Out, Lse, sq_h, sq_m, sk_h, sk_n, sv_h, s
         n_ok = n < hi
         kv_mask = n_ok[:, None] & d_ok[None, :]
         k = tl.load(K + kv_head * sk_h + n[:, None] * sk_n + d[None, :], mask=kv_mask, other=0.0)
-        s = tl.dot(q.to(DOT), tl.trans(k.to(DOT))) * scale_log2
+        s = tl.dot(q.to(DOT), tl.trans(k.to(DOT)), input_precision="ieee") * scale_log2
         if HAS_BIAS:
             s += tl.load(Bias + n, mask=n_ok, other=0.0).to(tl.float32)[None, :] * 1.4426950408889634
         s = tl.where(n_ok[None, :] & (n[None, :] <= start + tok[:, None]), s, float("-inf"))
@@ -95,7 +95,7 @@ def _span_kernel(Q, K, V, Bias, Start, Out, Lse, sq_h, sq_m, sk_h, sk_n, sv_h, s
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(V + kv_head * sv_h + n[:, None] * sv_n + d[None, :], mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(DOT), v.to(DOT))
+        acc = acc * alpha[:, None] + tl.dot(p.to(DOT), v.to(DOT), input_precision="ieee")
         m_i = m_new
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     out_row = (split * num_heads + head) * num_rows + tok

@@ -22,16 +22,18 @@ use_reference = False  # switch: route every call through the plain-torch refere
 VISION_ATTENTION_NAME = "livesight_flash_varlen"
 
 
-def segments_of(cu_seqlens: torch.Tensor) -> torch.Tensor:
-    """(S + 1,) boundaries -> (N,) segment id of every row."""
+def segments_of(cu_seqlens: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """(S + 1,) boundaries -> (num_rows,) segment id of every row. The size is given, so no device
+    sync is needed (none is allowed inside a CUDA graph's capture)."""
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-    return torch.repeat_interleave(torch.arange(lengths.numel(), device=cu_seqlens.device), lengths)
+    return torch.repeat_interleave(torch.arange(lengths.numel(), device=cu_seqlens.device), lengths,
+                                   output_size=num_rows)
 
 
 def varlen_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                                scale: float) -> torch.Tensor:
     """q, k, v: (H, N, D); cu_seqlens: (S + 1,) from 0 to N -> (H, N, D). Math in float32."""
-    segment = segments_of(cu_seqlens)
+    segment = segments_of(cu_seqlens, q.shape[1])
     scores = (q.float() @ k.float().transpose(-1, -2)) * scale
     scores = scores.masked_fill(segment[:, None] != segment[None, :], float("-inf"))
     return (scores.softmax(dim=-1) @ v.float()).to(q.dtype)
@@ -58,14 +60,14 @@ def _varlen_kernel(Q, K, V, Out, Cu, sq_h, sq_n, sk_h, sk_n, sv_h, sv_n, so_h, s
         n_ok = n < key_hi
         kv_mask = n_ok[:, None] & d_ok[None, :]
         k = tl.load(K + head * sk_h + n[:, None] * sk_n + d[None, :], mask=kv_mask, other=0.0)
-        s = tl.dot(q.to(DOT), tl.trans(k.to(DOT))) * scale_log2
+        s = tl.dot(q.to(DOT), tl.trans(k.to(DOT)), input_precision="ieee") * scale_log2
         s = tl.where(n_ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(V + head * sv_h + n[:, None] * sv_n + d[None, :], mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(DOT), v.to(DOT))
+        acc = acc * alpha[:, None] + tl.dot(p.to(DOT), v.to(DOT), input_precision="ieee")
         m_i = m_new
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     tl.store(Out + head * so_h + rows[:, None] * so_n + d[None, :], out.to(Out.dtype.element_ty),
@@ -98,7 +100,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
         report("varlen_attention", "triton")
         return varlen_attention_triton(q, k, v, cu_seqlens, max_len, scale)
     report("varlen_attention", "sdpa-masked")
-    segment = segments_of(cu_seqlens)
+    segment = segments_of(cu_seqlens, q.shape[1])
     mask = segment[:, None] == segment[None, :]
     return F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask, scale=scale)[0]
 

@@ -28,7 +28,7 @@ def marked(obj, name: str) -> None:
     def wrapper(*args, **kwargs):
         with record_function(f"stage:{type(obj).__name__}.{name}"):
             return fn(*args, **kwargs)
-    setattr(obj, name, wrapper)
+    object.__setattr__(obj, name, wrapper)  # frozen dataclasses too (the policy)
 
 
 def main() -> None:

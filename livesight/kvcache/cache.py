@@ -114,14 +114,14 @@ class StreamCache(Cache):
         kept, delta, table = kept[order], delta[order], table.select(order)
         table.pos = table.pos - delta
         n = kept.numel()
-        index = kept.to(self.key_buffer.device)
+        index = kept.to(self.key_buffer.device, non_blocking=True)
         moved = int((delta != 0).sum())
         if n == self.length and moved == 0 and bool((kept == torch.arange(n)).all()):
             self.table = table
             return 0
         keys = self.key_buffer[:, :, :, index]
         if moved:
-            keys = rotate_keys(keys, -delta.to(keys.device), self.inv_freq)
+            keys = rotate_keys(keys, -delta.to(keys.device, non_blocking=True), self.inv_freq)
         self.key_buffer[:, :, :, :n] = keys
         self.value_buffer[:, :, :, :n] = self.value_buffer[:, :, :, index]
         self.length, self.table = n, table
@@ -129,7 +129,7 @@ class StreamCache(Cache):
 
     def gather(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Buffer slots `index` (n,) -> keys, values (L, Hkv, n, D), copies."""
-        index = index.to(self.key_buffer.device)
+        index = index.to(self.key_buffer.device, non_blocking=True)
         return self.key_buffer[:, 0, :, index], self.value_buffer[:, 0, :, index]
 
     def representative(self, keys: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -139,6 +139,12 @@ class StreamCache(Cache):
     def rollback(self, length: int) -> None:
         """Forget what a forward pass appended past `length` (a probe that must leave no trace)."""
         assert length <= self.length and len(self.table) == length
+        self.length = length
+
+    def truncate(self, length: int) -> None:
+        """Forget the recorded tokens past `length`; their slots are overwritten by the next step."""
+        assert length <= self.length
+        self.table = self.table.select(torch.arange(length))
         self.length = length
 
     def snapshot(self) -> tuple:

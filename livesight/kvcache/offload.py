@@ -1,4 +1,4 @@
-"""Evicted blocks outside the GPU: pinned RAM first, then disk, both under hard byte budgets.
+"""Evicted blocks outside the GPU: RAM first (pageable: see put), then disk, both under hard byte budgets.
 
 A block is the keys and values (all layers) of one evicted group of tokens, with the TokenTable
 rows that say where its keys are rotated to and which stream moment it shows. Its representative
@@ -50,7 +50,6 @@ class OffloadStore:
         self.stats = OffloadStats()
         self._free = list(range(self.capacity - 1, -1, -1))
         self._next = 0
-        self._pin = torch.cuda.is_available()
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -64,7 +63,9 @@ class OffloadStore:
             return
         if not self._free:
             self._drop(self.blocks[0])
-        keys_cpu, values_cpu = (torch.empty(t.shape, dtype=t.dtype, pin_memory=self._pin).copy_(t) for t in (keys, values))
+        # pageable, not pinned: pinning costs about 0.4 ms per MB on the stream's critical path (cudaHostAlloc,
+        # scripts/profile_engine.py); a question's loads from pageable memory are slower instead
+        keys_cpu, values_cpu = (t.to("cpu") for t in (keys, values))
         block = Block(self._next, self._free.pop(), rows, time_range, keys_cpu, values_cpu, nbytes=nbytes)
         self.representatives[block.slot] = representative.float()
         self._next += 1
@@ -112,8 +113,8 @@ class OffloadStore:
         return self.representatives.index_select(0, slots)
 
     def load(self, block: Block, layers: list[int]) -> dict[int, tuple[torch.Tensor, torch.Tensor]] | None:
-        """The block's keys and values (Hkv, n, D) on the CPU for each of `layers` (views of pinned
-        memory while in RAM); None, with an error recorded, when its file is gone."""
+        """The block's keys and values (Hkv, n, D) on the CPU for each of `layers` (views while
+        in RAM); None, with an error recorded, when its file is gone."""
         if block.keys is not None:
             return {i: (block.keys[i], block.values[i]) for i in layers}
         try:

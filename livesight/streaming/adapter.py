@@ -115,12 +115,17 @@ class TextAdapter:
     @torch.inference_mode()
     def embed_ids(self, ids: list[int]) -> torch.Tensor:
         """ids -> (n, hidden)."""
-        return self.language_model.embed_tokens(torch.tensor(ids, device=self.device))
+        return self.embed_tokens(torch.tensor(ids).to(self.device, non_blocking=True))
+
+    @torch.inference_mode()
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (n,) on the device -> (n, hidden), with no wait on the GPU."""
+        return self.language_model.embed_tokens(ids)
 
     def _hidden(self, embeds: torch.Tensor, positions: torch.Tensor, cache: StreamCache, **kwargs) -> torch.Tensor:
         """embeds: (n, hidden); positions: (3, n) -> last hidden states (n, hidden); appends to `cache`."""
         out = self.language_model(inputs_embeds=embeds[None].to(self.dtype),
-                                  position_ids=self._position_ids(positions).to(self.device),
+                                  position_ids=self._position_ids(positions).to(self.device, non_blocking=True),
                                   past_key_values=cache, use_cache=True, **kwargs)
         return out.last_hidden_state[0]
 
@@ -198,7 +203,7 @@ class QwenVLAdapter(TextAdapter):
     def to_pixels(self, frames: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """frames: (T, H, W, 3) uint8 -> the frames resized, (T', 3, h, w) in [0, 1] with T' a multiple
         of the tower's temporal patch (the last frame repeated), and their patch rows in model dtype."""
-        x = resize_frames(frames.to(self.device), size)
+        x = resize_frames(frames.to(self.device, non_blocking=True), size)
         if x.shape[0] % self.temporal:
             x = torch.cat([x, x[-1:].expand(self.temporal - x.shape[0] % self.temporal, -1, -1, -1)])
         pixels, _ = to_patches(x, self.loaded.image_mean, self.loaded.image_std, self.patch, self.merge, self.temporal)

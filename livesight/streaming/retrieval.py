@@ -81,7 +81,7 @@ class Retriever:
 
     def _load(self, chosen: torch.Tensor, blocks: list) -> dict | None:
         """Each chosen (block, layer) on the device: {block: {layer: (keys, values)}}. On a GPU the
-        copies run on a side stream from pinned memory, overlapping the reads of the next blocks."""
+        copies are queued on a side stream while the next blocks are read."""
         device = self.stepper.cache.key_buffer.device
         side = torch.cuda.Stream(device) if device.type == "cuda" else None
         loaded: dict[int, dict] = {}

@@ -24,6 +24,7 @@ from livesight.vision.preprocess import fit_size
 from livesight.vision.prune import TokenPruner
 
 PENDING_MAX = 8  # the last generated token plus the closing "<|im_end|>\n"
+STOP_CHECK_EVERY = 4  # decode steps between reads of the generated ids (a read waits for the GPU)
 
 
 class Session:
@@ -110,20 +111,31 @@ class Session:
             self.retriever.close()
 
     def _generate(self, logits: torch.Tensor, max_tokens: int, t: float) -> list[int]:
-        """Greedy decode; every token but the last is fed now, the last with the closing tokens next step."""
-        generated: list[int] = []
-        while len(generated) < max_tokens:
-            token = int(logits.argmax())
-            if token in self.stop_ids:
-                break
-            generated.append(token)
-            if len(generated) < max_tokens:
+        """Greedy decode. Each step is fed the previous step's argmax straight from the device, so the
+        host prepares a step while the GPU still runs the one before; the ids are read every
+        STOP_CHECK_EVERY tokens, and steps taken past a stop token are undone. Every token but the
+        last is fed now, the last with the closing tokens next step."""
+        start = self.cache.length
+        ids: list[int] = []
+        unread: list[torch.Tensor] = []  # argmaxes on the device, not yet read
+        token = logits.argmax()
+        while len(ids) + len(unread) < max_tokens:
+            unread.append(token)
+            if len(ids) + len(unread) < max_tokens:
                 builder = self.stepper.builder()
-                builder.text(self.adapter.embed_ids([token]), Segment.TEXT, t)
-                logits = self.stepper.forward(builder)
-        unfed = generated[-1:] if len(generated) == max_tokens else []
-        self.pending = unfed + self._turn_close
-        return generated
+                builder.text(self.adapter.embed_tokens(token[None]), Segment.TEXT, t)
+                token = self.stepper.forward(builder).argmax()
+            if len(unread) == STOP_CHECK_EVERY or len(ids) + len(unread) == max_tokens:
+                new, unread = torch.stack(unread).tolist(), []
+                stop = next((i for i, x in enumerate(new) if x in self.stop_ids), None)
+                if stop is not None:  # the stop token and what followed it were fed: take them back
+                    ids += new[:stop]
+                    self.stepper.truncate(start + len(ids))
+                    self.pending = list(self._turn_close)
+                    return ids
+                ids += new
+        self.pending = ids[-1:] + self._turn_close
+        return ids
 
     def add_chunk(self, chunk: Chunk) -> list[Event]:
         """Encode, prune, prefill and narrate one chunk; returns [caption?, metrics]."""

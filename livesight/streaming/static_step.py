@@ -52,8 +52,9 @@ class StaticStep:
         num_keys = min(-(-(start + rows) // KEY_BLOCK) * KEY_BLOCK, cache.capacity)
         pad = rows - num_tokens
         embeds = F.pad(embeds.to(device, self.adapter.dtype), (0, 0, 0, pad))
-        positions = torch.cat([positions, positions[:, -1:].expand(-1, pad)], dim=1).to(device)
-        start_slot = torch.tensor([start], device=device)
+        # host-to-device copies that do not wait for the GPU: the next step is prepared while it runs
+        positions = torch.cat([positions, positions[:, -1:].expand(-1, pad)], dim=1).to(device, non_blocking=True)
+        start_slot = torch.tensor([start]).to(device, non_blocking=True)
         padded = cache.key_valid is not None  # after retrieval of unequal blocks: a graph that adds the key bias
         if self.graphs:
             report("lm_step", "cuda-graph")

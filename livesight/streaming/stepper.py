@@ -61,6 +61,11 @@ class CacheStepper:
         self.cache.clear()
         self._pos = self._seq = self._group = 0
 
+    def truncate(self, length: int) -> None:
+        """Forget the tokens past `length` (decode steps taken past a stop token)."""
+        self.cache.truncate(length)
+        self.resync()
+
     def resync(self) -> None:
         """Continue positions from the cache after it was rearranged."""
         self._pos = self.cache.table.next_position()

@@ -17,6 +17,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from livesight.kernels import (chunk_attention, rotate_keys_reference, score_blocks, score_blocks_reference,
                                span_attention_reference, varlen_attention_reference)
+from livesight.kernels.fused import rms_norm_reference, rms_norm_triton, rotary_reference, rotary_triton
 from livesight.kernels.rope import rotate_keys_triton
 from livesight.kernels.span_attention import _span_sdpa, span_attention_triton
 from livesight.kernels.varlen_attention import segments_of, varlen_attention_triton
@@ -112,6 +113,26 @@ def score_row(dev) -> dict:
             "reference_ms": median_ms(lambda: score_blocks_reference(queries, reps))}
 
 
+def fused_rows(dev) -> list[dict]:
+    """One layer's RMSNorm and rotary, at a decode step (1 row) and a chunk (320 rows)."""
+    rows = []
+    for n in (1, 320):
+        x = torch.randn(n, 3584, dtype=torch.bfloat16, device=dev)
+        weight = torch.randn(3584, dtype=torch.bfloat16, device=dev)
+        rows.append({"op": "rms_norm", "rows": n, "error_triton": max_error(rms_norm_triton(x, weight, 1e-6),
+                                                                            rms_norm_reference(x, weight, 1e-6)),
+                     "triton_ms": median_ms(lambda: rms_norm_triton(x, weight, 1e-6)),
+                     "transformers_ms": median_ms(lambda: rms_norm_reference(x, weight, 1e-6))})
+        q = torch.randn(1, n, HEADS, DIM, dtype=torch.bfloat16, device=dev).transpose(1, 2)
+        k = torch.randn(1, n, KV_HEADS, DIM, dtype=torch.bfloat16, device=dev).transpose(1, 2)
+        cos, sin = (torch.randn(1, n, DIM, dtype=torch.bfloat16, device=dev) for _ in range(2))
+        rows.append({"op": "rotary", "rows": n,
+                     "error_triton": max_error(rotary_triton(q, k, cos, sin)[0], rotary_reference(q, k, cos, sin)[0]),
+                     "triton_ms": median_ms(lambda: rotary_triton(q, k, cos, sin)),
+                     "transformers_ms": median_ms(lambda: rotary_reference(q, k, cos, sin))})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="results/issue8/h100/kernels.json")
@@ -120,7 +141,8 @@ def main() -> None:
         raise SystemExit("kernel_bench: needs a CUDA GPU")
     torch.manual_seed(0)
     with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
-        rows = span_rows("cuda") + [rotate_row("cuda")] + varlen_rows("cuda") + [score_row("cuda")]
+        rows = span_rows("cuda") + [rotate_row("cuda")] + varlen_rows("cuda") + [score_row("cuda")] + \
+            fused_rows("cuda")
     result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)

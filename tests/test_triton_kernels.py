@@ -165,3 +165,45 @@ def test_block_scores_reduced_first_equal_the_reference():
     torch.testing.assert_close(score_blocks(queries, reps), score_blocks_reference(queries, reps),
                                atol=1e-5, rtol=1e-5)
     assert last_path["score_blocks"] == "torch-reduced"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_norm_and_rotary_match_transformers(dtype):
+    """The fused kernels against transformers' own modules, op for op: bf16 results may differ only
+    where a float32 sum in another order rounds the other way."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLRMSNorm, apply_rotary_pos_emb
+    from livesight.kernels.fused import rms_norm_triton, rotary_triton
+    norm = Qwen2_5_VLRMSNorm(96, eps=1e-6).to(DEVICE, dtype)
+    norm.weight.data = _randn(96, dtype=dtype, seed=20)
+    x = _randn(3, 5, 96, dtype=dtype, seed=21) * 4
+    with torch.no_grad():
+        want = norm(x)
+    got = rms_norm_triton(x, norm.weight, 1e-6)
+    ulp = 1e-6 if dtype == torch.float32 else 2 ** -7
+    assert float((got.float() - want.float()).abs().max()) <= ulp * float(want.float().abs().max())
+    q = _randn(1, 7, 9, 32, dtype=dtype, seed=22).transpose(1, 2).transpose(1, 2)  # (1, H, n, D)
+    qkv = _randn(1, 9, 11, 32, dtype=dtype, seed=23).transpose(1, 2)  # a strided view, as transformers passes
+    k = qkv[:, 7:]
+    cos, sin = _randn(1, 9, 32, dtype=dtype, seed=24), _randn(1, 9, 32, dtype=dtype, seed=25)
+    want_q, want_k = apply_rotary_pos_emb(q, k, cos, sin)
+    got_q, got_k = rotary_triton(q, k, cos, sin)
+    if DEVICE == "cuda" or dtype == torch.float32:
+        assert torch.equal(got_q, want_q) and torch.equal(got_k, want_k)
+    else:  # Triton's interpreter truncates float32 -> bfloat16 casts, where a GPU rounds to nearest
+        for got, want in ((got_q, want_q), (got_k, want_k)):
+            assert float((got.float() - want.float()).abs().max()) <= 3 * 2 ** -8 * float(want.float().abs().max())
+
+
+def test_fused_ops_are_switched_on_for_the_engine_and_off_for_the_baselines(tiny):
+    from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl
+    from livesight.eval.baselines import plain_attention
+    from livesight.kernels.fused import rotary
+    from livesight.streaming.adapter import QwenVLAdapter
+    adapter = QwenVLAdapter(tiny)
+    norms = [m for m in tiny.model.modules() if type(m).__name__.endswith("RMSNorm")]
+    assert norms and all("forward" in m.__dict__ for m in norms)
+    assert modeling_qwen2_5_vl.apply_rotary_pos_emb is rotary
+    with plain_attention(adapter):
+        assert not any("forward" in m.__dict__ for m in norms)
+        assert modeling_qwen2_5_vl.apply_rotary_pos_emb is not rotary
+    assert all("forward" in m.__dict__ for m in norms) and modeling_qwen2_5_vl.apply_rotary_pos_emb is rotary

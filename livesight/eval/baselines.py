@@ -25,14 +25,17 @@ from livesight.streaming.tokens import StepBuilder
 
 @contextmanager
 def plain_attention(adapter: QwenVLAdapter):
-    """transformers' own SDPA attention (and mask) for the language model and the vision tower while inside."""
+    """transformers' own SDPA attention (and mask), norms and rotary for the language model and the
+    vision tower while inside."""
     configs = [adapter.language_model.config, adapter.visual.config]
     previous = [config._attn_implementation for config in configs]
     for config in configs:
         config._attn_implementation = "sdpa"
+    adapter.fuse(False)
     try:
         yield
     finally:
+        adapter.fuse(True)
         for config, name in zip(configs, previous):
             config._attn_implementation = name
 

@@ -4,19 +4,23 @@ The adapter is the only place that knows the model's module names. It speaks ten
 in, logits out, positions built by the caller.
 """
 
+import functools
 from contextlib import contextmanager
 
 import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
+from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl
 
 from livesight.kernels import VISION_ATTENTION_NAME, chunk_attention, span_attention, vision_attention
+from livesight.kernels.fused import rms_norm, rotary
 from livesight.kvcache import StreamCache
 from livesight.streaming.models import LoadedModel
 from livesight.vision.encoder import EncodeStats, VisionEncoder
 from livesight.vision.preprocess import resize_frames, to_patches
 
 ATTENTION_NAME = "livesight"
+_TRANSFORMERS_ROTARY = modeling_qwen2_5_vl.apply_rotary_pos_emb
 
 
 _captured_queries: dict[int, torch.Tensor] | None = None
@@ -57,6 +61,10 @@ def _no_mask(*args, **kwargs):
     """Mask builder for our attention: none is needed, causality is bottom-right inside the kernel.
     Registered so transformers' mask factory does not build (and then discard) a dense mask."""
     return None
+
+
+def _norm_forward(module, hidden_states: torch.Tensor) -> torch.Tensor:
+    return rms_norm(hidden_states, module.weight, module.variance_epsilon)
 
 
 class TextAdapter:
@@ -171,6 +179,19 @@ class QwenVLAdapter(TextAdapter):
         self.patch, self.merge, self.temporal = vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size
         self.tokens_per_second = vision.tokens_per_second
         self.video_token_id = model.config.video_token_id
+        self.fuse(True)
+
+    def fuse(self, on: bool) -> None:
+        """Route the model's RMSNorms and the text rotary through livesight.kernels.fused (on), or back
+        to transformers' own (off: the plain baselines). The rotary is a module-level function of
+        transformers' Qwen2.5-VL code, so this holds for every such model in the process."""
+        for module in self.loaded.model.modules():
+            if type(module).__name__.endswith("RMSNorm"):
+                if on:
+                    module.forward = functools.partial(_norm_forward, module)
+                else:
+                    module.__dict__.pop("forward", None)
+        modeling_qwen2_5_vl.apply_rotary_pos_emb = rotary if on else _TRANSFORMERS_ROTARY
 
     @staticmethod
     def _modules(model):

@@ -6,6 +6,7 @@ generated token and the turn's closing tokens are fed at the start of the next s
 forward pass is spent on them alone.
 """
 
+import gc
 import time
 
 import numpy as np
@@ -62,6 +63,11 @@ class Session:
         self.temporal_stride = adapter.temporal_stride(config.fps)
         self._sink_ids, self.retriever = sink_ids, None
         self.reset()
+        # Python's full garbage collection walks every tracked object (about 400k once torch and
+        # transformers are loaded: 40-180 ms), and struck about one chunk in 30 (results/issue8).
+        # What exists now lives as long as the process; frozen, the collector skips it.
+        gc.collect()
+        gc.freeze()
 
     def reset(self) -> None:
         """Start a new stream here: empty cache, offload store and compression state, the sink

@@ -187,11 +187,10 @@ def test_fused_norm_and_rotary_match_transformers(dtype):
     cos, sin = _randn(1, 9, 32, dtype=dtype, seed=24), _randn(1, 9, 32, dtype=dtype, seed=25)
     want_q, want_k = apply_rotary_pos_emb(q, k, cos, sin)
     got_q, got_k = rotary_triton(q, k, cos, sin)
-    if DEVICE == "cuda" or dtype == torch.float32:
-        assert torch.equal(got_q, want_q) and torch.equal(got_k, want_k)
-    else:  # Triton's interpreter truncates float32 -> bfloat16 casts, where a GPU rounds to nearest
-        for got, want in ((got_q, want_q), (got_k, want_k)):
-            assert float((got.float() - want.float()).abs().max()) <= 3 * 2 ** -8 * float(want.float().abs().max())
+    # a fused multiply-add skips one rounding; Triton's interpreter truncates casts to bfloat16
+    ulps = 1e-6 if dtype == torch.float32 else 3 * 2 ** -8
+    for got, want in ((got_q, want_q), (got_k, want_k)):
+        assert float((got.float() - want.float()).abs().max()) <= ulps * float(want.float().abs().max())
 
 
 def test_fused_ops_are_switched_on_for_the_engine_and_off_for_the_baselines(tiny):

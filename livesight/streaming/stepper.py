@@ -71,5 +71,6 @@ class CacheStepper:
         self._pos = self.cache.table.next_position()
 
     def sync(self) -> None:
+        """Wait for this stream's work; not the device's: offload copies run beside it (offload.py)."""
         if self.cache.key_buffer.is_cuda:
-            torch.cuda.synchronize()
+            torch.cuda.current_stream().synchronize()

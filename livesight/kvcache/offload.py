@@ -40,6 +40,7 @@ class Block:
             self.copying = None
 
 
+copy_in_background = True  # switch: False copies on the caller's thread (scripts/ab_offload.py compares)
 _copier: ThreadPoolExecutor | None = None
 
 
@@ -88,7 +89,8 @@ class OffloadStore:
         if not self._free:
             self._drop(self.blocks[0])
         block = Block(self._next, self._free.pop(), rows, time_range, None, None, nbytes=nbytes)
-        if keys.is_cuda:  # pageable, not pinned: pinning costs about 0.4 ms per MB (cudaHostAlloc)
+        # to pageable RAM, not pinned: pinning costs about 0.4 ms per MB (cudaHostAlloc)
+        if keys.is_cuda and copy_in_background:
             global _copier
             _copier = _copier or ThreadPoolExecutor(1, thread_name_prefix="livesight-offload")
             done = torch.cuda.Event()

@@ -1,17 +1,12 @@
-"""Evicted blocks outside the GPU: RAM first, then disk, both under hard byte budgets.
+"""Evicted blocks outside the GPU: RAM first (pageable: see put), then disk, both under hard byte budgets.
 
 A block is the keys and values (all layers) of one evicted group of tokens, with the TokenTable
 rows that say where its keys are rotated to and which stream moment it shows. Its representative
 (the mean key before rotary, per layer and KV head) stays on the device in a preallocated buffer,
 so scoring needs no transfer and device memory does not grow with the stream.
-
-From a GPU, a block's copy to RAM runs on a worker thread and a side stream, off the stream's
-critical path: host memory for it (page faults, and far more when pinned) stalled the chunk that
-evicted it by 30-50 ms about one time in 30 (results/issue8). Whoever reads the block waits for it.
 """
 
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -31,26 +26,6 @@ class Block:
     values: torch.Tensor | None
     path: str | None = None  # the file while on disk
     nbytes: int = 0
-    copying: Future | None = None  # the copy to RAM, while on its way (keys and values are None until then)
-
-    def ready(self) -> None:
-        """Wait for the copy to RAM, if one is on its way."""
-        if self.copying is not None:
-            self.keys, self.values = self.copying.result()
-            self.copying = None
-
-
-copy_in_background = True  # switch: False copies on the caller's thread (scripts/ab_offload.py compares)
-_copier: ThreadPoolExecutor | None = None
-
-
-def _to_host(keys: torch.Tensor, values: torch.Tensor, done: torch.cuda.Event) -> tuple[torch.Tensor, torch.Tensor]:
-    """On the worker thread: wait (on a side stream) for the gather that made keys and values, then
-    copy them to pageable RAM. The GPU copies die here, after the copy has finished."""
-    stream = torch.cuda.Stream(keys.device)
-    stream.wait_event(done)
-    with torch.cuda.stream(stream):
-        return keys.to("cpu"), values.to("cpu")
 
 
 @dataclass
@@ -88,26 +63,19 @@ class OffloadStore:
             return
         if not self._free:
             self._drop(self.blocks[0])
-        block = Block(self._next, self._free.pop(), rows, time_range, None, None, nbytes=nbytes)
-        # to pageable RAM, not pinned: pinning costs about 0.4 ms per MB (cudaHostAlloc)
-        if keys.is_cuda and copy_in_background:
-            global _copier
-            _copier = _copier or ThreadPoolExecutor(1, thread_name_prefix="livesight-offload")
-            done = torch.cuda.Event()
-            done.record()
-            block.copying = _copier.submit(_to_host, keys, values, done)
-        else:
-            block.keys, block.values = keys.to("cpu"), values.to("cpu")
+        # pageable, not pinned: pinning costs about 0.4 ms per MB on the stream's critical path (cudaHostAlloc,
+        # scripts/profile_engine.py); a question's loads from pageable memory are slower instead
+        keys_cpu, values_cpu = (t.to("cpu") for t in (keys, values))
+        block = Block(self._next, self._free.pop(), rows, time_range, keys_cpu, values_cpu, nbytes=nbytes)
         self.representatives[block.slot] = representative.float()
         self._next += 1
         self.blocks.append(block)
         self.stats.ram_bytes += nbytes
         while self.stats.ram_bytes > self.ram_budget:
-            self._spill(next(b for b in self.blocks if b.path is None))  # the oldest in RAM
+            self._spill(next(b for b in self.blocks if b.keys is not None))
 
     def _spill(self, block: Block) -> None:
         """Move the oldest RAM block to disk, dropping the oldest disk blocks to make room."""
-        block.ready()
         self.stats.ram_bytes -= block.nbytes
         while self.stats.disk_bytes + block.nbytes > self.disk_budget:
             on_disk = [b for b in self.blocks if b.path is not None]
@@ -136,7 +104,7 @@ class OffloadStore:
                 os.remove(block.path)
             except OSError:
                 pass
-        elif counted_in_ram:
+        elif block.keys is not None and counted_in_ram:
             self.stats.ram_bytes -= block.nbytes
 
     def live_representatives(self) -> torch.Tensor:
@@ -147,7 +115,6 @@ class OffloadStore:
     def load(self, block: Block, layers: list[int]) -> dict[int, tuple[torch.Tensor, torch.Tensor]] | None:
         """The block's keys and values (Hkv, n, D) on the CPU for each of `layers` (views while
         in RAM); None, with an error recorded, when its file is gone."""
-        block.ready()
         if block.keys is not None:
             return {i: (block.keys[i], block.values[i]) for i in layers}
         try:

@@ -21,7 +21,7 @@ import triton.language as tl
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from livesight.kernels.dispatch import report
-from livesight.kernels.triton_support import check_device, dot_type, on_gpu
+from livesight.kernels.triton_support import check_device, dot_type, on_gpu, online_softmax_step
 
 use_reference = False  # switch: route every call through the plain-torch reference
 TARGET_PROGRAMS = 264  # two per SM of an H100: splits are added until a step has about this many
@@ -90,14 +90,8 @@ def _span_kernel(Q, K, V, Bias, Start, Out, Lse, sq_h, sq_m, sk_h, sk_n, sv_h, s
         if HAS_BIAS:
             s += tl.load(Bias + n, mask=n_ok, other=0.0).to(tl.float32)[None, :] * 1.4426950408889634
         s = tl.where(n_ok[None, :] & (n[None, :] <= start + tok[:, None]), s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that has seen no key yet
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(V + kv_head * sv_h + n[:, None] * sv_n + d[None, :], mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(DOT), v.to(DOT), input_precision="ieee")
-        m_i = m_new
+        m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, DOT)
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     out_row = (split * num_heads + head) * num_rows + tok
     tl.store(Out + out_row[:, None] * HEAD_DIM + d[None, :], acc / l_safe[:, None],

@@ -4,6 +4,7 @@ is set before this package is imported (the tests do; triton.jit reads it when a
 import os
 
 import torch
+import triton
 import triton.language as tl
 
 
@@ -28,3 +29,16 @@ def dot_type(dtype: torch.dtype):
     if dtype == torch.bfloat16:
         return tl.float32 if interpreting() else tl.bfloat16
     return {torch.float16: tl.float16, torch.float32: tl.float32}[dtype]
+
+
+@triton.jit
+def online_softmax_step(s, v, m_i, l_i, acc, DOT: tl.constexpr):
+    """One key block of flash attention: scores s (M, N), scaled for exp2 and -inf where masked, and
+    values v (N, D) -> the running row max, softmax denominator and unnormalised output."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that has seen no key yet
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(s - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(DOT), v.to(DOT), input_precision="ieee")
+    return m_new, l_i, acc

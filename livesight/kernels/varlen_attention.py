@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from livesight.kernels.dispatch import report
-from livesight.kernels.triton_support import check_device, dot_type, on_gpu
+from livesight.kernels.triton_support import check_device, dot_type, on_gpu, online_softmax_step
 
 use_reference = False  # switch: route every call through the plain-torch reference
 VISION_ATTENTION_NAME = "livesight_flash_varlen"
@@ -62,13 +62,8 @@ def _varlen_kernel(Q, K, V, Out, Cu, sq_h, sq_n, sk_h, sk_n, sv_h, sv_n, so_h, s
         k = tl.load(K + head * sk_h + n[:, None] * sk_n + d[None, :], mask=kv_mask, other=0.0)
         s = tl.dot(q.to(DOT), tl.trans(k.to(DOT)), input_precision="ieee") * scale_log2
         s = tl.where(n_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(V + head * sv_h + n[:, None] * sv_n + d[None, :], mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(DOT), v.to(DOT), input_precision="ieee")
-        m_i = m_new
+        m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, DOT)
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     tl.store(Out + head * so_h + rows[:, None] * so_n + d[None, :], out.to(Out.dtype.element_ty),
              mask=row_ok[:, None] & d_ok[None, :])

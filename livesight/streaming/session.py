@@ -63,9 +63,9 @@ class Session:
         self.temporal_stride = adapter.temporal_stride(config.fps)
         self._sink_ids, self.retriever = sink_ids, None
         self.reset()
-        # Python's full garbage collection walks every tracked object (about 400k once torch and
-        # transformers are loaded: 40-180 ms), and struck about one chunk in 30 (results/issue8).
-        # What exists now lives as long as the process; frozen, the collector skips it.
+        # Python's full garbage collection walks every tracked object: about 400k once torch and
+        # transformers are loaded, 40-180 ms, in the middle of whichever chunk triggers it. What
+        # exists now (the model, the buffers) lives as long as the process; frozen, the collector skips it.
         gc.collect()
         gc.freeze()
 

@@ -71,6 +71,6 @@ class CacheStepper:
         self._pos = self.cache.table.next_position()
 
     def sync(self) -> None:
-        """Wait for this stream's work; not the device's: offload copies run beside it (offload.py)."""
+        """Wait for this stream's work (retrieval's side-stream loads join it before they are used)."""
         if self.cache.key_buffer.is_cuda:
             torch.cuda.current_stream().synchronize()

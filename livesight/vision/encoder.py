@@ -38,9 +38,10 @@ class EncodeStats:
 
 
 def _runs(segment: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Segment ids (N,), each segment one contiguous run -> (cu_seqlens (S + 1,) int32, longest run)."""
-    _, lengths = torch.unique_consecutive(segment, return_counts=True)
-    assert lengths.numel() == int(segment.max()) + 1, "segments must be contiguous runs"
+    """Segment ids (N,), non-decreasing -> (cu_seqlens (S + 1,) int32, longest run). An id with no
+    rows (an empty window) is an empty run."""
+    assert bool((segment[1:] >= segment[:-1]).all()), "segments must be contiguous runs"
+    lengths = torch.bincount(segment)
     cu = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]).to(torch.int32)
     return cu, int(lengths.max())
 

@@ -171,8 +171,8 @@ def test_block_scores_reduced_first_equal_the_reference():
 def test_fused_norm_and_rotary_match_transformers(dtype):
     """The fused kernels against transformers' own modules, op for op: bf16 results may differ only
     where a float32 sum in another order rounds the other way."""
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLRMSNorm, apply_rotary_pos_emb
-    from livesight.kernels.fused import rms_norm_triton, rotary_triton
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLRMSNorm
+    from livesight.kernels.fused import rms_norm_triton, rotary_reference, rotary_triton
     norm = Qwen2_5_VLRMSNorm(96, eps=1e-6).to(DEVICE, dtype)
     norm.weight.data = _randn(96, dtype=dtype, seed=20)
     x = _randn(3, 5, 96, dtype=dtype, seed=21) * 4
@@ -185,7 +185,9 @@ def test_fused_norm_and_rotary_match_transformers(dtype):
     qkv = _randn(1, 9, 11, 32, dtype=dtype, seed=23).transpose(1, 2)  # a strided view, as transformers passes
     k = qkv[:, 7:]
     cos, sin = _randn(1, 9, 32, dtype=dtype, seed=24), _randn(1, 9, 32, dtype=dtype, seed=25)
-    want_q, want_k = apply_rotary_pos_emb(q, k, cos, sin)
+    # transformers' function itself: its module attribute is ours once an adapter is built
+    assert rotary_reference.__module__ == "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl"
+    want_q, want_k = rotary_reference(q, k, cos, sin)
     got_q, got_k = rotary_triton(q, k, cos, sin)
     # a fused multiply-add skips one rounding; Triton's interpreter truncates casts to bfloat16
     ulps = 1e-6 if dtype == torch.float32 else 3 * 2 ** -8

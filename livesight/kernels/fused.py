@@ -9,9 +9,10 @@ multiply-add may skip one, so results agree to a rounding step.
 import torch
 import triton
 import triton.language as tl
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
 
 from livesight.kernels.dispatch import report
-from livesight.kernels.triton_support import check_device, on_gpu
+from livesight.kernels.triton_support import check_device, half_on_gpu
 
 use_reference = False  # switch: route every call through the plain-torch reference
 
@@ -47,23 +48,17 @@ def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Dispatch: Triton on a GPU in half precision, the reference otherwise."""
-    if on_gpu(x) and x.dtype in (torch.float16, torch.bfloat16) and not use_reference:
+    if half_on_gpu(x) and not use_reference:
         report("rms_norm", "triton")
         return rms_norm_triton(x, weight, eps)
     report("rms_norm", "reference")
     return rms_norm_reference(x, weight, eps)
 
 
-def rotary_reference(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
-                     sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """q (B, Hq, n, D), k (B, Hkv, n, D), cos and sin (B, n, D) -> q, k rotated: transformers'
-    apply_rotary_pos_emb (rotate-half layout), op for op."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-
-    def rotate_half(x):
-        half = x.shape[-1] // 2
-        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+# q (B, Hq, n, D), k (B, Hkv, n, D), cos and sin (B, n, D) -> q, k rotated (rotate-half layout):
+# transformers' own function, taken when this module is imported, before an adapter routes
+# transformers' Qwen2.5-VL code to `rotary` below
+rotary_reference = apply_rotary_pos_emb
 
 
 @triton.jit
@@ -116,7 +111,7 @@ def rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
     """Dispatch, with transformers' apply_rotary_pos_emb signature: Triton on a GPU in half precision
     for one sequence, the reference otherwise."""
     assert unsqueeze_dim == 1, "q and k arrive as (B, H, n, D)"
-    if on_gpu(q) and q.dtype in (torch.float16, torch.bfloat16) and q.shape[0] == 1 and not use_reference:
+    if half_on_gpu(q) and q.shape[0] == 1 and not use_reference:
         report("rotary", "triton")
         return rotary_triton(q, k, cos, sin)
     report("rotary", "reference")

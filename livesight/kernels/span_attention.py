@@ -20,8 +20,9 @@ import triton
 import triton.language as tl
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from livesight.kernels.attention import chunk_attention_reference
 from livesight.kernels.dispatch import report
-from livesight.kernels.triton_support import check_device, dot_type, on_gpu, online_softmax_step
+from livesight.kernels.triton_support import check_device, dot_type, half_on_gpu, online_softmax_step
 
 use_reference = False  # switch: route every call through the plain-torch reference
 TARGET_PROGRAMS = 264  # two per SM of an H100: splits are added until a step has about this many
@@ -30,18 +31,11 @@ TARGET_PROGRAMS = 264  # two per SM of an H100: splits are added until a step ha
 def span_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, start: torch.Tensor,
                              key_bias: torch.Tensor | None = None) -> torch.Tensor:
     """q: (1, Hq, n, D); k, v: (1, Hkv, Lk, D); start: (1,) the slot of row 0; key_bias: (Lk,) additive
-    (0 or -inf), or None -> (1, Hq, n, D). Math in float32."""
-    num_q, num_k = q.shape[2], k.shape[2]
-    groups = q.shape[1] // k.shape[1]
-    k = k.repeat_interleave(groups, dim=1).float()
-    v = v.repeat_interleave(groups, dim=1).float()
-    scores = (q.float() @ k.transpose(-1, -2)) * scale
-    if key_bias is not None:
-        scores = scores + key_bias.float()
-    slots = start.to(q.device) + torch.arange(num_q, device=q.device)
-    visible = torch.arange(num_k, device=q.device)[None, :] <= slots[:, None]
-    scores = scores.masked_fill(~visible, float("-inf"))
-    return (scores.softmax(dim=-1) @ v).to(q.dtype)
+    (0 or -inf), or None -> (1, Hq, n, D). Math in float32: the chunk attention over the slots up to
+    the last row's, which puts row i at slot start + i (bottom-right)."""
+    end = int(start) + q.shape[2]
+    return chunk_attention_reference(q, k[:, :, :end], v[:, :, :end], scale,
+                                     None if key_bias is None else key_bias[:end] == 0)
 
 
 def _span_sdpa(q, k, v, scale, start, key_bias):
@@ -158,7 +152,7 @@ def span_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: flo
     if use_reference:
         report("span_attention", "reference")
         return span_attention_reference(q, k, v, scale, start, key_bias)
-    if on_gpu(q) and q.dtype in (torch.float16, torch.bfloat16):
+    if half_on_gpu(q):
         report("span_attention", "triton")
         return span_attention_triton(q, k, v, scale, start, key_bias)
     report("span_attention", "sdpa-masked")

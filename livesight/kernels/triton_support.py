@@ -18,6 +18,11 @@ def on_gpu(x: torch.Tensor) -> bool:
     return x.is_cuda and not interpreting()
 
 
+def half_on_gpu(x: torch.Tensor) -> bool:
+    """on_gpu, in half precision: the attention and fused kernels' Triton paths (float32 keeps torch)."""
+    return on_gpu(x) and x.dtype in (torch.float16, torch.bfloat16)
+
+
 def check_device(x: torch.Tensor) -> None:
     """A Triton launcher's guard: a CUDA tensor, or any tensor under the interpreter."""
     assert x.is_cuda or interpreting(), "Triton kernels need a CUDA tensor (or TRITON_INTERPRET=1 on the CPU)"

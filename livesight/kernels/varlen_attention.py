@@ -11,12 +11,12 @@ loops one call per window.
 import math
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from livesight.kernels.attention import segment_attention, segment_attention_reference
 from livesight.kernels.dispatch import report
-from livesight.kernels.triton_support import check_device, dot_type, on_gpu, online_softmax_step
+from livesight.kernels.triton_support import check_device, dot_type, half_on_gpu, online_softmax_step
 
 use_reference = False  # switch: route every call through the plain-torch reference
 VISION_ATTENTION_NAME = "livesight_flash_varlen"
@@ -34,9 +34,7 @@ def varlen_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                                scale: float) -> torch.Tensor:
     """q, k, v: (H, N, D); cu_seqlens: (S + 1,) from 0 to N -> (H, N, D). Math in float32."""
     segment = segments_of(cu_seqlens, q.shape[1])
-    scores = (q.float() @ k.float().transpose(-1, -2)) * scale
-    scores = scores.masked_fill(segment[:, None] != segment[None, :], float("-inf"))
-    return (scores.softmax(dim=-1) @ v.float()).to(q.dtype)
+    return segment_attention_reference(q, k, v, segment, segment, scale)
 
 
 @triton.jit
@@ -86,18 +84,17 @@ def varlen_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
 
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_len: int,
                      scale: float) -> torch.Tensor:
-    """Dispatch: the reference when switched on; Triton for CUDA half precision; elsewhere one SDPA
-    call with the block mask (the CPU)."""
+    """Dispatch: the reference when switched on; Triton for CUDA half precision; elsewhere the
+    segment attention's one SDPA call with a block mask (the CPU)."""
     if use_reference:
         report("varlen_attention", "reference")
         return varlen_attention_reference(q, k, v, cu_seqlens, scale)
-    if on_gpu(q) and q.dtype in (torch.float16, torch.bfloat16):
+    if half_on_gpu(q):
         report("varlen_attention", "triton")
         return varlen_attention_triton(q, k, v, cu_seqlens, max_len, scale)
     report("varlen_attention", "sdpa-masked")
     segment = segments_of(cu_seqlens, q.shape[1])
-    mask = segment[:, None] == segment[None, :]
-    return F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask, scale=scale)[0]
+    return segment_attention(q, k, v, segment, segment, scale)
 
 
 def vision_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0,

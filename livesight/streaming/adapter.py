@@ -13,14 +13,13 @@ from transformers.masking_utils import AttentionMaskInterface
 from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl
 
 from livesight.kernels import VISION_ATTENTION_NAME, chunk_attention, span_attention, vision_attention
-from livesight.kernels.fused import rms_norm, rotary
+from livesight.kernels.fused import rms_norm, rotary, rotary_reference
 from livesight.kvcache import StreamCache
 from livesight.streaming.models import LoadedModel
 from livesight.vision.encoder import EncodeStats, VisionEncoder
 from livesight.vision.preprocess import resize_frames, to_patches
 
 ATTENTION_NAME = "livesight"
-_TRANSFORMERS_ROTARY = modeling_qwen2_5_vl.apply_rotary_pos_emb
 
 
 _captured_queries: dict[int, torch.Tensor] | None = None
@@ -191,7 +190,7 @@ class QwenVLAdapter(TextAdapter):
                     module.forward = functools.partial(_norm_forward, module)
                 else:
                     module.__dict__.pop("forward", None)
-        modeling_qwen2_5_vl.apply_rotary_pos_emb = rotary if on else _TRANSFORMERS_ROTARY
+        modeling_qwen2_5_vl.apply_rotary_pos_emb = rotary if on else rotary_reference
 
     @staticmethod
     def _modules(model):

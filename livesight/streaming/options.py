@@ -50,10 +50,11 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-pixels", type=positive(int), default=None, help="frame area fed to the model")
     p.add_argument("--retrieve", action=argparse.BooleanOptionalAction, default=True,
                    help="offload evicted video and bring back what a question needs (default: on)")
-    p.add_argument("--retrieve-top-k", type=non_negative_int, default=8, help="blocks (chunks) brought back per question")
+    p.add_argument("--retrieve-top-k", type=non_negative_int, default=8,
+                   help="blocks (chunks) brought back per question")
     p.add_argument("--retrieve-scope", choices=("layer", "global"), default="layer",
                    help="layer: each layer picks its own top-k (ReKV); global: one set for all layers")
-    p.add_argument("--offload-ram-gb", type=non_negative_float, default=4.0, help="pinned-RAM budget for offloaded KV")
+    p.add_argument("--offload-ram-gb", type=non_negative_float, default=4.0, help="RAM budget for offloaded KV")
     p.add_argument("--offload-disk-gb", type=non_negative_float, default=16.0, help="disk budget for offloaded KV")
     p.add_argument("--offload-dir", default=None, help="folder for spilled blocks (default: a new temporary folder)")
     add_compression_args(p)

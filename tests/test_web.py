@@ -110,7 +110,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server():
+def server(tmp_path_factory):
     try:
         import playwright  # noqa: F401
     except ImportError:
@@ -118,9 +118,11 @@ def server():
     if _chromium() is None:
         pytest.skip("no chromium: install Debian's package (apt-get install chromium), as .ci/run does")
     port = _free_port()
+    # the server's output goes to a file: a pipe nobody reads would block the server once its buffer fills
+    log = open(tmp_path_factory.mktemp("web") / "server.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "livesight", "web", "--model", "tiny-random", "--device", "cpu",
-                             "--port", str(port), "--max-streams", "3"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                             "--port", str(port), "--max-streams", "3"], stdout=log, stderr=subprocess.STDOUT,
+                            text=True)
     url = f"http://127.0.0.1:{port}/"
 
     def up():
@@ -135,6 +137,7 @@ def server():
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -154,8 +157,15 @@ def open_page(browser, url):
 
 
 def start_file(page, path, vision_window=None):
-    page.set_input_files("#upload input[type=file]", path)
-    page.wait_for_selector(f"#upload >> text={os.path.basename(path)}")
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    for attempt in range(3):  # on a loaded machine a fresh page's first upload was seen lost (CI): upload again
+        page.set_input_files("#upload input[type=file]", path)
+        try:
+            page.wait_for_selector(f"#upload >> text={os.path.basename(path)}", timeout=20000)
+            break
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
     if vision_window is not None:
         page.click("#settings >> text=Settings")
         box = page.locator("#vision-window input[type=number]")

@@ -52,7 +52,8 @@ def _rows(n, t):
 @pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_disk_tier_is_bit_identical_and_budgets_hold(tmp_path, dtype, device):
-    """From a GPU the copy to RAM runs on a worker thread: spills and loads wait for it."""
+    """From a GPU the copy to RAM is finished on a thread: spills and loads wait for it, and the device
+    tensors may be overwritten as soon as put returns (eviction compacts the cache over them)."""
     shape = (3, 2, 5, 8)  # (L, Hkv, n, D)
     block_bytes = 2 * torch.zeros(shape, dtype=dtype).nbytes
     store = OffloadStore(str(tmp_path), ram_bytes=2 * block_bytes, disk_bytes=3 * block_bytes,
@@ -61,8 +62,10 @@ def test_disk_tier_is_bit_identical_and_budgets_hold(tmp_path, dtype, device):
     for i in range(9):
         keys, values = torch.randn(shape).to(dtype), torch.randn(shape).to(dtype)
         originals.append((keys, values))
-        store.put(keys.to(device), values.to(device), _rows(5, float(i)), torch.randn(3, 2, 8, device=device),
-                  (float(i), i + 1.0))
+        on_device = keys.to(device, copy=True), values.to(device, copy=True)
+        store.put(*on_device, _rows(5, float(i)), torch.randn(3, 2, 8, device=device), (float(i), i + 1.0))
+        for t in on_device:
+            t.fill_(0)
         assert store.stats.ram_bytes <= 2 * block_bytes and store.stats.disk_bytes <= 3 * block_bytes
     assert [b.index for b in store.blocks] == [4, 5, 6, 7, 8] and store.stats.dropped == 4
     assert sum(b.path is not None for b in store.blocks) == 3 and len(list(tmp_path.iterdir())) == 3

@@ -3,7 +3,9 @@ where they must agree, their contexts grow (full) or stay put (window), and the 
 
 import argparse
 import json
+import time
 
+import pytest
 import torch
 
 from conftest import make_chunks
@@ -65,3 +67,25 @@ def test_bench_speed_reports_engine_and_baselines(tmp_path, capsys):
     assert torch.isfinite(torch.tensor([r["prefill_tflops"] for r in engine])).all()
     config = {k: v for k, v in result["config"].items()}
     assert summarize(result["engine"], {}, SpeedConfig(**config))["compare"] == []  # no baselines, no ratios
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_stage_times_add_up_to_the_chunk(tiny, device):
+    """The stages are timed without waiting for the device between them (events on a GPU): each is
+    positive, and together they are the chunk's wall time but for the host work outside them."""
+    from livesight.streaming.events import CHUNK_PARTS, chunk_ms
+    from livesight.streaming.models import load_model
+    loaded = tiny if device == "cpu" else load_model("tiny-random", device)
+    config = SessionConfig(vision_window_s=2.0, narrate_tokens=3, retrieval=RetrievalConfig(top_k=2))
+    session = Session(QwenVLAdapter(loaded), config, (180, 320))
+    shares = []
+    for chunk in make_chunks(8):
+        start = time.perf_counter()
+        metrics = session.add_chunk(chunk)[-1].data
+        wall = (time.perf_counter() - start) * 1000
+        assert all(metrics[part] > 0 for part in CHUNK_PARTS), metrics
+        assert chunk_ms(metrics) <= wall + 0.5
+        shares.append(chunk_ms(metrics) / wall)
+    assert len(session.retriever.store) > 0  # evictions offloaded blocks
+    assert sorted(shares)[len(shares) // 2] > 0.8, shares
+    session.close()

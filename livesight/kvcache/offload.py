@@ -1,4 +1,4 @@
-"""Evicted blocks outside the GPU: RAM first (pageable: see put), then disk, both under hard byte budgets.
+"""Evicted blocks outside the GPU: RAM first (pageable: see _to_ram), then disk, both under hard byte budgets.
 
 A block is the keys and values (all layers) of one evicted group of tokens, with the TokenTable
 rows that say where its keys are rotated to and which stream moment it shows. Its representative
@@ -7,6 +7,7 @@ so scoring needs no transfer and device memory does not grow with the stream.
 """
 
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -14,6 +15,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from livesight.kvcache.table import TokenTable
+
+# One thread for the whole process finishes the copies to RAM (see OffloadStore._to_ram)
+_COPIER = ThreadPoolExecutor(1, thread_name_prefix="livesight-offload")
 
 
 @dataclass
@@ -26,6 +30,12 @@ class Block:
     values: torch.Tensor | None
     path: str | None = None  # the file while on disk
     nbytes: int = 0
+    copying: Future | None = None  # keys and values are complete once this is done
+
+    def settle(self) -> None:
+        if self.copying is not None:
+            self.copying.result()
+            self.copying = None
 
 
 @dataclass
@@ -63,10 +73,9 @@ class OffloadStore:
             return
         if not self._free:
             self._drop(self.blocks[0])
-        # pageable, not pinned: pinning costs about 0.4 ms per MB on the stream's critical path (cudaHostAlloc,
-        # scripts/profile_engine.py); a question's loads from pageable memory are slower instead
-        keys_cpu, values_cpu = (t.to("cpu") for t in (keys, values))
-        block = Block(self._next, self._free.pop(), rows, time_range, keys_cpu, values_cpu, nbytes=nbytes)
+        (keys_cpu, values_cpu), copying = self._to_ram(keys, values)
+        block = Block(self._next, self._free.pop(), rows, time_range, keys_cpu, values_cpu, nbytes=nbytes,
+                      copying=copying)
         self.representatives[block.slot] = representative.float()
         self._next += 1
         self.blocks.append(block)
@@ -74,8 +83,31 @@ class OffloadStore:
         while self.stats.ram_bytes > self.ram_budget:
             self._spill(next(b for b in self.blocks if b.keys is not None))
 
+    @staticmethod
+    def _to_ram(*tensors: torch.Tensor) -> tuple[list[torch.Tensor], Future | None]:
+        """Pageable copies of `tensors` (complete once the future, if any, is done). From a GPU the engine
+        does not wait for the device here: each goes first into pinned memory without blocking (torch's
+        caching host allocator hands the same buffers out again; allocating pinned memory for every
+        block cost ~0.4 ms per MB), then the copy thread waits for it and moves it to pageable RAM,
+        which a process can hold far more of."""
+        if not tensors[0].is_cuda:
+            return [t.to("cpu", copy=True) for t in tensors], None
+        staged = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tensors]
+        for buffer, t in zip(staged, tensors):
+            buffer.copy_(t, non_blocking=True)
+        arrived = torch.cuda.Event()
+        arrived.record()
+        homes = [torch.empty(t.shape, dtype=t.dtype) for t in tensors]
+
+        def finish() -> None:
+            arrived.synchronize()
+            for home, buffer in zip(homes, staged):
+                home.copy_(buffer)
+        return homes, _COPIER.submit(finish)
+
     def _spill(self, block: Block) -> None:
         """Move the oldest RAM block to disk, dropping the oldest disk blocks to make room."""
+        block.settle()
         self.stats.ram_bytes -= block.nbytes
         while self.stats.disk_bytes + block.nbytes > self.disk_budget:
             on_disk = [b for b in self.blocks if b.path is not None]
@@ -116,6 +148,7 @@ class OffloadStore:
         """The block's keys and values (Hkv, n, D) on the CPU for each of `layers` (views while
         in RAM); None, with an error recorded, when its file is gone."""
         if block.keys is not None:
+            block.settle()
             return {i: (block.keys[i], block.values[i]) for i in layers}
         try:
             with safe_open(block.path, framework="pt") as f:

@@ -20,7 +20,7 @@ from livesight.streaming.chunker import Chunk
 from livesight.streaming.config import SessionConfig
 from livesight.streaming.events import Event
 from livesight.streaming.retrieval import Retriever
-from livesight.streaming.stepper import CacheStepper
+from livesight.streaming.stepper import CacheStepper, StageClock
 from livesight.vision.preprocess import fit_size
 from livesight.vision.prune import TokenPruner
 
@@ -148,14 +148,12 @@ class Session:
         if chunk.frames.shape[0] != self.config.frames_per_chunk:
             raise ValueError(f"chunk {chunk.index} has {chunk.frames.shape[0]} frames, the session takes "
                              f"{self.config.frames_per_chunk} (fps x chunk seconds)")
-        t0 = time.perf_counter()
+        clock = StageClock(self.cache.key_buffer.device)
         frames = torch.from_numpy(np.ascontiguousarray(chunk.frames))
         visual, encoded = self.adapter.encode_frames(frames, self.size, self.encoder)
-        self.stepper.sync()
-        t1 = time.perf_counter()
+        clock.lap("vision_ms")
         kept = self.pruner.select(visual, chunk.t_start) if self.pruner is not None else None
-        self.stepper.sync()
-        t_prune = time.perf_counter()
+        clock.lap("prune_ms")
         embed = self.adapter.embed_ids
         builder = self.stepper.builder()
         if self.pending:
@@ -167,23 +165,21 @@ class Session:
             builder.text(embed(self._assistant), Segment.TEXT, chunk.t_start)
         num_new = builder.num_tokens
         logits = self.stepper.forward(builder)
-        self.stepper.sync()
-        t2 = time.perf_counter()
+        clock.lap("prefill_ms")
         vision_tokens = {"grid": encoded.num_tokens, "encoded": encoded.num_encoded,
                          "kept": encoded.num_tokens if kept is None else kept.numel()}
         narration = self._generate(logits, self.config.narrate_tokens, chunk.t_start) if self.config.narrate else []
-        self.stepper.sync()
-        t3 = time.perf_counter()
+        clock.lap("decode_ms")
         self.now, self.num_chunks = chunk.t_end, self.num_chunks + 1
-        evict_ms, moved = self.stepper.evict(self.now)
+        moved = self.stepper.evict(self.now)
+        clock.lap("evict_ms")
+        self.stepper.sync()  # the chunk is done when the device is: its latency, and the next chunk's start
         events = self._store_errors()
         text = self.adapter.decode(narration)
         if text:
             events.append(Event("caption", chunk.t_start, text))
-        events.append(self._metrics(chunk, {
-            "vision_ms": (t1 - t0) * 1000, "prune_ms": (t_prune - t1) * 1000, "prefill_ms": (t2 - t_prune) * 1000,
-            "decode_ms": (t3 - t2) * 1000, "evict_ms": evict_ms}, num_new, len(narration), moved,
-            {"encoder": encoded.mode, "vision_tokens": vision_tokens}))
+        events.append(self._metrics(chunk, clock.times(), num_new, len(narration), moved,
+                                    {"encoder": encoded.mode, "vision_tokens": vision_tokens}))
         return events
 
     def ask(self, question: str, remember: bool = True, max_tokens: int | None = None) -> list[Event]:
@@ -212,6 +208,7 @@ class Session:
         total = (time.perf_counter() - t0) * 1000
         if saved is None:
             self.stepper.evict(self.now)
+            self.stepper.sync()
         else:
             self.stepper.restore(saved[0])
             self.pending = saved[1]

@@ -37,17 +37,16 @@ class CacheStepper:
         self._pos, self._seq, self._group = builder.next_pos, builder.next_seq, builder.next_group
         return logits
 
-    def evict(self, now_s: float) -> tuple[float, int]:
-        """Apply the policy once; -> (milliseconds, number of re-rotated tokens)."""
-        start = time.perf_counter()
+    def evict(self, now_s: float) -> int:
+        """Apply the policy once; -> the number of re-rotated tokens. Queues the device's work
+        without waiting for it."""
         keep = self.policy.keep(self.cache.table, now_s)
         if self.offload is not None and not bool(keep.all()):
             evicted = torch.nonzero(~keep).squeeze(1)
             self.offload(self.cache.table.select(evicted), evicted)
         moved = self.cache.compact(keep)
         self.resync()
-        self.sync()
-        return (time.perf_counter() - start) * 1000, moved
+        return moved
 
     def snapshot(self) -> tuple:
         return self.cache.snapshot(), (self._pos, self._seq, self._group)
@@ -74,3 +73,35 @@ class CacheStepper:
         """Wait for this stream's work (retrieval's side-stream loads join it before they are used)."""
         if self.cache.key_buffer.is_cuda:
             torch.cuda.current_stream().synchronize()
+
+
+class StageClock:
+    """A chunk's stage times without waiting for the device between stages (a wait there keeps the
+    host from preparing the next stage while the GPU runs this one). On a GPU: events on the stream,
+    read after the chunk's one wait, so a stage's time is its span on the GPU's timeline and the
+    stages add up to the chunk; on the CPU: the host clock."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.names: list[str] = []
+        self.marks: list = []
+        self._mark()
+
+    def _mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def lap(self, name: str) -> None:
+        """The stage `name` ends here."""
+        self.names.append(name)
+        self._mark()
+
+    def times(self) -> dict[str, float]:
+        """Milliseconds per stage; on a GPU only after the stream was synchronized."""
+        spans = zip(self.marks, self.marks[1:])
+        ms = [a.elapsed_time(b) if self.cuda else (b - a) * 1000 for a, b in spans]
+        return dict(zip(self.names, ms))

@@ -2,11 +2,11 @@
 # The issue-8 GPU measurement, through the device tool from the repo root (carry .whl: transformers,
 # decord and pytest wheels for Python 3.12). random-7b, 2 fps, shapes scene. Two parts, each under the
 # tool's 10 minutes:
-#   kernels: the kernel and static-step tests on the GPU, scripts/kernel_bench.py, and
-#            scripts/profile_engine.py without and with narration;
+#   kernels: the kernel, static-step, retrieval and speed tests on the GPU, scripts/kernel_bench.py,
+#            and scripts/profile_engine.py without narration;
 #   stream:  30 minutes without narration, with both plain-transformers baselines for 300 s each; and
 #            5 minutes with compression off (every chunk's ~300 visual tokens reach the prefill: its MFU);
-#   narrate: 5 minutes with 20 narrated tokens per chunk.
+#   narrate: 5 minutes with 20 narrated tokens per chunk, and scripts/profile_engine.py with them.
 # Only JSON comes back (the tool returns 8 files); speed.md and speed.png are rendered from it with
 #   python -m livesight.eval.speed_report --render results/issue8/h100/<name>
 set -uo pipefail
@@ -24,14 +24,14 @@ bench() {  # name, timeout, bench speed arguments...
 }
 if [ "$part" = kernels ]; then
   timeout 180 python3 -m pytest -q -p no:cacheprovider tests/test_triton_kernels.py tests/test_kernels.py \
-    tests/test_static_step.py tests/test_compression.py 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
+    tests/test_static_step.py tests/test_compression.py tests/test_retrieval.py tests/test_speed.py 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
   timeout 90 python3 scripts/kernel_bench.py --out "$OUT/kernels.json" 2>&1 | tail -12
   timeout 150 python3 scripts/profile_engine.py > "$OUT/profile.txt" 2>&1; echo "profile: exit $?"
-  timeout 120 python3 scripts/profile_engine.py --chunks 40 --profiled 8 --narrate-tokens 20 \
-    > "$OUT/profile_narrate.txt" 2>&1; echo "profile narrate: exit $?"
 elif [ "$part" = stream ]; then
   bench nonarrate 420 --seconds 1800 --baseline-seconds 300
   bench nocompress 120 --seconds 300 --baseline-seconds 0 --no-compression --ask-every 150
 else
   bench narrate 200 --seconds 300 --baseline-seconds 0 --narrate-tokens 20 --ask-every 150
+  timeout 120 python3 scripts/profile_engine.py --chunks 40 --profiled 8 --narrate-tokens 20 \
+    > "$OUT/profile_narrate.txt" 2>&1; echo "profile narrate: exit $?"
 fi

@@ -10,6 +10,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # a test's devices: the GPU where there is one
+
 
 @pytest.fixture(scope="session")
 def tiny():

@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import make_chunks
+from conftest import DEVICES, make_chunks
 from livesight.kernels import rope_angles, score_blocks, select_blocks
 from livesight.kernels.rope import rotate_by_angles_reference
 from livesight.kvcache import TokenTable
@@ -49,7 +49,7 @@ def _rows(n, t):
                       torch.arange(n).expand(3, n) + 10 * int(t), torch.full((n,), t, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_disk_tier_is_bit_identical_and_budgets_hold(tmp_path, dtype, device):
     """From a GPU the copy to RAM is finished on a thread: spills and loads wait for it, and the device

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from conftest import make_chunks
+from conftest import DEVICES, make_chunks
 from livesight.eval import speed_report
 from livesight.eval.baselines import PlainStream
 from livesight.eval.speed import SpeedConfig, summarize
@@ -69,7 +69,7 @@ def test_bench_speed_reports_engine_and_baselines(tmp_path, capsys):
     assert summarize(result["engine"], {}, SpeedConfig(**config))["compare"] == []  # no baselines, no ratios
 
 
-@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+@pytest.mark.parametrize("device", DEVICES)
 def test_stage_times_add_up_to_the_chunk(tiny, device):
     """The stages are timed without waiting for the device between them (events on a GPU): each is
     positive, and together they are the chunk's wall time but for the host work outside them."""

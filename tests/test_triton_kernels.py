@@ -181,7 +181,7 @@ def test_fused_norm_and_rotary_match_transformers(dtype):
     got = rms_norm_triton(x, norm.weight, 1e-6)
     ulp = 1e-6 if dtype == torch.float32 else 2 ** -7
     assert float((got.float() - want.float()).abs().max()) <= ulp * float(want.float().abs().max())
-    q = _randn(1, 7, 9, 32, dtype=dtype, seed=22).transpose(1, 2).transpose(1, 2)  # (1, H, n, D)
+    q = _randn(1, 7, 9, 32, dtype=dtype, seed=22)  # (1, H, n, D)
     qkv = _randn(1, 9, 11, 32, dtype=dtype, seed=23).transpose(1, 2)  # a strided view, as transformers passes
     k = qkv[:, 7:]
     cos, sin = _randn(1, 9, 32, dtype=dtype, seed=24), _randn(1, 9, 32, dtype=dtype, seed=25)

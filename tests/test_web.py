@@ -119,7 +119,7 @@ def server(tmp_path_factory):
         pytest.skip("no chromium: install Debian's package (apt-get install chromium), as .ci/run does")
     port = _free_port()
     # the server's output goes to a file: a pipe nobody reads would block the server once its buffer fills
-    log = open(tmp_path_factory.mktemp("web") / "server.log", "w+")
+    log = open(tmp_path_factory.mktemp("web") / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "livesight", "web", "--model", "tiny-random", "--device", "cpu",
                              "--port", str(port), "--max-streams", "3"], stdout=log, stderr=subprocess.STDOUT,
                             text=True)

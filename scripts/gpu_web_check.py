@@ -9,7 +9,7 @@ from livesight.app.live import LiveRun, RunRegistry
 from livesight.streaming.adapter import QwenVLAdapter
 from livesight.streaming.config import SessionConfig
 from livesight.streaming.models import load_model
-from livesight.streaming.retrieval import RetrievalConfig
+from livesight.streaming.config import RetrievalConfig
 from livesight.vision.synthetic import write_video
 
 model = sys.argv[1] if len(sys.argv) > 1 else "tiny-random"

@@ -9,7 +9,7 @@ from livesight.streaming.adapter import QwenVLAdapter
 from livesight.streaming.chunker import chunk_frames
 from livesight.streaming.config import CompressionConfig, SessionConfig
 from livesight.streaming.loop import run_stream
-from livesight.streaming.retrieval import RetrievalConfig
+from livesight.streaming.config import RetrievalConfig
 from livesight.streaming.session import Session
 from livesight.vision.sources import SyntheticSource
 

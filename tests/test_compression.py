@@ -11,7 +11,7 @@ from livesight.kernels import (chunk_attention, chunk_attention_reference, segme
 from livesight.kvcache import Segment
 from livesight.streaming.adapter import QwenVLAdapter
 from livesight.streaming.config import CompressionConfig, SessionConfig
-from livesight.streaming.retrieval import RetrievalConfig
+from livesight.streaming.config import RetrievalConfig
 from livesight.streaming.session import Session
 from livesight.streaming.tokens import StepBuilder
 from livesight.vision.prune import select_tokens

@@ -17,7 +17,7 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_
 from conftest import make_chunks
 from livesight.streaming.adapter import QwenVLAdapter
 from livesight.streaming.config import SessionConfig
-from livesight.streaming.retrieval import RetrievalConfig
+from livesight.streaming.config import RetrievalConfig
 from livesight.streaming.session import Session
 
 

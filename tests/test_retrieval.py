@@ -12,7 +12,7 @@ from livesight.kvcache import TokenTable
 from livesight.kvcache.offload import OffloadStore
 from livesight.streaming.adapter import QwenVLAdapter
 from livesight.streaming.config import SessionConfig
-from livesight.streaming.retrieval import RetrievalConfig
+from livesight.streaming.config import RetrievalConfig
 from livesight.streaming.session import Session
 from test_equivalence import run_lockstep
 

@@ -14,7 +14,7 @@ from livesight.eval.baselines import PlainStream
 from livesight.eval.speed import SpeedConfig, summarize
 from livesight.streaming.adapter import QwenVLAdapter
 from livesight.streaming.config import DEFAULT_SYSTEM_PROMPT, CompressionConfig, SessionConfig
-from livesight.streaming.retrieval import RetrievalConfig
+from livesight.streaming.config import RetrievalConfig
 from livesight.streaming.session import Session
 
 

@@ -8,7 +8,7 @@ import torch
 from conftest import make_chunks
 from livesight.streaming.adapter import QwenVLAdapter
 from livesight.streaming.config import CompressionConfig, SessionConfig
-from livesight.streaming.retrieval import RetrievalConfig
+from livesight.streaming.config import RetrievalConfig
 from livesight.streaming.session import Session
 from livesight.streaming.static_step import StaticStep, row_bucket
 

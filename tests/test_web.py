@@ -18,7 +18,7 @@ from livesight.errors import InputError
 from livesight.streaming.adapter import QwenVLAdapter
 from livesight.streaming.config import SessionConfig
 from livesight.streaming.events import Event
-from livesight.streaming.retrieval import RetrievalConfig
+from livesight.streaming.config import RetrievalConfig
 
 ARTIFACTS = os.environ.get("LIVESIGHT_ARTIFACTS", os.path.join(os.path.dirname(__file__), "..", "test-artifacts"))
 

@@ -18,7 +18,7 @@ from livesight.errors import InputError
 from livesight.streaming.adapter import QwenVLAdapter
 from livesight.streaming.config import CompressionConfig, SessionConfig
 from livesight.streaming.events import Event, chunk_ms
-from livesight.streaming.retrieval import RetrievalConfig
+from livesight.streaming.config import RetrievalConfig
 from livesight.vision.sources import PushSource
 
 VIDEO_TYPES = [".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts"]

@@ -20,7 +20,7 @@ from livesight.streaming.adapter import QwenVLAdapter
 from livesight.streaming.chunker import chunk_frames
 from livesight.streaming.config import CompressionConfig, SessionConfig
 from livesight.streaming.models import load_model
-from livesight.streaming.retrieval import RetrievalConfig
+from livesight.streaming.config import RetrievalConfig
 from livesight.streaming.session import Session
 from livesight.vision.preprocess import fit_size
 from livesight.vision.sources import SyntheticSource

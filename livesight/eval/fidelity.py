@@ -17,7 +17,8 @@ import torch
 from livesight.errors import InputError
 from livesight.kvcache import KeepAll, Segment, TokenTable, WindowPolicy
 from livesight.streaming.adapter import TextAdapter
-from livesight.streaming.retrieval import RetrievalConfig, Retriever
+from livesight.streaming.config import RetrievalConfig
+from livesight.streaming.retrieval import Retriever
 from livesight.streaming.stepper import CacheStepper
 
 POLICIES = ("dense", "window", "sink+window")

@@ -23,7 +23,7 @@ from livesight.streaming.adapter import QwenVLAdapter
 from livesight.streaming.chunker import chunk_frames
 from livesight.streaming.config import DEFAULT_SYSTEM_PROMPT, CompressionConfig, SessionConfig
 from livesight.streaming.events import CHUNK_PARTS, chunk_ms
-from livesight.streaming.retrieval import RetrievalConfig
+from livesight.streaming.config import RetrievalConfig
 from livesight.streaming.session import Session
 from livesight.vision.ingest import Ingest
 from livesight.vision.preprocess import fit_size

@@ -2,10 +2,27 @@
 
 from dataclasses import dataclass, field
 
-from livesight.streaming.retrieval import RetrievalConfig
-
+GB = 2**30
 DEFAULT_SYSTEM_PROMPT = ("You are LiveSight, watching a live video stream one second at a time. "
                          "Narrate briefly what changes, and answer questions about anything you have seen.")
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    enabled: bool = True
+    top_k: int = 8
+    scope: str = "layer"  # layer: each layer its own top-k (ReKV); global: one set for all layers
+    ram_gb: float = 4.0
+    disk_gb: float = 16.0
+    folder: str | None = None  # where each session makes its folder for spilled blocks; None: the temp folder
+
+    def __post_init__(self) -> None:
+        if self.top_k < 0:
+            raise ValueError(f"--retrieve-top-k must be >= 0, got {self.top_k}")
+        if self.scope not in ("layer", "global"):
+            raise ValueError(f"--retrieve-scope must be layer or global, got {self.scope!r}")
+        if self.ram_gb < 0 or self.disk_gb < 0:
+            raise ValueError(f"offload budgets must be >= 0 GB, got RAM {self.ram_gb}, disk {self.disk_gb}")
 
 
 @dataclass(frozen=True)

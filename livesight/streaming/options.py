@@ -91,7 +91,7 @@ def compression_config(args):
 
 def session_config(args):
     from livesight.streaming.config import SessionConfig
-    from livesight.streaming.retrieval import RetrievalConfig
+    from livesight.streaming.config import RetrievalConfig
     try:
         if args.offload_dir is not None and not os.path.isdir(args.offload_dir):
             raise ValueError(f"--offload-dir {args.offload_dir} is not a folder: create it or leave the flag out")

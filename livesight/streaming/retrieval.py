@@ -7,48 +7,37 @@
 The caller then runs the question for real and generates; its next eviction clears the slots.
 """
 
-import shutil
-import tempfile
 import weakref
 from contextlib import nullcontext
-from dataclasses import dataclass
 
 import torch
+
+from livesight import scratch
+from livesight.errors import InputError
 
 from livesight.kernels import rotate_keys, score_blocks, select_blocks, unrotate
 from livesight.kvcache import Segment, TokenTable
 from livesight.kvcache.offload import OffloadStore
 from livesight.streaming.adapter import capture_queries
+from livesight.streaming.config import GB, RetrievalConfig
 from livesight.streaming.stepper import CacheStepper
-
-GB = 2**30
-
-
-@dataclass(frozen=True)
-class RetrievalConfig:
-    enabled: bool = True
-    top_k: int = 8
-    scope: str = "layer"  # layer: each layer its own top-k (ReKV); global: one set for all layers
-    ram_gb: float = 4.0
-    disk_gb: float = 16.0
-    folder: str | None = None  # where blocks spill; None: a new temporary folder per session
-
-    def __post_init__(self) -> None:
-        if self.top_k < 0:
-            raise ValueError(f"--retrieve-top-k must be >= 0, got {self.top_k}")
-        if self.scope not in ("layer", "global"):
-            raise ValueError(f"--retrieve-scope must be layer or global, got {self.scope!r}")
-        if self.ram_gb < 0 or self.disk_gb < 0:
-            raise ValueError(f"offload budgets must be >= 0 GB, got RAM {self.ram_gb}, disk {self.disk_gb}")
 
 
 class Retriever:
     def __init__(self, stepper: CacheStepper, config: RetrievalConfig, block_tokens: int):
         self.stepper, self.config, self.block_tokens = stepper, config, block_tokens
         cache = stepper.cache
-        self.folder = config.folder or tempfile.mkdtemp(prefix="livesight-session-")
-        # a folder we made is removed by close(), or when the retriever is collected, closed or not
-        self.close = weakref.finalize(self, shutil.rmtree, self.folder, True) if config.folder is None else lambda: None
+        # a folder of its own, also inside a chosen --offload-dir (sessions sharing one never meet);
+        # folders there of sessions killed outright are swept first. Removed by close(), when the
+        # retriever is collected, or at exit
+        if config.folder is not None:
+            scratch.sweep(config.folder)
+        try:
+            self.folder = scratch.make("session", config.folder)
+        except OSError as err:
+            raise InputError(f"--offload-dir {config.folder}: cannot make a session folder there ({err.strerror}). "
+                             f"Give a writable folder, or leave the flag out") from None
+        self.close = weakref.finalize(self, scratch.remove, self.folder)
         shape = cache.key_buffer.shape  # (L, 1, Hkv, capacity, D)
         block_bytes = 2 * shape[0] * shape[2] * block_tokens * shape[4] * cache.key_buffer.element_size()
         self.store = OffloadStore(self.folder, int(config.ram_gb * GB), int(config.disk_gb * GB), block_bytes,

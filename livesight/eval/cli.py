@@ -19,8 +19,10 @@ import time
 
 from livesight.errors import InputError
 from livesight.eval import ovobench, report, streamingbench, vqa
+from livesight.eval.output import writable_folder
 from livesight.eval.results import ResultsLog, _atomic_write
 from livesight.eval.runner import RunStats, evaluate
+from livesight.progress import progress
 from livesight.streaming.options import add_engine_args, positive, resolve_device, session_config
 
 LOADERS = {"streamingbench": streamingbench.load, "ovobench": ovobench.load, "vqa": vqa.load}
@@ -118,6 +120,7 @@ def main(args) -> int:
     if args.protocol == "stream" and args.context is not None:  # only the last `context` seconds: no history
         config = dataclasses.replace(config, vision_window_s=min(config.vision_window_s, args.context),
                                      retrieval=dataclasses.replace(config.retrieval, enabled=False))
+    writable_folder(args.out)
     everything, questions = load_questions(args)
     rank, world = _processes()
     results = ResultsLog(args.out, rank, world)
@@ -128,7 +131,7 @@ def main(args) -> int:
     start = time.perf_counter()
     stats = RunStats()
     if mine:
-        stats = _run(args, config, mine, everything, results)
+        stats = _run(args, config, mine, everything, results, "" if world == 1 else f" (process {rank + 1} of {world})")
     results.close()
     _atomic_write(os.path.join(args.out, f"stats.rank{rank}.json"), json.dumps(dataclasses.asdict(stats) | {
         "wall_s": time.perf_counter() - start}))
@@ -150,7 +153,7 @@ def _shard(todo: list, rank: int, world: int) -> list:
     return [q for q in todo if (q.error is None and q.video in mine) or (q.error is not None and rank == 0)]
 
 
-def _run(args, config, questions: list, everything: list, results: ResultsLog) -> RunStats:
+def _run(args, config, questions: list, everything: list, results: ResultsLog, process: str = "") -> RunStats:
     from livesight.eval.engine import SessionEngine
     from livesight.streaming.adapter import QwenVLAdapter
     from livesight.streaming.models import load_model
@@ -166,8 +169,11 @@ def _run(args, config, questions: list, everything: list, results: ResultsLog) -
     config = dataclasses.replace(config, max_question_tokens=max(config.max_question_tokens, longest))
     engine = SessionEngine(adapter, config)
     try:
-        return evaluate(questions, engine, args.videos, results.append, args.protocol, args.context,
-                        config.answer_tokens)
+        with progress(len(questions), f"eval {args.benchmark}{process}", unit="questions") as bar:
+            def write(record: dict) -> None:
+                results.append(record)
+                bar.update()
+            return evaluate(questions, engine, args.videos, write, args.protocol, args.context, config.answer_tokens)
     finally:
         engine.close()
 

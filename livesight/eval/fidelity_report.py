@@ -5,7 +5,9 @@ import os
 
 from livesight.errors import InputError
 from livesight.eval import report
-from livesight.eval.fidelity import POLICIES, FidelityConfig, run_fidelity
+from livesight.eval.config import POLICIES, FidelityConfig
+from livesight.eval.output import writable_folder
+from livesight.progress import progress
 
 NAMES = {"dense": "dense (full cache)", "window": "window only", "sink+window": "sink + window",
          "recompute": "sliding-window recompute (oracle)", "sink+window+retrieval": "sink + window + retrieval"}
@@ -70,6 +72,7 @@ def plot(result: dict, path: str, bin_tokens: int = 256) -> None:
 
 
 def main(args) -> int:
+    from livesight.eval.fidelity import num_phases, run_fidelity
     from livesight.streaming.adapter import TextAdapter
     from livesight.streaming.models import load_smollm2
     try:
@@ -77,10 +80,11 @@ def main(args) -> int:
                                 oracle_targets=args.oracle_targets, trials=args.trials)
     except ValueError as err:
         raise InputError(str(err)) from None
-    os.makedirs(args.out, exist_ok=True)
+    writable_folder(args.out)
     adapter = TextAdapter(load_smollm2())
     oracle_model = load_smollm2().model  # stock attention: the oracle shares no code with the cache
-    result = run_fidelity(adapter, oracle_model, config, log=lambda m: print(f"... {m}", flush=True))
+    with progress(num_phases(), "bench fidelity", unit="phases") as bar:
+        result = run_fidelity(adapter, oracle_model, config, bar)
     table = markdown(result)
     report.save(args.out, "fidelity", result, table, indent=None)
     plot(result, os.path.join(args.out, "fidelity.png"))

@@ -6,11 +6,11 @@ import os
 import platform
 from dataclasses import asdict
 
-import torch
-
 from livesight.errors import InputError
 from livesight.eval import report
-from livesight.eval.speed import SpeedConfig, run_baseline, run_engine, summarize
+from livesight.eval.config import SpeedConfig
+from livesight.eval.output import writable_folder
+from livesight.progress import progress
 from livesight.streaming.options import positive, resolve_device
 
 
@@ -33,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
+    from livesight.eval.speed import run_baseline, run_engine, summarize
     from livesight.streaming.adapter import QwenVLAdapter
     from livesight.streaming.models import load_model
     cfg = SpeedConfig(args.model, resolve_device(args.device), args.seconds, args.baseline_seconds, args.fps,
@@ -40,11 +41,18 @@ def main(args) -> int:
                       peak_tflops=args.peak_tflops)
     if cfg.narrate_tokens < 0:
         raise InputError(f"--narrate-tokens must be >= 0, got {cfg.narrate_tokens}")
+    writable_folder(args.out)
     adapter = QwenVLAdapter(load_model(cfg.model, cfg.device))
     baselines = {}
-    if cfg.baseline_seconds > 0:  # baselines first: the engine's offload store then cannot crowd them out
-        baselines = {name: run_baseline(adapter, cfg, window=name == "window") for name in ("full", "window")}
-    engine = run_engine(adapter, cfg)
+    names = ("full", "window") if cfg.baseline_seconds > 0 else ()
+    with progress(len(names) + 1, "bench speed", unit="phases") as bar:
+        for name in names:  # baselines first: the engine's offload store then cannot crowd them out
+            bar.describe(f"baseline {name}, {cfg.baseline_seconds:g} s of video")
+            baselines[name] = run_baseline(adapter, cfg, window=name == "window")
+            bar.update()
+        bar.describe(f"engine, {cfg.seconds:g} s of video")
+        engine = run_engine(adapter, cfg)
+        bar.update()
     result = {"config": asdict(cfg), "hardware": _hardware(), "summary": summarize(engine, baselines, cfg),
               "engine": engine, "baselines": baselines}
     text = markdown(result)
@@ -55,6 +63,7 @@ def main(args) -> int:
 
 
 def _hardware() -> dict:
+    import torch
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     return {"gpu": gpu, "cpu": platform.processor() or platform.machine(), "torch": torch.__version__}
 

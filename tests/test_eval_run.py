@@ -142,7 +142,7 @@ def test_a_partial_last_line_is_cut_and_asked_again(tmp_path):
 @pytest.mark.parametrize("extra,message", [
     (["--data", "/nonexistent.json"], "--data /nonexistent.json: no such file"),
     (["--videos", "/nonexistent"], "--videos /nonexistent is not a folder"),
-    (["--context", "soon"], "--context takes all or a number of seconds"),
+    (["--context", "soon"], "argument --context: expected all or a number above 0"),
     (["--tasks", "XYZ"], "--tasks XYZ: none of these tasks"),
     (["--fps", "3"], "even number of frames"),
 ])

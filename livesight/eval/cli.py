@@ -23,10 +23,14 @@ from livesight.eval.output import writable_folder
 from livesight.eval.results import ResultsLog, _atomic_write
 from livesight.eval.runner import RunStats, evaluate
 from livesight.progress import progress
-from livesight.streaming.options import add_engine_args, positive, resolve_device, session_config
+from livesight.streaming.options import STREAM_TIME, Bound, add_engine_args, resolve_device, session_config
 
 LOADERS = {"streamingbench": streamingbench.load, "ovobench": ovobench.load, "vqa": vqa.load}
 log = logging.getLogger("livesight.eval")
+
+
+LIMIT = Bound(int, 1, 1_000_000, why="questions; the largest benchmark has a few thousand")
+CONTEXT = Bound(float, 0, STREAM_TIME.high, low_open=True, why="seconds of video before a question")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,30 +40,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "vqa": "a generic JSONL of video, time, question, options, answer"}
     for name, text in helps.items():
         p = sub.add_parser(name, help=text)
-        p.add_argument("--data", required=True, help="the benchmark's question file")
-        p.add_argument("--videos", required=True, help="folder the videos are resolved in (and only in)")
-        p.add_argument("--out", required=True, help="results folder; a rerun into it resumes")
+        p.add_argument("--data", required=True, help=f"the benchmark's question file, in {name}'s format (required)")
+        p.add_argument("--videos", required=True,
+                       help="folder the videos are resolved in, as the data names them: no absolute path or '..'; "
+                            "symlinks inside it are followed (required)")
+        p.add_argument("--out", required=True, help="results folder, created if missing; a rerun into it resumes "
+                                                    "(required)")
         p.add_argument("--protocol", choices=("stream", "official"), default="stream",
-                       help="stream: one pass per video, each question at its time (default); official: the video "
-                            "cut at each question's time, a fresh stream each, as the benchmark's script does")
+                       help="stream: one pass per video, each question at its time; official: the video cut at each "
+                            "question's time, a fresh stream each, as the benchmark's script does (default stream)")
         p.add_argument("--context", default="all", type=_context,
-                       help="all (default) or SECONDS: how much video before a question the model may use")
-        p.add_argument("--tasks", default=None, help="comma-separated task names or abbreviations (e.g. OP,CT)")
-        p.add_argument("--limit", type=positive(int), default=None, help="only the first N questions")
+                       help="all or SECONDS: how much video before a question the model may use (default all)")
+        p.add_argument("--tasks", default=None,
+                       help="comma-separated task names or abbreviations, e.g. OP,CT (default: every task)")
+        p.add_argument("--limit", type=LIMIT, default=None, help="only the first N questions (default: all)")
         p.add_argument("--retry-errors", action="store_true",
-                       help="ask again the questions whose results are error lines (a video added or fixed since)")
-        add_engine_args(p)
-        p.add_argument("--narrate", dest="narrate", action="store_true", help="narrate each chunk (default off)")
-        p.set_defaults(narrate=False, answer_tokens=16)
+                       help="ask again the questions whose results are error lines, a video added or fixed since "
+                            "(default: they are kept)")
+        add_engine_args(p, narrate=False, answer_tokens=16)
 
 
 def _context(text: str) -> float | None:
-    if text == "all":
+    if text.strip() == "all":
         return None
     try:
-        return positive(float)(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"--context takes all or a number of seconds > 0, got '{text}'") from None
+        return CONTEXT.parse(text)
+    except ValueError as err:  # "expected a number ..." -> "expected all or a number ..."
+        raise argparse.ArgumentTypeError(str(err).replace("expected ", "expected all or ", 1)) from None
 
 
 def load_questions(args) -> tuple[list, list]:

@@ -16,6 +16,7 @@ from livesight.eval.config import CompressionBenchConfig
 from livesight.eval.output import writable_folder
 from livesight.progress import progress
 from livesight.streaming.config import CompressionConfig
+from livesight.streaming.options import Bound
 from livesight.vision.synthetic import SCENES
 
 WARMUP_CHUNKS = 3
@@ -69,14 +70,22 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+SIDE = Bound(int, 32, 3840, why="pixels")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = CompressionBenchConfig()
-    parser.add_argument("--model", default=d.model, help="tiny-random | random-3b | random-7b | a checkpoint folder")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--seconds", type=float, default=d.seconds, help="seconds of each scene")
-    parser.add_argument("--scenes", default=",".join(d.scenes), help=f"comma-separated, of {', '.join(SCENES)}")
-    parser.add_argument("--size", default=f"{d.width}x{d.height}", help="WIDTHxHEIGHT of the synthetic video")
-    parser.add_argument("--out", default="out/compression", help="folder for compression.json and compression.md")
+    parser.add_argument("--model", default=d.model,
+                        help="tiny-random | random-3b | random-7b | a checkpoint folder (default %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default %(default)s)")
+    parser.add_argument("--seconds", type=Bound(float, 5, 3600, why="the medians skip a warm-up"), default=d.seconds,
+                        help="seconds of each scene (default %(default)s)")
+    parser.add_argument("--scenes", default=",".join(d.scenes),
+                        help=f"comma-separated, of {', '.join(SCENES)} (default %(default)s)")
+    parser.add_argument("--size", default=f"{d.width}x{d.height}",
+                        help="WIDTHxHEIGHT of the synthetic video, 32 to 3840 each (default %(default)s)")
+    parser.add_argument("--out", default="out/compression",
+                        help="folder for compression.json and compression.md, created if missing (default %(default)s)")
 
 
 def main(args) -> int:
@@ -85,12 +94,11 @@ def main(args) -> int:
     scenes = tuple(s.strip() for s in args.scenes.split(",") if s.strip())
     if not scenes or any(s not in SCENES for s in scenes):
         raise InputError(f"bad --scenes '{args.scenes}': a comma-separated list of {', '.join(SCENES)}")
-    if args.seconds < 5:
-        raise InputError(f"--seconds must be at least 5 (got {args.seconds:g}): the medians skip a warm-up")
     try:
         width, height = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
         raise InputError(f"bad --size '{args.size}': write WIDTHxHEIGHT, e.g. 640x360") from None
+    width, height = SIDE.check(width, "--size width"), SIDE.check(height, "--size height")
     writable_folder(args.out)
     bench = CompressionBenchConfig(args.model, resolve_device(args.device), args.seconds, 2.0, width, height, scenes)
     with progress(compression_measure.num_phases(bench), "bench compression", unit="phases") as bar:

@@ -171,3 +171,30 @@ def test_hostile_video_paths_are_still_refused(tmp_path, clip, name):
     name = name.replace("SECRET", str(tmp_path / "secret.mp4"))
     with pytest.raises(ValueError, match="absolute|leaves --videos"):
         resolve_video(videos, name)
+
+
+def test_a_long_sequential_qa_chain_is_capped(tmp_path):
+    """Each Sequential QA question carries every earlier one of its video: a file with a thousand for
+    one video would make prompts (and the cache sized for the longest) quadratic in the file. Past
+    MAX_PROMPT_CHARS the rest of that video's chain is malformed; memory stays small."""
+    import tracemalloc
+
+    from livesight.eval.questions import MAX_PROMPT_CHARS
+    rows = [{"task_type": "Sequential Question Answering", "question": f"What happened at step {k}?",
+             "time_stamp": k, "answer": "A", "options": ["it moved", "it stopped"]} for k in range(1000)]
+    path = tmp_path / "sqa.json"
+    path.write_text(json.dumps([{"video_path": "clip.mp4", "questions": rows}]))
+    tracemalloc.start()
+    try:
+        questions = streamingbench.load(str(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 * 2**20, f"{peak / 2**20:.0f} MB"
+    assert all(len(q.prompt) <= MAX_PROMPT_CHARS for q in questions)
+    asked = [q.error is None for q in questions]
+    first_refused = asked.index(False)
+    assert 50 < first_refused and not any(asked[first_refused:])  # a prefix asked, the rest malformed
+    assert "Sequential QA context" in questions[-1].error
+    last = questions[first_refused - 1].prompt
+    assert "Question: What happened at step 0?" in last and f"step {first_refused - 2}?; Options" in last

@@ -125,6 +125,9 @@ def main(args) -> int:
     logging.getLogger("livesight.eval").setLevel(logging.INFO)
     config = session_config(args)
     if args.protocol == "stream" and args.context is not None:  # only the last `context` seconds: no history
+        if args.context < config.chunk_seconds:
+            raise InputError(f"--context {args.context:g}: the stream protocol keeps whole chunks of video; give at "
+                             f"least --chunk-seconds ({config.chunk_seconds:g} s), or --protocol official")
         config = dataclasses.replace(config, vision_window_s=min(config.vision_window_s, args.context),
                                      retrieval=dataclasses.replace(config.retrieval, enabled=False))
     writable_folder(args.out)

@@ -127,7 +127,7 @@ def _json_or_none(line: str):
 
 
 def _keys(d: dict) -> str:
-    names = [str(k)[:30] for k in list(d)[:8]]
+    names = [repr(k if len(k) <= 30 else k[:27] + "...") for k in list(d)[:8]]  # quoted: a key may hold a newline
     return ", ".join(names) + (", ..." if len(d) > 8 else "") if names else "(none)"
 
 

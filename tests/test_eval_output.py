@@ -71,3 +71,10 @@ def test_a_missing_out_is_created_and_left_clean(tmp_path):
     assert writable_folder(str(out), "--out") == str(out)
     assert out.is_dir() and os.listdir(out) == []
     assert writable_folder(str(out)) == str(out) and os.listdir(out) == []  # an existing folder passes too
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux's /proc")
+def test_an_existing_folder_that_refuses_files_is_refused_even_for_root():
+    """/proc is a folder in which no one, root included, may make a file: the write probe finds it."""
+    with pytest.raises(InputError, match="--out /proc is not writable"):
+        writable_folder("/proc")

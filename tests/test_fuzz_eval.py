@@ -35,34 +35,50 @@ SCALARS = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max
 JSON = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
     st.text(max_size=12), inner, max_size=4), max_leaves=12)
 
+# What may stand in a field's place besides any JSON value: the values that break each kind of field.
+TIMES = st.floats() | st.integers() | st.sampled_from(["9" * 400, "99999999999999999999:00", "1:2:3:4", "-1", "1e999",
+                                                        " 00:00:01 ", "00:60:00.5"])
+NUMBERS = st.floats() | st.integers() | st.sampled_from(["3", "1.5", True, 10**400, -1])
+OPTIONS = st.lists(SCALARS, max_size=30) | st.sampled_from(["ab", "['a', 'b']", "-" * 100_000 + "1", "[" * 1000,
+                                                            "['a', 'b'] * 3", "{'a', 'b'}", "['\\N{x}', 'b']"])
+POOLS = {"time_stamp": TIMES, "ground_truth_time_stamp": TIMES, "realtime": TIMES, "time": TIMES, "gt": NUMBERS,
+         "count": NUMBERS, "type": NUMBERS, "options": OPTIONS}
+
 SB_ROW = {"task_type": "Counting", "question": "How many?", "time_stamp": "00:00:02", "answer": "B",
           "options": ["A. 1", "B. 2"], "ground_truth_time_stamp": "00:00:05", "ground_truth_output": "Now."}
 OVO_CHOICE = {"id": 1, "video": "clip.mp4", "task": "OJR", "question": "What?", "options": ["a", "b"],
               "realtime": 2, "gt": 1}
-OVO_FORWARD = {"id": 2, "video": "clip.mp4", "task": "REC", "activity": "jump", "question": "Is it?",
-               "test_info": [{"realtime": 2, "count": 1, "type": 1, "step": "cut"}]}
+OVO_PROBE = {"realtime": 2, "count": 1, "type": 1, "step": "cut"}
 VQA_ROW = {"id": "q", "video": "clip.mp4", "time": 2, "question": "What?", "options": ["a", "b"], "answer": "A",
            "task": "counting"}
 SB_COLUMNS = ["question_id", "task_type", "question", "time_stamp", "answer", "options", "video_path",
               "ground_truth_time_stamp", "ground_truth_output"]
-
-
 DROP = object()
-
-
-def field(value, other: st.SearchStrategy = JSON) -> st.SearchStrategy:
-    """Mostly the template's value (7 in 10), else another value (2 in 10) or no field at all."""
-    return st.integers(0, 9).flatmap(lambda i: st.just(value) if i < 7 else other if i < 9 else st.just(DROP))
-
-
-def mutated(template: dict, other: st.SearchStrategy = JSON) -> st.SearchStrategy:
-    """The template with each field kept, replaced or dropped, and maybe a field more."""
-    fields = {k: field(v, other) for k, v in template.items()} | {"extra": field(DROP, other)}
-    return st.fixed_dictionaries(fields).map(present)
 
 
 def present(row: dict) -> dict:
     return {k: v for k, v in row.items() if v is not DROP}
+
+
+def field(usual: st.SearchStrategy, other: st.SearchStrategy) -> st.SearchStrategy:
+    """Mostly the usual value (7 in 10), else another value (2 in 10) or no field at all."""
+    return st.integers(0, 9).flatmap(lambda i: usual if i < 7 else other if i < 9 else st.just(DROP))
+
+
+def mutated(template: dict, other: st.SearchStrategy | None = None) -> st.SearchStrategy:
+    """The template (a value there may be a strategy) with each field kept, replaced or dropped, and
+    maybe a field more. Replacements: `other`, else any JSON value or one from the field's pool."""
+    def usual(v):
+        return v if isinstance(v, st.SearchStrategy) else st.just(v)
+
+    def replacement(key):
+        return other if other is not None else JSON | POOLS.get(key, st.nothing())
+    fields = {k: field(usual(v), replacement(k)) for k, v in template.items()}
+    return st.fixed_dictionaries(fields | {"extra": field(st.just(DROP), replacement("extra"))}).map(present)
+
+
+OVO_FORWARD = {"id": 2, "video": "clip.mp4", "task": st.sampled_from(["REC", "SSR", "CRR"]), "activity": "jump",
+               "question": "Is it?", "test_info": st.lists(mutated(OVO_PROBE), min_size=1, max_size=3)}
 
 
 def mostly(usual: st.SearchStrategy, other: st.SearchStrategy) -> st.SearchStrategy:
@@ -120,8 +136,8 @@ def check(load, text: str, benchmark: str, expect_questions: bool = False) -> No
 
 
 @FUZZ
-@given(entries=st.lists(mostly(st.fixed_dictionaries({"video_path": field("clip.mp4"), "questions": mostly(
-    rows(SB_ROW), JSON)}).map(present), JSON), min_size=1, max_size=4))
+@given(entries=st.lists(mostly(mutated({"video_path": "clip.mp4", "questions": rows(SB_ROW)}), JSON),
+                        min_size=1, max_size=4))
 def test_streamingbench_json_rows(entries):
     signed = entries + [{"video_path": "clip.mp4", "questions": [SB_ROW]}]  # one real entry: the format is known
     check(streamingbench.load, json.dumps(signed), "streamingbench", expect_questions=True)
@@ -133,7 +149,7 @@ CSV_ROW = {"question_id": "real_1_0", "task_type": "Counting", "question": "How 
 
 
 @FUZZ
-@given(cells=st.lists(mostly(mutated(CSV_ROW, st.text(max_size=30) | SCALARS.map(str)).map(
+@given(cells=st.lists(mostly(mutated(CSV_ROW, st.text(max_size=30) | SCALARS.map(str) | TIMES.map(str)).map(
     lambda r: [r.get(c, "") for c in SB_COLUMNS]), st.lists(st.text(max_size=30), max_size=len(SB_COLUMNS) + 2)),
     min_size=1, max_size=6))
 def test_streamingbench_csv_cells(cells):

@@ -162,6 +162,22 @@ def test_streamingbench_csv_cells(cells):
 
 
 @FUZZ
+@given(cell=st.text(max_size=60) | st.lists(SCALARS, max_size=5).map(repr) | st.lists(JSON, max_size=3).map(json.dumps)
+       | st.builds(lambda prefix, n, rest: prefix * n + rest, st.sampled_from(["-", "+", "~", "(", "[", "not ", "[-"]),
+                   st.integers(1, 100_000), st.sampled_from(["1", "'a'", "]", "[]"])))
+def test_options_cells(cell):
+    """The text of a CSV options cell is a list or a ValueError: the parser never meets a nesting or a
+    chain it cannot hold (ast.literal_eval('-' * 100000 + '1') is a MemoryError)."""
+    from livesight.eval.questions import parse_options_text
+    with bounded_memory():
+        try:
+            options = parse_options_text(cell)
+        except ValueError:
+            return
+    assert isinstance(options, list) and all(isinstance(o, (str, int, float)) for o in options)
+
+
+@FUZZ
 @given(entries=st.lists(mostly(mutated(OVO_CHOICE) | mutated(OVO_FORWARD), JSON), min_size=1, max_size=5))
 def test_ovobench_entries(entries):
     check(ovobench.load, json.dumps(entries + [OVO_CHOICE]), "ovobench", expect_questions=True)

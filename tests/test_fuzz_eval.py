@@ -200,10 +200,12 @@ def test_any_whole_file(whole, benchmark):
 
 
 @FUZZ
-@given(q=st.builds(lambda t, gt, duration: (t, gt, duration), st.floats(0, 1e6), st.floats(0, 1e12),
+@given(q=st.builds(lambda t, gt, duration: (t, gt, duration), st.floats(0, 1e6), st.floats(0, 1e6),
                    st.floats(0.5, 3600)))
 def test_proactive_plans_stay_small_and_match_the_enumeration(q):
-    """Polls past the video's end are one poll at its end: bounded however late the ground truth."""
+    """Polls past the video's end are one poll at its end: bounded however late the ground truth.
+    (A ground truth up to 1e6 s: listing every poll, as before, costs about 100 MB there and fails
+    the memory bound without taking a machine down.)"""
     from livesight.eval.questions import Question
     t, gt, duration = q
     question = Question(id="p", order=0, benchmark="streamingbench", video="v", task="Proactive Output", group="",

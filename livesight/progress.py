@@ -46,7 +46,8 @@ class StatusLines:
 
     def __init__(self, total: int | None, desc: str, unit: str, every_s: float, stream: TextIO,
                  clock: Callable[[], float]):
-        self.total, self.desc, self.unit, self.every_s, self.stream, self.clock = total, desc, unit, every_s, stream, clock
+        self.total, self.desc, self.unit = total, desc, unit
+        self.every_s, self.stream, self.clock = every_s, stream, clock
         self.count, self.now_doing = 0, ""
         self.start = self.last_line = clock()
 

@@ -228,8 +228,8 @@ NUMERIC = ["--limit", "--context", "--fps", "--chunk-seconds", "--vision-window"
            "--narrate-tokens", "--answer-tokens", "--max-pixels", "--retrieve-top-k", "--offload-ram-gb",
            "--offload-disk-gb", "--reuse-threshold", "--keep-ratio", "--keep-floor", "--prune-threshold"]
 VALUES = (st.text(max_size=12) | st.floats().map(repr) | st.integers().map(str) | st.integers(0, 64).map(str)
-          | st.floats(0, 64).map(str) | st.sampled_from(["nan", "inf", "-inf", "1e300", "-1", "0", "1e-300", "all", "2", "16", " 4 ", "0x10",
-                             "1_000", "٣", "１"]))
+          | st.floats(0, 64).map(str) | st.sampled_from(["nan", "inf", "-inf", "1e300", "-1", "0", "1e-300", "all", "2",
+                                                        "16", " 4 ", "0x10", "1_000", "٣", "１"]))
 
 
 @pytest.fixture(scope="module")

@@ -27,8 +27,6 @@ from livesight.streaming.options import STREAM_TIME, Bound, add_engine_args, res
 
 LOADERS = {"streamingbench": streamingbench.load, "ovobench": ovobench.load, "vqa": vqa.load}
 log = logging.getLogger("livesight.eval")
-
-
 LIMIT = Bound(int, 1, 1_000_000, why="questions; the largest benchmark has a few thousand")
 CONTEXT = Bound(float, 0, STREAM_TIME.high, low_open=True, why="seconds of video before a question")
 

@@ -32,7 +32,8 @@ def _question(line: str, number: int, order: int) -> Question:
             raise ValueError("a line must be a JSON object")
         base["id"] = text(row.get("id"), "id") or base["id"]
         task = text(row.get("task"), "task") or "vqa"  # optional
-        base.update(video=text(row.get("video"), "video"), task=task, group=task, time_stamp=text(row.get("time"), "time"))
+        base.update(video=text(row.get("video"), "video"), task=task, group=task,
+                    time_stamp=text(row.get("time"), "time"))
         if not base["video"]:
             raise ValueError("no video")
         t = parse_time(row.get("time"))

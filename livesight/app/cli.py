@@ -13,8 +13,8 @@ import threading
 
 from livesight import scratch
 from livesight.errors import InputError
-from livesight.streaming.options import SECONDS, STREAM_TIME, Bound, add_engine_args, positive, resolve_device, \
-    session_config
+from livesight.streaming.options import SECONDS, STREAM_TIME, Bound, Parser, add_engine_args, positive, \
+    resolve_device, session_config
 
 EXIT_BAD_INPUT = 2
 
@@ -44,13 +44,6 @@ def _joined_asks(argv: list[str]) -> list[str]:
             out.append(argv[i])
             i += 1
     return out
-
-
-class Parser(argparse.ArgumentParser):
-    """A bad flag is one line naming it and where the flags are listed, not the whole usage text."""
-
-    def error(self, message: str):
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,11 +166,15 @@ def run(args) -> int:
     ingest = Ingest(source, realtime=args.realtime)
     questions = start_stdin_questions() if source.is_live else None
     chunks = chunk_frames(ingest, config.frames_per_chunk, config.fps)
+    failure = None
     try:
         for event in run_stream(session, chunks, args.ask, questions, lambda: ingest.dropped):
             print_event(event, args.json)
+            failure = event.data.get("error") if event.type == "summary" else failure
     finally:
         session.close()
+    if failure:  # the source broke mid-way: the transcript is complete up to there, the exit says so
+        raise InputError(failure)
     return 0
 
 

@@ -1,19 +1,13 @@
 """`python -m livesight.eval BENCHMARK …`, the entry `accelerate launch -m livesight.eval` runs in
 each process; the same as `livesight eval BENCHMARK …`."""
 
-import argparse
 import logging
 import sys
 
+from livesight import scratch
 from livesight.errors import InputError
 from livesight.eval.cli import add_arguments, main
-
-
-class Parser(argparse.ArgumentParser):
-    """A bad flag is one line naming it, not the whole usage text (as `livesight`'s own parser)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+from livesight.streaming.options import Parser
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -21,6 +15,8 @@ def run(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    scratch.exit_on_sigterm()  # as `livesight`: temporary folders go on SIGTERM, and those of killed runs now
+    scratch.sweep()
     try:
         return main(args)
     except InputError as err:

@@ -1,7 +1,9 @@
 """Model specs: `tiny-random`, `random-3b`, `random-7b`, a local checkpoint folder or a hub id."""
 
+import contextlib
 import importlib.util
 import logging
+import math
 import os
 import shutil
 import socket
@@ -16,6 +18,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTr
                           Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration)
 
 from livesight.errors import InputError
+from livesight.progress import progress
 
 log = logging.getLogger("livesight.models")
 RANDOM_MODELS = ("tiny-random", "random-3b", "random-7b")
@@ -96,11 +99,23 @@ def check_fits(config, device: str, dtype: torch.dtype, name: str) -> None:
                          f"smaller model (random-3b, tiny-random), or free memory")
 
 
+@contextlib.contextmanager
+def loading(name: str, device: str):
+    """Say on stderr that a model is loading and when it is done: a 7B model takes a while, and the
+    first thing a user sees should not be silence. tiny-random loads in a second, quietly."""
+    if name == "tiny-random":
+        yield
+        return
+    with progress(1, f"loading {name} on {device}", unit="model", every_s=math.inf) as shown:
+        yield
+        shown.update()
+
+
 def _random_model(name: str, device: str, dtype: torch.dtype) -> LoadedModel:
     config = random_config(name)
     check_fits(config, device, dtype, name)
     torch.manual_seed(0)
-    with torch.device(device):
+    with loading(name, device), torch.device(device):
         model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
     max_pixels = 112 * 112 if name == "tiny-random" else 364 * 644
     return LoadedModel(model.eval(), build_byte_tokenizer(), name, max_pixels=max_pixels)
@@ -120,13 +135,14 @@ def _pretrained(spec: str, device: str, dtype: torch.dtype) -> LoadedModel:
             log.warning("downloading %s from the model hub", spec)
             config = AutoConfig.from_pretrained(spec)
         check_fits(config, device, dtype, spec)
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(spec, dtype=dtype, device_map=device)
+        with loading(spec, device):
+            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(spec, dtype=dtype, device_map=device)
         tokenizer = AutoTokenizer.from_pretrained(spec)
     except (OSError, ValueError) as err:
         if isinstance(err, InputError):
             raise
         where = f"the folder {spec}" if local else f"'{spec}' from the model hub (no network here, or no such model)"
-        raise InputError(f"cannot load {where}: {str(err).splitlines()[0]}\n{OFFLINE_OPTIONS}") from None
+        raise InputError(f"cannot load {where}: {str(err).splitlines()[0]} {OFFLINE_OPTIONS}") from None
     mean, std, max_pixels = CLIP_MEAN, CLIP_STD, 364 * 644
     processor_file = os.path.join(spec, "preprocessor_config.json") if local else None
     if processor_file and os.path.exists(processor_file):
@@ -141,14 +157,14 @@ def _reach_hub(spec: str) -> None:
     """Fail at once when the model hub cannot be reached (its client retries for about 30 s)."""
     from huggingface_hub import constants
     if constants.HF_HUB_OFFLINE:
-        raise InputError(f"cannot load '{spec}': it is not in the local model cache and HF_HUB_OFFLINE is set\n"
+        raise InputError(f"cannot load '{spec}': it is not in the local model cache and HF_HUB_OFFLINE is set. "
                          f"{OFFLINE_OPTIONS}")
     url = urllib.parse.urlsplit(constants.ENDPOINT)
     try:
         socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=5).close()
     except OSError as err:
         raise InputError(f"cannot load '{spec}': it is not in the local model cache and the model hub "
-                         f"({url.hostname}) cannot be reached ({err.strerror or err})\n{OFFLINE_OPTIONS}") from None
+                         f"({url.hostname}) cannot be reached ({err.strerror or err}) {OFFLINE_OPTIONS}") from None
 
 
 def load_smollm2(device: str = "cpu", dtype: torch.dtype = torch.float32, cache_dir: str | None = None) -> LoadedModel:

@@ -16,6 +16,13 @@ from livesight.errors import InputError
 from livesight.streaming.config import GB, CompressionConfig, RetrievalConfig, SessionConfig
 
 
+class Parser(argparse.ArgumentParser):
+    """A bad flag is one line naming it and where the flags are listed, not the whole usage text."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 class Bound:
     """A numeric option's type and range. An instance is an argparse `type=` (text in) and checks
     any value (`check`: a page's or a client's JSON). `high` may be a function (a machine limit)."""
@@ -68,7 +75,7 @@ def _number(x: float) -> str:
 
 
 def _shown(value: Any) -> str:
-    text = repr(value) if not isinstance(value, str) else f"'{value}'"
+    text = repr(value)  # quoted, with control characters escaped: the message stays one line
     return text if len(text) <= 40 else text[:37] + "..."
 
 

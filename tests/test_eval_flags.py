@@ -102,3 +102,19 @@ def test_numbers_out_of_bounds_are_refused_in_one_line(capsys, command, flag):
         assert err.count("\n") == 1 and f"argument {flag}: expected" in err, err
         if bound is not None:
             assert bound.describe() in err  # the range, its upper bound included
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["bench", "compression", "--scenes", "quiet,windy"], "bad --scenes"),
+    (["bench", "compression", "--size", "64x9"], "--size height: expected a whole number from 32"),
+    (["bench", "fidelity", "--tokens", "100"], "--tokens (100) must exceed the window"),
+    (["eval", "vqa", "--data", "/nonexistent.jsonl", "--videos", ".", "--out", "OUT"], "no such file"),
+])
+def test_bad_input_is_refused_before_torch_is_imported(tmp_path, argv, message):
+    """A mistake costs a fraction of a second, not a torch import (seconds) first."""
+    argv = [str(tmp_path / "out") if a == "OUT" else a for a in argv]
+    code = ("import sys\nfrom livesight.app.cli import main\ncode = main(sys.argv[1:])\n"
+            "print(code, 'torch' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["2", "False"], (proc.stdout, proc.stderr)
+    assert message in proc.stderr

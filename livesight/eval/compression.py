@@ -89,8 +89,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    from livesight.eval import compression_measure
-    from livesight.streaming.options import resolve_device
     scenes = tuple(s.strip() for s in args.scenes.split(",") if s.strip())
     if not scenes or any(s not in SCENES for s in scenes):
         raise InputError(f"bad --scenes '{args.scenes}': a comma-separated list of {', '.join(SCENES)}")
@@ -100,6 +98,8 @@ def main(args) -> int:
         raise InputError(f"bad --size '{args.size}': write WIDTHxHEIGHT, e.g. 640x360") from None
     width, height = SIDE.check(width, "--size width"), SIDE.check(height, "--size height")
     writable_folder(args.out)
+    from livesight.eval import compression_measure  # torch: once the flags are known to be good
+    from livesight.streaming.options import resolve_device
     bench = CompressionBenchConfig(args.model, resolve_device(args.device), args.seconds, 2.0, width, height, scenes)
     with progress(compression_measure.num_phases(bench), "bench compression", unit="phases") as bar:
         result = compression_measure.run(bench, bar)

@@ -86,15 +86,15 @@ def plot(result: dict, path: str, bin_tokens: int = 256) -> None:
 
 
 def main(args) -> int:
-    from livesight.eval.fidelity import num_phases, run_fidelity
-    from livesight.streaming.adapter import TextAdapter
-    from livesight.streaming.models import load_smollm2
     try:
         config = FidelityConfig(tokens=args.tokens, window=args.window, sink=args.sink, chunk=args.chunk,
                                 oracle_targets=args.oracle_targets, trials=args.trials)
     except ValueError as err:
         raise InputError(str(err)) from None
     writable_folder(args.out)
+    from livesight.eval.fidelity import num_phases, run_fidelity  # torch: once the flags are known to be good
+    from livesight.streaming.adapter import TextAdapter
+    from livesight.streaming.models import load_smollm2
     adapter = TextAdapter(load_smollm2())
     oracle_model = load_smollm2().model  # stock attention: the oracle shares no code with the cache
     with progress(num_phases(), "bench fidelity", unit="phases") as bar:

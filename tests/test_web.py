@@ -39,13 +39,17 @@ def test_transcript_formats():
     assert vtt.count(" --> ") == 4
 
 
+class Dummy:
+    """A run as the registry sees it: streaming until it ends or is closed."""
+
+    def __init__(self):
+        self.is_streaming, self.closed = True, False
+
+    def close(self):
+        self.is_streaming, self.closed = False, True
+
+
 def test_registry_says_busy_past_its_limit_and_frees_a_slot():
-    class Dummy:
-        closed = False
-
-        def close(self):
-            self.closed = True
-
     registry = RunRegistry(max_runs=2)
     a, b = registry.start("a", Dummy), registry.start("b", Dummy)
     with pytest.raises(InputError, match="busy"):
@@ -54,6 +58,84 @@ def test_registry_says_busy_past_its_limit_and_frees_a_slot():
     assert a.closed and registry.get("a") is again
     registry.close("b")
     assert b.closed and registry.start("c", Dummy) is registry.get("c")
+
+
+def test_registry_slots_count_only_streaming_runs_and_the_busy_message_says_how_many():
+    registry = RunRegistry(max_runs=2)
+    a, b = registry.start("a", Dummy), registry.start("b", Dummy)
+    a.is_streaming = False  # ended: it may still answer questions, but holds no slot
+    c = registry.start("c", Dummy)
+    assert registry.get("c") is c and registry.get("b") is b
+    assert a.closed and registry.get("a") is None  # closed for the room: at most 2 runs hold a Session
+    assert "room" in registry.note("a")
+    with pytest.raises(InputError) as busy:
+        registry.start("d", Dummy)
+    assert "2 streams are running" in str(busy.value) and "--max-streams is 2" in str(busy.value)
+    b.is_streaming = c.is_streaming = False
+    d, e = registry.start("d", Dummy), registry.start("e", Dummy)  # each takes an ended run's room
+    assert b.closed and c.closed and registry.counts() == (2, 2)
+    with pytest.raises(InputError, match="2 streams are running"):
+        registry.start("f", Dummy)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_registry_invariants_under_random_use(seed):
+    """Whatever clients do: at most max_runs runs hold a Session, a start is refused only when max_runs
+    runs stream, the message counts them, a closed run is never handed out, room is made least
+    recently used first, and a run unused past the idle timeout is closed before anyone is refused."""
+    import random
+    rng, clock = random.Random(seed), [0.0]
+    registry = RunRegistry(max_runs=3, idle_timeout_s=50.0, clock=lambda: clock[0])
+    runs: dict[str, Dummy] = {}
+    used: dict[str, float] = {}  # the model's own record of when each key's run was last used
+    order: dict[str, int] = {}  # and in which order (clock ties)
+    for step in range(400):
+        key, action = f"k{rng.randrange(8)}", rng.choice(["start", "start", "end", "get", "close", "wait"])
+        held = {k: r for k, r in runs.items() if not r.closed and k != key and clock[0] - used[k] <= 50.0}
+        if action == "start":
+            streaming = sum(r.is_streaming for r in held.values())
+            ended = sorted((k for k, r in held.items() if not r.is_streaming), key=order.get)
+            try:
+                runs[key], used[key], order[key] = registry.start(key, Dummy), clock[0], step
+            except InputError as err:
+                assert streaming == 3 and "3 streams are running" in str(err), (streaming, err)
+            else:
+                assert streaming < 3
+                room = [k for k in ended if runs[k].closed]
+                assert room == ended[:len(room)]  # least recently used first
+        elif action == "end" and key in runs:
+            runs[key].is_streaming = False
+        elif action == "get":
+            run = registry.get(key)
+            assert run is None or not run.closed
+            if run is not None:
+                used[key], order[key] = clock[0], step
+        elif action == "close":
+            registry.close(key)
+        else:
+            clock[0] += rng.choice([1.0, 30.0, 60.0])
+        live = [r for r in runs.values() if not r.closed]
+        assert registry.counts() == (sum(r.is_streaming for r in live), len(live))
+        assert len(live) <= 3
+
+
+def test_registry_closes_a_run_no_client_used_for_the_idle_timeout():
+    clock = [0.0]
+    registry = RunRegistry(max_runs=1, idle_timeout_s=60.0, clock=lambda: clock[0])
+    a = registry.start("api-client", Dummy)  # started and abandoned: no tab ever refreshes it
+    clock[0] = 59.0
+    assert registry.reap() == [] and not a.closed
+    with pytest.raises(InputError, match="busy"):
+        registry.start("b", Dummy)
+    clock[0] = 61.0
+    b = registry.start("b", Dummy)  # the abandoned run is gone: its slot is free
+    assert a.closed and registry.get("api-client") is None and "--idle-timeout" in registry.note("api-client")
+    for t in (100.0, 150.0, 200.0):  # a page that keeps refreshing keeps its run
+        clock[0] = t
+        assert registry.get("b") is b
+        assert registry.reap() == [] and not b.closed
+    clock[0] = 261.0
+    assert registry.reap() == ["b"] and b.closed
 
 
 def wait(predicate, timeout_s=60.0):

@@ -9,11 +9,12 @@ import logging
 import os
 import queue
 import sys
-import tempfile
 import threading
 
+from livesight import scratch
 from livesight.errors import InputError
-from livesight.streaming.options import add_engine_args, positive, resolve_device, session_config
+from livesight.streaming.options import SECONDS, STREAM_TIME, Bound, add_engine_args, positive, resolve_device, \
+    session_config
 
 EXIT_BAD_INPUT = 2
 
@@ -21,37 +22,62 @@ EXIT_BAD_INPUT = 2
 def parse_ask(text: str) -> tuple[float, str]:
     """'SECONDS:question' -> (seconds, question)."""
     seconds, sep, question = text.partition(":")
+    example = 'write SECONDS:question, e.g. --ask "12:what is red?"'
+    if not sep or not question.strip():
+        raise argparse.ArgumentTypeError(f"malformed --ask '{text}': {example}")
     try:
-        value = float(seconds)
-    except ValueError:
-        value = -1.0
-    if not sep or value < 0 or not question.strip():
-        raise argparse.ArgumentTypeError(f"malformed --ask '{text}': write SECONDS:question, e.g. --ask \"12:what is red?\"")
+        value = STREAM_TIME.parse(seconds)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"malformed --ask '{text}': its time: {err}; {example}") from None
     return value, question.strip()
 
 
+def _joined_asks(argv: list[str]) -> list[str]:
+    """`--ask -1:…` as `--ask=-1:…`: argparse takes a value that starts with '-' for a flag, and its
+    message would not say what is wrong with the time."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--ask" and i + 1 < len(argv) and argv[i + 1].startswith("-") and ":" in argv[i + 1]:
+            out.append(f"--ask={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
+class Parser(argparse.ArgumentParser):
+    """A bad flag is one line naming it and where the flags are listed, not the whole usage text."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="livesight", description="Streaming video assistant.")
+    parser = Parser(prog="livesight", description="Streaming video assistant.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="watch a source, narrate, answer questions")
     run.add_argument("--source", required=True, help="video file, webcam:N, rtsp://..., http(s)://..., or "
                      "synthetic[:static|quiet|shapes|busy]")
     add_engine_args(run)
-    run.add_argument("--seconds", type=positive(float), default=None,
-                     help="stop after this many stream seconds (and the length of synthetic; default 30 for it)")
+    run.add_argument("--seconds", type=SECONDS, default=None,
+                     help="stop after this many stream seconds, and the length of synthetic (default: the whole "
+                          "source; 30 for synthetic)")
     run.add_argument("--ask", action="append", type=parse_ask, default=[], metavar="SECONDS:QUESTION",
                      help="ask QUESTION when the stream reaches SECONDS (repeatable)")
-    run.add_argument("--realtime", action="store_true", help="pace a file or synthetic source at real time")
-    run.add_argument("--json", action="store_true", help="one JSON object per event on stdout")
+    run.add_argument("--realtime", action="store_true",
+                     help="pace a file or synthetic source at real time (default: as fast as the engine goes)")
+    run.add_argument("--json", action="store_true", help="one JSON object per event on stdout (default: text lines)")
 
     from livesight.app import web as web_ui
     web_ui.add_arguments(sub.add_parser("web", help="the web UI: watch a file, webcam or camera, narrate and ask "
                                                     "in a browser"))
 
     demo = sub.add_parser("demo", help="write a synthetic clip and run it with tiny-random")
-    demo.add_argument("--seconds", type=positive(float), default=20.0)
-    demo.add_argument("--json", action="store_true")
+    demo.add_argument("--seconds", type=Bound(float, 0, 3600, low_open=True), default=20.0,
+                      help="length of the synthetic clip (default %(default)s)")
+    demo.add_argument("--json", action="store_true", help="one JSON object per event on stdout (default: text lines)")
 
     from livesight.eval import cli as eval_cli
     eval_cli.add_arguments(sub.add_parser("eval", help="StreamingBench, OVO-Bench or a VQA set through the engine: "
@@ -70,9 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     synth = sub.add_parser("synth", help="write a synthetic video (moving shapes and a clock)")
     synth.add_argument("out", help="output file, e.g. clip.mp4")
-    synth.add_argument("--seconds", type=positive(float), required=True)
-    synth.add_argument("--fps", type=positive(float), default=30.0)
-    synth.add_argument("--size", default="640x360", help="WIDTHxHEIGHT")
+    synth.add_argument("--seconds", type=Bound(float, 0, 86400, low_open=True), required=True,
+                       help="length of the video (at most a day)")
+    synth.add_argument("--fps", type=Bound(float, 0, 240, low_open=True), default=30.0,
+                       help="frames per second (default %(default)s)")
+    synth.add_argument("--size", default="640x360", help="WIDTHxHEIGHT (default %(default)s)")
     synth.add_argument("--scene", default="shapes", help="static | quiet | shapes | busy (default shapes)")
     return parser
 
@@ -148,18 +176,21 @@ def run(args) -> int:
 
 def demo(args) -> int:
     from livesight.vision.synthetic import write_video
-    folder = tempfile.mkdtemp(prefix="livesight-demo-")
-    path = os.path.join(folder, "synthetic.mp4")
-    write_video(path, args.seconds)
-    if not args.json:
-        print(f"wrote {args.seconds:g} s of synthetic video to {path}; running it with tiny-random "
-              f"(random weights: the words are noise, the engine is real)", flush=True)
-    ns = build_parser().parse_args([  # a short window, so the questions draw on offloaded moments
-        "run", "--source", path, "--model", "tiny-random", "--narrate-tokens", "8", "--vision-window", "4",
-        "--retrieve-top-k", "2", "--ask", f"{args.seconds / 2:g}:What is moving?",
-        "--ask", f"{args.seconds:g}:What happened at the start?"])
-    ns.json = args.json
-    return run(ns)
+    folder = scratch.make("demo")
+    try:
+        path = os.path.join(folder, "synthetic.mp4")
+        write_video(path, args.seconds)
+        if not args.json:
+            print(f"wrote {args.seconds:g} s of synthetic video; running it with tiny-random "
+                  f"(random weights: the words are noise, the engine is real)", flush=True)
+        ns = build_parser().parse_args([  # a short window, so the questions draw on offloaded moments
+            "run", "--source", path, "--model", "tiny-random", "--narrate-tokens", "8", "--vision-window", "4",
+            "--retrieve-top-k", "2", "--ask", f"{args.seconds / 2:g}:What is moving?",
+            "--ask", f"{args.seconds:g}:What happened at the start?"])
+        ns.json = args.json
+        return run(ns)
+    finally:
+        scratch.remove(folder)
 
 
 def synth(args) -> int:
@@ -192,8 +223,10 @@ def evaluate(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_joined_asks(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    scratch.exit_on_sigterm()  # SIGTERM ends the process through `finally`: temporary folders go
+    scratch.sweep()  # and those of livesight processes killed outright earlier go now
     try:
         return {"run": run, "web": web, "demo": demo, "synth": synth, "bench": bench,
                 "eval": evaluate}[args.command](args)

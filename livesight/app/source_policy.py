@@ -145,9 +145,9 @@ class SourcePolicy:
                              f"Check the name") from None
         private = [a for a in addresses if not is_public(a)]
         if private or not addresses:
-            self._require("private-urls", f"camera URL {shown}",
-                          f" ({parts.hostname} resolves to {private[0] if private else 'no address'}, "
-                          f"not a public address)")
+            where = private[0] if private else "no address"
+            named = parts.hostname if where == parts.hostname else f"{parts.hostname} resolves to {where}, which"
+            self._require("private-urls", f"camera URL {shown}", f" ({named} is not a public address)")
         return text
 
 

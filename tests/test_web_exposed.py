@@ -157,7 +157,9 @@ def server(tmp_path_factory):
     cwd.mkdir()
     (root / "wrapper.py").write_text(WRAPPER)
     canary, port, log = Canary(), _free_port(), str(root / "server.log")
-    env = {k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"}
+    # the server's own settings must keep it quiet and in its folder, not the test's environment
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("GRADIO_TEMP_DIR", "GRADIO_ANALYTICS_ENABLED", "HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY")}
     env.update(TMPDIR=str(tmpdir), LIVESIGHT_TEST_DNS_LOG=str(root / "dns.log"),
                PYTHONPATH=os.pathsep.join([REPO, env.get("PYTHONPATH", "")]))
     open(root / "dns.log", "w").close()
@@ -218,10 +220,9 @@ def test_no_lookup_beyond_loopback_at_start_or_on_a_page_load(server, browser):
     page.wait_for_selector("#start")
     page.wait_for_timeout(2000)  # a few of the page's refresh ticks
     page.context.close()
-    config = json.load(urllib.request.urlopen(f"{server.url}config", timeout=10))
-    assert config["analytics_enabled"] is False
     outbound = [host for host in server.lookups() if not is_loopback_lookup(host)]
     assert outbound == [], outbound
+    assert json.load(urllib.request.urlopen(f"{server.url}config", timeout=10))["analytics_enabled"] is False
 
 
 def open_webcam_page(browser, url):
@@ -277,15 +278,12 @@ def test_hostile_session_hashes_never_name_a_path(server):
     hashes = [f"../../escape-{tag}", f"../escape-{tag}", f"{root}/abs-escape-{tag}", f"/tmp/livesight-escape-{tag}",
               "../" * 12 + f"tmp/deep-escape-{tag}", "x" * 3000]
     server.uploads["clip.mp4"] = server.upload("clip.mp4", open(server.clip, "rb").read())
+    exports = []
     for session_hash in hashes:
         run_to_its_end(server, session_hash, "clip.mp4")
         kind, _ = server.call("ask", ["<script>written by the caller</script>", []], session_hash)
         assert kind == "complete"
-        kind, outputs = server.call("export", ["JSONL"], session_hash)
-        assert kind == "complete" and outputs[0] is not None, outputs
-        exported = outputs[0]["path"]
-        assert os.path.realpath(exported).startswith(server.folder() + os.sep), exported
-        assert "written by the caller" in open(exported, encoding="utf-8").read()
+        exports.append(server.call("export", ["JSONL"], session_hash))
     folder = server.folder()
     targets = {os.path.normpath(os.path.join(base, h)) for h in hashes
                for base in (folder, os.path.join(folder, "exports"), server.tmpdir, os.path.join(server.tmpdir, "gradio"))}
@@ -293,6 +291,10 @@ def test_hostile_session_hashes_never_name_a_path(server):
     assert [p for p, _, _ in os.walk(root) if "escape-" + tag in p] == []
     outside = [p for p in written_files(server.tmpdir) if not p.startswith(server.folder() + os.sep)]
     assert outside == [] and os.listdir(server.cwd) == [], (outside, os.listdir(server.cwd))
+    for kind, outputs in exports:  # and each session got its own transcript, served from the server's folder
+        assert kind == "complete" and outputs[0] is not None, outputs
+        assert os.path.realpath(outputs[0]["path"]).startswith(server.folder() + os.sep), outputs
+        assert "written by the caller" in open(outputs[0]["path"], encoding="utf-8").read()
     server.assert_up()
 
 
@@ -301,13 +303,13 @@ def test_hostile_camera_urls_are_refused_and_never_reached(server):
     urls = [f"http://127.0.0.1:{port}/internal-admin", f"http://localhost:{port}/", f"rtsp://127.0.0.1:{port}/x",
             f"http://2130706433:{port}/", f"http://[::ffff:127.0.0.1]:{port}/", "http://169.254.169.254/latest/",
             "http://10.0.0.1/", "file:///etc/passwd", f"ftp://127.0.0.1:{port}/", "0", "x" * 5000, 5, ["http://x"]]
-    for url in urls:
-        kind, status = server.start("camera-attacker", kind="Camera URL", url=url)
+    answers = [(url, *server.start(f"camera-attacker-{i}", kind="Camera URL", url=url)) for i, url in enumerate(urls)]
+    wait(lambda: server.canary.connections > 0, 3.0)  # a reader the server started would connect by now
+    assert server.canary.connections == 0
+    for url, kind, status in answers:
         assert kind == "complete" and "class='error'" in status, (url, status)
         assert any(s in status for s in ("does not open", "give an rtsp", "Camera URL: expected")), status
     assert "allows only upload,webcam,urls" in server.start("c", kind="Camera URL", url="0")[1]
-    time.sleep(1.0)
-    assert server.canary.connections == 0
     server.assert_up()
 
 

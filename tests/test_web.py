@@ -263,6 +263,24 @@ def test_a_page_is_told_why_its_run_was_closed(tmp_path):
     registry.reap()
     status = handlers.refresh(SimpleNamespace(session_hash="tab"))[-1]
     assert "closed" in status and "--idle-timeout" in status
+    registry.start("other", FakeRun).is_streaming = True
+    with pytest.raises(InputError, match="busy"):  # pressing Start again: the note gives way to what Start says
+        registry.start("tab", FakeRun)
+    assert not isinstance(handlers.refresh(SimpleNamespace(session_hash="tab"))[-1], str)  # left as Start put it
+
+
+def test_a_refused_start_replaces_the_old_run_so_its_message_stays(tmp_path):
+    from types import SimpleNamespace
+
+    from livesight.app.web_inputs import SETTINGS
+    registry = RunRegistry(max_runs=2)
+    handlers, tab = handlers_for(registry, tmp_path), SimpleNamespace(session_hash="tab")
+    registry.start("tab", FakeRun)
+    settings = [s.default for s in SETTINGS]
+    settings[1] = "sixteen"
+    status = handlers.start("Video file", None, "", True, settings, tab)
+    assert "Vision window (s): expected" in status and registry.get("tab") is None
+    assert not isinstance(handlers.refresh(tab)[-1], str)  # the refresh leaves the message alone
 
 
 # --- the page in a browser

@@ -252,14 +252,13 @@ class RunRegistry:
                                      f"{self.max_runs}). Try again when one ends")
                 idle = [k for k, run in self._runs.items() if not run.is_streaming]
                 surplus = len(self._runs) + 1 - self.max_runs
-                closing = [self._pop(k, "another stream needed its room; this one had ended")
+                closing = [self._pop(k, "another stream needed its room, and this one was no longer streaming")
                            for k in idle[:max(0, surplus)]]
             for run in closing:
                 run.close()
             run = make()
             with self._mutex:
                 self._runs[key], self._used[key] = run, self.clock()
-                self._notes.pop(key, None)
             return run
 
     def reap(self) -> list[str]:
@@ -283,8 +282,10 @@ class RunRegistry:
         return thread
 
     def close(self, key: str) -> None:
+        """Close the key's run at its client's wish (Reset, a closed tab, a new Start): no note."""
         with self._mutex:
             run = self._pop(key, None)
+            self._notes.pop(key, None)
         if run is not None:
             run.close()
 

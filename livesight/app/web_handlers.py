@@ -32,7 +32,10 @@ class PageHandlers:
     export_dir: str  # transcripts go to export_dir/<run id>/
 
     def start(self, kind, upload, url, realtime, settings: list, request: gr.Request) -> str:
-        """Start a run for this session from the raw values of the Source and Settings controls."""
+        """Start a run for this session from the raw values of the Source and Settings controls. Start
+        replaces the session's run even when the new one is refused, so the refusal stays in the page
+        (the refresh would otherwise draw the old run's status over it a second later)."""
+        self.registry.close(request.session_hash)
         try:
             config = settings_config(settings)
             is_realtime = checkbox(realtime, "Play files at real time")

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The issue-7 CPU measurement: tiny-random over a synthetic StreamingBench-format set (4 videos x
-# 90 s, 5 questions each), both protocols, all context and the last 60 s. Summaries to results/issue7/cpu_tiny/.
+# The evaluator on the CPU: tiny-random over a synthetic StreamingBench-format set (4 videos x
+# 90 s, 5 questions each), both protocols, all context and the last 60 s. Summaries to results/eval-synthetic/cpu-2core/.
 set -uo pipefail
 LS=${LS:-.venv/bin/livesight}; PY=${PY:-.venv/bin/python}
-BENCH=${BENCH:-/tmp/sbench_cpu}; OUT=results/issue7/cpu_tiny; mkdir -p "$OUT"
+BENCH=${BENCH:-/tmp/sbench_cpu}; OUT=results/eval-synthetic/cpu-2core; mkdir -p "$OUT"
 rm -rf "$BENCH"; $PY scripts/synthetic_streamingbench.py "$BENCH" --videos 4 --seconds 90 --size 640x360 --fps 10
 for protocol in stream official; do
   for context in all 60; do

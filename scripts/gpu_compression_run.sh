@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The issue-5 GPU measurement, through the device tool from the repo root (carry .whl):
+# Compressed visual tokens on a GPU (results/compression/), through the device tool from the repo root (carry .whl):
 # the GPU tests (CUDA-graph steps against eager ones, on tiny-random), then random-7b, 60 s of each
 # synthetic scene at 2 fps, compression settings side by side in one run.
 set -uo pipefail

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The issue-2 GPU measurement, run through the device tool from the repo root:
+# The engine on a GPU (results/stream/), run through the device tool from the repo root:
 #   random-7b, synthetic source, 600 s, no narration, JSON events; then 60 s with narration.
 # Needs .whl/ (transformers 5.23.0, decord 0.6.0 wheels) carried along. Writes logs under $OUT.
 set -uo pipefail

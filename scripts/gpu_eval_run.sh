@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The issue-7 GPU measurement, through the device tool from the repo root (carry .whl: transformers
+# The evaluator on a GPU (results/eval-synthetic/), through the device tool from the repo root (carry .whl: transformers
 # 5.23.0 and decord 0.6.0 wheels), in two calls that each fit the 10-minute limit:
 #   bash scripts/gpu_eval_run.sh stream|official
 # Each runs the GPU tests (CUDA-graph steps, with retrieval too; the evaluator, two processes on one

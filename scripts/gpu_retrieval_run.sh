@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The issue-4 GPU measurement, through the device tool from the repo root (carry .whl):
+# An hour of retrieval on a GPU (results/retrieval-hour/), through the device tool from the repo root (carry .whl):
 # random-7b, one hour of 2 fps synthetic video, no narration, every evicted chunk offloaded
 # (pinned RAM, then disk); questions after 10, 30 and 60 minutes. Logs under $OUT.
 set -uo pipefail

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The issue-8 GPU measurement, through the device tool from the repo root (carry .whl: transformers,
+# Speed at the limit on a GPU (results/speed/), through the device tool from the repo root (carry .whl: transformers,
 # decord and pytest wheels for Python 3.12). random-7b, 2 fps, shapes scene. Two parts, each under the
 # tool's 10 minutes:
 #   kernels: the kernel, static-step, retrieval and speed tests on the GPU, scripts/kernel_bench.py,
@@ -8,7 +8,7 @@
 #            5 minutes with compression off (every chunk's ~300 visual tokens reach the prefill: its MFU);
 #   narrate: 5 minutes with 20 narrated tokens per chunk, and scripts/profile_engine.py with them.
 # Only JSON comes back (the tool returns 8 files); speed.md and speed.png are rendered from it with
-#   python -m livesight.eval.speed_report --render results/issue8/h100/<name>
+#   python -m livesight.eval.speed_report --render results/speed/h100/<name>
 set -uo pipefail
 part=${1:?kernels, stream or narrate}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1

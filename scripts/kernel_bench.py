@@ -2,7 +2,7 @@
 GPU: the largest difference from the float32 reference and the median CUDA-event time of a CUDA-graph
 replay after warm-up.
 
-  python scripts/kernel_bench.py [--out results/issue8/h100/kernels.json]
+  python scripts/kernel_bench.py [--out results/speed/h100/kernels.json]
 
 Language model: 28 query heads, 4 KV heads, head dim 128, 28 layers. Vision tower: 16 heads, head
 dim 80, one 1-s chunk of two 364 x 644 frames = 1,196 patches in windows of 8 x 8 patches.
@@ -135,7 +135,7 @@ def fused_rows(dev) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="results/issue8/h100/kernels.json")
+    parser.add_argument("--out", default="results/speed/h100/kernels.json")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("kernel_bench: needs a CUDA GPU")

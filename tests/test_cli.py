@@ -58,7 +58,9 @@ def test_readable_output_and_console_script(clip):
     (["run", "--source", "CORRUPT"], "cannot decode"),
     (["run", "--source", "TEXT"], "cannot decode"),
     (["run", "--source", "gopher://x"], "unknown source scheme 'gopher'"),
-    (["run", "--source", "rtsp://127.0.0.1:9/live", "--seconds", "1"], "cannot open rtsp://127.0.0.1:9/live"),
+    (["run", "--source", "rtsp://127.0.0.1:9/live", "--seconds", "1"], "cannot open rtsp://127.0.0.1:9/live: it failed "
+                                                                       "after"),  # refused at once: not "within 10 s"
+    (["run", "--source", "webcam:7"], "cannot open webcam:7"),
     (["run", "--source", "synthetic", "--ask", "soon:what?"], "malformed --ask 'soon:what?'"),
     (["run", "--source", "synthetic", "--ask", "12"], "malformed --ask '12'"),
     (["run", "--source", "synthetic", "--fps", "3"], "even number of frames"),
@@ -83,7 +85,29 @@ def test_bad_input_exits_2_with_one_clear_message(tmp_path, args, message):
     proc = livesight(*args)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert message in proc.stderr
-    assert "Traceback" not in proc.stderr + proc.stdout
+    # one line, ours: no traceback, no usage text, no decoder's own chatter (libav, decord, OpenCV) before it
+    assert proc.stderr.startswith("livesight") and proc.stderr.count("\n") == 1, proc.stderr
+    assert str(tmp_path) not in proc.stderr or args[args.index("--source") + 1] in proc.stderr
+
+
+def test_a_video_damaged_mid_way_ends_with_an_error_event_answers_and_a_summary(tmp_path):
+    from livesight.vision.synthetic import write_video
+    path = tmp_path / "damaged.mp4"
+    write_video(str(path), 8.0, 10.0, 320, 180)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2:len(data) // 2 + len(data) // 8] = bytes(len(data) // 8)  # zeros over a stretch of frames
+    path.write_bytes(data)
+    proc = livesight("run", "--source", str(path), "--no-narrate", "--answer-tokens", "2", "--ask", "1:early?",
+                     "--ask", "7.5:late?", "--json")
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    types = [e["type"] for e in events]
+    assert types.count("error") == 1 and types[-1] == "summary", types
+    error = events[types.index("error")]
+    assert "damaged.mp4" in error["text"] and "damaged there" in error["text"], error
+    assert 0 < error["t"] < 7.5 and types[:types.index("error")].count("metrics") == error["t"]  # what was seen
+    assert [e["question"] for e in events if e["type"] == "answer"] == ["early?", "late?"]  # both answered
+    assert events[-1]["error"] == error["text"] and events[-1]["chunks"] == error["t"]
+    assert proc.returncode == 2 and proc.stderr == f"livesight: error: {error['text']}\n", proc.stderr
 
 
 def _write(folder, name, data):

@@ -166,11 +166,15 @@ def run(args) -> int:
     ingest = Ingest(source, realtime=args.realtime)
     questions = start_stdin_questions() if source.is_live else None
     chunks = chunk_frames(ingest, config.frames_per_chunk, config.fps)
+    failure = None
     try:
         for event in run_stream(session, chunks, args.ask, questions, lambda: ingest.dropped):
             print_event(event, args.json)
+            failure = event.data.get("error") if event.type == "summary" else failure
     finally:
         session.close()
+    if failure:  # the source broke mid-way: the transcript is complete up to there, the exit says so
+        raise InputError(failure)
     return 0
 
 

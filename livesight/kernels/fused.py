@@ -1,7 +1,7 @@
 """The language model's small per-layer ops as one kernel each: RMSNorm and the rotary embedding of
 queries and keys. transformers runs them as 8 and 10 elementwise kernels per layer; at a decode step,
 where the matmuls only read weights, those ~500 launches of a few microseconds each cost about as much
-as the attention (results/issue8/h100/profile_narrate.txt). Both kernels follow transformers'
+as the attention (results/speed/h100/profile_narrate.txt). Both kernels follow transformers'
 rounding steps (float32 math, rounded to the input's type where transformers rounds); a fused
 multiply-add may skip one, so results agree to a rounding step.
 """

@@ -17,11 +17,22 @@ def run_stream(session: Session, chunks: Iterable[Chunk | SourceEvent], asks: li
                lock: contextlib.AbstractContextManager = contextlib.nullcontext()) -> Iterator[Event]:
     """Feed chunks to `session`; ask each scheduled question once the stream reaches its time, and
     any question waiting in `questions` after each chunk. Questions still scheduled when the stream
-    ends are asked at its end. The last event is a summary. Each engine step holds `lock` (a front
-    end driving several sessions on one model serializes them; waiting for frames holds nothing)."""
+    ends are asked at its end. A source that fails on the way (a file damaged mid-way: InputError from
+    `chunks`) ends the stream with an `error` event; the questions are still answered from what was
+    seen. The last event is a summary (with `error` then). Each engine step holds `lock` (a front end
+    driving several sessions on one model serializes them; waiting for frames holds nothing)."""
     pending = sorted(asks)
     start = time.perf_counter()
-    for item in chunks:
+    items, failure = iter(chunks), None
+    while True:
+        try:
+            item = next(items, None)
+        except InputError as err:
+            failure = str(err)
+            yield Event("error", session.now, failure)
+            break
+        if item is None:
+            break
         if isinstance(item, SourceEvent):
             yield Event(item.type, item.t, item.text)
             continue
@@ -41,7 +52,7 @@ def run_stream(session: Session, chunks: Iterable[Chunk | SourceEvent], asks: li
     yield Event("summary", session.now, None, {
         "chunks": session.num_chunks, "wall_s": round(wall, 3),
         "chunks_per_s": round(session.num_chunks / wall, 3) if wall > 0 else None,
-        "realtime_factor": round(session.now / wall, 3) if wall > 0 else None})
+        "realtime_factor": round(session.now / wall, 3) if wall > 0 else None} | ({"error": failure} if failure else {}))
 
 
 def answer(session: Session, question: str,

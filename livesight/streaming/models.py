@@ -126,7 +126,7 @@ def _pretrained(spec: str, device: str, dtype: torch.dtype) -> LoadedModel:
         if isinstance(err, InputError):
             raise
         where = f"the folder {spec}" if local else f"'{spec}' from the model hub (no network here, or no such model)"
-        raise InputError(f"cannot load {where}: {str(err).splitlines()[0]}\n{OFFLINE_OPTIONS}") from None
+        raise InputError(f"cannot load {where}: {str(err).splitlines()[0]} {OFFLINE_OPTIONS}") from None
     mean, std, max_pixels = CLIP_MEAN, CLIP_STD, 364 * 644
     processor_file = os.path.join(spec, "preprocessor_config.json") if local else None
     if processor_file and os.path.exists(processor_file):
@@ -141,14 +141,14 @@ def _reach_hub(spec: str) -> None:
     """Fail at once when the model hub cannot be reached (its client retries for about 30 s)."""
     from huggingface_hub import constants
     if constants.HF_HUB_OFFLINE:
-        raise InputError(f"cannot load '{spec}': it is not in the local model cache and HF_HUB_OFFLINE is set\n"
+        raise InputError(f"cannot load '{spec}': it is not in the local model cache and HF_HUB_OFFLINE is set. "
                          f"{OFFLINE_OPTIONS}")
     url = urllib.parse.urlsplit(constants.ENDPOINT)
     try:
         socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=5).close()
     except OSError as err:
         raise InputError(f"cannot load '{spec}': it is not in the local model cache and the model hub "
-                         f"({url.hostname}) cannot be reached ({err.strerror or err})\n{OFFLINE_OPTIONS}") from None
+                         f"({url.hostname}) cannot be reached ({err.strerror or err}) {OFFLINE_OPTIONS}") from None
 
 
 def load_smollm2(device: str = "cpu", dtype: torch.dtype = torch.float32, cache_dir: str | None = None) -> LoadedModel:

@@ -68,7 +68,7 @@ def _number(x: float) -> str:
 
 
 def _shown(value: Any) -> str:
-    text = repr(value) if not isinstance(value, str) else f"'{value}'"
+    text = repr(value)  # quoted, with control characters escaped: the message stays one line
     return text if len(text) <= 40 else text[:37] + "..."
 
 

@@ -6,7 +6,7 @@ padding rows write their keys past the cache's end, where the next step overwrit
 real query sees them (causal); slots past each query's own are masked. Shapes then depend only on
 (B, Kb), and each pair is captured once and replayed after: without it, transformers' ~20 small
 kernels per layer wait on the host launching them, and a step costs the same 25-40 ms for 20
-tokens as for 264 (results/issue5). Elsewhere the same function runs eagerly (tests hold it equal
+tokens as for 264 (results/compression/h100). Elsewhere the same function runs eagerly (tests hold it equal
 to the dynamic forward).
 """
 

@@ -4,8 +4,11 @@ Every source yields `Frame`s sampled to a target fps with stream-time stamps (fi
 time; live: wall clock since the stream started) and `SourceEvent`s for trouble on the way.
 """
 
+import contextlib
 import os
 import re
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +20,40 @@ from livesight.errors import InputError
 from livesight.vision import synthetic
 
 SCHEMES = "a video file path, webcam:N, rtsp://..., http(s)://..., synthetic or synthetic:SCENE"
+_DECORD_LINE = re.compile(r"^\[\d\d:\d\d:\d\d\] \S+\.(cc|h):\d+: ")  # decord's own log lines
+_stderr_lock = threading.Lock()
+
+
+def quiet_decoders() -> None:
+    """The decoders log to the process's stderr on their own (libav's "moov atom not found", OpenCV's
+    "[ WARN:0@0.02] ..."), ahead of our one-line message, which says the same in our words. These are
+    the libraries' own log-level settings (process-wide by their design); setting them again is harmless."""
+    import cv2
+    import decord
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # OpenCV's libav: read when it first opens a stream
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    decord.logging.set_level(decord.logging.QUIET)
+
+
+@contextlib.contextmanager
+def _decord_stderr():
+    """decord writes a line of its own to fd 2 when it cannot open a file, beside the exception it
+    raises; no setting silences it. Around an open only, fd 2 goes to a file, decord's lines are
+    dropped and anything else written meanwhile is passed on (a lock keeps two opens apart)."""
+    with _stderr_lock, tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            other = [line for line in captured.read().decode(errors="replace").splitlines(keepends=True)
+                     if not _DECORD_LINE.match(line)]
+            if other:
+                sys.stderr.write("".join(other))
 
 
 @dataclass
@@ -62,30 +99,29 @@ class VideoFile:
         self.path = path
         try:
             import decord
-            self._reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-            count = len(self._reader)
-            stamps = self._reader.get_frame_timestamp(np.arange(count))[:, 0] if count else np.zeros(0)
+            quiet_decoders()
+            with _decord_stderr():
+                self._reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+                count = len(self._reader)
+                stamps = self._reader.get_frame_timestamp(np.arange(count))[:, 0] if count else np.zeros(0)
         except ImportError:
             raise InputError("cannot read video files: the decord package is missing (pip install decord)") from None
-        except Exception as err:  # decord raises its own DECORDError and RuntimeError for bad data
-            raise self._undecodable(err) from None
+        except Exception:  # decord raises its own DECORDError and RuntimeError for bad data, in its own words
+            raise InputError(f"cannot decode {path} as a video: it is not a video file, or it is damaged or cut "
+                             f"short. Check that it plays, or re-encode it: ffmpeg -i {path} -c:v libx264 out.mp4"
+                             ) from None
         if count == 0:
             raise InputError(f"video file has no frames: {path}. Check that it plays")
-        self.path = path
         self.timestamps = np.asarray(stamps, dtype=np.float64) - float(stamps[0])
         self.size = self.frame(0).shape[:2]
-
-    def _undecodable(self, err: Exception, where: str = "") -> InputError:
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        path = getattr(self, "path", None) or "the file"
-        return InputError(f"cannot decode {where}{path} as a video ({reason}). Check that it plays, "
-                          f"or re-encode it: ffmpeg -i {path} -c:v libx264 out.mp4")
 
     def frame(self, index: int) -> np.ndarray:
         try:
             return self._reader[index].asnumpy()
-        except Exception as err:
-            raise self._undecodable(err, f"frame {index} of ") from None
+        except Exception:  # decord's message is its C++ internals; say where, in our words
+            raise InputError(f"cannot decode frame {index} (at {self.timestamps[index]:.1f} s) of {self.path}: the "
+                             f"file is damaged there. Re-encode it (ffmpeg -i {self.path} -c:v libx264 out.mp4) "
+                             f"to read past the damage") from None
 
     @property
     def duration(self) -> float:
@@ -200,15 +236,19 @@ class LiveSource(NewestFrame):
                  max_backoff_s: float = 8.0):
         if isinstance(target, str) and target.startswith("rtsp") and "OPENCV_FFMPEG_CAPTURE_OPTIONS" not in os.environ:
             os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = "rtsp_transport;tcp"  # TCP: no lost UDP packets
-        os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # our own events report drops and reconnects
-        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+        quiet_decoders()  # our own events report drops and reconnects
         super().__init__(fps, seconds)
         self.target, self.timeout_s, self.max_backoff_s = target, timeout_s, max_backoff_s
         self.name = f"webcam:{target}" if isinstance(target, int) else target
+        started = time.monotonic()
         self._capture = self._open()
         if self._capture is None:
-            raise InputError(f"cannot open {self.name}: no stream answered within {timeout_s:g} s. Check that the "
-                             f"camera or server is up and the URL is right")
+            waited = time.monotonic() - started
+            why = (f"no stream answered within {timeout_s:g} s" if waited >= 0.8 * timeout_s else
+                   f"it failed after {waited:.1f} s (no such camera, nothing listening there, or the server "
+                   f"refused the stream)")
+            raise InputError(f"cannot open {self.name}: {why}. Check that the camera or server is up and the URL "
+                             f"is right")
         ok, image = self._capture.read()
         if not ok:
             self._capture.release()

@@ -12,7 +12,7 @@ import contextlib
 import os
 
 from livesight import scratch
-from livesight.app.source_policy import KINDS, SourcePolicy, parse_allowed
+from livesight.app.source_policy import KINDS, SourcePolicy, is_loopback_host, parse_allowed
 from livesight.errors import InputError
 from livesight.streaming.options import Bound
 
@@ -91,6 +91,9 @@ def serve(args, policy: SourcePolicy, upload_dir: str, export_dir: str) -> int:
     from livesight.streaming.options import resolve_device
     if args.share:
         print("livesight web: --share makes a public link: anyone with it can use this server", flush=True)
+    if not is_loopback_host(args.host):
+        print(f"livesight web: {args.host} is beyond loopback: anyone who reaches port {args.port} can use the page "
+              f"and its HTTP API (there is no login; put a proxy that asks for one in front)", flush=True)
     print(f"livesight web: sources allowed: {policy.describe()} (--allow-sources)", flush=True)
     adapter = QwenVLAdapter(load_model(args.model, resolve_device(args.device)))
     registry = RunRegistry(args.max_streams, args.idle_timeout)

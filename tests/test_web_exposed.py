@@ -291,6 +291,10 @@ def test_hostile_session_hashes_never_name_a_path(server):
     assert [p for p, _, _ in os.walk(root) if "escape-" + tag in p] == []
     outside = [p for p in written_files(server.tmpdir) if not p.startswith(server.folder() + os.sep)]
     assert outside == [] and os.listdir(server.cwd) == [], (outside, os.listdir(server.cwd))
+    # a run is still held (it answers questions): its session's folder is in the server's folder too
+    assert [n for n in os.listdir(server.tmpdir) if not n.startswith("torchinductor_")] == [
+        os.path.basename(folder)]
+    assert any(n.startswith("livesight-session-") for n in os.listdir(os.path.join(folder, "offload")))
     for kind, outputs in exports:  # and each session got its own transcript, served from the server's folder
         assert kind == "complete" and outputs[0] is not None, outputs
         assert os.path.realpath(outputs[0]["path"]).startswith(server.folder() + os.sep), outputs

@@ -5,6 +5,7 @@ test states what must hold for every such value."""
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -140,6 +141,12 @@ def test_every_value_the_page_offers_is_accepted(index):
         values = [s.default for s in SETTINGS]
         values[index] = value
         settings_config(values)
+
+
+def test_sessions_spill_into_the_server_folder_within_what_its_disk_holds(tmp_path):
+    config = settings_config([s.default for s in SETTINGS], str(tmp_path))
+    assert config.retrieval.folder == str(tmp_path)
+    assert 0 < config.retrieval.disk_gb <= shutil.disk_usage(tmp_path).total / 2 ** 30
 
 
 def test_settings_need_every_value():

@@ -2,9 +2,10 @@
 
 Every browser tab gets its own run (keyed by Gradio's session hash), so transcripts never mix; at
 most --max-streams stream at once, and engine steps of all runs share one lock (one model, one GPU).
-Everything the server writes (uploads, Gradio's cache, exported transcripts) lies in one folder of
-its own, made by livesight.scratch and removed when it stops. This module is light: the parser's
-flags and the server's start; Gradio is imported only once the server's folder is set.
+Everything the server writes (uploads, Gradio's cache, exported transcripts, the sessions' spilled
+cache blocks) lies in one folder of its own, made by livesight.scratch and removed when it stops.
+This module is light: the parser's flags and the server's start; Gradio is imported only once the
+server's folder is set.
 """
 
 import argparse
@@ -76,13 +77,15 @@ def main(args) -> int:
     policy = SourcePolicy.for_host(args.allow_sources, args.host)
     folder = scratch.make("web")
     try:
+        offload_dir = os.path.join(folder, "offload")
+        os.mkdir(offload_dir)
         with gradio_temp_dir(os.path.join(folder, "gradio")) as upload_dir:
-            return serve(args, policy, upload_dir, os.path.join(folder, "exports"))
+            return serve(args, policy, upload_dir, os.path.join(folder, "exports"), offload_dir)
     finally:
         scratch.remove(folder)
 
 
-def serve(args, policy: SourcePolicy, upload_dir: str, export_dir: str) -> int:
+def serve(args, policy: SourcePolicy, upload_dir: str, export_dir: str, offload_dir: str) -> int:
     from livesight.app.live import RunRegistry
     from livesight.app.web_handlers import PageHandlers
     from livesight.app.web_page import CSS, build
@@ -97,7 +100,7 @@ def serve(args, policy: SourcePolicy, upload_dir: str, export_dir: str) -> int:
     print(f"livesight web: sources allowed: {policy.describe()} (--allow-sources)", flush=True)
     adapter = QwenVLAdapter(load_model(args.model, resolve_device(args.device)))
     registry = RunRegistry(args.max_streams, args.idle_timeout)
-    demo = build(PageHandlers(adapter, registry, policy, upload_dir, export_dir), args.model)
+    demo = build(PageHandlers(adapter, registry, policy, upload_dir, export_dir, offload_dir), args.model)
     demo.queue(default_concurrency_limit=8)
     try:
         demo.launch(server_name=args.host, server_port=args.port, share=args.share, prevent_thread_lock=True,

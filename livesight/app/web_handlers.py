@@ -30,6 +30,7 @@ class PageHandlers:
     policy: SourcePolicy
     upload_dir: str  # Gradio's upload folder: an uploaded video must lie in it
     export_dir: str  # transcripts go to export_dir/<run id>/
+    offload_dir: str | None = None  # each session's folder for spilled blocks goes in here
 
     def start(self, kind, upload, url, realtime, settings: list, request: gr.Request) -> str:
         """Start a run for this session from the raw values of the Source and Settings controls. Start
@@ -37,7 +38,7 @@ class PageHandlers:
         (the refresh would otherwise draw the old run's status over it a second later)."""
         self.registry.close(request.session_hash)
         try:
-            config = settings_config(settings)
+            config = settings_config(settings, self.offload_dir)
             is_realtime = checkbox(realtime, "Play files at real time")
             source, name = source_choice(kind, upload, url, config.fps, self.policy, self.upload_dir)
             self.registry.start(request.session_hash, lambda: LiveRun(

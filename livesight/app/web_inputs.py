@@ -5,13 +5,14 @@ the page's event for Start takes the values raw (preprocess=False) and this modu
 """
 
 import os
+import shutil
 from dataclasses import dataclass
 from typing import Any
 
 from livesight.app.source_policy import SourcePolicy
 from livesight.errors import InputError
-from livesight.streaming.config import SessionConfig
-from livesight.streaming.options import Bound, build_config
+from livesight.streaming.config import GB, SessionConfig
+from livesight.streaming.options import DEFAULTS, Bound, build_config
 from livesight.vision.sources import PushSource
 
 VIDEO_TYPES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts")
@@ -84,12 +85,17 @@ def number(setting: Setting, value: Any) -> int | float:
     return bound.check(value, setting.label)
 
 
-def settings_config(values: list[Any]) -> SessionConfig:
-    """The Settings controls' values, in SETTINGS order -> a validated SessionConfig."""
+def settings_config(values: list[Any], offload_dir: str | None = None) -> SessionConfig:
+    """The Settings controls' values, in SETTINGS order -> a validated SessionConfig. offload_dir: where
+    sessions make their folders for spilled blocks (the server's own folder), with a disk budget the
+    disk can hold."""
     if len(values) != len(SETTINGS):
         raise InputError(f"settings: expected {len(SETTINGS)} values, got {len(values)}")
     checked = {s.dest: checkbox(v, s.label) if s.control == "checkbox" else number(s, v)
                for s, v in zip(SETTINGS, values)}
+    if offload_dir is not None:
+        disk_gb = shutil.disk_usage(offload_dir).total / GB
+        checked.update(offload_dir=offload_dir, offload_disk_gb=min(DEFAULTS["offload_disk_gb"], disk_gb))
     return build_config(checked, LABELS)
 
 

@@ -142,7 +142,7 @@ def test_a_partial_last_line_is_cut_and_asked_again(tmp_path):
 @pytest.mark.parametrize("extra,message", [
     (["--data", "/nonexistent.json"], "--data /nonexistent.json: no such file"),
     (["--videos", "/nonexistent"], "--videos /nonexistent is not a folder"),
-    (["--context", "soon"], "--context takes all or a number of seconds"),
+    (["--context", "soon"], "argument --context: expected all or a number above 0"),
     (["--tasks", "XYZ"], "--tasks XYZ: none of these tasks"),
     (["--fps", "3"], "even number of frames"),
 ])
@@ -237,3 +237,17 @@ def test_streamingbench_and_ovobench_files_end_to_end(bench, tmp_path):
     proactive = records(tmp_path / "streamingbench")["./videos/shapes.mp4#1"]
     assert [t for t, _ in proactive["polls"]][0] == 3 and proactive["polls"][-1][0] <= 8
     assert [p["t"] for p in records(tmp_path / "ovobench")["2"]["probes"]] == [2, 5]
+
+
+def test_progress_counts_each_question(bench, tmp_path, capsys, monkeypatch):
+    """Off a terminal, eval's progress is status lines on stderr: one update per question written
+    (here a line at each, every_s=0)."""
+    import functools
+
+    from livesight.eval import cli
+    from livesight.progress import progress
+    monkeypatch.setattr(cli, "progress", functools.partial(progress, every_s=0, bar=False))
+    assert eval_main(args(bench, tmp_path / "each", "--limit", "4")) == 0
+    counts = [x.split(": ")[1].split(" ")[0] for x in capsys.readouterr().err.splitlines()
+              if x.startswith("eval vqa: ")]
+    assert counts == ["1/4", "2/4", "3/4", "4/4", "done,"]

@@ -13,8 +13,8 @@ import threading
 
 from livesight import scratch
 from livesight.errors import InputError
-from livesight.streaming.options import SECONDS, STREAM_TIME, Bound, add_engine_args, positive, resolve_device, \
-    session_config
+from livesight.streaming.options import SECONDS, STREAM_TIME, Bound, Parser, add_engine_args, positive, \
+    resolve_device, session_config
 
 EXIT_BAD_INPUT = 2
 
@@ -44,13 +44,6 @@ def _joined_asks(argv: list[str]) -> list[str]:
             out.append(argv[i])
             i += 1
     return out
-
-
-class Parser(argparse.ArgumentParser):
-    """A bad flag is one line naming it and where the flags are listed, not the whole usage text."""
-
-    def error(self, message: str):
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,19 +1,22 @@
 """`python -m livesight.eval BENCHMARK …`, the entry `accelerate launch -m livesight.eval` runs in
 each process; the same as `livesight eval BENCHMARK …`."""
 
-import argparse
 import logging
 import sys
 
+from livesight import scratch
 from livesight.errors import InputError
 from livesight.eval.cli import add_arguments, main
+from livesight.streaming.options import Parser
 
 
 def run(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="livesight eval", description="Benchmarks through the streaming engine.")
+    parser = Parser(prog="livesight eval", description="Benchmarks through the streaming engine.")
     add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    scratch.exit_on_sigterm()  # as `livesight`: temporary folders go on SIGTERM, and those of killed runs now
+    scratch.sweep()
     try:
         return main(args)
     except InputError as err:

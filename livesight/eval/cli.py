@@ -19,12 +19,16 @@ import time
 
 from livesight.errors import InputError
 from livesight.eval import ovobench, report, streamingbench, vqa
+from livesight.eval.output import writable_folder
 from livesight.eval.results import ResultsLog, _atomic_write
 from livesight.eval.runner import RunStats, evaluate
-from livesight.streaming.options import add_engine_args, positive, resolve_device, session_config
+from livesight.progress import progress
+from livesight.streaming.options import STREAM_TIME, Bound, add_engine_args, resolve_device, session_config
 
 LOADERS = {"streamingbench": streamingbench.load, "ovobench": ovobench.load, "vqa": vqa.load}
 log = logging.getLogger("livesight.eval")
+LIMIT = Bound(int, 1, 1_000_000, why="questions; the largest benchmark has a few thousand")
+CONTEXT = Bound(float, 0, STREAM_TIME.high, low_open=True, why="seconds of video before a question")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,30 +38,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "vqa": "a generic JSONL of video, time, question, options, answer"}
     for name, text in helps.items():
         p = sub.add_parser(name, help=text)
-        p.add_argument("--data", required=True, help="the benchmark's question file")
-        p.add_argument("--videos", required=True, help="folder the videos are resolved in (and only in)")
-        p.add_argument("--out", required=True, help="results folder; a rerun into it resumes")
+        p.add_argument("--data", required=True, help=f"the benchmark's question file, in {name}'s format (required)")
+        p.add_argument("--videos", required=True,
+                       help="folder the videos are resolved in, as the data names them: no absolute path or '..'; "
+                            "symlinks inside it are followed (required)")
+        p.add_argument("--out", required=True, help="results folder, created if missing; a rerun into it resumes "
+                                                    "(required)")
         p.add_argument("--protocol", choices=("stream", "official"), default="stream",
-                       help="stream: one pass per video, each question at its time (default); official: the video "
-                            "cut at each question's time, a fresh stream each, as the benchmark's script does")
+                       help="stream: one pass per video, each question at its time; official: the video cut at each "
+                            "question's time, a fresh stream each, as the benchmark's script does (default stream)")
         p.add_argument("--context", default="all", type=_context,
-                       help="all (default) or SECONDS: how much video before a question the model may use")
-        p.add_argument("--tasks", default=None, help="comma-separated task names or abbreviations (e.g. OP,CT)")
-        p.add_argument("--limit", type=positive(int), default=None, help="only the first N questions")
+                       help="all or SECONDS: how much video before a question the model may use (default all)")
+        p.add_argument("--tasks", default=None,
+                       help="comma-separated task names or abbreviations, e.g. OP,CT (default: every task)")
+        p.add_argument("--limit", type=LIMIT, default=None, help="only the first N questions (default: all)")
         p.add_argument("--retry-errors", action="store_true",
-                       help="ask again the questions whose results are error lines (a video added or fixed since)")
-        add_engine_args(p)
-        p.add_argument("--narrate", dest="narrate", action="store_true", help="narrate each chunk (default off)")
-        p.set_defaults(narrate=False, answer_tokens=16)
+                       help="ask again the questions whose results are error lines, a video added or fixed since "
+                            "(default: they are kept)")
+        add_engine_args(p, narrate=False, answer_tokens=16)
 
 
 def _context(text: str) -> float | None:
-    if text == "all":
+    if text.strip() == "all":
         return None
     try:
-        return positive(float)(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"--context takes all or a number of seconds > 0, got '{text}'") from None
+        return CONTEXT.parse(text)
+    except ValueError as err:  # "expected a number ..." -> "expected all or a number ..."
+        raise argparse.ArgumentTypeError(str(err).replace("expected ", "expected all or ", 1)) from None
 
 
 def load_questions(args) -> tuple[list, list]:
@@ -67,10 +74,7 @@ def load_questions(args) -> tuple[list, list]:
                          f"Benchmarks) and give its path")
     if not os.path.isdir(args.videos):
         raise InputError(f"--videos {args.videos} is not a folder: give the folder that holds the benchmark's videos")
-    try:
-        questions = everything = LOADERS[args.benchmark](args.data)
-    except (ValueError, SyntaxError, UnicodeDecodeError) as err:
-        raise InputError(f"cannot read --data {args.data} as {args.benchmark}: {str(err).splitlines()[0]}") from None
+    questions = everything = LOADERS[args.benchmark](args.data)  # InputError: not that benchmark's file
     _unique_ids(questions)
     if args.tasks:
         name = {"streamingbench": streamingbench.task_name, "ovobench": str.upper, "vqa": str}[args.benchmark]
@@ -119,8 +123,12 @@ def main(args) -> int:
     logging.getLogger("livesight.eval").setLevel(logging.INFO)
     config = session_config(args)
     if args.protocol == "stream" and args.context is not None:  # only the last `context` seconds: no history
+        if args.context < config.chunk_seconds:
+            raise InputError(f"--context {args.context:g}: the stream protocol keeps whole chunks of video; give at "
+                             f"least --chunk-seconds ({config.chunk_seconds:g} s), or --protocol official")
         config = dataclasses.replace(config, vision_window_s=min(config.vision_window_s, args.context),
                                      retrieval=dataclasses.replace(config.retrieval, enabled=False))
+    writable_folder(args.out)
     everything, questions = load_questions(args)
     rank, world = _processes()
     results = ResultsLog(args.out, rank, world)
@@ -131,7 +139,7 @@ def main(args) -> int:
     start = time.perf_counter()
     stats = RunStats()
     if mine:
-        stats = _run(args, config, mine, everything, results)
+        stats = _run(args, config, mine, everything, results, "" if world == 1 else f" (process {rank + 1} of {world})")
     results.close()
     _atomic_write(os.path.join(args.out, f"stats.rank{rank}.json"), json.dumps(dataclasses.asdict(stats) | {
         "wall_s": time.perf_counter() - start}))
@@ -153,7 +161,7 @@ def _shard(todo: list, rank: int, world: int) -> list:
     return [q for q in todo if (q.error is None and q.video in mine) or (q.error is not None and rank == 0)]
 
 
-def _run(args, config, questions: list, everything: list, results: ResultsLog) -> RunStats:
+def _run(args, config, questions: list, everything: list, results: ResultsLog, process: str = "") -> RunStats:
     from livesight.eval.engine import SessionEngine
     from livesight.streaming.adapter import QwenVLAdapter
     from livesight.streaming.models import load_model
@@ -169,8 +177,11 @@ def _run(args, config, questions: list, everything: list, results: ResultsLog) -
     config = dataclasses.replace(config, max_question_tokens=max(config.max_question_tokens, longest))
     engine = SessionEngine(adapter, config)
     try:
-        return evaluate(questions, engine, args.videos, results.append, args.protocol, args.context,
-                        config.answer_tokens)
+        with progress(len(questions), f"eval {args.benchmark}{process}", unit="questions") as bar:
+            def write(record: dict) -> None:
+                results.append(record)
+                bar.update()
+            return evaluate(questions, engine, args.videos, write, args.protocol, args.context, config.answer_tokens)
     finally:
         engine.close()
 

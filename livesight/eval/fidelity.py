@@ -9,52 +9,18 @@ Every policy sees at most W tokens per query: the cache is cut to W - chunk befo
 """
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import torch
 
 from livesight.errors import InputError
+from livesight.eval.config import POLICIES, RECALL_POLICIES, FidelityConfig
 from livesight.kvcache import KeepAll, Segment, TokenTable, WindowPolicy
 from livesight.streaming.adapter import TextAdapter
 from livesight.streaming.config import RetrievalConfig
 from livesight.streaming.retrieval import Retriever
 from livesight.streaming.stepper import CacheStepper
-
-POLICIES = ("dense", "window", "sink+window")
-RECALL_POLICIES = ("dense", "sink+window", "sink+window+retrieval")
-
-
-@dataclass(frozen=True)
-class FidelityConfig:
-    tokens: int = 8192
-    window: int = 256
-    sink: int = 4
-    chunk: int = 16
-    oracle_targets: int = 256
-    trials: int = 20
-    passkey_filler: int = 85  # filler sentences: about 2,100 tokens
-    passkey_chunk: int = 64  # prompt tokens per step while prefilling (the cache holds W - 64 .. W)
-    passkey_depths: tuple[float, float] = (0.05, 0.4)
-    answer_tokens: int = 8
-    retrieve_block: int = 16  # tokens per offloaded text block
-    retrieve_top_k: int = 16  # blocks brought back for the question (16 x 16 = 256 tokens)
-    retrieve_scope: str = "layer"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not 0 < self.chunk < self.window:
-            raise ValueError(f"--chunk must be between 1 and the window - 1, got {self.chunk} (window {self.window})")
-        if not 0 <= self.sink < self.window - self.chunk:
-            raise ValueError(f"--sink must leave room for the window: sink {self.sink}, window {self.window}, "
-                             f"chunk {self.chunk}")
-        if self.tokens <= self.window + self.chunk:
-            raise ValueError(f"--tokens ({self.tokens}) must exceed the window ({self.window}) to test eviction")
-        if not 0 < self.passkey_chunk < self.window:
-            raise ValueError(f"passkey chunk must be between 1 and the window - 1, got {self.passkey_chunk}")
-        if self.trials < 0 or self.oracle_targets < 1:
-            raise ValueError("--trials must be >= 0 and --oracle-targets >= 1")
-
 
 class TextStream:
     """Token ids through LiveSight's cache under one named policy, `chunk` tokens per step."""
@@ -177,8 +143,14 @@ def perplexity(nll: torch.Tensor) -> float:
     return float(torch.exp(nll.double().mean()))
 
 
-def run_fidelity(adapter: TextAdapter, oracle_model, config: FidelityConfig, log=print) -> dict:
-    """All measurements; -> a JSON-ready dict with the settings that produced it."""
+def num_phases() -> int:
+    """What run_fidelity reports progress in: each policy's perplexity, the oracle, each policy's passkey trials."""
+    return len(POLICIES) + 1 + len(RECALL_POLICIES)
+
+
+def run_fidelity(adapter: TextAdapter, oracle_model, config: FidelityConfig, bar) -> dict:
+    """All measurements; -> a JSON-ready dict with the settings that produced it. `bar`
+    (livesight.progress) advances once per phase, `num_phases()` in all."""
     from livesight.eval.corpus import passkey_trials, python_docs_text
     ids = adapter.tokenizer.encode(python_docs_text(), add_special_tokens=False)[:config.tokens]
     if len(ids) < config.tokens:
@@ -186,17 +158,20 @@ def run_fidelity(adapter: TextAdapter, oracle_model, config: FidelityConfig, log
     targets = np.linspace(config.window, len(ids) - 1, config.oracle_targets).round().astype(int).tolist()
     nll = {}
     for policy in POLICIES:
-        log(f"perplexity: {policy} over {len(ids)} tokens")
+        bar.describe(f"perplexity: {policy} over {len(ids)} tokens")
         nll[policy] = stream_nll(adapter, ids, policy, config)
-    log(f"perplexity: sliding-window recompute on {len(targets)} targets")
+        bar.update()
+    bar.describe(f"perplexity: sliding-window recompute on {len(targets)} targets")
     oracle = recompute_nll(oracle_model, ids, config.window, targets)
+    bar.update()
     at_targets = {p: perplexity(nll[p][torch.tensor(targets) - 1]) for p in POLICIES}
     at_targets["recompute"] = perplexity(oracle)
     trials = passkey_trials(config.trials, config.passkey_depths, config.seed)
     passkey = {}
     for policy in RECALL_POLICIES:
-        log(f"passkey: {policy}, {len(trials)} trials")
+        bar.describe(f"passkey: {policy}, {len(trials)} trials")
         passkey[policy] = [passkey_trial(adapter, policy, config, key, depth) for key, depth in trials]
+        bar.update()
     return {
         "settings": asdict(config) | {"model": adapter.loaded.name, "text": "pydoc_data.topics (CPython docs)"},
         "perplexity_all_tokens": {p: perplexity(nll[p]) for p in POLICIES},

@@ -5,21 +5,37 @@ import os
 
 from livesight.errors import InputError
 from livesight.eval import report
-from livesight.eval.fidelity import POLICIES, FidelityConfig, run_fidelity
+from livesight.eval.config import POLICIES, FidelityConfig
+from livesight.eval.output import writable_folder
+from livesight.progress import progress
+from livesight.streaming.options import Bound
 
 NAMES = {"dense": "dense (full cache)", "window": "window only", "sink+window": "sink + window",
          "recompute": "sliding-window recompute (oracle)", "sink+window+retrieval": "sink + window + retrieval"}
 
 
+# SmolLM2-135M caches about 46 KB per token in float32: the dense policy's cache holds every token.
+TOKENS = Bound(int, 16, 65536, why="text tokens; the dense policy caches them all, about 3 GB at most")
+CONTEXT = Bound(int, 1, 8192, why="tokens; SmolLM2 was trained on 8,192")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = FidelityConfig()
-    parser.add_argument("--tokens", type=int, default=d.tokens, help="tokens of text for perplexity (>= 8000 in the report)")
-    parser.add_argument("--window", type=int, default=d.window, help="W: tokens each query may see")
-    parser.add_argument("--sink", type=int, default=d.sink, help="S: initial tokens kept by sink + window")
-    parser.add_argument("--chunk", type=int, default=d.chunk, help="tokens per step through the cache")
-    parser.add_argument("--oracle-targets", type=int, default=d.oracle_targets, help="tokens scored by the oracle")
-    parser.add_argument("--trials", type=int, default=d.trials, help="passkey trials per policy")
-    parser.add_argument("--out", default="out/fidelity", help="folder for fidelity.json, fidelity.md, fidelity.png")
+    parser.add_argument("--tokens", type=TOKENS, default=d.tokens,
+                        help="tokens of text for perplexity; the report uses >= 8000 (default %(default)s)")
+    parser.add_argument("--window", type=CONTEXT, default=d.window, help="W: tokens each query may see (default "
+                                                                         "%(default)s)")
+    parser.add_argument("--sink", type=Bound(int, 0, 8192, why="tokens"), default=d.sink,
+                        help="S: initial tokens kept by sink + window (default %(default)s)")
+    parser.add_argument("--chunk", type=CONTEXT, default=d.chunk, help="tokens per step through the cache (default "
+                                                                       "%(default)s)")
+    parser.add_argument("--oracle-targets", type=Bound(int, 1, TOKENS.high, why="tokens"), default=d.oracle_targets,
+                        help="tokens scored by the sliding-window recompute oracle (default %(default)s)")
+    parser.add_argument("--trials", type=Bound(int, 0, 1000), default=d.trials,
+                        help="passkey trials per policy (default %(default)s)")
+    parser.add_argument("--out", default="out/fidelity",
+                        help="folder for fidelity.json, fidelity.md, fidelity.png, created if missing (default "
+                             "%(default)s)")
 
 
 def markdown(result: dict) -> str:
@@ -70,6 +86,7 @@ def plot(result: dict, path: str, bin_tokens: int = 256) -> None:
 
 
 def main(args) -> int:
+    from livesight.eval.fidelity import num_phases, run_fidelity
     from livesight.streaming.adapter import TextAdapter
     from livesight.streaming.models import load_smollm2
     try:
@@ -77,10 +94,11 @@ def main(args) -> int:
                                 oracle_targets=args.oracle_targets, trials=args.trials)
     except ValueError as err:
         raise InputError(str(err)) from None
-    os.makedirs(args.out, exist_ok=True)
+    writable_folder(args.out)
     adapter = TextAdapter(load_smollm2())
     oracle_model = load_smollm2().model  # stock attention: the oracle shares no code with the cache
-    result = run_fidelity(adapter, oracle_model, config, log=lambda m: print(f"... {m}", flush=True))
+    with progress(num_phases(), "bench fidelity", unit="phases") as bar:
+        result = run_fidelity(adapter, oracle_model, config, bar)
     table = markdown(result)
     report.save(args.out, "fidelity", result, table, indent=None)
     plot(result, os.path.join(args.out, "fidelity.png"))

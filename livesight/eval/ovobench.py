@@ -9,9 +9,10 @@ the reply's digits, joined, equal it; yes/no when the reply contains the expecte
 its initial). Per task the mean; per group the mean of its tasks; overall the mean of the groups.
 """
 
-import json
+import math
 
-from livesight.eval.questions import Probe, Question, lettered, parse_time
+from livesight.eval import formats
+from livesight.eval.questions import LETTERS, Probe, Question, lettered, option_list, parse_time, text
 
 BENCHMARK = "ovobench"
 GROUPS = {
@@ -41,46 +42,73 @@ CRR = ("You're responsible of answering questions based on the video content.\nT
 
 
 def load(path: str) -> list[Question]:
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    if not isinstance(data, list):
-        raise ValueError("an OVO-Bench annotation file holds a list of entries with id, video and task")
-    return [_question(entry, order) for order, entry in enumerate(data)]
+    """Questions in file order; a malformed entry becomes a Question with `error` set. InputError for
+    a file that is not OVO-Bench's (formats.read)."""
+    return [_question(entry, order) for order, entry in enumerate(formats.read(path, BENCHMARK).rows)]
 
 
 def _question(entry, order: int) -> Question:
-    entry = entry if isinstance(entry, dict) else {}
-    task = str(entry.get("task", "?")).strip().upper()
-    base = dict(id=str(entry.get("id", f"entry{order}")), order=order, benchmark=BENCHMARK,
-                video=str(entry.get("video", "")), task=task, group=GROUP_OF.get(task, "Other"))
+    base = dict(id=f"entry{order}", order=order, benchmark=BENCHMARK, video="", task="?", group="?")
     try:
+        if not isinstance(entry, dict):
+            raise ValueError("an entry must be an object with id, video and task")
+        base["id"] = text(entry.get("id"), "id") or base["id"]
+        task = text(entry.get("task"), "task").upper()
+        base.update(video=text(entry.get("video"), "video"), task=task or "?", group=GROUP_OF.get(task, "Other"))
         if not base["video"]:
             raise ValueError("no video")
+        if not task:
+            raise ValueError("no task")
         if task in ("REC", "SSR", "CRR"):
-            probes = [_probe(entry, task, info) for info in entry.get("test_info") or []]
-            if not probes:
-                raise ValueError("forward task without test_info")
-            return Question(**base, kind="series", t=probes[0].t, text=str(entry.get("question", "")), probes=probes)
+            test_info = entry.get("test_info")
+            if not isinstance(test_info, list) or not test_info:
+                raise ValueError("a forward task needs test_info, a list of probes")
+            probes = [_probe(entry, task, info) for info in test_info]
+            return Question(**base, kind="series", t=probes[0].t, text=text(entry.get("question"), "question"),
+                            probes=probes)
         if task not in GROUP_OF:
             raise ValueError(f"unknown task {task!r}: OVO-Bench tasks are {', '.join(GROUP_OF)}")
-        options = lettered([str(o) for o in entry["options"]])
-        gt = int(entry["gt"])
+        options = lettered(option_list(entry.get("options")))
+        gt = _whole(entry.get("gt"), "gt")
         if not 0 <= gt < len(options):
             raise ValueError(f"gt {gt} is not an option index (0..{len(options) - 1})")
-        t = parse_time(entry["realtime"])
-        question = str(entry["question"]).strip()
-        return Question(**base, kind="choice", t=t, time_stamp=str(entry["realtime"]), text=question, options=options,
-                        prompt=CHOICE.format(question=question, options="; ".join(options) + ";"), answer=chr(65 + gt),
-                        letters="".join(chr(65 + i) for i in range(len(options))), strict="contains")
-    except (KeyError, ValueError, TypeError) as err:
-        message = f"missing field {err}" if isinstance(err, KeyError) else str(err).splitlines()[0]
-        return Question(**base, kind="choice", t=0.0, error=f"malformed entry: {message}")
+        t = parse_time(entry.get("realtime"))
+        question = text(entry.get("question"), "question")
+        if not question:
+            raise ValueError("empty question")
+        return Question(**base, kind="choice", t=t, time_stamp=text(entry["realtime"], "realtime"), text=question,
+                        options=options, prompt=CHOICE.format(question=question, options="; ".join(options) + ";"),
+                        answer=LETTERS[gt], letters=LETTERS[:len(options)], strict="contains")
+    except (ValueError, TypeError, OverflowError) as err:
+        return Question(**base, kind="choice", t=0.0, error=f"malformed entry: {str(err).splitlines()[0]}")
 
 
-def _probe(entry: dict, task: str, info: dict) -> Probe:
-    t = parse_time(info["realtime"])
+def _probe(entry: dict, task: str, info) -> Probe:
+    if not isinstance(info, dict):
+        raise ValueError("a test_info probe must be an object with realtime")
+    t = parse_time(info.get("realtime"))
     if task == "REC":
-        return Probe(t, REC.format(activity=entry["activity"]), str(int(info["count"])), "count")
-    expected = "yes" if int(info["type"]) == 1 else "no"
-    prompt = SSR.format(step=info["step"]) if task == "SSR" else CRR.format(question=entry["question"])
-    return Probe(t, prompt, expected, "yesno")
+        activity = text(entry.get("activity"), "activity")
+        if not activity:
+            raise ValueError("REC needs an activity")
+        return Probe(t, REC.format(activity=activity), str(_whole(info.get("count"), "count")), "count")
+    expected = {1: "yes", 0: "no"}.get(_whole(info.get("type"), "type"))
+    if expected is None:
+        raise ValueError(f"a probe's type must be 1 (yes) or 0 (no), got {info.get('type')!r}")
+    if task == "SSR":
+        step = text(info.get("step"), "step")
+        if not step:
+            raise ValueError("an SSR probe needs a step")
+        return Probe(t, SSR.format(step=step), expected, "yesno")
+    question = text(entry.get("question"), "question")
+    if not question:
+        raise ValueError("CRR needs a question")
+    return Probe(t, CRR.format(question=question), expected, "yesno")
+
+
+def _whole(value, name: str) -> int:
+    """A whole number >= 0 as the file writes it: 3, 3.0 or "3"."""
+    number = float(text(value, name) or "nan")
+    if not (number >= 0 and math.isfinite(number) and number == int(number)):
+        raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
+    return int(number)

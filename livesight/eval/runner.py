@@ -58,7 +58,11 @@ class Plan:
             probes = [(p.t, p.prompt, COUNT_TOKENS if p.rule == "count" else POLL_TOKENS, False) for p in q.probes]
         else:
             num_polls = max(1, math.floor(q.gt_t + 4 - q.t + 1e-9))
-            probes = [(q.t + k, q.poll_prompt, POLL_TOKENS, True) for k in range(1, num_polls + 1)]
+            # the polls up to the first at or past the video's end, then the last one, which merges into it
+            # below: a ground truth a million seconds late costs one poll, not a million
+            last = next((k for k in range(1, num_polls + 1) if q.t + k >= duration), num_polls)
+            probes = [(q.t + k, q.poll_prompt, POLL_TOKENS, True) for k in range(1, last + 1)]
+            probes += [(q.t + num_polls, q.poll_prompt, POLL_TOKENS, True)] if last < num_polls else []
         self.todo: list[list] = []  # [t, prompt, max_tokens, is_poll, latest scheduled time it stands for]
         for t, prompt, tokens, poll in probes:
             if poll and self.todo and self.todo[-1][0] == min(t, duration):  # polls past the end: the last one

@@ -11,14 +11,13 @@ speed.md and speed.png in --out.
 
 import statistics
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import psutil
 import torch
 
-from livesight.errors import InputError
 from livesight.eval.baselines import PlainStream
+from livesight.eval.config import SpeedConfig
 from livesight.streaming.adapter import QwenVLAdapter
 from livesight.streaming.chunker import chunk_frames
 from livesight.streaming.config import DEFAULT_SYSTEM_PROMPT, CompressionConfig, SessionConfig
@@ -30,34 +29,6 @@ from livesight.vision.preprocess import fit_size
 from livesight.vision.sources import SyntheticSource
 
 QUESTION = "What has happened in the video so far?"
-
-
-@dataclass(frozen=True)
-class SpeedConfig:
-    model: str = "random-7b"
-    device: str = "cuda"
-    seconds: float = 1800.0
-    baseline_seconds: float = 300.0  # each baseline's cap (the full context stops earlier at out of memory)
-    fps: float = 2.0
-    window_s: float = 16.0
-    narrate_tokens: int = 0
-    compression: bool = True
-    retrieval: bool = True
-    ask_every_s: float = 300.0  # a question (not remembered) every so often, and at the end
-    scene: str = "shapes"
-    width: int = 640
-    height: int = 360
-    peak_tflops: float = 989.0  # H100 SXM dense bf16, the datasheet's figure
-
-    @property
-    def warmup_s(self) -> float:
-        """Stream time of the warm-up: the window fills, and a question asked once enough blocks are
-        offloaded captures the graphs that questions need. Latency and memory are read after it."""
-        return self.window_s + 10.0
-
-    def __post_init__(self) -> None:
-        if self.seconds < 2 or self.baseline_seconds < 0 or self.window_s < 1 or self.ask_every_s <= 0:
-            raise InputError("bench speed: --seconds >= 2, --baseline-seconds >= 0, --window >= 1, --ask-every > 0")
 
 
 def _memory_mb(device: torch.device) -> float:

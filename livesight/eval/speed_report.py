@@ -6,45 +6,64 @@ import os
 import platform
 from dataclasses import asdict
 
-import torch
-
-from livesight.errors import InputError
 from livesight.eval import report
-from livesight.eval.speed import SpeedConfig, run_baseline, run_engine, summarize
-from livesight.streaming.options import positive, resolve_device
+from livesight.eval.config import SpeedConfig
+from livesight.eval.output import writable_folder
+from livesight.progress import progress
+from livesight.streaming.options import ENGINE, Bound, resolve_device
+from livesight.vision.synthetic import SCENES
+
+
+STREAM = Bound(float, 2, 86400, why="seconds of video, at most a day")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = SpeedConfig()
-    parser.add_argument("--model", default=d.model, help="random-7b | random-3b | tiny-random | a checkpoint folder")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--seconds", type=positive(float), default=d.seconds, help="stream length for the engine")
-    parser.add_argument("--baseline-seconds", type=float, default=d.baseline_seconds,
-                        help="cap for each baseline (0: no baselines)")
-    parser.add_argument("--fps", type=positive(float), default=d.fps)
-    parser.add_argument("--window", type=positive(float), default=d.window_s, help="vision window, seconds")
-    parser.add_argument("--narrate-tokens", type=int, default=d.narrate_tokens, help="0: no narration")
-    parser.add_argument("--compression", action=argparse.BooleanOptionalAction, default=d.compression)
-    parser.add_argument("--retrieval", action=argparse.BooleanOptionalAction, default=d.retrieval)
-    parser.add_argument("--ask-every", type=positive(float), default=d.ask_every_s)
-    parser.add_argument("--scene", default=d.scene)
-    parser.add_argument("--peak-tflops", type=positive(float), default=d.peak_tflops, help="for MFU")
-    parser.add_argument("--out", default="out/speed")
+    parser.add_argument("--model", default=d.model,
+                        help="random-7b | random-3b | tiny-random | a checkpoint folder (default %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default %(default)s)")
+    parser.add_argument("--seconds", type=STREAM, default=d.seconds,
+                        help="stream length for the engine (default %(default)s)")
+    parser.add_argument("--baseline-seconds", type=Bound(float, 0, STREAM.high, why="0: no baselines"),
+                        default=d.baseline_seconds, help="cap for each baseline; 0: no baselines (default %(default)s)")
+    parser.add_argument("--fps", type=ENGINE["fps"], default=d.fps, help="frames per second of video (default "
+                                                                         "%(default)s)")
+    parser.add_argument("--window", type=Bound(float, 1, 3600, why="seconds"), default=d.window_s,
+                        help="vision window, seconds (default %(default)s)")
+    parser.add_argument("--narrate-tokens", type=ENGINE["narrate_tokens"], default=d.narrate_tokens,
+                        help="tokens narrated per chunk; 0: no narration (default %(default)s)")
+    parser.add_argument("--compression", action=argparse.BooleanOptionalAction, default=d.compression,
+                        help="encoder reuse and token pruning (default: on)")
+    parser.add_argument("--retrieval", action=argparse.BooleanOptionalAction, default=d.retrieval,
+                        help="offload evicted video and retrieve for each question (default: on)")
+    parser.add_argument("--ask-every", type=Bound(float, 0, STREAM.high, low_open=True, why="stream seconds"),
+                        default=d.ask_every_s, help="a question every so many stream seconds (default %(default)s)")
+    parser.add_argument("--scene", default=d.scene, choices=SCENES, help="the synthetic scene (default %(default)s)")
+    parser.add_argument("--peak-tflops", type=Bound(float, 0, 1e5, low_open=True, why="an H100 SXM is 989 in bf16"),
+                        default=d.peak_tflops, help="the GPU's dense peak TFLOP/s, for MFU (default %(default)s)")
+    parser.add_argument("--out", default="out/speed",
+                        help="folder for speed.json, speed.md, speed.png, created if missing (default %(default)s)")
 
 
 def main(args) -> int:
+    from livesight.eval.speed import run_baseline, run_engine, summarize
     from livesight.streaming.adapter import QwenVLAdapter
     from livesight.streaming.models import load_model
     cfg = SpeedConfig(args.model, resolve_device(args.device), args.seconds, args.baseline_seconds, args.fps,
                       args.window, args.narrate_tokens, args.compression, args.retrieval, args.ask_every, args.scene,
                       peak_tflops=args.peak_tflops)
-    if cfg.narrate_tokens < 0:
-        raise InputError(f"--narrate-tokens must be >= 0, got {cfg.narrate_tokens}")
+    writable_folder(args.out)
     adapter = QwenVLAdapter(load_model(cfg.model, cfg.device))
     baselines = {}
-    if cfg.baseline_seconds > 0:  # baselines first: the engine's offload store then cannot crowd them out
-        baselines = {name: run_baseline(adapter, cfg, window=name == "window") for name in ("full", "window")}
-    engine = run_engine(adapter, cfg)
+    names = ("full", "window") if cfg.baseline_seconds > 0 else ()
+    with progress(len(names) + 1, "bench speed", unit="phases") as bar:
+        for name in names:  # baselines first: the engine's offload store then cannot crowd them out
+            bar.describe(f"baseline {name}, {cfg.baseline_seconds:g} s of video")
+            baselines[name] = run_baseline(adapter, cfg, window=name == "window")
+            bar.update()
+        bar.describe(f"engine, {cfg.seconds:g} s of video")
+        engine = run_engine(adapter, cfg)
+        bar.update()
     result = {"config": asdict(cfg), "hardware": _hardware(), "summary": summarize(engine, baselines, cfg),
               "engine": engine, "baselines": baselines}
     text = markdown(result)
@@ -55,6 +74,7 @@ def main(args) -> int:
 
 
 def _hardware() -> dict:
+    import torch
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     return {"gpu": gpu, "cpu": platform.processor() or platform.machine(), "torch": torch.__version__}
 

@@ -8,11 +8,9 @@
   (a `video_path` column, where present, wins).
 """
 
-import ast
-import csv
-import json
-
-from livesight.eval.questions import Question, lettered, parse_time
+from livesight.eval import formats
+from livesight.eval.questions import (LETTERS, MAX_PROMPT_CHARS, Question, lettered, option_list, parse_options_text,
+                                      parse_time, text)
 
 BENCHMARK = "streamingbench"
 GROUPS = {
@@ -65,74 +63,74 @@ def task_name(raw: str) -> str:
 
 
 def load(path: str) -> list[Question]:
-    """Questions in file order; a malformed row becomes a Question with `error` set."""
-    rows = _csv_rows(path) if path.lower().endswith(".csv") else _json_rows(path)
+    """Questions in file order; a malformed row becomes a Question with `error` set. InputError for
+    a file that is not StreamingBench's (formats.read)."""
+    contents = formats.read(path, BENCHMARK)
+    rows = _csv_rows(contents.rows) if contents.format == "streamingbench-csv" else _json_rows(contents.rows)
     questions = [_question(row, video, qid, order) for order, (row, video, qid) in enumerate(rows)]
     _add_sequential_context(questions)
     return questions
 
 
-def _json_rows(path: str):
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    if not isinstance(data, list):
-        raise ValueError("a StreamingBench JSON file holds a list of entries with video_path and questions")
-    entries = [e for item in data for e in (item if isinstance(item, list) else [item])]  # SQA nests per video
+def _json_rows(entries: list):
     seen: dict[str, int] = {}
     for entry in entries:
-        video = str(entry.get("video_path", "")) if isinstance(entry, dict) else ""
+        video = entry.get("video_path") if isinstance(entry, dict) else None
         questions = entry.get("questions") if isinstance(entry, dict) else None
+        key = video if isinstance(video, str) else ""
         for row in questions if isinstance(questions, list) else [None]:
-            k = seen[video] = seen.get(video, -1) + 1
-            yield row, video, f"{video}#{k}"
+            k = seen[key] = seen.get(key, -1) + 1
+            yield row, video, f"{key}#{k}"
 
 
-def _csv_rows(path: str):
-    with open(path, encoding="utf-8", newline="") as f:
-        for line, row in enumerate(csv.DictReader(f), start=2):
-            qid = (row.get("question_id") or "").strip() or f"row{line}"
-            video = (row.get("video_path") or "").strip()
-            if not video:
-                parts = qid.split("_")
-                video = f"sample_{parts[-2]}/video.mp4" if len(parts) >= 2 and parts[-2].isdigit() else ""
-            yield row, video, qid
-
-
-def _question(row, video: str, qid: str, order: int) -> Question:
-    base = dict(id=qid, order=order, benchmark=BENCHMARK, video=video)
-    if not isinstance(row, dict):
-        return Question(**base, task="?", group="?", kind="choice", t=0.0, error="malformed entry: no question")
-    task = task_name(row.get("task_type", ""))
-    base.update(task=task, group=GROUP_OF.get(task, "Other"), time_stamp=str(row.get("time_stamp", "")))
-    try:
+def _csv_rows(rows: list):
+    for line, row in rows:
+        qid = (row.get("question_id") or "").strip() or f"row{line}"
+        video = (row.get("video_path") or "").strip()
         if not video:
+            parts = qid.split("_")
+            video = f"sample_{parts[-2]}/video.mp4" if len(parts) >= 2 and parts[-2].isdigit() else ""
+        yield row, video, qid
+
+
+def _question(row, video, qid: str, order: int) -> Question:
+    base = dict(id=qid, order=order, benchmark=BENCHMARK, video="", task="?", group="?")
+    try:
+        if not isinstance(row, dict):
+            raise ValueError("the entry holds no questions list" if row is None else "a question must be an object")
+        base["video"] = text(video, "video_path")
+        task = text(row.get("task_type"), "task_type")
+        base.update(task=task_name(task) if task else "?", time_stamp=text(row.get("time_stamp"), "time_stamp"))
+        base["group"] = GROUP_OF.get(base["task"], "Other")
+        if not base["video"]:
             raise ValueError("no video: the row names none (video_path, or question_id ending in _N_k)")
+        if not task:
+            raise ValueError("no task_type")
         t = parse_time(row.get("time_stamp"))
-        question = str(row.get("question") or "").strip()
+        question = text(row.get("question"), "question")
         if not question:
             raise ValueError("empty question")
-        if task == "Proactive Output":
+        answer = text(row.get("answer"), "answer")
+        if base["task"] == "Proactive Output":
             gt_t = parse_time(row.get("ground_truth_time_stamp"))
-            output = str(row.get("ground_truth_output") or "").strip()
+            output = text(row.get("ground_truth_output"), "ground_truth_output")
             poll = f"{question} Is it the right time to output \"{output}\"? You can only answer yes or no."
             return Question(**base, kind="proactive", t=t, text=question, answer=output, gt_t=gt_t,
                             prompt=PROACTIVE.format(question=question), poll_prompt=PROACTIVE.format(question=poll))
         options = row.get("options")
-        if isinstance(options, str) and options.strip():
-            options = ast.literal_eval(options.strip())
+        if isinstance(options, str):  # the CSV's cell (and some JSON files): a list written as text
+            options = parse_options_text(options) if options.strip() else None
         if not options:
             return Question(**base, kind="open", t=t, text=question, prompt=OPEN.format(question=question),
-                            answer=str(row.get("answer") or "").strip())
-        if not isinstance(options, (list, tuple)) or len(options) < 2:
-            raise ValueError(f"options must be a list of at least two, got {options!r}")
-        options = lettered(list(options))
-        letters = "".join(chr(65 + i) for i in range(len(options)))
-        answer = str(row.get("answer") or "").strip()[:1].upper()
-        if not answer or answer not in letters:
-            raise ValueError(f"answer {row.get('answer')!r} is not one of the option letters {letters}")
-        return Question(**base, kind="choice", t=t, text=question, options=options, answer=answer, letters=letters,
-                        prompt=CHOICE.format(question=question, options="\n".join(options)), strict="first")
-    except (ValueError, SyntaxError, TypeError) as err:
+                            answer=answer)
+        options = lettered(option_list(options))
+        letters = LETTERS[:len(options)]
+        if not answer or answer[:1].upper() not in letters:
+            raise ValueError(f"answer {answer!r} is not one of the option letters {letters}")
+        return Question(**base, kind="choice", t=t, text=question, options=options, answer=answer[:1].upper(),
+                        letters=letters, prompt=CHOICE.format(question=question, options="\n".join(options)),
+                        strict="first")
+    except (ValueError, SyntaxError, TypeError, OverflowError) as err:
         return Question(**base, kind="choice", t=0.0, error=f"malformed row: {str(err).splitlines()[0]}")
 
 
@@ -144,9 +142,15 @@ def _add_sequential_context(questions: list[Question]) -> None:
         if q.task == "Sequential Question Answering" and q.kind == "choice" and q.error is None:
             by_video.setdefault(q.video, []).append(q)
     for items in by_video.values():
-        context = ""
+        context, failed = "", None
         for q in sorted(items, key=lambda q: (q.t, q.order)):
-            q.prompt = SEQUENTIAL.format(context=context, question=q.text, options="\n".join(q.options))
+            prompt = "" if failed else SEQUENTIAL.format(context=context, question=q.text, options="\n".join(q.options))
+            if failed or len(prompt) > MAX_PROMPT_CHARS:  # the context only grows: every later question fails too
+                failed = failed or (f"malformed row: with the Sequential QA context before it, its prompt is longer "
+                                    f"than {MAX_PROMPT_CHARS:,} characters")
+                q.prompt, q.error = "", failed
+                continue
+            q.prompt = prompt
             context = (context or SQA_INTRO) + (f"At timestamp {q.time_stamp}, the following question and answer "
                                                 f"occurred: Question: {q.text}; Options: {', '.join(q.options)}; "
                                                 f"Answer: {q.answer}; ")

@@ -1,7 +1,9 @@
 """Model specs: `tiny-random`, `random-3b`, `random-7b`, a local checkpoint folder or a hub id."""
 
+import contextlib
 import importlib.util
 import logging
+import math
 import os
 import shutil
 import socket
@@ -16,6 +18,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTr
                           Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration)
 
 from livesight.errors import InputError
+from livesight.progress import progress
 
 log = logging.getLogger("livesight.models")
 RANDOM_MODELS = ("tiny-random", "random-3b", "random-7b")
@@ -96,11 +99,23 @@ def check_fits(config, device: str, dtype: torch.dtype, name: str) -> None:
                          f"smaller model (random-3b, tiny-random), or free memory")
 
 
+@contextlib.contextmanager
+def loading(name: str, device: str):
+    """Say on stderr that a model is loading and when it is done: a 7B model takes a while, and the
+    first thing a user sees should not be silence. tiny-random loads in a second, quietly."""
+    if name == "tiny-random":
+        yield
+        return
+    with progress(1, f"loading {name} on {device}", unit="model", every_s=math.inf) as shown:
+        yield
+        shown.update()
+
+
 def _random_model(name: str, device: str, dtype: torch.dtype) -> LoadedModel:
     config = random_config(name)
     check_fits(config, device, dtype, name)
     torch.manual_seed(0)
-    with torch.device(device):
+    with loading(name, device), torch.device(device):
         model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
     max_pixels = 112 * 112 if name == "tiny-random" else 364 * 644
     return LoadedModel(model.eval(), build_byte_tokenizer(), name, max_pixels=max_pixels)
@@ -120,7 +135,8 @@ def _pretrained(spec: str, device: str, dtype: torch.dtype) -> LoadedModel:
             log.warning("downloading %s from the model hub", spec)
             config = AutoConfig.from_pretrained(spec)
         check_fits(config, device, dtype, spec)
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(spec, dtype=dtype, device_map=device)
+        with loading(spec, device):
+            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(spec, dtype=dtype, device_map=device)
         tokenizer = AutoTokenizer.from_pretrained(spec)
     except (OSError, ValueError) as err:
         if isinstance(err, InputError):

@@ -16,6 +16,13 @@ from livesight.errors import InputError
 from livesight.streaming.config import GB, CompressionConfig, RetrievalConfig, SessionConfig
 
 
+class Parser(argparse.ArgumentParser):
+    """A bad flag is one line naming it and where the flags are listed, not the whole usage text."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 class Bound:
     """A numeric option's type and range. An instance is an argparse `type=` (text in) and checks
     any value (`check`: a page's or a client's JSON). `high` may be a function (a machine limit)."""

@@ -39,13 +39,17 @@ def test_transcript_formats():
     assert vtt.count(" --> ") == 4
 
 
+class Dummy:
+    """A run as the registry sees it: streaming until it ends or is closed."""
+
+    def __init__(self):
+        self.is_streaming, self.closed = True, False
+
+    def close(self):
+        self.is_streaming, self.closed = False, True
+
+
 def test_registry_says_busy_past_its_limit_and_frees_a_slot():
-    class Dummy:
-        closed = False
-
-        def close(self):
-            self.closed = True
-
     registry = RunRegistry(max_runs=2)
     a, b = registry.start("a", Dummy), registry.start("b", Dummy)
     with pytest.raises(InputError, match="busy"):
@@ -54,6 +58,84 @@ def test_registry_says_busy_past_its_limit_and_frees_a_slot():
     assert a.closed and registry.get("a") is again
     registry.close("b")
     assert b.closed and registry.start("c", Dummy) is registry.get("c")
+
+
+def test_registry_slots_count_only_streaming_runs_and_the_busy_message_says_how_many():
+    registry = RunRegistry(max_runs=2)
+    a, b = registry.start("a", Dummy), registry.start("b", Dummy)
+    a.is_streaming = False  # ended: it may still answer questions, but holds no slot
+    c = registry.start("c", Dummy)
+    assert registry.get("c") is c and registry.get("b") is b
+    assert a.closed and registry.get("a") is None  # closed for the room: at most 2 runs hold a Session
+    assert "room" in registry.note("a")
+    with pytest.raises(InputError) as busy:
+        registry.start("d", Dummy)
+    assert "2 streams are running" in str(busy.value) and "--max-streams is 2" in str(busy.value)
+    b.is_streaming = c.is_streaming = False
+    d, e = registry.start("d", Dummy), registry.start("e", Dummy)  # each takes an ended run's room
+    assert b.closed and c.closed and registry.counts() == (2, 2)
+    with pytest.raises(InputError, match="2 streams are running"):
+        registry.start("f", Dummy)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_registry_invariants_under_random_use(seed):
+    """Whatever clients do: at most max_runs runs hold a Session, a start is refused only when max_runs
+    runs stream, the message counts them, a closed run is never handed out, room is made least
+    recently used first, and a run unused past the idle timeout is closed before anyone is refused."""
+    import random
+    rng, clock = random.Random(seed), [0.0]
+    registry = RunRegistry(max_runs=3, idle_timeout_s=50.0, clock=lambda: clock[0])
+    runs: dict[str, Dummy] = {}
+    used: dict[str, float] = {}  # the model's own record of when each key's run was last used
+    order: dict[str, int] = {}  # and in which order (clock ties)
+    for step in range(400):
+        key, action = f"k{rng.randrange(8)}", rng.choice(["start", "start", "end", "get", "close", "wait"])
+        held = {k: r for k, r in runs.items() if not r.closed and k != key and clock[0] - used[k] <= 50.0}
+        if action == "start":
+            streaming = sum(r.is_streaming for r in held.values())
+            ended = sorted((k for k, r in held.items() if not r.is_streaming), key=order.get)
+            try:
+                runs[key], used[key], order[key] = registry.start(key, Dummy), clock[0], step
+            except InputError as err:
+                assert streaming == 3 and "3 streams are running" in str(err), (streaming, err)
+            else:
+                assert streaming < 3
+                room = [k for k in ended if runs[k].closed]
+                assert room == ended[:len(room)]  # least recently used first
+        elif action == "end" and key in runs:
+            runs[key].is_streaming = False
+        elif action == "get":
+            run = registry.get(key)
+            assert run is None or not run.closed
+            if run is not None:
+                used[key], order[key] = clock[0], step
+        elif action == "close":
+            registry.close(key)
+        else:
+            clock[0] += rng.choice([1.0, 30.0, 60.0])
+        live = [r for r in runs.values() if not r.closed]
+        assert registry.counts() == (sum(r.is_streaming for r in live), len(live))
+        assert len(live) <= 3
+
+
+def test_registry_closes_a_run_no_client_used_for_the_idle_timeout():
+    clock = [0.0]
+    registry = RunRegistry(max_runs=1, idle_timeout_s=60.0, clock=lambda: clock[0])
+    a = registry.start("api-client", Dummy)  # started and abandoned: no tab ever refreshes it
+    clock[0] = 59.0
+    assert registry.reap() == [] and not a.closed
+    with pytest.raises(InputError, match="busy"):
+        registry.start("b", Dummy)
+    clock[0] = 61.0
+    b = registry.start("b", Dummy)  # the abandoned run is gone: its slot is free
+    assert a.closed and registry.get("api-client") is None and "--idle-timeout" in registry.note("api-client")
+    for t in (100.0, 150.0, 200.0):  # a page that keeps refreshing keeps its run
+        clock[0] = t
+        assert registry.get("b") is b
+        assert registry.reap() == [] and not b.closed
+    clock[0] = 261.0
+    assert registry.reap() == ["b"] and b.closed
 
 
 def wait(predicate, timeout_s=60.0):
@@ -95,6 +177,110 @@ def test_live_run_reports_a_bad_source_as_an_error_event(tiny, tmp_path, source,
         assert errors and message in errors[0], errors
     finally:
         run.close()
+
+
+def test_an_ended_live_run_frees_its_slot_answers_until_room_is_needed_then_is_closed(tiny, clip):
+    adapter, config = QwenVLAdapter(tiny), SessionConfig(narrate_tokens=2, answer_tokens=3)
+    registry = RunRegistry(max_runs=1)
+    first = registry.start("a", lambda: LiveRun(adapter, config, clip, realtime=False, lock=registry.lock))
+    second = None
+    try:
+        assert wait(lambda: first.state == "ended"), first.state
+        assert registry.counts() == (0, 1)  # ended: no slot, but its Session is still held
+        assert first.ask("what was there?")[0].type == "answer"  # and it still answers
+        second = registry.start("b", lambda: LiveRun(adapter, config, clip, realtime=True, lock=registry.lock))
+        assert registry.get("a") is None and not first._thread.is_alive()  # closed for the room: its Session freed
+        assert first.ask("still there?")[0].type == "error"
+        with pytest.raises(InputError, match=r"1 stream is running.*--max-streams is 1"):
+            registry.start("c", lambda: LiveRun(adapter, config, clip, lock=registry.lock))
+    finally:
+        registry.close_all()
+    assert second is not None and not second._thread.is_alive()
+
+
+def test_live_run_names_an_upload_by_its_file_name_not_the_server_path(tiny, tmp_path):
+    folder = tmp_path / "uploads" / "3f9a0c"
+    folder.mkdir(parents=True)
+    broken = folder / "broken.mp4"
+    broken.write_bytes(b"this is not a video" * 100)
+    run = LiveRun(QwenVLAdapter(tiny), SessionConfig(), str(broken), name="broken.mp4")
+    try:
+        assert wait(lambda: run.state == "failed", 30)
+        (error,) = [e.text for e in run.snapshot()[0] if e.type == "error"]
+        assert "broken.mp4" in error and str(tmp_path) not in error and "3f9a0c" not in error, error
+    finally:
+        run.close()
+
+
+class FakeRun:
+    """What the export and refresh handlers read of a run."""
+
+    def __init__(self):
+        import secrets
+        self.id, self.config, self.state, self.name = secrets.token_hex(8), SessionConfig(), "ended", "clip.mp4"
+        self.is_streaming = False
+
+    def snapshot(self):
+        return [Event("answer", 1.0, "chosen by the caller", {"question": "q", "ttft_ms": 1.0})], []
+
+    def close(self):
+        pass
+
+
+def handlers_for(registry, tmp_path):
+    from livesight.app.source_policy import SourcePolicy
+    from livesight.app.web_handlers import PageHandlers
+    return PageHandlers(None, registry, SourcePolicy.for_host(None, "127.0.0.1"), str(tmp_path / "uploads"),
+                        str(tmp_path / "server" / "exports"))
+
+
+@pytest.mark.parametrize("session_hash", ["../../escape", "../escape", "/tmp/livesight-escape", "..", ".", "",
+                                          "a/../../b", "x" * 5000, "nul\x00byte", "C:\\escape"])
+def test_export_writes_only_under_the_run_id_whatever_the_session_hash(tmp_path, session_hash):
+    from types import SimpleNamespace
+    registry = RunRegistry(max_runs=1)
+    handlers = handlers_for(registry, tmp_path)
+    request = SimpleNamespace(session_hash=session_hash)
+    assert handlers.export("JSONL", request) is None  # no run: nothing to write
+    run = registry.start(session_hash, FakeRun)
+    for fmt, suffix in (("JSONL", "jsonl"), ("SRT", "srt"), ("WebVTT", "vtt")):
+        path = handlers.export(fmt, request)
+        assert path == os.path.join(handlers.export_dir, run.id, f"livesight-transcript.{suffix}")
+        assert "chosen by the caller" in open(path, encoding="utf-8").read()
+    assert handlers.export("../../x", request) is None
+    written = [os.path.join(root, f) for root, _, files in os.walk(tmp_path) for f in files]
+    assert written and all(w.startswith(os.path.join(handlers.export_dir, run.id) + os.sep) for w in written), written
+    assert not os.path.exists("/tmp/livesight-escape")
+
+
+def test_a_page_is_told_why_its_run_was_closed(tmp_path):
+    from types import SimpleNamespace
+    clock = [0.0]
+    registry = RunRegistry(max_runs=1, idle_timeout_s=10.0, clock=lambda: clock[0])
+    handlers = handlers_for(registry, tmp_path)
+    registry.start("tab", FakeRun)
+    clock[0] = 11.0
+    registry.reap()
+    status = handlers.refresh(SimpleNamespace(session_hash="tab"))[-1]
+    assert "closed" in status and "--idle-timeout" in status
+    registry.start("other", FakeRun).is_streaming = True
+    with pytest.raises(InputError, match="busy"):  # pressing Start again: the note gives way to what Start says
+        registry.start("tab", FakeRun)
+    assert not isinstance(handlers.refresh(SimpleNamespace(session_hash="tab"))[-1], str)  # left as Start put it
+
+
+def test_a_refused_start_replaces_the_old_run_so_its_message_stays(tmp_path):
+    from types import SimpleNamespace
+
+    from livesight.app.web_inputs import SETTINGS
+    registry = RunRegistry(max_runs=2)
+    handlers, tab = handlers_for(registry, tmp_path), SimpleNamespace(session_hash="tab")
+    registry.start("tab", FakeRun)
+    settings = [s.default for s in SETTINGS]
+    settings[1] = "sixteen"
+    status = handlers.start("Video file", None, "", True, settings, tab)
+    assert "Vision window (s): expected" in status and registry.get("tab") is None
+    assert not isinstance(handlers.refresh(tab)[-1], str)  # the refresh leaves the message alone
 
 
 # --- the page in a browser
@@ -245,7 +431,8 @@ def test_bad_upload_and_unreachable_camera_show_errors_and_the_server_stays_up(s
     page = open_page(browser, server[1])
     start_file(page, str(bad))
     page.wait_for_selector("#status >> text=failed", timeout=30000)
-    assert "broken.mp4" in page.inner_text("#status")
+    status = page.inner_text("#status")
+    assert "broken.mp4" in status and "livesight-web-" not in status and "/gradio/" not in status, status
     page.click("#source-kind >> text=Camera URL")
     page.fill("#url textarea, #url input", "rtsp://127.0.0.1:9/none")
     page.click("#start")

@@ -63,16 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="pace a file or synthetic source at real time (default: as fast as the engine goes)")
     run.add_argument("--json", action="store_true", help="one JSON object per event on stdout (default: text lines)")
 
-    web = sub.add_parser("web", help="the web UI: watch a file, webcam or camera, narrate and ask in a browser")
-    web.add_argument("--model", default="tiny-random",
-                     help="tiny-random | random-3b | random-7b | a local checkpoint folder | a hub id")
-    web.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    web.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 to serve the network)")
-    web.add_argument("--port", type=positive(int), default=7860)
-    web.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
-    web.add_argument("--max-streams", type=positive(int), default=2,
-                     help="streams running at once; a visitor past that is told the server is busy")
-    web.add_argument("--max-upload-mb", type=positive(int), default=500, help="largest video upload accepted")
+    from livesight.app import web as web_ui
+    web_ui.add_arguments(sub.add_parser("web", help="the web UI: watch a file, webcam or camera, narrate and ask "
+                                                    "in a browser"))
 
     demo = sub.add_parser("demo", help="write a synthetic clip and run it with tiny-random")
     demo.add_argument("--seconds", type=Bound(float, 0, 3600, low_open=True), default=20.0,

@@ -3,10 +3,12 @@ how many run at once. The web UI only reads what a LiveRun keeps; the engine is 
 
 import bisect
 import contextlib
+import os
 import queue
+import secrets
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 import cv2
@@ -39,10 +41,14 @@ class Asked:
 
 class LiveRun:
     def __init__(self, adapter: QwenVLAdapter, config: SessionConfig, source: str | PushSource,
-                 realtime: bool = True, lock: contextlib.AbstractContextManager = contextlib.nullcontext()):
-        """source: a spec for open_source (file path, rtsp://..., webcam:N) or frames pushed by the page."""
+                 realtime: bool = True, lock: contextlib.AbstractContextManager = contextlib.nullcontext(),
+                 name: str | None = None):
+        """source: a spec for open_source (file path, rtsp://..., webcam:N) or frames pushed by the page.
+        name: what messages call the source (an upload's own file name, not the server's path to it)."""
         self.adapter, self.config, self.source_spec = adapter, config, source
         self.realtime, self.lock = realtime, lock
+        self.name = name or ("browser webcam" if isinstance(source, PushSource) else source)
+        self.id = secrets.token_hex(8)  # the server's own name for this run (folders), never a client's string
         self.events: list[Event] = []
         self.history: deque[dict] = deque(maxlen=MAX_HISTORY)
         self.state = "starting"  # starting | running | ended | failed | stopped
@@ -75,10 +81,10 @@ class LiveRun:
                 self._serve(session, wait_s=0.2)
         except InputError as err:
             self.state = "failed"
-            self._add(Event("error", 0.0, str(err)))
+            self._add(Event("error", 0.0, self._named(str(err))))
         except Exception as err:  # the page shows it; the server and other sessions go on
             self.state = "failed"
-            self._add(Event("error", 0.0, f"the stream stopped: {type(err).__name__}: {err}"))
+            self._add(Event("error", 0.0, self._named(f"the stream stopped: {type(err).__name__}: {err}")))
         finally:
             self._serve(None)
             if session is not None:
@@ -89,6 +95,13 @@ class LiveRun:
             self.source_spec.wait_first(WEBCAM_WAIT_S)
             return self.source_spec
         return open_source(self.source_spec, self.config.fps)
+
+    def _named(self, text: str) -> str:
+        """A message with the source's path replaced by its name: the page never learns server paths."""
+        if isinstance(self.source_spec, str) and self.name != self.source_spec:
+            text = text.replace(self.source_spec, self.name)
+            text = text.replace(os.path.dirname(self.source_spec) + os.sep, "")
+        return text
 
     def _between_chunks(self, chunks, session: Session):
         """The chunks, with the page's questions answered between them, until stopped."""
@@ -137,6 +150,12 @@ class LiveRun:
                 del self._thumbs[self._thumb_times.pop(0)]
 
     # --- what the page calls
+    @property
+    def is_streaming(self) -> bool:
+        """Starting or reading its source: what a --max-streams slot counts. Ended, stopped and
+        failed runs are not streaming (an ended run may still answer questions on what it saw)."""
+        return self.state in ("starting", "running") and not self._stop.is_set()
+
     def ask(self, question: str, timeout_s: float = 300.0) -> list[Event]:
         """Ask and wait for the answer (asked after the chunk in flight); -> [answer] or [error]."""
         if not self._thread.is_alive():
@@ -179,30 +198,110 @@ class LiveRun:
 
 
 class RunRegistry:
-    """Runs by browser session, at most `max_runs` at once; a model step holds `lock` (one GPU)."""
+    """Runs by session key; a model step holds `lock` (one model, one GPU).
 
-    def __init__(self, max_runs: int):
-        self.max_runs = max_runs
+    A --max-streams slot counts only a run that is streaming. A run that ended or was stopped may go
+    on answering questions about what it saw, but it still holds its Session (the model's cache), so
+    it is closed when a new run needs the room (least recently used first), and any run is closed
+    once no client has used it (refresh, question, frame) for `idle_timeout_s`. So at most `max_runs`
+    runs hold a Session at any time, and nobody holds a slot by walking away.
+    """
+
+    MAX_NOTES = 1024  # why a key's run was closed, kept for its page to say; oldest forgotten first
+
+    def __init__(self, max_runs: int, idle_timeout_s: float = 600.0, clock=time.monotonic):
+        assert max_runs >= 1 and idle_timeout_s > 0, (max_runs, idle_timeout_s)
+        self.max_runs, self.idle_timeout_s, self.clock = max_runs, idle_timeout_s, clock
         self.lock = threading.Lock()
-        self._runs: dict[str, LiveRun] = {}
-        self._mutex = threading.Lock()
+        self._runs: OrderedDict[str, LiveRun] = OrderedDict()  # least recently used first
+        self._used: dict[str, float] = {}
+        self._notes: OrderedDict[str, str] = OrderedDict()
+        self._mutex = threading.Lock()  # guards the three dicts; never held while a run closes
+        self._starting = threading.Lock()  # one start at a time, so the room one makes stays its own
+        self._done = threading.Event()
 
     def get(self, key: str) -> LiveRun | None:
+        """The key's run, marked used now (a client refreshed, asked or sent a frame)."""
         with self._mutex:
-            return self._runs.get(key)
+            run = self._runs.get(key)
+            if run is not None:
+                self._runs.move_to_end(key)
+                self._used[key] = self.clock()
+            return run
+
+    def note(self, key: str) -> str | None:
+        """Why the key's run was closed by the server (idle, or room for another), if it was."""
+        with self._mutex:
+            return self._notes.get(key)
+
+    def counts(self) -> tuple[int, int]:
+        """(runs streaming, runs holding a Session)."""
+        with self._mutex:
+            return sum(run.is_streaming for run in self._runs.values()), len(self._runs)
 
     def start(self, key: str, make) -> LiveRun:
-        """Replace this session's run with make(); raises InputError when the server is full."""
-        self.close(key)
+        """Replace this key's run with make(); raises InputError when `max_runs` runs are streaming."""
+        with self._starting:
+            self.close(key)
+            self.reap()
+            with self._mutex:
+                streaming = sum(run.is_streaming for run in self._runs.values())
+                if streaming >= self.max_runs:
+                    raise InputError(f"LiveSight is busy: {streaming} {'stream is' if streaming == 1 else 'streams are'}"
+                                     f" running, the most this server runs at once (its --max-streams is "
+                                     f"{self.max_runs}). Try again when one ends")
+                idle = [k for k, run in self._runs.items() if not run.is_streaming]
+                surplus = len(self._runs) + 1 - self.max_runs
+                closing = [self._pop(k, "another stream needed its room, and this one was no longer streaming")
+                           for k in idle[:max(0, surplus)]]
+            for run in closing:
+                run.close()
+            run = make()
+            with self._mutex:
+                self._runs[key], self._used[key] = run, self.clock()
+            return run
+
+    def reap(self) -> list[str]:
+        """Close the runs no client has used for `idle_timeout_s`; -> their keys."""
+        now = self.clock()
         with self._mutex:
-            if len(self._runs) >= self.max_runs:
-                raise InputError(f"LiveSight is busy: {len(self._runs)} streams are running, the most this server "
-                                 f"takes at once. Try again when one ends")
-            run = self._runs[key] = make()
-        return run
+            keys = [k for k in self._runs if now - self._used[k] > self.idle_timeout_s]
+            closing = [self._pop(k, f"no page used it for {self.idle_timeout_s:g} s (the server's --idle-timeout)")
+                       for k in keys]
+        for run in closing:
+            run.close()
+        return keys
+
+    def reap_every(self, interval_s: float) -> threading.Thread:
+        """Reap in a thread every `interval_s` until close_all."""
+        def loop() -> None:
+            while not self._done.wait(interval_s):
+                self.reap()
+        thread = threading.Thread(target=loop, name="livesight-web-reaper", daemon=True)
+        thread.start()
+        return thread
 
     def close(self, key: str) -> None:
+        """Close the key's run at its client's wish (Reset, a closed tab, a new Start): no note."""
         with self._mutex:
-            run = self._runs.pop(key, None)
+            run = self._pop(key, None)
+            self._notes.pop(key, None)
         if run is not None:
             run.close()
+
+    def close_all(self) -> None:
+        self._done.set()
+        with self._mutex:
+            closing = [self._pop(k, None) for k in list(self._runs)]
+        for run in closing:
+            run.close()
+
+    def _pop(self, key: str, note: str | None) -> LiveRun | None:
+        """Forget the key's run (under _mutex; the caller closes it after letting go)."""
+        self._used.pop(key, None)
+        run = self._runs.pop(key, None)
+        if run is not None and note is not None:
+            self._notes[key] = note
+            while len(self._notes) > self.MAX_NOTES:
+                self._notes.popitem(last=False)
+        return run

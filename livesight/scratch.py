@@ -84,10 +84,20 @@ def _orphaned(path: str, pid: int) -> bool:
         return False  # not ours to judge (another user's process): leave it
 
 
-def exit_on_sigterm() -> None:
+def exit_on_sigterm(grace_s: float = 10.0) -> None:
     """SIGTERM raises SystemExit(143) in the main thread, so `finally` blocks and atexit run (by
-    default SIGTERM ends Python without either). Call from an entry point's main thread."""
+    default SIGTERM ends Python without either). Python drops an exception raised while a `__del__`
+    runs, and a shutdown can hang on a thread: if the process is still there `grace_s` later, its
+    folders are removed and it exits at once. Call from an entry point's main thread."""
     def handler(signum, frame):
+        timer = threading.Timer(grace_s, _exit_now, (128 + signum,))
+        timer.daemon = True  # a normal exit does not wait for it
+        timer.start()
         raise SystemExit(128 + signum)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, handler)
+
+
+def _exit_now(code: int) -> None:
+    remove_all()
+    os._exit(code)

@@ -113,3 +113,27 @@ def test_sessions_sharing_an_offload_dir_keep_their_blocks_apart(tiny, tmp_path)
     assert not os.path.exists(a.retriever.folder) and len(os.listdir(b.retriever.folder)) == 3  # b's stay
     b.close()
     assert os.listdir(tmp_path) == []  # a chosen --offload-dir is left as it was found
+
+
+def test_sigterm_that_python_drops_still_ends_the_process_and_removes_its_folders(tmp_path):
+    """A SystemExit raised while a finalizer runs is dropped by Python ("Exception ignored in ..."):
+    the grace timer still removes the folders and ends the process."""
+    script = tmp_path / "victim.py"
+    script.write_text(
+        "import os, signal, time\n"
+        "from livesight import scratch\n"
+        "scratch.exit_on_sigterm(grace_s=1.0)\n"
+        "print(scratch.make('test'), flush=True)\n"
+        "class Finalized:\n"
+        "    def __del__(self):\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        time.sleep(0.2)\n"
+        "Finalized()\n"
+        "time.sleep(30)\n"
+        "print('still running', flush=True)\n")
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60)
+    folder = proc.stdout.splitlines()[0]
+    assert proc.returncode == 143 and "still running" not in proc.stdout
+    assert time.monotonic() - start < 20 and not os.path.exists(folder)

@@ -13,8 +13,8 @@ import threading
 
 from livesight import scratch
 from livesight.errors import InputError
-from livesight.streaming.options import SECONDS, STREAM_TIME, Bound, Parser, add_engine_args, positive, \
-    resolve_device, session_config
+from livesight.streaming.options import SECONDS, STREAM_TIME, Bound, Parser, add_engine_args, resolve_device, \
+    session_config
 
 EXIT_BAD_INPUT = 2
 

@@ -232,7 +232,3 @@ def resolve_device(name: str) -> str:
         raise InputError(f"unknown --device '{name}': use auto, cpu, cuda or cuda:N")
     return name
 
-
-def positive(kind: type) -> Bound:
-    """A count or size above 0 with no machine limit of its own (prefer a Bound that states one)."""
-    return Bound(kind, 0, 1e9, low_open=True)

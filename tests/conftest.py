@@ -1,4 +1,7 @@
 import os
+import shutil
+import socket
+import time
 
 import numpy as np
 import pytest
@@ -37,3 +40,24 @@ def make_chunks(num_chunks: int, fps: float = 2.0, frames_per_chunk: int = 2, si
         frames = np.stack([render(t, size[1], size[0], scene) for t in times])
         chunks.append(Chunk(frames, times[0], times[-1] + 1 / fps, i))
     return chunks
+
+
+def wait(predicate, timeout_s: float = 60.0, every_s: float = 0.1) -> bool:
+    """Poll `predicate` until it holds (True) or `timeout_s` passes (False)."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(every_s)
+    return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def chromium() -> str | None:
+    """Debian's chromium (as .ci/run installs it), or the one LIVESIGHT_CHROMIUM names."""
+    return os.environ.get("LIVESIGHT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")

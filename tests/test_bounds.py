@@ -3,7 +3,6 @@
 import gc
 
 import psutil
-import torch
 
 from livesight.streaming.adapter import QwenVLAdapter
 from livesight.streaming.chunker import chunk_frames

@@ -9,7 +9,6 @@ stock model with eager attention. Nothing of the engine's buffer, re-rotation or
 
 import copy
 
-import pytest
 import torch
 from transformers import DynamicCache
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb

@@ -5,12 +5,12 @@ removes what they left; and two sessions sharing an --offload-dir never meet."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
+from conftest import free_port, wait
 
 
 def start(tmp, *args):
@@ -19,13 +19,6 @@ def start(tmp, *args):
     log = open(tmp.parent / f"log-{time.monotonic_ns()}.txt", "w")
     return subprocess.Popen([sys.executable, "-m", "livesight", *args], stdout=log, stderr=subprocess.STDOUT,
                             env=env, cwd=tmp.parent)
-
-
-def wait_for(predicate, timeout_s=60.0) -> None:
-    end = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < end, "timed out"
-        time.sleep(0.1)
 
 
 def entries(*folders) -> list[str]:
@@ -47,12 +40,6 @@ def places(tmp_path):
     return tmp, offload
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def commands(tmp_path, offload):
     """Each entry point, started so that it runs long enough to be killed mid-work."""
     from livesight.vision.synthetic import write_video
@@ -64,7 +51,7 @@ def commands(tmp_path, offload):
     return {
         "run": ["run", "--source", "synthetic", "--seconds", "600", "--realtime", "--no-narrate",
                 "--offload-dir", str(offload), "--vision-window", "2"],
-        "web": ["web", "--device", "cpu", "--port", str(_free_port())],
+        "web": ["web", "--device", "cpu", "--port", str(free_port())],
         "eval": ["eval", "vqa", "--data", str(tmp_path / "set.jsonl"), "--videos", str(videos), "--out",
                  str(tmp_path / "out"), "--offload-dir", str(offload), "--vision-window", "2"],
     }
@@ -78,7 +65,7 @@ def test_no_stray_files_after_a_signal_and_a_restart(tmp_path, places, command, 
     proc = start(tmp, *args)
     own = tmp if command == "web" else offload  # where its folder appears once it is at work
     try:
-        wait_for(lambda: livesight_folders(own))
+        assert wait(lambda: livesight_folders(own)), f"{command} never made its folder"
         time.sleep(1.0)
     finally:
         proc.send_signal(how)

@@ -2,16 +2,15 @@
 in headless Chromium (Debian's package, driven by Playwright; skipped with a reason where missing)."""
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 
 import pytest
 
+from conftest import chromium, free_port, wait
 from livesight.app.live import LiveRun, RunRegistry
 from livesight.app.transcript import to_jsonl, to_srt, to_vtt
 from livesight.errors import InputError
@@ -72,7 +71,7 @@ def test_registry_slots_count_only_streaming_runs_and_the_busy_message_says_how_
         registry.start("d", Dummy)
     assert "2 streams are running" in str(busy.value) and "--max-streams is 2" in str(busy.value)
     b.is_streaming = c.is_streaming = False
-    d, e = registry.start("d", Dummy), registry.start("e", Dummy)  # each takes an ended run's room
+    registry.start("d", Dummy), registry.start("e", Dummy)  # each takes an ended run's room
     assert b.closed and c.closed and registry.counts() == (2, 2)
     with pytest.raises(InputError, match="2 streams are running"):
         registry.start("f", Dummy)
@@ -136,15 +135,6 @@ def test_registry_closes_a_run_no_client_used_for_the_idle_timeout():
         assert registry.reap() == [] and not b.closed
     clock[0] = 261.0
     assert registry.reap() == ["b"] and b.closed
-
-
-def wait(predicate, timeout_s=60.0):
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_live_run_streams_answers_after_the_end_and_keeps_thumbnails(tiny, clip):
@@ -285,25 +275,15 @@ def test_a_refused_start_replaces_the_old_run_so_its_message_stays(tmp_path):
 
 # --- the page in a browser
 
-def _chromium() -> str | None:
-    return os.environ.get("LIVESIGHT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     try:
         import playwright  # noqa: F401
     except ImportError:
         pytest.skip("playwright is not installed (pip install -e '.[test]')")
-    if _chromium() is None:
+    if chromium() is None:
         pytest.skip("no chromium: install Debian's package (apt-get install chromium), as .ci/run does")
-    port = _free_port()
+    port = free_port()
     # the server's output goes to a file: a pipe nobody reads would block the server once its buffer fills
     log = open(tmp_path_factory.mktemp("web") / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "livesight", "web", "--model", "tiny-random", "--device", "cpu",
@@ -330,7 +310,7 @@ def server(tmp_path_factory):
 def browser(server):
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
         yield browser
         browser.close()
 

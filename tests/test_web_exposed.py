@@ -10,13 +10,11 @@ import html
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -24,6 +22,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from conftest import chromium, free_port, wait
 from livesight.app.web_inputs import SETTINGS
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -42,25 +41,6 @@ from livesight.app.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 CLIP_SECONDS = 2.0
-
-
-def _chromium() -> str | None:
-    return os.environ.get("LIVESIGHT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait(predicate, timeout_s=60.0, every_s=0.1):
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(every_s)
-    return False
 
 
 class Canary:
@@ -156,7 +136,7 @@ def server(tmp_path_factory):
     tmpdir.mkdir()
     cwd.mkdir()
     (root / "wrapper.py").write_text(WRAPPER)
-    canary, port, log = Canary(), _free_port(), str(root / "server.log")
+    canary, port, log = Canary(), free_port(), str(root / "server.log")
     # the server's own settings must keep it quiet and in its folder, not the test's environment
     env = {k: v for k, v in os.environ.items()
            if k not in ("GRADIO_TEMP_DIR", "GRADIO_ANALYTICS_ENABLED", "HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY")}
@@ -195,10 +175,10 @@ def browser(server):
         from playwright.sync_api import sync_playwright
     except ImportError:
         pytest.skip("playwright is not installed (pip install -e '.[test]')")
-    if _chromium() is None:
+    if chromium() is None:
         pytest.skip("no chromium: install Debian's package (apt-get install chromium), as .ci/run does")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=[
+        browser = p.chromium.launch(executable_path=chromium(), args=[
             "--no-sandbox", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])
         yield browser
         browser.close()

@@ -5,6 +5,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -123,3 +124,15 @@ def test_synth_writes_a_readable_video(tmp_path):
     from livesight.vision.sources import VideoFile
     video = VideoFile(str(out))
     assert len(video.timestamps) == 20 and video.size == (90, 160)
+
+
+def test_a_hub_model_fails_at_once_when_the_hub_cannot_be_reached(tmp_path):
+    """Not cached and no hub: one line at once, not the hub client's ~25 s of retries in silence."""
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))  # nothing listens on port 9
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "livesight", "run", "--source", "synthetic", "--model",
+                           "Org/NotCached-VL"], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2 and "the model hub (127.0.0.1) cannot be reached" in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Offline options" in proc.stderr
+    assert time.monotonic() - start < 20

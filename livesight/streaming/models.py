@@ -9,6 +9,7 @@ import shutil
 import socket
 import tempfile
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 
 import psutil
@@ -160,6 +161,8 @@ def _reach_hub(spec: str) -> None:
         raise InputError(f"cannot load '{spec}': it is not in the local model cache and HF_HUB_OFFLINE is set. "
                          f"{OFFLINE_OPTIONS}")
     url = urllib.parse.urlsplit(constants.ENDPOINT)
+    if urllib.request.getproxies().get(url.scheme) or urllib.request.getproxies().get("all"):
+        return  # through a proxy: a direct connection says nothing; the client's own attempts decide
     try:
         socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=5).close()
     except OSError as err:

@@ -144,7 +144,7 @@ def test_live_run_streams_answers_after_the_end_and_keeps_thumbnails(tiny, clip)
     try:
         assert wait(lambda: run.state == "ended"), run.state
         events, history = run.snapshot()
-        assert [e.type for e in events].count("metrics") == 8 == len(history)
+        assert len(history) == 8 and all(e.type != "metrics" for e in events)  # metrics rows: the plots' history
         assert any(e.type == "caption" for e in events)
         (answer,) = run.ask("what happened at the start?")
         assert answer.type == "answer" and answer.data["retrieved"], answer
@@ -155,6 +155,28 @@ def test_live_run_streams_answers_after_the_end_and_keeps_thumbnails(tiny, clip)
     finally:
         run.close()
     assert run.ask("anyone there?")[0].type == "error"
+
+
+def test_an_endless_run_holds_a_bounded_share_in_memory_and_its_whole_transcript_on_disk(tiny, clip, tmp_path,
+                                                                                       monkeypatch):
+    import livesight.app.live as live
+    monkeypatch.setattr(live, "MAX_EVENTS", 3)  # 8 chunks narrated: more lines than the page may hold
+    monkeypatch.setattr(live, "MAX_HISTORY", 4)
+    config = SessionConfig(vision_window_s=2.0, narrate_tokens=2, answer_tokens=2)
+    run = LiveRun(QwenVLAdapter(tiny), config, clip, realtime=False, parent=str(tmp_path))
+    try:
+        assert wait(lambda: run.state == "ended"), run.state
+        run.ask("what happened?")
+        events, history = run.snapshot()
+        whole = run.transcript()
+        assert len(events) == 3 and len(history) == 4  # the page's share is bounded
+        captions = [e for e in whole if e.type == "caption"]
+        assert len(captions) == 8 and [e.t for e in captions] == [float(t) for t in range(8)]  # none lost
+        assert whole[-len(events):] == events and whole[-1].type == "answer"
+        assert os.listdir(tmp_path) == [run.id]
+    finally:
+        run.close()
+    assert os.listdir(tmp_path) == []  # the run's folder goes with it
 
 
 @pytest.mark.parametrize("source,message", [("missing.mp4", "missing.mp4"),
@@ -212,6 +234,9 @@ class FakeRun:
 
     def snapshot(self):
         return [Event("answer", 1.0, "chosen by the caller", {"question": "q", "ttft_ms": 1.0})], []
+
+    def transcript(self):
+        return self.snapshot()[0]
 
     def close(self):
         pass

@@ -3,9 +3,11 @@ how many run at once. The web UI only reads what a LiveRun keeps; the engine is 
 
 import bisect
 import contextlib
+import json
 import os
 import queue
 import secrets
+import shutil
 import threading
 import time
 from collections import OrderedDict, deque
@@ -26,6 +28,8 @@ from livesight.vision.sources import PushSource, open_source
 
 MAX_THUMBNAILS = 7200  # one per chunk: two hours of 1-s chunks at about 3 KB each
 MAX_HISTORY = 3600  # metrics rows kept for the plots
+MAX_EVENTS = 2000  # transcript lines kept in memory for the page; the run's transcript file keeps them all
+TRANSCRIPT = "transcript.jsonl"
 THUMB_WIDTH = 160
 WEBCAM_WAIT_S = 15.0
 
@@ -42,14 +46,21 @@ class Asked:
 class LiveRun:
     def __init__(self, adapter: QwenVLAdapter, config: SessionConfig, source: str | PushSource,
                  realtime: bool = True, lock: contextlib.AbstractContextManager = contextlib.nullcontext(),
-                 name: str | None = None):
+                 name: str | None = None, parent: str | None = None):
         """source: a spec for open_source (file path, rtsp://..., webcam:N) or frames pushed by the page.
-        name: what messages call the source (an upload's own file name, not the server's path to it)."""
+        name: what messages call the source (an upload's own file name, not the server's path to it).
+        parent: where the run makes its folder (its id): the whole transcript, written as it comes, and
+        exports; removed by close(). Without it the transcript is the last MAX_EVENTS lines only."""
         self.adapter, self.config, self.source_spec = adapter, config, source
         self.realtime, self.lock = realtime, lock
         self.name = name or ("browser webcam" if isinstance(source, PushSource) else source)
         self.id = secrets.token_hex(8)  # the server's own name for this run (folders), never a client's string
-        self.events: list[Event] = []
+        self.folder = os.path.join(parent, self.id) if parent else None
+        if self.folder:
+            os.makedirs(self.folder)
+        self._transcript = open(os.path.join(self.folder, TRANSCRIPT), "a", encoding="utf-8") if self.folder else None
+        # the page's share: an endless stream must not grow the server's memory or each refresh's work
+        self.events: deque[Event] = deque(maxlen=MAX_EVENTS)
         self.history: deque[dict] = deque(maxlen=MAX_HISTORY)
         self.state = "starting"  # starting | running | ended | failed | stopped
         self.started = time.monotonic()
@@ -132,9 +143,13 @@ class LiveRun:
 
     def _add(self, event: Event) -> None:
         with self._mutex:
-            self.events.append(event)
             if event.type == "metrics":
                 self.history.append({"t": event.t, "wall_s": time.monotonic() - self.started, **event.data})
+                return
+            self.events.append(event)
+            if self._transcript is not None and not self._transcript.closed:
+                self._transcript.write(json.dumps(event.to_dict(), ensure_ascii=False) + "\n")
+                self._transcript.flush()
 
     def _thumbnail(self, chunk: Chunk) -> None:
         image = chunk.frames[0]
@@ -181,8 +196,18 @@ class LiveRun:
         return cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
 
     def snapshot(self) -> tuple[list[Event], list[dict]]:
+        """The page's share: the last MAX_EVENTS events but metrics, and the last metrics rows."""
         with self._mutex:
             return list(self.events), list(self.history)
+
+    def transcript(self) -> list[Event]:
+        """Every event but metrics since the run started (from its transcript file; without a folder,
+        the last MAX_EVENTS)."""
+        with self._mutex:
+            if self._transcript is None or self._transcript.closed:
+                return list(self.events)
+            with open(self._transcript.name, encoding="utf-8") as f:
+                return [Event.from_dict(json.loads(line)) for line in f if line.endswith("\n")]
 
     def stop(self) -> None:
         """Stop reading the source; questions on what was seen are still answered."""
@@ -191,10 +216,15 @@ class LiveRun:
             self.source_spec.close()
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Stop everything and free the session."""
+        """Stop everything and free the session and the run's folder."""
         self.stop()
         self._closed.set()
         self._thread.join(timeout_s)
+        with self._mutex:
+            if self._transcript is not None:
+                self._transcript.close()
+        if self.folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class RunRegistry:

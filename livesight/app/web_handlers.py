@@ -42,7 +42,8 @@ class PageHandlers:
             is_realtime = checkbox(realtime, "Play files at real time")
             source, name = source_choice(kind, upload, url, config.fps, self.policy, self.upload_dir)
             self.registry.start(request.session_hash, lambda: LiveRun(
-                self.adapter, config, source, realtime=is_realtime, lock=self.registry.lock, name=name))
+                self.adapter, config, source, realtime=is_realtime, lock=self.registry.lock, name=name,
+                parent=self.export_dir))
         except InputError as err:
             return error_html(str(err))
         return "**starting** …"
@@ -106,11 +107,11 @@ class PageHandlers:
         run = self.registry.get(request.session_hash)
         if run is None or fmt not in EXPORTS:
             return None
-        events = run.snapshot()[0]
+        events = run.transcript()  # all of it, not only what the page shows
         text = {"JSONL": to_jsonl, "SRT": lambda e: to_srt(e, run.config.chunk_seconds),
                 "WebVTT": lambda e: to_vtt(e, run.config.chunk_seconds)}[fmt](events)
         folder = os.path.join(self.export_dir, run.id)  # the run's server-made id, never the session hash
-        os.makedirs(folder, exist_ok=True)
+        os.makedirs(folder, exist_ok=True)  # the run's own folder (made by the run; removed when it closes)
         path = os.path.join(folder, f"livesight-transcript.{EXPORTS[fmt]}")
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)

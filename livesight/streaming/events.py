@@ -21,6 +21,12 @@ class Event:
     text: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Event":
+        """The inverse of to_dict (a JSON line back to an event)."""
+        d = dict(d)
+        return cls(d.pop("type"), d.pop("t"), d.pop("text", None), d)
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.type, "t": round(self.t, 3)}
         if self.text is not None:

@@ -20,6 +20,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTr
 
 from livesight.errors import InputError
 from livesight.progress import progress
+from livesight.streaming.config import GB
 
 log = logging.getLogger("livesight.models")
 RANDOM_MODELS = ("tiny-random", "random-3b", "random-7b")
@@ -86,17 +87,22 @@ def random_config(name: str) -> Qwen2_5_VLConfig:
     )
 
 
+def free_bytes(device: str | torch.device) -> int:
+    """Memory free for new tensors on `device`: the GPU's free memory, or the machine's available RAM."""
+    device = torch.device(device)
+    return torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else psutil.virtual_memory().available
+
+
 def check_fits(config, device: str, dtype: torch.dtype, name: str) -> None:
     """Refuse, before allocating, a model whose weights would not fit in the device's free memory
     (a 7B model in float32 on a small CPU machine would be killed by the kernel, with no message)."""
     with torch.device("meta"):
         shape_only = Qwen2_5_VLForConditionalGeneration._from_config(config)
-    need = sum(p.numel() for p in shape_only.parameters()) * torch.empty((), dtype=dtype).element_size()
-    target = torch.device(device)
-    free = torch.cuda.mem_get_info(target)[0] if target.type == "cuda" else psutil.virtual_memory().available
+    need = sum(p.numel() for p in shape_only.parameters()) * dtype.itemsize
+    free = free_bytes(device)
     if need > 0.9 * free:
-        raise InputError(f"--model {name} needs {need / 2**30:.1f} GB for its weights in {str(dtype).split('.')[-1]} "
-                         f"on {device}, more than the {free / 2**30:.1f} GB free there: use a GPU (--device cuda), a "
+        raise InputError(f"--model {name} needs {need / GB:.1f} GB for its weights in {str(dtype).split('.')[-1]} "
+                         f"on {device}, more than the {free / GB:.1f} GB free there: use a GPU (--device cuda), a "
                          f"smaller model (random-3b, tiny-random), or free memory")
 
 

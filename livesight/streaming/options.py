@@ -105,14 +105,16 @@ ENGINE: dict[str, Bound] = {
 SECONDS = Bound(float, 0, 1e7, low_open=True, why="at most about 115 days")  # a stream's length
 STREAM_TIME = Bound(float, 0, 1e7, why="stream seconds")  # a moment in the stream (--ask)
 
+# The engine's defaults by flag dest, read off the config dataclasses (one place for each default)
+_S, _R, _C = SessionConfig, RetrievalConfig, CompressionConfig
 DEFAULTS: dict[str, Any] = {
-    "fps": 2.0, "chunk_seconds": 1.0, "vision_window": 16.0, "text_sink": 512, "text_window": 512, "narrate": True,
-    "narrate_tokens": 20, "answer_tokens": 64, "max_pixels": None, "retrieve": True, "retrieve_top_k": 8,
-    "retrieve_scope": "layer", "offload_ram_gb": 4.0, "offload_disk_gb": 16.0, "offload_dir": None,
-    "reuse": CompressionConfig.reuse, "reuse_threshold": CompressionConfig.reuse_threshold,
-    "prune": CompressionConfig.prune, "keep_ratio": CompressionConfig.keep_ratio,
-    "keep_floor": CompressionConfig.keep_floor, "prune_threshold": CompressionConfig.prune_threshold,
-    "cuda_graphs": True,
+    "fps": _S.fps, "chunk_seconds": _S.chunk_seconds, "vision_window": _S.vision_window_s, "text_sink": _S.text_sink,
+    "text_window": _S.text_window, "narrate": _S.narrate, "narrate_tokens": _S.narrate_tokens,
+    "answer_tokens": _S.answer_tokens, "max_pixels": _S.max_pixels, "cuda_graphs": _S.cuda_graphs,
+    "retrieve": _R.enabled, "retrieve_top_k": _R.top_k, "retrieve_scope": _R.scope, "offload_ram_gb": _R.ram_gb,
+    "offload_disk_gb": _R.disk_gb, "offload_dir": _R.folder,
+    "reuse": _C.reuse, "reuse_threshold": _C.reuse_threshold, "prune": _C.prune, "keep_ratio": _C.keep_ratio,
+    "keep_floor": _C.keep_floor, "prune_threshold": _C.prune_threshold,
 }
 
 
@@ -201,9 +203,10 @@ def build_config(values: Mapping[str, Any], names: Mapping[str, str] | None = No
     folder = v["offload_dir"]
     if folder is not None and (not isinstance(folder, str) or not os.path.isdir(folder)):
         raise InputError(f"{name('offload_dir')} {folder} is not a folder: create it or leave it out")
-    if folder is not None and num("offload_disk_gb") > shutil.disk_usage(folder).total / GB:
+    disk_gb = shutil.disk_usage(folder).total / GB if folder is not None else math.inf
+    if num("offload_disk_gb") > disk_gb:
         raise InputError(f"{name('offload_disk_gb')}: {v['offload_disk_gb']} GB is more than the whole disk that "
-                         f"holds {folder} ({shutil.disk_usage(folder).total / GB:.0f} GB)")
+                         f"holds {folder} ({disk_gb:.0f} GB)")
     try:
         retrieval = RetrievalConfig(yes("retrieve"), num("retrieve_top_k"), v["retrieve_scope"], num("offload_ram_gb"),
                                     num("offload_disk_gb"), folder)
@@ -231,4 +234,3 @@ def resolve_device(name: str) -> str:
     if name != "cpu" and not name.startswith("cuda"):
         raise InputError(f"unknown --device '{name}': use auto, cpu, cuda or cuda:N")
     return name
-

@@ -14,7 +14,6 @@ import torch
 
 from livesight import scratch
 from livesight.errors import InputError
-
 from livesight.kernels import rotate_keys, score_blocks, select_blocks, unrotate
 from livesight.kvcache import Segment, TokenTable
 from livesight.kvcache.offload import OffloadStore

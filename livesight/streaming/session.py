@@ -19,6 +19,7 @@ from livesight.streaming.adapter import QwenVLAdapter
 from livesight.streaming.chunker import Chunk
 from livesight.streaming.config import GB, SessionConfig
 from livesight.streaming.events import Event
+from livesight.streaming.models import free_bytes
 from livesight.streaming.retrieval import Retriever
 from livesight.streaming.stepper import CacheStepper, StageClock
 from livesight.vision.preprocess import fit_size
@@ -32,13 +33,13 @@ def check_fits(adapter: QwenVLAdapter, capacity: int, tokens_per_chunk: int, con
     """The bytes this session will allocate on its device (cache, and the offloaded blocks' representatives);
     raises InputError naming the settings when they exceed what the device has free."""
     width = adapter.num_layers * adapter.num_kv_heads * adapter.head_dim
-    element = torch.empty((), dtype=adapter.dtype).element_size()
+    element = adapter.dtype.itemsize
     cache = capacity * (2 * width + adapter.num_layers) * element  # keys, values, key bias
     retrieval = config.retrieval
     budget = (retrieval.ram_gb + retrieval.disk_gb) * GB if retrieval.enabled else 0
-    representatives = budget // (2 * width * tokens_per_chunk * element) * width * 4
-    device = torch.device(adapter.device)
-    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else psutil.virtual_memory().available
+    representatives = budget // (2 * width * tokens_per_chunk * element) * width * 4  # float32, per block
+    device = adapter.device
+    free = free_bytes(device)
     if cache + representatives > 0.9 * free:
         raise InputError(
             f"these settings need {cache / GB:.2f} GB for the cache ({capacity:,} tokens: vision window "

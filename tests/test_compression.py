@@ -143,7 +143,7 @@ def test_every_position_stays_in_the_vision_window(tiny):
     offsets = set()
     for group in table.group[table.segment == Segment.VISION].unique().tolist():
         mine = (table.group == group) & (table.segment == Segment.VISION)
-        start = int(table.pos[0, mine].min()) + len(session._chunk_open)
+        start = int(table.pos[0, mine].min()) + len(session.chat.chunk_open)
         offsets |= {(h - start, w - start) for h, w in zip(table.pos[1, mine].tolist(), table.pos[2, mine].tolist())}
     gh, gw = session.grid[1:]
     assert {(h, w) for h in range(gh) for w in range(gw)} <= offsets, offsets

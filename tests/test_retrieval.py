@@ -102,7 +102,7 @@ def test_ranking_puts_the_block_built_from_the_question_first(tiny):
     for chunk in make_chunks(8):
         session.add_chunk(chunk)
     retriever = session.retriever
-    embeds = session.adapter.embed_ids(session._encode("where is the red circle?"))
+    embeds = session.adapter.embed_ids(session.chat.encode("where is the red circle?"))
     queries = retriever._probe(embeds)  # (L, Hq, n, D) before rotary
     num_layers, num_heads, _, dim = queries.shape
     num_kv = session.adapter.num_kv_heads

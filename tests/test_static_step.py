@@ -107,16 +107,20 @@ def test_decode_steps_past_a_stop_token_leave_no_trace(tiny):
                                compression=CompressionConfig(reuse=False, prune=False))
         session = Session(QwenVLAdapter(tiny), config, (180, 320))
         session.stop_ids, captured, generate = stop_ids, [], session._generate
-        session._generate = lambda *a: captured.append(generate(*a)) or captured[-1]
+
+        def recorded(*args):
+            captured.append((yield from generate(*args)))
+            return captured[-1]
+        session._generate = recorded
         session.add_chunk(make_chunks(1)[0])
         return session, captured[0]
 
     _, free = narrate(set(), 8)
     stop = next(i for i in range(1, 8) if free[i] not in free[:i])
     stopped, ids = narrate({free[stop]}, 8)
-    assert ids == free[:stop] and stopped.pending == stopped._turn_close
+    assert ids == free[:stop] and stopped.pending == stopped.chat.turn_close
     reference, ref_ids = narrate(set(), stop + 1)  # feeds free[:stop], keeps free[stop] pending
-    assert ref_ids == free[:stop + 1] and reference.pending == [free[stop]] + reference._turn_close
+    assert ref_ids == free[:stop + 1] and reference.pending == [free[stop]] + reference.chat.turn_close
     n = reference.cache.length
     assert stopped.cache.length == n and torch.equal(stopped.cache.table.pos, reference.cache.table.pos)
     assert torch.equal(stopped.cache.key_buffer[..., :n, :], reference.cache.key_buffer[..., :n, :])

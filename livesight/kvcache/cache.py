@@ -70,17 +70,23 @@ class StreamCache(Cache):
 
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, capacity: int,
                  inv_freq: torch.Tensor, dtype: torch.dtype, device: torch.device | str,
-                 mrope_section: list[int] | None = None):
+                 mrope_section: list[int] | None = None,
+                 buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None):
+        """buffers: (keys, values, key_bias) to use instead of allocating: a slab of a KVPool, views of
+        shapes (num_layers, 1, num_kv_heads, capacity, head_dim) twice and (num_layers, capacity)."""
         shape = (num_layers, 1, num_kv_heads, capacity, head_dim)
-        self.key_buffer = torch.zeros(shape, dtype=dtype, device=device)
-        self.value_buffer = torch.zeros(shape, dtype=dtype, device=device)
+        if buffers is None:
+            buffers = (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device),
+                       torch.zeros(num_layers, capacity, dtype=dtype, device=device))
+        self.key_buffer, self.value_buffer, self.key_bias = buffers
+        assert self.key_buffer.shape == shape and self.key_bias.shape == (num_layers, capacity)
         self.num_layers, self.capacity, self.length = num_layers, capacity, 0
         self.inv_freq = inv_freq.float().to(device)
         self.mrope_section = mrope_section
         self.table = TokenTable.empty()
         self.key_valid: torch.Tensor | None = None  # (L, capacity) bool while retrieved slots hold padding
-        # the same as an additive bias, 0 or -inf, in a buffer that lives as long as the cache (CUDA graphs read it)
-        self.key_bias = torch.zeros(num_layers, capacity, dtype=dtype, device=device)
+        # key_bias: the same as an additive bias, 0 or -inf, in a buffer that lives as long as the cache
+        # (CUDA graphs read it)
         self.static_write: tuple[torch.Tensor, int] | None = None  # set only during a static step
         super().__init__(layers=[StreamLayer(self, i) for i in range(num_layers)])
 

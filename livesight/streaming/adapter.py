@@ -5,7 +5,9 @@ in, logits out, positions built by the caller.
 """
 
 import functools
+from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from transformers import AttentionInterface
@@ -165,6 +167,24 @@ class TextAdapter:
             cache.static_write = None
 
 
+@dataclass(frozen=True)
+class ChatIds:
+    """The chat template's pieces a stream is built of, as token ids, and the ids that end a turn."""
+
+    system_open: list[int]
+    system_close: list[int]
+    chunk_open: list[int]  # a user turn holding one chunk's video
+    chunk_close: list[int]
+    user_open: list[int]
+    turn_close: list[int]
+    assistant: list[int]  # the assistant's turn opened
+    stop_ids: frozenset[int]
+    encode: Callable[[str], list[int]]
+
+    def system(self, prompt: str) -> list[int]:
+        return self.system_open + self.encode(prompt) + self.system_close
+
+
 class QwenVLAdapter(TextAdapter):
     """Qwen2.5-VL: the text model above with 3-D M-RoPE positions, plus the vision tower."""
 
@@ -199,6 +219,15 @@ class QwenVLAdapter(TextAdapter):
     @staticmethod
     def _position_ids(positions: torch.Tensor) -> torch.Tensor:
         return positions[:, None]  # (3, 1, n)
+
+    def chat_ids(self) -> ChatIds:
+        """Qwen's ChatML, with a chunk's video between vision delimiters."""
+        tok = self.tokenizer
+        enc = functools.partial(tok.encode, add_special_tokens=False)
+        stop = {tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id, tok.convert_tokens_to_ids("<|endoftext|>")}
+        return ChatIds(enc("<|im_start|>system\n"), enc("<|im_end|>\n"), enc("<|im_start|>user\n<|vision_start|>"),
+                       enc("<|vision_end|><|im_end|>\n"), enc("<|im_start|>user\n"), enc("<|im_end|>\n"),
+                       enc("<|im_start|>assistant\n"), frozenset(i for i in stop if i is not None), enc)
 
     def patch_grid(self, size: tuple[int, int], num_frames: int) -> tuple[int, int, int]:
         """The vision tower's patch grid (t, h, w) of one chunk of `num_frames` frames of `size`."""

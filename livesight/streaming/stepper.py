@@ -5,19 +5,21 @@ import time
 
 import torch
 
-from livesight.kvcache import StreamCache
+from livesight.kvcache import StreamCache, TokenTable
 from livesight.streaming.adapter import TextAdapter
 from livesight.streaming.static_step import StaticStep
 from livesight.streaming.tokens import StepBuilder
 
 
 class CacheStepper:
-    def __init__(self, adapter: TextAdapter, policy, capacity: int, offload=None, graphs: bool = True):
+    def __init__(self, adapter: TextAdapter, policy, capacity: int, offload=None, graphs: bool = True,
+                 cache: StreamCache | None = None):
         """policy: anything with keep(table, now_s) -> (n,) bool. offload(evicted: TokenTable,
         index: (n,) buffer slots) is called before eviction with the tokens about to leave.
-        graphs: on a GPU, run steps at fixed shapes replayed from CUDA graphs (static_step.py)."""
+        graphs: on a GPU, run steps at fixed shapes replayed from CUDA graphs (static_step.py).
+        cache: the cache to fill (a slab of an engine's pool), else one of `capacity` is allocated."""
         self.adapter, self.policy, self.offload = adapter, policy, offload
-        self.cache: StreamCache = adapter.new_cache(capacity)
+        self.cache: StreamCache = adapter.new_cache(capacity) if cache is None else cache
         use_graphs = graphs and self.cache.key_buffer.is_cuda
         self.static: StaticStep | None = StaticStep(adapter, self.cache, graphs=True) if use_graphs else None
         self._pos = self._seq = self._group = 0
@@ -33,9 +35,13 @@ class CacheStepper:
             logits = self.static(embeds, table.pos)
         else:
             logits = self.adapter.forward(embeds, table.pos, self.cache, all_logits=all_logits)
+        self.commit(builder, table)
+        return logits
+
+    def commit(self, builder: StepBuilder, table: TokenTable) -> None:
+        """Record the step's tokens, which its forward pass appended to the cache."""
         self.cache.record(table)
         self._pos, self._seq, self._group = builder.next_pos, builder.next_seq, builder.next_group
-        return logits
 
     def evict(self, now_s: float) -> int:
         """Apply the policy once; -> the number of re-rotated tokens. Queues the device's work

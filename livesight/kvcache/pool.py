@@ -1,0 +1,94 @@
+"""One preallocated KV pool for many streams: every stream's cache is a fixed slab of it.
+
+A stream's policy bounds its cache, so a slab of `slab_capacity` slots holds it for as long as the
+stream lives: no paging, no fragmentation. A stream's StreamCache is a view of its slab, and does
+everything it does alone (compaction, retrieval, snapshots) in place. A batched step writes the new
+tokens of many streams at once, token i at (slab[i], slot[i]), and hands attention the whole layer;
+the slab attention kernel keeps each token to its own slab. One extra slab past the streams' takes
+the padding rows of fixed-shape (graph-captured) steps, so they never touch a stream's slots.
+"""
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from livesight.kvcache.cache import StreamCache
+
+
+class PoolFullError(RuntimeError):
+    pass
+
+
+class PoolLayer(CacheLayerMixin):
+    is_compileable = False
+
+    def __init__(self, pool: "KVPool", layer_idx: int):
+        super().__init__()
+        self.pool, self.layer_idx = pool, layer_idx
+        self.keys, self.values = pool.key_buffer[layer_idx], pool.value_buffer[layer_idx]  # (S + 1, Hkv, C, D)
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        pass  # preallocated
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """key_states, value_states: (1, Hkv, N, D) of a batched step -> the layer's whole pool
+        (S + 1, Hkv, C, D); token i lands at slot slots[i] of slab slabs[i]."""
+        slabs, slots = self.pool.write
+        self.keys[slabs, :, slots] = key_states[0].transpose(0, 1)
+        self.values[slabs, :, slots] = value_states[0].transpose(0, 1)
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return 0
+
+    def get_max_length(self) -> int:
+        return self.pool.slab_capacity
+
+
+class KVPool(Cache):
+    """key_buffer, value_buffer: (num_layers, num_slabs + 1, num_kv_heads, slab_capacity, head_dim);
+    key_bias: (num_layers, num_slabs + 1, slab_capacity), each slab's padding mask (StreamCache.key_bias)."""
+
+    def __init__(self, num_slabs: int, num_layers: int, num_kv_heads: int, head_dim: int, slab_capacity: int,
+                 inv_freq: torch.Tensor, dtype: torch.dtype, device: torch.device | str,
+                 mrope_section: list[int] | None = None):
+        shape = (num_layers, num_slabs + 1, num_kv_heads, slab_capacity, head_dim)
+        self.key_buffer = torch.zeros(shape, dtype=dtype, device=device)
+        self.value_buffer = torch.zeros(shape, dtype=dtype, device=device)
+        self.key_bias = torch.zeros(num_layers, num_slabs + 1, slab_capacity, dtype=dtype, device=device)
+        self.num_slabs, self.slab_capacity, self.num_layers = num_slabs, slab_capacity, num_layers
+        self.spec = (num_layers, num_kv_heads, head_dim, inv_freq, dtype, device, mrope_section)
+        self.free = list(range(num_slabs))
+        self.write: tuple[torch.Tensor, torch.Tensor] | None = None  # (slabs (N,), slots (N,)) during a step
+        super().__init__(layers=[PoolLayer(self, i) for i in range(num_layers)])
+
+    @property
+    def dump_slab(self) -> int:
+        """The slab that takes padding rows."""
+        return self.num_slabs
+
+    @staticmethod
+    def slab_bytes(num_layers: int, num_kv_heads: int, head_dim: int, slab_capacity: int, itemsize: int) -> int:
+        """Device bytes of one slab: keys, values and the key bias."""
+        return slab_capacity * num_layers * (2 * num_kv_heads * head_dim + 1) * itemsize
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0
+
+    def take(self, capacity: int) -> tuple[int, StreamCache]:
+        """A free slab and a cache of `capacity` slots over it -> (slab, cache)."""
+        if capacity > self.slab_capacity:
+            raise PoolFullError(f"a cache of {capacity:,} tokens does not fit a slab of {self.slab_capacity:,}")
+        if not self.free:
+            raise PoolFullError(f"all {self.num_slabs} slabs are in use")
+        slab = self.free.pop(0)
+        num_layers, num_kv_heads, head_dim, inv_freq, dtype, device, mrope = self.spec
+        view = (self.key_buffer[:, slab:slab + 1, :, :capacity], self.value_buffer[:, slab:slab + 1, :, :capacity],
+                self.key_bias[:, slab, :capacity])
+        view[2].zero_()
+        return slab, StreamCache(num_layers, num_kv_heads, head_dim, capacity, inv_freq, dtype, device, mrope, view)
+
+    def give_back(self, slab: int) -> None:
+        assert 0 <= slab < self.num_slabs and slab not in self.free, f"slab {slab} is not in use"
+        self.key_bias[:, slab].zero_()
+        self.free.append(slab)

@@ -88,6 +88,7 @@ class StreamCache(Cache):
         # key_bias: the same as an additive bias, 0 or -inf, in a buffer that lives as long as the cache
         # (CUDA graphs read it)
         self.static_write: tuple[torch.Tensor, int] | None = None  # set only during a static step
+        self.slab: int | None = None  # which slab of a KVPool the buffers are, if they are one
         super().__init__(layers=[StreamLayer(self, i) for i in range(num_layers)])
 
     def get_seq_length(self, layer_idx: int = 0) -> int:

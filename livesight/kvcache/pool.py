@@ -75,8 +75,8 @@ class KVPool(Cache):
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return 0
 
-    def take(self, capacity: int) -> tuple[int, StreamCache]:
-        """A free slab and a cache of `capacity` slots over it -> (slab, cache)."""
+    def take(self, capacity: int) -> StreamCache:
+        """A cache of `capacity` slots over a free slab (cache.slab)."""
         if capacity > self.slab_capacity:
             raise PoolFullError(f"a cache of {capacity:,} tokens does not fit a slab of {self.slab_capacity:,}")
         if not self.free:
@@ -86,9 +86,12 @@ class KVPool(Cache):
         view = (self.key_buffer[:, slab:slab + 1, :, :capacity], self.value_buffer[:, slab:slab + 1, :, :capacity],
                 self.key_bias[:, slab, :capacity])
         view[2].zero_()
-        return slab, StreamCache(num_layers, num_kv_heads, head_dim, capacity, inv_freq, dtype, device, mrope, view)
+        cache = StreamCache(num_layers, num_kv_heads, head_dim, capacity, inv_freq, dtype, device, mrope, view)
+        cache.slab = slab
+        return cache
 
-    def give_back(self, slab: int) -> None:
+    def give_back(self, cache: StreamCache) -> None:
+        slab = cache.slab
         assert 0 <= slab < self.num_slabs and slab not in self.free, f"slab {slab} is not in use"
         self.key_bias[:, slab].zero_()
         self.free.append(slab)

@@ -14,9 +14,11 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl
 
-from livesight.kernels import VISION_ATTENTION_NAME, chunk_attention, span_attention, vision_attention
+from livesight.kernels import (VISION_ATTENTION_NAME, chunk_attention, slab_attention, span_attention,
+                               vision_attention)
 from livesight.kernels.fused import rms_norm, rotary, rotary_reference
 from livesight.kvcache import StreamCache
+from livesight.kvcache.pool import KVPool
 from livesight.streaming.models import LoadedModel
 from livesight.vision.encoder import EncodeStats, VisionEncoder
 from livesight.vision.preprocess import resize_frames, to_patches
@@ -47,8 +49,11 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     if _captured_queries is not None:
         _captured_queries[module.layer_idx] = query[0]
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    start, key_valid = kwargs.get("livesight_start"), kwargs.get("livesight_key_valid")
-    if start is not None:  # a static step: fixed key span, rows written from slot `start` on
+    start, key_valid, plan = kwargs.get("livesight_start"), kwargs.get("livesight_key_valid"), kwargs.get("livesight_plan")
+    if plan is not None:  # a batched step: packed rows of many streams, each over its own slab of the pool
+        key_bias = kwargs.get("livesight_key_bias")  # (L, S + 1, C): padding in retrieved slots
+        out = slab_attention(query, key, value, scale, plan, None if key_bias is None else key_bias[module.layer_idx])
+    elif start is not None:  # a static step: fixed key span, rows written from slot `start` on
         key_bias = kwargs.get("livesight_key_bias")  # (L, capacity): padding in retrieved slots
         out = span_attention(query, key, value, scale, start,
                              None if key_bias is None else key_bias[module.layer_idx, :key.shape[-2]])
@@ -165,6 +170,20 @@ class TextAdapter:
                                 livesight_key_bias=cache.key_bias if padded else None)
         finally:
             cache.static_write = None
+
+
+    def pool_hidden(self, embeds: torch.Tensor, positions: torch.Tensor, pool: KVPool, slabs: torch.Tensor,
+                    slots: torch.Tensor, plan, padded: bool = False) -> torch.Tensor:
+        """A batched step (streaming/batch_step.py): the packed tokens of many streams, embeds (N, hidden)
+        and positions (3, N), token i written to slot slots[i] of slab slabs[i] of `pool` and attending to
+        its own slab as the slab plan says (kernels/slab_attention.py). padded: some slab's retrieved slots
+        hold padding, which pool.key_bias hides. -> last hidden states (N, hidden)."""
+        pool.write = (slabs, slots)
+        try:
+            return self._hidden(embeds, positions, pool, livesight_plan=plan,
+                                livesight_key_bias=pool.key_bias if padded else None)
+        finally:
+            pool.write = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,106 @@
+"""One language-model pass over the steps of many streams: the weights are read once for all of them.
+
+Each stream's step (a chunk's prefill, a question, one decode token) is packed after the others';
+token i is written to its stream's slab of the KV pool and attends only to that slab
+(kernels/slab_attention.py). On a GPU, steps that repeat shape by shape (batched decode: one token per
+stream; a single stream's step) run at bucketed shapes replayed from CUDA graphs, their padding rows
+written to the pool's spare slab; steps that mix prefills vary too much to capture and are large
+enough not to wait on kernel launches, so they run eagerly.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from livesight.kernels.dispatch import report
+from livesight.kernels.graphs import GraphReplay
+from livesight.kernels.slab_attention import make_plan, plan_blocks
+from livesight.kvcache.cache import CacheFullError
+from livesight.kvcache.pool import KVPool
+from livesight.streaming.adapter import TextAdapter
+from livesight.streaming.static_step import row_bucket
+from livesight.streaming.stepper import CacheStepper
+from livesight.streaming.tokens import StepBuilder
+
+GRAPH_MAX_ROWS = 512  # the largest captured step; past it a step is compute-bound anyway
+
+
+class BatchStep:
+    def __init__(self, adapter: TextAdapter, pool: KVPool, graphs: bool):
+        self.adapter, self.pool = adapter, pool
+        self.graphs = graphs and pool.key_buffer.is_cuda
+        self.groups = adapter.language_model.config.num_attention_heads // adapter.num_kv_heads
+        self._replays: dict[tuple, GraphReplay] = {}
+        self._pool = torch.cuda.graph_pool_handle() if self.graphs else None
+
+    @property
+    def num_graphs(self) -> int:
+        return len(self._replays)
+
+    @torch.inference_mode()
+    def __call__(self, steps: list[tuple[CacheStepper, StepBuilder]]) -> list[torch.Tensor]:
+        """Run every stream's step in one pass -> each step's last logits (vocab,), in order; the
+        steppers record their tokens as if each had run alone. A step that would overflow its
+        stream's cache raises CacheFullError before anything runs."""
+        built = [builder.build() for _, builder in steps]
+        segments, row = [], 0
+        for (stepper, _), (embeds, _) in zip(steps, built):
+            cache, n = stepper.cache, embeds.shape[0]
+            if cache.length + n > cache.capacity:
+                raise CacheFullError(f"step of {n} tokens overflows the cache ({cache.length}/{cache.capacity})")
+            segments.append((cache.slab, row, n, cache.length))
+            row += n
+        embeds = torch.cat([e for e, _ in built]).to(self.adapter.dtype)
+        positions = torch.cat([t.pos for _, t in built], dim=1)
+        padded = any(stepper.cache.key_valid is not None for stepper, _ in steps)
+        hidden = self._hidden(embeds, positions, segments, padded)
+        last = torch.tensor([r + n - 1 for _, r, n, _ in segments]).to(hidden.device, non_blocking=True)
+        logits = self.adapter.logits(hidden[last])
+        for (stepper, builder), (_, table), (_, _, n, start) in zip(steps, built, segments):
+            stepper.cache.length = start + n
+            stepper.commit(builder, table)
+        return list(logits)
+
+    def _hidden(self, embeds: torch.Tensor, positions: torch.Tensor, segments: list[tuple[int, int, int, int]],
+                padded: bool) -> torch.Tensor:
+        """-> hidden states (N, hidden) of the packed rows."""
+        num_rows, device = embeds.shape[0], self.pool.key_buffer.device
+        decode = all(n == 1 for _, _, n, _ in segments)
+        if self.graphs and (decode or len(segments) == 1) and num_rows <= GRAPH_MAX_ROWS:
+            return self._replayed(embeds, positions, segments, padded, decode)[:num_rows]
+        report("lm_batch", "eager")
+        slabs, slots = self._slots(segments, 0)
+        plan = make_plan(segments, num_rows, self.groups, self.pool.slab_capacity, self.adapter.num_kv_heads, device)
+        return self.adapter.pool_hidden(embeds.to(device, non_blocking=True), positions.to(device, non_blocking=True),
+                                        self.pool, slabs, slots, plan, padded)
+
+    def _replayed(self, embeds, positions, segments, padded: bool, decode: bool) -> torch.Tensor:
+        """The step at (rows, segments) rounded up to buckets, from a CUDA graph captured once per bucket."""
+        num_rows, device = embeds.shape[0], self.pool.key_buffer.device
+        rows = row_bucket(num_rows)
+        num_segments = 1 << (len(segments) - 1).bit_length()
+        num_blocks = plan_blocks(rows, num_segments, self.groups, decode)
+        plan = make_plan(segments, rows, self.groups, self.pool.slab_capacity, self.adapter.num_kv_heads, device,
+                         num_blocks)
+        pad = rows - num_rows
+        slabs, slots = self._slots(segments, pad)
+        embeds = F.pad(embeds, (0, 0, 0, pad)).to(device, non_blocking=True)
+        positions = F.pad(positions, (0, pad)).to(device, non_blocking=True)
+        key = (rows, num_blocks, plan.block_m, padded)
+        report("lm_batch", "cuda-graph")
+        replay = self._replays.get(key)
+        if replay is None:
+            def step(e, p, sl, so, table):
+                return self.adapter.pool_hidden(e, p, self.pool, sl, so, plan.with_table(table), padded)
+            replay = GraphReplay(step, [embeds, positions, slabs, slots, plan.table], self._pool)
+            self._replays[key] = replay
+        return replay(embeds, positions, slabs, slots, plan.table)
+
+    def _slots(self, segments: list[tuple[int, int, int, int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where each row's key and value go -> (slabs (N + pad,), slots (N + pad,)) on the device; padding
+        rows go to the pool's spare slab."""
+        slabs = [torch.full((n,), slab) for slab, _, n, _ in segments] + [torch.full((pad,), self.pool.dump_slab)]
+        slots = [torch.arange(start, start + n) for _, _, n, start in segments]
+        slots.append(torch.arange(pad) % self.pool.slab_capacity)
+        device = self.pool.key_buffer.device
+        return torch.cat(slabs).to(device, non_blocking=True), torch.cat(slots).to(device, non_blocking=True)
+

@@ -1,0 +1,356 @@
+"""The engine: one model, any number of streams joining and leaving, all stepped in the same batched pass.
+
+Every stream's cache is a slab of one preallocated pool (kvcache/pool.py), and its logic is its
+Stream's generators (stream.py). Each engine step gathers the work that is ready across streams:
+idle streams start their next job (a question ahead of chunks), one vision pass encodes every
+ready chunk, and one language-model pass runs every stream's next step packed together (chunk
+prefills, questions, one decode token per narrating or answering stream; a stream whose turn
+ends leaves the batch). The weights are read once per step for all streams.
+
+Real time, explicitly: a live stream never waits for the engine. It may have `max_pending` chunks
+waiting; one more drops the oldest (counted as `chunks_dropped`), and a stream that starts a
+chunk with another already waiting narrates half as many tokens (`narrations_shortened`). Each
+metrics event says how long its chunk waited and took (`latency_ms`, from its arrival to its
+caption). A file or an evaluator's video is not live: its feeder waits for room instead.
+
+Admission: the pool is sized when the engine starts (`max_streams` slabs, checked against the
+device's free memory, with the offload budgets against the host's); one stream more is refused
+with a clear message. Closing a stream frees its slab and its offload files; a stream's failure
+(its source dies, its offload folder vanishes, a bad question) reaches only that stream's events.
+"""
+
+import gc
+import itertools
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import psutil
+import torch
+
+from livesight.errors import InputError
+from livesight.kvcache.pool import KVPool
+from livesight.streaming.adapter import QwenVLAdapter
+from livesight.streaming.batch_step import BatchStep
+from livesight.streaming.chunker import Chunk
+from livesight.streaming.config import GB, SessionConfig
+from livesight.streaming.events import Event
+from livesight.streaming.stream import Stream, VisionWork, Work, cache_capacity, check_fits
+
+MAX_PENDING = 2  # chunks a live stream may have waiting; one more drops the oldest
+
+
+@dataclass
+class _Job:
+    kind: str  # "chunk" or "question"
+    arrived: float  # perf_counter() when it came
+    chunk: Chunk | None = None
+    question: str = ""
+    remember: bool = True
+    max_tokens: int | None = None
+
+
+@dataclass
+class _Lane:
+    """The engine's side of one stream: its queues, the work in progress, its outbox."""
+
+    id: str
+    stream: Stream
+    live: bool
+    chunks: deque = field(default_factory=deque)
+    questions: deque = field(default_factory=deque)
+    scheduled: list = field(default_factory=list)  # (stream seconds, question), asked once the stream gets there
+    outbox: "queue.Queue[Event]" = field(default_factory=queue.Queue)
+    work: Work | None = None
+    job: _Job | None = None
+    item: object = None  # what the work waits for: a VisionWork or a StepBuilder
+    source_done: bool = False
+    failure: str | None = None
+    ended: bool = False
+    started: float = field(default_factory=time.perf_counter)
+    counts: dict = field(default_factory=lambda: {"chunks_dropped": 0, "narrations_shortened": 0})
+
+    @property
+    def idle(self) -> bool:
+        return self.work is None and not self.chunks and not self.questions
+
+
+class Engine:
+    def __init__(self, adapter: QwenVLAdapter, config: SessionConfig, max_streams: int,
+                 max_pending: int = MAX_PENDING):
+        """config: every stream's settings unless it brings its own (which must fit a slab);
+        max_streams: slabs in the pool, the most streams open at once."""
+        if max_streams < 1:
+            raise InputError(f"max streams must be at least 1, got {max_streams}")
+        self.adapter, self.config, self.max_pending = adapter, config, max_pending
+        self.slab_capacity, tokens_per_chunk = self.capacity_for(adapter, config)
+        check_fits(adapter, self.slab_capacity, tokens_per_chunk, config, num_streams=max_streams)
+        self._check_host_memory(config, max_streams)
+        self.pool = KVPool(max_streams, adapter.num_layers, adapter.num_kv_heads, adapter.head_dim, self.slab_capacity,
+                           adapter.inv_freq, adapter.dtype, adapter.device, adapter.mrope_section)
+        self.batch = BatchStep(adapter, self.pool, config.cuda_graphs)
+        self.lanes: dict[str, _Lane] = {}
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self.stage_ms = {"vision_ms": 0.0, "lm_ms": 0.0, "steps": 0, "rows": 0}
+        gc.collect()
+        gc.freeze()  # as Session does: the model and the pool live as long as the process
+
+    @staticmethod
+    def capacity_for(adapter: QwenVLAdapter, config: SessionConfig) -> tuple[int, int]:
+        """-> (cache tokens, tokens per chunk) of a stream at the largest frame `config` allows."""
+        max_pixels = config.max_pixels or adapter.loaded.max_pixels
+        chat = adapter.chat_ids()
+        frame_pairs = -(-config.frames_per_chunk // adapter.temporal)
+        tokens = len(chat.chunk_open) + len(chat.chunk_close) + frame_pairs * (max_pixels // (adapter.patch
+                                                                                             * adapter.merge) ** 2)
+        return cache_capacity(config, tokens, chat), tokens
+
+    @staticmethod
+    def _check_host_memory(config: SessionConfig, max_streams: int) -> None:
+        retrieval = config.retrieval
+        need = retrieval.ram_gb * GB * max_streams if retrieval.enabled else 0
+        available = psutil.virtual_memory().available
+        if need > 0.9 * available:
+            raise InputError(f"{max_streams} streams with --offload-ram {retrieval.ram_gb:g} GB each need "
+                             f"{need / GB:.1f} GB of host memory, {available / GB:.1f} GB is available: lower "
+                             f"--offload-ram or the number of streams")
+
+    # --- what front ends call (any thread) ---
+
+    def open(self, frame_size: tuple[int, int], config: SessionConfig | None = None, live: bool = False,
+             name: str | None = None) -> str:
+        """A new stream of frames of frame_size (height, width) -> its id. live: a camera that must
+        not wait (chunks past max_pending drop the oldest); else its feeder waits for room."""
+        config = config or self.config
+        with self._lock:
+            if not self.pool.free:
+                raise InputError(f"the engine is carrying {self.pool.num_slabs} streams, all its memory holds: "
+                                 f"close one, or start it with more --max-streams")
+            stream = Stream(self.adapter, config, frame_size, cache=self._take_slab)
+            lane = _Lane(name or f"s{next(self._ids)}", stream, live)
+            if lane.id in self.lanes:
+                stream.close()
+                self.pool.give_back(stream.cache)
+                raise InputError(f"a stream named {lane.id!r} is open already")
+            self.lanes[lane.id] = lane
+            return lane.id
+
+    def _take_slab(self, capacity: int):
+        if capacity > self.slab_capacity:
+            raise InputError(f"this stream's settings need a cache of {capacity:,} tokens; the engine's slabs hold "
+                             f"{self.slab_capacity:,}: use the engine's settings or a smaller frame size")
+        return self.pool.take(capacity)
+
+    def put(self, stream_id: str, chunk: Chunk, timeout: float | None = None) -> None:
+        """Queue a chunk. A live stream drops its oldest waiting chunk when max_pending wait already;
+        another waits until there is room (at most `timeout` seconds, then queue.Full)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            lane = self._lane(stream_id)
+            while not lane.live and len(lane.chunks) >= self.max_pending:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise queue.Full
+                self._changed.wait(left)
+            if lane.live and len(lane.chunks) >= self.max_pending:
+                lane.chunks.popleft()
+                lane.counts["chunks_dropped"] += 1
+            lane.chunks.append(_Job("chunk", time.perf_counter(), chunk))
+            self._changed.notify_all()
+
+    def ask(self, stream_id: str, question: str, remember: bool = True, max_tokens: int | None = None,
+            at: float | None = None) -> None:
+        """Queue a question: it runs ahead of the stream's next chunk, or once the stream has reached
+        `at` seconds (at its end, if it ends first). The answer comes as an event."""
+        with self._changed:
+            lane = self._lane(stream_id)
+            if at is not None:
+                lane.scheduled.append((at, question))
+                lane.scheduled.sort(key=lambda q: q[0])
+            else:
+                lane.questions.append(_Job("question", time.perf_counter(), question=question, remember=remember,
+                                           max_tokens=max_tokens))
+            self._changed.notify_all()
+
+    def note(self, stream_id: str, event: Event) -> None:
+        """Pass a source's notice (a reconnect) to the stream's events."""
+        with self._lock:
+            self._emit(self._lane(stream_id), [event])
+
+    def end(self, stream_id: str, error: str | None = None) -> None:
+        """The stream's source has ended (with `error` if it failed): once its queued work and its
+        scheduled questions are done, a summary event closes its events."""
+        with self._changed:
+            lane = self._lane(stream_id)
+            lane.source_done, lane.failure = True, error
+            if error:
+                self._emit(lane, [Event("error", lane.stream.now, error)])
+            self._changed.notify_all()
+
+    def close(self, stream_id: str) -> None:
+        """Drop the stream now: its slab and offload files are freed, its queued work forgotten."""
+        with self._changed:
+            lane = self.lanes.pop(stream_id, None)
+            if lane is None:
+                return
+            lane.stream.close()
+            self.pool.give_back(lane.stream.cache)
+            self._changed.notify_all()
+
+    def events(self, stream_id: str) -> "queue.Queue[Event]":
+        """The stream's events, in order; a summary event is its last."""
+        with self._lock:
+            return self._lane(stream_id).outbox
+
+    def ended(self, stream_id: str) -> bool:
+        with self._lock:
+            lane = self.lanes.get(stream_id)
+            return lane is None or lane.ended
+
+    def _lane(self, stream_id: str) -> _Lane:
+        lane = self.lanes.get(stream_id)
+        if lane is None:
+            raise InputError(f"no open stream {stream_id!r}")
+        return lane
+
+    def _emit(self, lane: _Lane, events: list[Event]) -> None:
+        for event in events:
+            event.data["stream"] = lane.id
+            lane.outbox.put(event)
+
+    # --- the loop (one thread) ---
+
+    def run(self, stop: threading.Event | None = None, until_idle: bool = False) -> None:
+        """Step until `stop` is set, or (until_idle) until every stream has ended. Waits, without
+        spinning, while there is nothing to do."""
+        while stop is None or not stop.is_set():
+            if self.step():
+                continue
+            with self._changed:
+                if until_idle and all(lane.ended for lane in self.lanes.values()):
+                    return
+                if not self._ready():
+                    self._changed.wait(0.1)
+
+    def _ready(self) -> bool:
+        return any(not lane.ended and (not lane.idle or lane.source_done) for lane in self.lanes.values())
+
+    def step(self) -> bool:
+        """One engine step -> whether there was work."""
+        with self._lock:
+            lanes = [lane for lane in self.lanes.values() if not lane.ended]
+            for lane in lanes:
+                if lane.work is None:
+                    self._start(lane)
+            self._changed.notify_all()  # feeders waiting for room
+        busy = [lane for lane in lanes if lane.work is not None]
+        if not busy:
+            return False
+        vision = [lane for lane in busy if isinstance(lane.item, VisionWork)]
+        if vision:
+            self._timed("vision_ms", lambda: self._vision(vision))
+        steps = [lane for lane in busy if lane.work is not None and not isinstance(lane.item, VisionWork)]
+        if steps:
+            self._timed("lm_ms", lambda: self._language(steps))
+        return True
+
+    def _start(self, lane: _Lane) -> None:
+        """Give an idle stream its next job: a question first, then its oldest chunk; at its end, the
+        scheduled questions left and the summary."""
+        stream = lane.stream
+        while lane.scheduled and (lane.scheduled[0][0] <= stream.now + 1e-9 or (lane.source_done and not lane.chunks)):
+            lane.questions.append(_Job("question", time.perf_counter(), question=lane.scheduled.pop(0)[1]))
+        if lane.questions:
+            job = lane.questions.popleft()
+            work = stream.ask_work(job.question, job.remember, job.max_tokens, job.arrived)
+        elif lane.chunks:
+            job = lane.chunks.popleft()
+            shorten = lane.live and bool(lane.chunks) and stream.config.narrate
+            lane.counts["narrations_shortened"] += shorten
+            work = stream.chunk_work(job.chunk, stream.config.narrate_tokens // 2 if shorten else None)
+        else:
+            if lane.source_done:
+                self._finish(lane)
+            return
+        lane.work, lane.job = work, job
+        self._advance(lane, None)
+
+    def _advance(self, lane: _Lane, result) -> None:
+        """Send the work its result; on to its next item, or its events when it is done. A failure
+        ends the job with an error event for this stream alone."""
+        try:
+            lane.item = lane.work.send(result)
+            return
+        except StopIteration as done:
+            events = done.value
+        except InputError as err:
+            events = [Event("error", lane.stream.now, str(err))]
+        except Exception as err:  # noqa: BLE001 - one stream's failure must not stop the others
+            events = [Event("error", lane.stream.now, f"{type(err).__name__}: {err}")]
+        job, lane.work, lane.job, lane.item = lane.job, None, None, None
+        if job.kind == "chunk":
+            for event in events:
+                if event.type == "metrics":
+                    event.data["latency_ms"] = round((time.perf_counter() - job.arrived) * 1000, 2)
+                    event.data["queued"] = len(lane.chunks)
+                    event.data.update(lane.counts)
+        with self._lock:
+            self._emit(lane, events)
+
+    def _finish(self, lane: _Lane) -> None:
+        stream, wall = lane.stream, time.perf_counter() - lane.started
+        lane.ended = True
+        self._emit(lane, [Event("summary", stream.now, None, {
+            "chunks": stream.num_chunks, "wall_s": round(wall, 3),
+            "chunks_per_s": round(stream.num_chunks / wall, 3) if wall > 0 else None,
+            "realtime_factor": round(stream.now / wall, 3) if wall > 0 else None, **lane.counts}
+            | ({"error": lane.failure} if lane.failure else {}))])
+
+    def _vision(self, lanes: list[_Lane]) -> None:
+        for lane in lanes:
+            stream = lane.stream
+            try:
+                result = self.adapter.encode_frames(lane.item.frames, stream.size, stream.encoder)
+            except Exception as err:  # noqa: BLE001
+                self._fail(lane, err)
+                continue
+            self._advance(lane, result)
+
+    def _language(self, lanes: list[_Lane]) -> None:
+        try:
+            logits = self.batch([(lane.stream.stepper, lane.item) for lane in lanes])
+        except Exception:  # noqa: BLE001 - find whose step it was: run them one by one
+            if len(lanes) == 1:
+                raise
+            for lane in lanes:
+                try:
+                    self._language([lane])
+                except Exception as err:  # noqa: BLE001
+                    self._fail(lane, err)
+            return
+        self.stage_ms["rows"] += sum(lane.item.num_tokens for lane in lanes)
+        for lane, row in zip(lanes, logits):
+            self._advance(lane, row)
+
+    def _fail(self, lane: _Lane, err: Exception) -> None:
+        try:
+            lane.work.throw(err)
+        except BaseException:  # noqa: BLE001 - the work ends here either way
+            pass
+        lane.work, lane.item = lane.work, None
+        self._advance_failed(lane, err)
+
+    def _advance_failed(self, lane: _Lane, err: Exception) -> None:
+        lane.work, lane.job, lane.item = None, None, None
+        with self._lock:
+            self._emit(lane, [Event("error", lane.stream.now, f"{type(err).__name__}: {err}")])
+
+    def _timed(self, name: str, fn) -> None:
+        t0 = time.perf_counter()
+        fn()
+        self.stage_ms[name] += (time.perf_counter() - t0) * 1000
+        self.stage_ms["steps"] += name == "lm_ms"

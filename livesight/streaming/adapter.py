@@ -20,7 +20,7 @@ from livesight.kernels.fused import rms_norm, rotary, rotary_reference
 from livesight.kvcache import StreamCache
 from livesight.kvcache.pool import KVPool
 from livesight.streaming.models import LoadedModel
-from livesight.vision.encoder import EncodeStats, VisionEncoder
+from livesight.vision.encoder import EncodeStats, VisionEncoder, encode_batch
 from livesight.vision.preprocess import resize_frames, to_patches
 
 ATTENTION_NAME = "livesight"
@@ -281,3 +281,9 @@ class QwenVLAdapter(TextAdapter):
                       encoder: VisionEncoder) -> tuple[torch.Tensor, EncodeStats]:
         """frames: (T, H, W, 3) uint8 -> visual tokens (t * h * w, hidden) row-major for one chunk."""
         return encoder.encode(*self.to_pixels(frames, size))
+
+    def encode_frames_batch(self, items: list[tuple[torch.Tensor, tuple[int, int], VisionEncoder]]
+                            ) -> list[tuple[torch.Tensor, EncodeStats]]:
+        """encode_frames for the chunks of many streams, (frames, size, encoder) each, the full passes
+        in one tower pass (vision/encoder.py: encode_batch)."""
+        return encode_batch([(encoder, *self.to_pixels(frames, size)) for frames, size, encoder in items])

@@ -311,43 +311,36 @@ class Engine:
             | ({"error": lane.failure} if lane.failure else {}))])
 
     def _vision(self, lanes: list[_Lane]) -> None:
-        for lane in lanes:
-            stream = lane.stream
-            try:
-                result = self.adapter.encode_frames(lane.item.frames, stream.size, stream.encoder)
-            except Exception as err:  # noqa: BLE001
-                self._fail(lane, err)
-                continue
+        """Every ready chunk in one vision pass; if it fails, chunk by chunk, to find whose it was."""
+        items = [(lane.item.frames, lane.stream.size, lane.stream.encoder) for lane in lanes]
+        try:
+            results = self.adapter.encode_frames_batch(items)
+        except Exception as err:  # noqa: BLE001
+            if len(lanes) == 1:
+                return self._fail(lanes[0], err)
+            return [self._vision([lane]) for lane in lanes]
+        for lane, result in zip(lanes, results):
             self._advance(lane, result)
 
     def _language(self, lanes: list[_Lane]) -> None:
+        """Every ready step in one language-model pass; if it fails, step by step, to find whose it was."""
         try:
             logits = self.batch([(lane.stream.stepper, lane.item) for lane in lanes])
-        except Exception:  # noqa: BLE001 - find whose step it was: run them one by one
+        except Exception as err:  # noqa: BLE001
             if len(lanes) == 1:
-                raise
-            for lane in lanes:
-                try:
-                    self._language([lane])
-                except Exception as err:  # noqa: BLE001
-                    self._fail(lane, err)
-            return
+                return self._fail(lanes[0], err)
+            return [self._language([lane]) for lane in lanes]
         self.stage_ms["rows"] += sum(lane.item.num_tokens for lane in lanes)
         for lane, row in zip(lanes, logits):
             self._advance(lane, row)
 
     def _fail(self, lane: _Lane, err: Exception) -> None:
-        try:
-            lane.work.throw(err)
-        except BaseException:  # noqa: BLE001 - the work ends here either way
-            pass
-        lane.work, lane.item = lane.work, None
-        self._advance_failed(lane, err)
-
-    def _advance_failed(self, lane: _Lane, err: Exception) -> None:
+        """The stream's job ends with an error event; the other streams go on."""
+        lane.work.close()
         lane.work, lane.job, lane.item = None, None, None
+        text = str(err) if isinstance(err, InputError) else f"{type(err).__name__}: {err}"
         with self._lock:
-            self._emit(lane, [Event("error", lane.stream.now, f"{type(err).__name__}: {err}")])
+            self._emit(lane, [Event("error", lane.stream.now, text)])
 
     def _timed(self, name: str, fn) -> None:
         t0 = time.perf_counter()

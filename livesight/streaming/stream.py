@@ -196,8 +196,9 @@ class Stream:
         self.pending = ids[-1:] + self.chat.turn_close
         return ids
 
-    def chunk_work(self, chunk: Chunk) -> Work:
-        """Encode, prune, prefill and narrate one chunk; returns [errors..., caption?, metrics]."""
+    def chunk_work(self, chunk: Chunk, narrate_tokens: int | None = None) -> Work:
+        """Encode, prune, prefill and narrate one chunk (at most narrate_tokens, else as configured);
+        returns [errors..., caption?, metrics]."""
         if chunk.frames.shape[0] != self.config.frames_per_chunk:
             raise ValueError(f"chunk {chunk.index} has {chunk.frames.shape[0]} frames, the session takes "
                              f"{self.config.frames_per_chunk} (fps x chunk seconds)")
@@ -220,8 +221,8 @@ class Stream:
         clock.lap("prefill_ms")
         vision_tokens = {"grid": encoded.num_tokens, "encoded": encoded.num_encoded,
                          "kept": encoded.num_tokens if kept is None else kept.numel()}
-        narration = (yield from self._generate(logits, self.config.narrate_tokens, chunk.t_start)) \
-            if self.config.narrate else []
+        narrate_tokens = self.config.narrate_tokens if narrate_tokens is None else narrate_tokens
+        narration = (yield from self._generate(logits, narrate_tokens, chunk.t_start)) if self.config.narrate else []
         clock.lap("decode_ms")
         self.now, self.num_chunks = chunk.t_end, self.num_chunks + 1
         moved = self.stepper.evict(self.now)

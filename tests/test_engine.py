@@ -1,0 +1,126 @@
+"""Many streams in one engine: each stream's logits equal the same stream run alone.
+
+The engine packs every stream's step into one pass over one KV pool; nothing of a stream may leak
+into another's attention, and a stream's state must not depend on who else was in its batches.
+So the proof is a lockstep comparison: record every logits row the engine hands each stream, run
+each stream alone (a Session, its own cache) over the same chunks and questions, and compare.
+"""
+
+import pytest
+import torch
+
+from conftest import make_chunks
+from livesight.errors import InputError
+from livesight.streaming.adapter import QwenVLAdapter
+from livesight.streaming.config import CompressionConfig, RetrievalConfig, SessionConfig
+from livesight.streaming.engine import Engine
+from livesight.streaming.session import Session
+from livesight.streaming.tokens import StepBuilder
+
+
+def _record(stream, log: list[torch.Tensor]) -> None:
+    """Wrap the stream's work so every logits row sent to it is appended to `log`."""
+    for name in ("chunk_work", "ask_work"):
+        original = getattr(stream, name)
+
+        def recorded(*args, _original=original, **kwargs):
+            work = _original(*args, **kwargs)
+            try:
+                item = next(work)
+                while True:
+                    result = yield item
+                    if isinstance(item, StepBuilder):
+                        log.append(result.detach().clone())
+                    item = work.send(result)
+            except StopIteration as done:
+                return done.value
+        setattr(stream, name, recorded)
+
+
+def _config(**kw) -> SessionConfig:
+    base = dict(vision_window_s=3.0, narrate_tokens=3, answer_tokens=4, text_sink=8, text_window=24,
+                retrieval=RetrievalConfig(top_k=2, ram_gb=0.001, disk_gb=0.01),
+                compression=CompressionConfig(reuse_threshold=0.05))
+    return SessionConfig(**(base | kw))
+
+
+# stream: frame size, first round, chunks, (after chunk k: question), closed early after its last chunk
+PLAN = {
+    "a": ((180, 320), 0, 9, {3: "what moved?", 8: "where is the red circle?"}, False),
+    "b": ((90, 160), 2, 6, {4: "what color is the square?"}, False),
+    "c": ((120, 200), 3, 3, {}, True),
+}
+
+
+def _run_engine(adapter, config):
+    engine = Engine(adapter, config, max_streams=3)
+    logs, events, ids = {}, {}, {}
+    chunks = {name: make_chunks(n, size=size, scene="shapes") for name, (size, _, n, _, _) in PLAN.items()}
+    for round_ in range(12):
+        for name, (size, first, n, questions, _) in PLAN.items():
+            k = round_ - first
+            if k == 0:
+                ids[name] = engine.open(size, live=False)
+                logs[name] = []
+                _record(engine.lanes[ids[name]].stream, logs[name])
+            if 0 <= k < n:
+                engine.put(ids[name], chunks[name][k])
+                if k in questions:
+                    engine.ask(ids[name], questions[k], at=chunks[name][k].t_end)
+            if k == n - 1:
+                engine.end(ids[name])
+        for _ in range(1 + round_ % 3):  # a varying number of steps: batches mix prefills and decodes
+            engine.step()
+    for name, (_, _, _, _, close_early) in PLAN.items():
+        if close_early:
+            while not engine.ended(ids[name]):
+                engine.step()
+            events[name] = _drain(engine, ids[name])
+            engine.close(ids[name])
+    engine.run(until_idle=True)
+    for name in PLAN:
+        events.setdefault(name, _drain(engine, ids[name]))
+    return engine, logs, events
+
+
+def _drain(engine, stream_id):
+    out, box = [], engine.events(stream_id)
+    while not box.empty():
+        out.append(box.get_nowait())
+    return out
+
+
+def _run_alone(adapter, config, name):
+    size, _, n, questions, _ = PLAN[name]
+    session = Session(adapter, config, size)
+    log, events = [], []
+    _record(session, log)
+    for k, chunk in enumerate(make_chunks(n, size=size, scene="shapes")):
+        events += session.add_chunk(chunk)
+        if k in questions:
+            events += session.ask(questions[k])
+    session.close()
+    return log, events
+
+
+def test_each_stream_in_the_engine_equals_the_stream_alone(tiny):
+    adapter = QwenVLAdapter(tiny)
+    config = _config()
+    engine, logs, events = _run_engine(adapter, config)
+    assert engine.stage_ms["steps"] > 0 and engine.pool.free == [0, 1, 2] or len(engine.pool.free) == 1
+    for name in PLAN:
+        want, want_events = _run_alone(adapter, config, name)
+        got = logs[name]
+        assert len(got) == len(want) > 0, name
+        for a, b in zip(got, want):
+            assert float((a - b).abs().max() / b.abs().max()) < 1e-5, name
+        said = [(e.type, e.text) for e in events[name] if e.type in ("caption", "answer")]
+        assert said == [(e.type, e.text) for e in want_events if e.type in ("caption", "answer")], name
+        assert events[name][-1].type == "summary" and all(e.data["stream"] == engine_id(engine, name, events)
+                                                          for e in events[name])
+    answers = [e for name in PLAN for e in events[name] if e.type == "answer"]
+    assert len(answers) == 3 and any(e.data["retrieved"] for e in answers), "retrieval never ran"
+
+
+def engine_id(engine, name, events):
+    return events[name][0].data["stream"]

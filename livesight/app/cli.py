@@ -140,10 +140,9 @@ def print_event(event, as_json: bool) -> None:
 
 
 def run(args) -> int:
-    from livesight.streaming.adapter import QwenVLAdapter
+    from livesight.streaming.adapter import load_adapter
     from livesight.streaming.chunker import chunk_frames
     from livesight.streaming.loop import run_stream
-    from livesight.streaming.models import load_model
     from livesight.streaming.session import Session
     from livesight.vision.ingest import Ingest
     from livesight.vision.sources import open_source
@@ -151,7 +150,7 @@ def run(args) -> int:
     config = session_config(args)
     source = open_source(args.source, config.fps, args.seconds)
     try:
-        adapter = QwenVLAdapter(load_model(args.model, resolve_device(args.device)))
+        adapter = load_adapter(args.model, resolve_device(args.device))
         session = Session(adapter, config, source.size)
     except BaseException:
         source.close()

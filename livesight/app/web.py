@@ -89,8 +89,7 @@ def serve(args, policy: SourcePolicy, upload_dir: str, export_dir: str, offload_
     from livesight.app.live import RunRegistry
     from livesight.app.web_handlers import PageHandlers
     from livesight.app.web_page import CSS, build
-    from livesight.streaming.adapter import QwenVLAdapter
-    from livesight.streaming.models import load_model
+    from livesight.streaming.adapter import load_adapter
     from livesight.streaming.options import resolve_device
     if args.share:
         print("livesight web: --share makes a public link: anyone with it can use this server", flush=True)
@@ -98,7 +97,7 @@ def serve(args, policy: SourcePolicy, upload_dir: str, export_dir: str, offload_
         print(f"livesight web: {args.host} is beyond loopback: anyone who reaches port {args.port} can use the page "
               f"and its HTTP API (there is no login; put a proxy that asks for one in front)", flush=True)
     print(f"livesight web: sources allowed: {policy.describe()} (--allow-sources)", flush=True)
-    adapter = QwenVLAdapter(load_model(args.model, resolve_device(args.device)))
+    adapter = load_adapter(args.model, resolve_device(args.device))
     registry = RunRegistry(args.max_streams, args.idle_timeout)
     demo = build(PageHandlers(adapter, registry, policy, upload_dir, export_dir, offload_dir), args.model)
     demo.queue(default_concurrency_limit=8)

@@ -163,14 +163,13 @@ def _shard(todo: list, rank: int, world: int) -> list:
 
 def _run(args, config, questions: list, everything: list, results: ResultsLog, process: str = "") -> RunStats:
     from livesight.eval.engine import SessionEngine
-    from livesight.streaming.adapter import QwenVLAdapter
-    from livesight.streaming.models import load_model
+    from livesight.streaming.adapter import load_adapter
 
     device = resolve_device(args.device)
     if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one GPU per process, shared past the count
         import torch
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
-    adapter = QwenVLAdapter(load_model(args.model, device))
+    adapter = load_adapter(args.model, device)
     # the cache's size from the longest prompt in the whole file: the same in every process and every rerun
     longest = max((len(adapter.tokenizer.encode(p, add_special_tokens=False)) for q in everything
                    for p in [q.prompt, q.poll_prompt] + [p.prompt for p in q.probes]), default=0)

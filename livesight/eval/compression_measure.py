@@ -9,10 +9,9 @@ import torch
 
 from livesight.eval.compression import SETTINGS, WARMUP_CHUNKS
 from livesight.eval.config import CompressionBenchConfig
-from livesight.streaming.adapter import QwenVLAdapter
+from livesight.streaming.adapter import QwenVLAdapter, load_adapter
 from livesight.streaming.chunker import chunk_frames
 from livesight.streaming.config import CompressionConfig, RetrievalConfig, SessionConfig
-from livesight.streaming.models import load_model
 from livesight.streaming.session import Session
 from livesight.vision.preprocess import fit_size
 from livesight.vision.sources import SyntheticSource
@@ -121,7 +120,7 @@ def num_phases(bench: CompressionBenchConfig) -> int:
 
 def run(bench: CompressionBenchConfig, bar) -> dict:
     """Every measurement; `bar` (livesight.progress) advances once per phase, `num_phases` in all."""
-    adapter = QwenVLAdapter(load_model(bench.model, bench.device))
+    adapter = load_adapter(bench.model, bench.device)
     size = fit_size(bench.height, bench.width, adapter.loaded.max_pixels, adapter.patch * adapter.merge)  # as Session
     bar.describe("vision tower timing")
     result = {"settings": {**bench.__dict__, "scenes": list(bench.scenes), "device": str(adapter.device),

@@ -93,9 +93,9 @@ def main(args) -> int:
         raise InputError(str(err)) from None
     writable_folder(args.out)
     from livesight.eval.fidelity import num_phases, run_fidelity  # torch: once the flags are known to be good
-    from livesight.streaming.adapter import TextAdapter
-    from livesight.streaming.models import load_smollm2
-    adapter = TextAdapter(load_smollm2())
+    from livesight.streaming.adapter import load_adapter
+    from livesight.streaming.models import SMOLLM2, load_smollm2
+    adapter = load_adapter(SMOLLM2, "cpu")
     oracle_model = load_smollm2().model  # stock attention: the oracle shares no code with the cache
     with progress(num_phases(), "bench fidelity", unit="phases") as bar:
         result = run_fidelity(adapter, oracle_model, config, bar)

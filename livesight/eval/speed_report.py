@@ -47,13 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args) -> int:
     from livesight.eval.speed import run_baseline, run_engine, summarize
-    from livesight.streaming.adapter import QwenVLAdapter
-    from livesight.streaming.models import load_model
+    from livesight.streaming.adapter import load_adapter
     cfg = SpeedConfig(args.model, resolve_device(args.device), args.seconds, args.baseline_seconds, args.fps,
                       args.window, args.narrate_tokens, args.compression, args.retrieval, args.ask_every, args.scene,
                       peak_tflops=args.peak_tflops)
     writable_folder(args.out)
-    adapter = QwenVLAdapter(load_model(cfg.model, cfg.device))
+    adapter = load_adapter(cfg.model, cfg.device)
     baselines = {}
     names = ("full", "window") if cfg.baseline_seconds > 0 else ()
     with progress(len(names) + 1, "bench speed", unit="phases") as bar:

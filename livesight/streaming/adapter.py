@@ -1,7 +1,7 @@
 """Qwen2.5-VL through transformers, with LiveSight's cache and attention function.
 
 The adapter is the only place that knows the model's module names. It speaks tensors: embeddings
-in, logits out, positions built by the caller.
+in, logits out, positions built by the caller. `load_adapter` is how entry points get one.
 """
 
 import functools
@@ -19,7 +19,7 @@ from livesight.kernels import (VISION_ATTENTION_NAME, chunk_attention, slab_atte
 from livesight.kernels.fused import rms_norm, rotary, rotary_reference
 from livesight.kvcache import StreamCache
 from livesight.kvcache.pool import KVPool
-from livesight.streaming.models import LoadedModel
+from livesight.streaming.models import LoadedModel, load_model
 from livesight.vision.encoder import EncodeStats, VisionEncoder, encode_batch
 from livesight.vision.preprocess import resize_frames, to_patches
 
@@ -287,3 +287,17 @@ class QwenVLAdapter(TextAdapter):
         """encode_frames for the chunks of many streams, (frames, size, encoder) each, the full passes
         in one tower pass (vision/encoder.py: encode_batch)."""
         return encode_batch([(encoder, *self.to_pixels(frames, size)) for frames, size, encoder in items])
+
+
+# The adapter of each model family, by the loaded config's model_type: a new family is one more entry.
+ADAPTERS: dict[str, type[TextAdapter]] = {"qwen2_5_vl": QwenVLAdapter, "llama": TextAdapter}
+
+
+def load_adapter(spec: str, device: str) -> TextAdapter:
+    """The model `spec` names (see load_model: same specs, same InputError) on `device`, in its
+    family's adapter. The family is read off what was loaded, not chosen by the caller, so entry
+    points never name one."""
+    loaded = load_model(spec, device)
+    model_type = loaded.model.config.model_type
+    assert model_type in ADAPTERS, f"load_model gave a {model_type} model, which has no entry in ADAPTERS"
+    return ADAPTERS[model_type](loaded)

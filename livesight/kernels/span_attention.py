@@ -10,6 +10,8 @@ The Triton kernel reads `start` and visits only the keys that exist, split over 
 with 132 SMs. The g query heads of a KV head are folded into its rows, so keys are read once per
 KV head. Each split writes its normalised partial output and log-sum-exp; a second kernel merges them
 (in torch, the merge was three reductions and a few elementwise kernels per layer: 0.6 ms a decode step).
+Slab attention (many streams' rows, each over its own slab) shares the program's work, the merge and
+the split arithmetic.
 """
 
 import math
@@ -56,22 +58,21 @@ def _span_sdpa(q, k, v, scale, start, key_bias):
 
 
 @triton.jit
-def _span_kernel(Q, K, V, Bias, Start, Out, Lse, sq_h, sq_m, sk_h, sk_n, sv_h, sv_n, num_rows, groups,
-                 keys_per_split, scale_log2, HAS_BIAS: tl.constexpr, DOT: tl.constexpr, HEAD_DIM: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    kv_head, m_block, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    num_heads = tl.num_programs(0) * groups
-    r = m_block * BLOCK_M + tl.arange(0, BLOCK_M)  # folded rows: query head kv_head * g + r // n, token r % n
-    row_ok = r < groups * num_rows
-    head = kv_head * groups + r // num_rows
-    tok = r % num_rows
+def attend_split(Q, K, V, Bias, Out, Lse, r, row0, seg_rows, start, kv_head, split, groups, num_heads, num_rows,
+                 keys_per_split, sq_h, sq_m, sk_n, sv_n, scale_log2, HAS_BIAS: tl.constexpr, DOT: tl.constexpr,
+                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One program's share (span and slab attention): folded rows r of seg_rows tokens, q rows
+    row0 .. written at slots start .., against split `split` of the keys of one KV head (K, V, Bias
+    point at its slots) -> the split's normalised partial output and log2-sum-exp in Out, Lse."""
+    row_ok = r < groups * seg_rows
+    head = kv_head * groups + r // tl.maximum(seg_rows, 1)  # query head kv_head * g + r // n, token r % n
+    tok = r % tl.maximum(seg_rows, 1)  # (a padding entry of the slab plan has no rows)
     d = tl.arange(0, BLOCK_D)
     d_ok = d < HEAD_DIM
-    q = tl.load(Q + head[:, None] * sq_h + tok[:, None] * sq_m + d[None, :], mask=row_ok[:, None] & d_ok[None, :],
-                other=0.0)
-    start = tl.load(Start)
+    q = tl.load(Q + head[:, None] * sq_h + (row0 + tok)[:, None] * sq_m + d[None, :],
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     lo = split * keys_per_split
-    hi = tl.minimum(lo + keys_per_split, start + num_rows)
+    hi = tl.minimum(lo + keys_per_split, start + seg_rows)
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
@@ -79,18 +80,29 @@ def _span_kernel(Q, K, V, Bias, Start, Out, Lse, sq_h, sq_m, sk_h, sk_n, sv_h, s
         n = n0 + tl.arange(0, BLOCK_N)
         n_ok = n < hi
         kv_mask = n_ok[:, None] & d_ok[None, :]
-        k = tl.load(K + kv_head * sk_h + n[:, None] * sk_n + d[None, :], mask=kv_mask, other=0.0)
+        k = tl.load(K + n[:, None] * sk_n + d[None, :], mask=kv_mask, other=0.0)
         s = tl.dot(q.to(DOT), tl.trans(k.to(DOT)), input_precision="ieee") * scale_log2
         if HAS_BIAS:
             s += tl.load(Bias + n, mask=n_ok, other=0.0).to(tl.float32)[None, :] * 1.4426950408889634
         s = tl.where(n_ok[None, :] & (n[None, :] <= start + tok[:, None]), s, float("-inf"))
-        v = tl.load(V + kv_head * sv_h + n[:, None] * sv_n + d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(V + n[:, None] * sv_n + d[None, :], mask=kv_mask, other=0.0)
         m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, DOT)
     l_safe = tl.where(l_i > 0, l_i, 1.0)
-    out_row = (split * num_heads + head) * num_rows + tok
+    out_row = (split * num_heads + head) * num_rows + row0 + tok
     tl.store(Out + out_row[:, None] * HEAD_DIM + d[None, :], acc / l_safe[:, None],
              mask=row_ok[:, None] & d_ok[None, :])
     tl.store(Lse + out_row, tl.where(l_i > 0, m_i + tl.log2(l_safe), float("-inf")), mask=row_ok)
+
+
+@triton.jit
+def _span_kernel(Q, K, V, Bias, Start, Out, Lse, sq_h, sq_m, sk_h, sk_n, sv_h, sv_n, num_rows, groups,
+                 keys_per_split, scale_log2, HAS_BIAS: tl.constexpr, DOT: tl.constexpr, HEAD_DIM: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    kv_head, m_block, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    attend_split(Q, K + kv_head * sk_h, V + kv_head * sv_h, Bias, Out, Lse, m_block * BLOCK_M + tl.arange(0, BLOCK_M),
+                 0, num_rows, tl.load(Start), kv_head, split, groups, tl.num_programs(0) * groups, num_rows,
+                 keys_per_split, sq_h, sq_m, sk_n, sv_n, scale_log2, HAS_BIAS, DOT, HEAD_DIM, BLOCK_M, BLOCK_N,
+                 BLOCK_D)
 
 
 @triton.jit
@@ -99,24 +111,42 @@ def _merge_kernel(Out, Lse, Merged, num_splits, num_rows, HEAD_DIM: tl.constexpr
     """One (head, token) row: the splits' partial outputs weighted by their share of the softmax."""
     row = tl.program_id(0)
     s = tl.arange(0, BLOCK_S)
-    s_ok = s < num_splits
-    lse = tl.load(Lse + s * num_rows + row, mask=s_ok, other=float("-inf"))
-    weight = tl.where(s_ok, tl.exp2(lse - tl.max(lse, 0)), 0.0)  # a split past the keys has lse -inf: 0
+    lse = tl.load(Lse + s * num_rows + row, mask=s < num_splits, other=float("-inf"))
+    # a split past the row's keys has lse -inf, and so has every split of a row no program wrote
+    # (slab attention's padding rows): weight 0, its output unread, and a row of none comes out 0
+    top = tl.max(lse, 0)
+    weight = tl.exp2(lse - tl.where(top > float("-inf"), top, 0.0))
     d = tl.arange(0, BLOCK_D)
-    mask = s_ok[:, None] & (d < HEAD_DIM)[None, :]
+    mask = (lse > float("-inf"))[:, None] & (d < HEAD_DIM)[None, :]
     out = tl.load(Out + (s[:, None] * num_rows + row) * HEAD_DIM + d[None, :], mask=mask, other=0.0)
-    merged = tl.sum(out * weight[:, None], 0) / tl.sum(weight, 0)
+    total = tl.sum(weight, 0)
+    merged = tl.sum(out * weight[:, None], 0) / tl.where(total > 0, total, 1.0)
     tl.store(Merged + row * HEAD_DIM + d, merged.to(Merged.dtype.element_ty), mask=d < HEAD_DIM)
+
+
+def merge_splits(out: torch.Tensor, lse: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """out: (splits, H, n, D) float32 partial outputs; lse: (splits, H, n) their log2-sum-exp
+    -> (1, H, n, D) in dtype."""
+    splits, num_heads, num_q, dim = out.shape
+    merged = torch.empty(1, num_heads, num_q, dim, dtype=dtype, device=out.device)
+    _merge_kernel[(num_heads * num_q,)](out, lse, merged, splits, num_heads * num_q, HEAD_DIM=dim,
+                                        BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=triton.next_power_of_2(dim))
+    return merged
+
+
+def split_keys(num_keys: int, num_programs: int) -> tuple[int, int]:
+    """-> (number of splits, keys per split): key blocks of 64 shared out over splits until
+    num_programs x splits is about TARGET_PROGRAMS, fixed by the shapes alone (graph-safe)."""
+    key_blocks = -(-num_keys // 64)
+    splits = max(1, min(key_blocks, -(-TARGET_PROGRAMS // num_programs)))
+    blocks_per_split = -(-key_blocks // splits)
+    return -(-key_blocks // blocks_per_split), blocks_per_split * 64
 
 
 def span_plan(num_rows: int, num_keys: int, num_kv: int, groups: int) -> tuple[int, int, int]:
     """-> (BLOCK_M, number of splits, keys per split), fixed by the shapes alone (graph-safe)."""
     block_m = 16 if groups * num_rows <= 16 else 64
-    m_blocks = -(-groups * num_rows // block_m)
-    key_blocks = -(-num_keys // 64)
-    splits = max(1, min(key_blocks, -(-TARGET_PROGRAMS // (num_kv * m_blocks))))
-    blocks_per_split = -(-key_blocks // splits)
-    return block_m, -(-key_blocks // blocks_per_split), blocks_per_split * 64
+    return block_m, *split_keys(num_keys, num_kv * -(-groups * num_rows // block_m))
 
 
 def span_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, start: torch.Tensor,
@@ -137,12 +167,7 @@ def span_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
                        num_q, groups, per_split, scale * math.log2(math.e), HAS_BIAS=key_bias is not None,
                        DOT=dot_type(q.dtype), HEAD_DIM=dim, BLOCK_M=block_m, BLOCK_N=64,
                        BLOCK_D=triton.next_power_of_2(max(dim, 16)))
-    if splits == 1:
-        return out[0][None].to(q.dtype)
-    merged = torch.empty(1, num_heads, num_q, dim, dtype=q.dtype, device=q.device)
-    _merge_kernel[(num_heads * num_q,)](out, lse, merged, splits, num_heads * num_q, HEAD_DIM=dim,
-                                        BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=triton.next_power_of_2(dim))
-    return merged
+    return out[0][None].to(q.dtype) if splits == 1 else merge_splits(out, lse, q.dtype)
 
 
 def span_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, start: torch.Tensor,

@@ -103,7 +103,7 @@ def slab_plan(segments: Iterable[tuple[int, int, int, int]], num_rows: int, grou
         raise ValueError(f"the segments need {len(entries)} blocks of {block_m} rows; the plan has {num_blocks}")
     table = torch.tensor(entries + [(0, 0, 0, 0, 0)] * (num_blocks - len(entries)), dtype=torch.int32)
     splits, per_split = split_keys(capacity, num_kv * num_blocks)
-    return SlabPlan(segments, table.reshape(num_blocks, 5).to(device), num_rows, groups, capacity, num_kv, block_m,
+    return SlabPlan(segments, table.reshape(num_blocks, 5).to(device, non_blocking=True), num_rows, groups, capacity, num_kv, block_m,
                     splits, per_split)
 
 

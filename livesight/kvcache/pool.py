@@ -38,6 +38,9 @@ class PoolLayer(CacheLayerMixin):
         self.values[slabs, :, slots] = value_states[0].transpose(0, 1)
         return self.keys, self.values
 
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return query_length, 0  # no mask is built: the slab plan says what each row sees
+
     def get_seq_length(self) -> int:
         return 0
 

@@ -8,12 +8,14 @@ written to the pool's spare slab; steps that mix prefills vary too much to captu
 enough not to wait on kernel launches, so they run eagerly.
 """
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
 from livesight.kernels.dispatch import report
 from livesight.kernels.graphs import GraphReplay
-from livesight.kernels.slab_attention import make_plan, plan_blocks
+from livesight.kernels.slab_attention import slab_plan, slab_plan_blocks
 from livesight.kvcache.cache import CacheFullError
 from livesight.kvcache.pool import KVPool
 from livesight.streaming.adapter import TextAdapter
@@ -69,7 +71,7 @@ class BatchStep:
             return self._replayed(embeds, positions, segments, padded, decode)[:num_rows]
         report("lm_batch", "eager")
         slabs, slots = self._slots(segments, 0)
-        plan = make_plan(segments, num_rows, self.groups, self.pool.slab_capacity, self.adapter.num_kv_heads, device)
+        plan = slab_plan(segments, num_rows, self.groups, self.pool.slab_capacity, self.adapter.num_kv_heads, device)
         return self.adapter.pool_hidden(embeds.to(device, non_blocking=True), positions.to(device, non_blocking=True),
                                         self.pool, slabs, slots, plan, padded)
 
@@ -78,8 +80,8 @@ class BatchStep:
         num_rows, device = embeds.shape[0], self.pool.key_buffer.device
         rows = row_bucket(num_rows)
         num_segments = 1 << (len(segments) - 1).bit_length()
-        num_blocks = plan_blocks(rows, num_segments, self.groups, decode)
-        plan = make_plan(segments, rows, self.groups, self.pool.slab_capacity, self.adapter.num_kv_heads, device,
+        num_blocks = slab_plan_blocks(rows, num_segments, self.groups, decode)
+        plan = slab_plan(segments, rows, self.groups, self.pool.slab_capacity, self.adapter.num_kv_heads, device,
                          num_blocks)
         pad = rows - num_rows
         slabs, slots = self._slots(segments, pad)
@@ -90,7 +92,7 @@ class BatchStep:
         replay = self._replays.get(key)
         if replay is None:
             def step(e, p, sl, so, table):
-                return self.adapter.pool_hidden(e, p, self.pool, sl, so, plan.with_table(table), padded)
+                return self.adapter.pool_hidden(e, p, self.pool, sl, so, dataclasses.replace(plan, table=table), padded)
             replay = GraphReplay(step, [embeds, positions, slabs, slots, plan.table], self._pool)
             self._replays[key] = replay
         return replay(embeds, positions, slabs, slots, plan.table)

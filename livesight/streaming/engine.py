@@ -25,6 +25,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psutil
@@ -59,6 +60,7 @@ class _Lane:
     id: str
     stream: Stream
     live: bool
+    frames_dropped: Callable[[], int]
     chunks: deque = field(default_factory=deque)
     questions: deque = field(default_factory=deque)
     scheduled: list = field(default_factory=list)  # (stream seconds, question), asked once the stream gets there
@@ -122,16 +124,28 @@ class Engine:
     # --- what front ends call (any thread) ---
 
     def open(self, frame_size: tuple[int, int], config: SessionConfig | None = None, live: bool = False,
-             name: str | None = None) -> str:
-        """A new stream of frames of frame_size (height, width) -> its id. live: a camera that must
-        not wait (chunks past max_pending drop the oldest); else its feeder waits for room."""
+             name: str | None = None, outbox: "queue.Queue[Event] | None" = None,
+             frames_dropped: Callable[[], int] = lambda: 0) -> str:
+        """A new stream of frames of frame_size (height, width) -> its id (`name`, if given). live: a
+        camera that must not wait (chunks past max_pending drop the oldest); else its feeder waits
+        for room. outbox: where its events go (several streams may share one); frames_dropped: the
+        source's count of frames it dropped before chunking, for the metrics."""
         config = config or self.config
         with self._lock:
             if not self.pool.free:
                 raise InputError(f"the engine is carrying {self.pool.num_slabs} streams, all its memory holds: "
                                  f"close one, or start it with more --max-streams")
-            stream = Stream(self.adapter, config, frame_size, cache=self._take_slab)
-            lane = _Lane(name or f"s{next(self._ids)}", stream, live)
+            taken = []  # the slab, to give back if the stream fails to start after taking it
+            try:
+                stream = Stream(self.adapter, config, frame_size, cache=lambda n: taken.append(self._take_slab(n))
+                                or taken[-1])
+            except BaseException:
+                for cache in taken:
+                    self.pool.give_back(cache)
+                raise
+            lane = _Lane(name or f"s{next(self._ids)}", stream, live, frames_dropped=frames_dropped)
+            if outbox is not None:
+                lane.outbox = outbox
             if lane.id in self.lanes:
                 stream.close()
                 self.pool.give_back(stream.cache)
@@ -297,6 +311,7 @@ class Engine:
                 if event.type == "metrics":
                     event.data["latency_ms"] = round((time.perf_counter() - job.arrived) * 1000, 2)
                     event.data["queued"] = len(lane.chunks)
+                    event.data["frames_dropped"] = lane.frames_dropped()
                     event.data.update(lane.counts)
         with self._lock:
             self._emit(lane, events)

@@ -63,7 +63,7 @@ class _Lane:
     frames_dropped: Callable[[], int]
     chunks: deque = field(default_factory=deque)
     questions: deque = field(default_factory=deque)
-    scheduled: list = field(default_factory=list)  # (stream seconds, question), asked once the stream gets there
+    scheduled: list = field(default_factory=list)  # (stream seconds, _Job), asked once the stream gets there
     outbox: "queue.Queue[Event]" = field(default_factory=queue.Queue)
     work: Work | None = None
     job: _Job | None = None
@@ -180,14 +180,14 @@ class Engine:
             at: float | None = None) -> None:
         """Queue a question: it runs ahead of the stream's next chunk, or once the stream has reached
         `at` seconds (at its end, if it ends first). The answer comes as an event."""
+        job = _Job("question", time.perf_counter(), question=question, remember=remember, max_tokens=max_tokens)
         with self._changed:
             lane = self._lane(stream_id)
             if at is not None:
-                lane.scheduled.append((at, question))
-                lane.scheduled.sort(key=lambda q: q[0])
+                lane.scheduled.append((at, job))
+                lane.scheduled.sort(key=lambda pair: pair[0])
             else:
-                lane.questions.append(_Job("question", time.perf_counter(), question=question, remember=remember,
-                                           max_tokens=max_tokens))
+                lane.questions.append(job)
             self._changed.notify_all()
 
     def note(self, stream_id: str, event: Event) -> None:
@@ -277,7 +277,9 @@ class Engine:
         scheduled questions left and the summary."""
         stream = lane.stream
         while lane.scheduled and (lane.scheduled[0][0] <= stream.now + 1e-9 or (lane.source_done and not lane.chunks)):
-            lane.questions.append(_Job("question", time.perf_counter(), question=lane.scheduled.pop(0)[1]))
+            job = lane.scheduled.pop(0)[1]
+            job.arrived = time.perf_counter()  # its wait counts from when it became due
+            lane.questions.append(job)
         if lane.questions:
             job = lane.questions.popleft()
             work = stream.ask_work(job.question, job.remember, job.max_tokens, job.arrived)

@@ -9,11 +9,12 @@ each stream alone (a Session, its own cache) over the same chunks and questions,
 import pytest
 import torch
 
-from conftest import make_chunks
+from conftest import DEVICES, make_chunks
 from livesight.errors import InputError
 from livesight.streaming.adapter import QwenVLAdapter
 from livesight.streaming.config import CompressionConfig, RetrievalConfig, SessionConfig
 from livesight.streaming.engine import Engine
+from livesight.streaming.models import load_model
 from livesight.streaming.session import Session
 from livesight.streaming.tokens import StepBuilder
 
@@ -104,8 +105,9 @@ def _run_alone(adapter, config, name):
     return log, events
 
 
-def test_each_stream_in_the_engine_equals_the_stream_alone(tiny):
-    adapter = QwenVLAdapter(tiny)
+@pytest.mark.parametrize("device", DEVICES)
+def test_each_stream_in_the_engine_equals_the_stream_alone(tiny, device):
+    adapter = QwenVLAdapter(tiny if device == "cpu" else load_model("tiny-random", device))
     config = _config()
     engine, logs, events, ids = _run_engine(adapter, config)
     assert engine.pool.free == [2], "the stream closed early gave its slab back; the others hold theirs"
@@ -122,3 +124,23 @@ def test_each_stream_in_the_engine_equals_the_stream_alone(tiny):
     answers = [e for name in PLAN for e in events[name] if e.type == "answer"]
     assert len(answers) == 3 and any(e.data["retrieved"] for e in answers), "retrieval never ran"
 
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton slab kernel and batched CUDA graphs need a GPU")
+def test_batched_graphs_in_half_precision_follow_the_stream_alone():
+    """bfloat16 on a GPU: the engine's Triton slab attention and decode graphs against each stream alone
+    (its own span kernel and graphs). Rounding differs, so logits agree to bf16 precision, step by step,
+    until the first step where the two pick different tokens (from there the inputs differ)."""
+    adapter = QwenVLAdapter(load_model("tiny-random", "cuda", torch.bfloat16))
+    config = _config(narrate_tokens=8)
+    engine, logs, _, _ = _run_engine(adapter, config)
+    assert engine.batch.num_graphs > 0, "no batched step replayed a CUDA graph"
+    compared = 0
+    for name in PLAN:
+        want, _ = _run_alone(adapter, config, name)
+        for a, b in zip(logs[name], want):
+            assert float((a - b).abs().max() / b.abs().max()) < 3e-2, name
+            compared += 1
+            if int(a.argmax()) != int(b.argmax()):
+                break
+    assert compared >= 30

@@ -29,7 +29,8 @@ GRAPH_MAX_ROWS = 512  # the largest captured step; past it a step is compute-bou
 class BatchStep:
     def __init__(self, adapter: TextAdapter, pool: KVPool, graphs: bool):
         self.adapter, self.pool = adapter, pool
-        self.graphs = graphs and pool.key_buffer.is_cuda
+        # graphs need the slab attention's Triton path (half precision on a GPU): the others sync
+        self.graphs = graphs and pool.key_buffer.is_cuda and adapter.dtype in (torch.float16, torch.bfloat16)
         self.groups = adapter.language_model.config.num_attention_heads // adapter.num_kv_heads
         self._replays: dict[tuple, GraphReplay] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.graphs else None

@@ -1,0 +1,80 @@
+"""Where a many-stream engine step spends its time, on the GPU: N streams each given one chunk at once (as
+live cameras deliver them, one per second), the engine run until all are done; the wall time of such a
+round is what one second of video for N streams costs. Prints per round: wall, vision and language-model
+time, steps and packed rows. A quick look for the engine's bottleneck; `livesight bench streams` is the
+measurement.
+
+    python scripts/engine_probe.py --model random-7b --streams 1,16,64,128 --rounds 4
+"""
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from livesight.streaming.adapter import load_adapter
+from livesight.streaming.chunker import Chunk
+from livesight.streaming.config import CompressionConfig, RetrievalConfig, SessionConfig
+from livesight.streaming.engine import Engine
+from livesight.vision.synthetic import render
+
+SCENES = ("static", "quiet", "shapes", "busy")
+
+
+def chunks_for(stream: int, rounds: int, size: tuple[int, int], fps: float = 2.0) -> list[Chunk]:
+    out = []
+    for k in range(rounds):
+        times = [k + i / fps for i in range(2)]
+        frames = np.stack([render(t + 7 * stream, size[1], size[0], SCENES[stream % 4]) for t in times])
+        out.append(Chunk(frames, times[0], times[-1] + 1 / fps, k))
+    return out
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="tiny-random")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--streams", default="1,8")
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--narrate-tokens", type=int, default=20)
+    args = p.parse_args()
+    adapter = load_adapter(args.model, args.device)
+    size = (360, 640)
+    config = SessionConfig(narrate=args.narrate_tokens > 0, narrate_tokens=max(args.narrate_tokens, 1),
+                           retrieval=RetrievalConfig(ram_gb=0.25, disk_gb=0.0), compression=CompressionConfig())
+    for n in (int(x) for x in args.streams.split(",")):
+        engine = Engine(adapter, config, max_streams=n, max_pending=args.rounds + args.warmup)
+        ids = [engine.open(size) for _ in range(n)]
+        chunks = [chunks_for(i, args.warmup + args.rounds, size) for i in range(n)]
+        for r in range(args.warmup + args.rounds):
+            before = dict(engine.stage_ms)
+            sync(adapter.device)
+            t0 = time.perf_counter()
+            for i, sid in enumerate(ids):
+                engine.put(sid, chunks[i][r])
+            while any(not lane.idle for lane in engine.lanes.values()):
+                engine.step()
+            sync(adapter.device)
+            wall = (time.perf_counter() - t0) * 1000
+            d = {k: engine.stage_ms[k] - before[k] for k in before}
+            tag = "warm" if r < args.warmup else "meas"
+            print(f"N={n:4d} {tag} round {r}: wall {wall:8.1f} ms  vision {d['vision_ms']:7.1f}  lm {d['lm_ms']:7.1f}"
+                  f"  steps {d['steps']:4.0f}  rows {d['rows']:6.0f}  graphs {engine.batch.num_graphs}", flush=True)
+        if adapter.device.type == "cuda":
+            print(f"N={n}: GPU memory {torch.cuda.memory_allocated() / 2**30:.1f} GiB allocated, "
+                  f"peak {torch.cuda.max_memory_allocated() / 2**30:.1f}; slab {engine.slab_capacity} tokens")
+        for sid in ids:
+            engine.close(sid)
+        del engine
+        torch.cuda.empty_cache() if adapter.device.type == "cuda" else None
+
+
+if __name__ == "__main__":
+    main()

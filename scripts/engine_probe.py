@@ -8,6 +8,9 @@ measurement.
 """
 
 import argparse
+import collections
+import contextlib
+import gc
 import time
 
 import numpy as np
@@ -31,6 +34,13 @@ def chunks_for(stream: int, rounds: int, size: tuple[int, int], fps: float = 2.0
     return out
 
 
+def drain(engine: Engine, stream_id: str) -> list:
+    box, out = engine.events(stream_id), []
+    while not box.empty():
+        out.append(box.get_nowait())
+    return out
+
+
 def sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -44,6 +54,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--narrate-tokens", type=int, default=20)
+    p.add_argument("--profile", action="store_true", help="torch.profiler over the last round: top kernels")
     args = p.parse_args()
     adapter = load_adapter(args.model, args.device)
     size = (360, 640)
@@ -59,20 +70,29 @@ def main() -> None:
             t0 = time.perf_counter()
             for i, sid in enumerate(ids):
                 engine.put(sid, chunks[i][r])
-            while any(not lane.idle for lane in engine.lanes.values()):
-                engine.step()
-            sync(adapter.device)
+            last = r == args.warmup + args.rounds - 1
+            profiler = torch.profiler.profile() if args.profile and last else contextlib.nullcontext()
+            with profiler:
+                while any(not lane.idle for lane in engine.lanes.values()):
+                    engine.step()
+                sync(adapter.device)
             wall = (time.perf_counter() - t0) * 1000
             d = {k: engine.stage_ms[k] - before[k] for k in before}
             tag = "warm" if r < args.warmup else "meas"
+            modes = collections.Counter(e.data["encoder"] for sid in ids for e in drain(engine, sid)
+                                        if e.type == "metrics")
             print(f"N={n:4d} {tag} round {r}: wall {wall:8.1f} ms  vision {d['vision_ms']:7.1f}  lm {d['lm_ms']:7.1f}"
-                  f"  steps {d['steps']:4.0f}  rows {d['rows']:6.0f}  graphs {engine.batch.num_graphs}", flush=True)
+                  f"  steps {d['steps']:4.0f}  rows {d['rows']:6.0f}  graphs {engine.batch.num_graphs}  {dict(modes)}",
+                  flush=True)
+            if args.profile and last:
+                print(profiler.key_averages().table(sort_by="self_cuda_time_total", row_limit=25))
+                print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
         if adapter.device.type == "cuda":
             print(f"N={n}: GPU memory {torch.cuda.memory_allocated() / 2**30:.1f} GiB allocated, "
                   f"peak {torch.cuda.max_memory_allocated() / 2**30:.1f}; slab {engine.slab_capacity} tokens")
-        for sid in ids:
-            engine.close(sid)
+        engine.shutdown()
         del engine
+        gc.collect()
         torch.cuda.empty_cache() if adapter.device.type == "cuda" else None
 
 

@@ -111,7 +111,7 @@ def test_each_stream_in_the_engine_equals_the_stream_alone(tiny, device):
     config = _config()
     engine, logs, events, ids = _run_engine(adapter, config)
     assert engine.pool.free == [2], "the stream closed early gave its slab back; the others hold theirs"
-    assert engine.stage_ms["rows"] > engine.stage_ms["steps"], "no step packed more than one stream"
+    assert engine.stage_ms["streams"] > engine.stage_ms["steps"], "no step packed more than one stream"
     for name in PLAN:
         want, want_events = _run_alone(adapter, config, name)
         got = logs[name]
@@ -144,3 +144,106 @@ def test_batched_graphs_in_half_precision_follow_the_stream_alone():
             if int(a.argmax()) != int(b.argmax()):
                 break
     assert compared >= 30
+
+
+def _small_engine(tiny, max_streams=2, **kw):
+    config = _config(retrieval=RetrievalConfig(top_k=1, ram_gb=0.0001, disk_gb=0.01), **kw)
+    return Engine(QwenVLAdapter(tiny), config, max_streams=max_streams, max_pending=16), config
+
+
+def test_admission_refuses_one_stream_more_than_the_pool_holds_and_a_closed_stream_frees_its_slab(tiny):
+    engine, config = _small_engine(tiny)
+    a, b = engine.open((180, 320)), engine.open((90, 160))
+    folder = engine.lanes[a].stream.retriever.folder
+    with pytest.raises(InputError, match="carrying 2 streams"):
+        engine.open((180, 320))
+    with pytest.raises(InputError, match="slabs hold"):  # settings that need a larger cache than a slab
+        engine.close(b) or engine.open((180, 320), config=_config(vision_window_s=30.0))
+    assert engine.pool.free == [1], "a refused stream gave its slab back"
+    engine.close(a)
+    assert sorted(engine.pool.free) == [0, 1] and not __import__("os").path.exists(folder)
+    engine.open((180, 320))
+
+
+def test_a_streams_failures_reach_only_its_own_events(tiny):
+    """A bad question, a vanished offload folder and a source that dies: each is an error event of its
+    stream; the other stream's events are the same as if it had run alone."""
+    import shutil
+    engine, config = _small_engine(tiny)
+    a, b = engine.open((180, 320)), engine.open((180, 320))
+    chunks = make_chunks(8)
+    for k, chunk in enumerate(chunks):
+        engine.put(a, chunk)
+        engine.put(b, chunk)
+        if k == 2:
+            engine.ask(a, "   ")
+            shutil.rmtree(engine.lanes[a].stream.retriever.folder)
+    engine.end(a, "the camera went away")
+    engine.end(b)
+    engine.run(until_idle=True)
+    events = {sid: _drain(engine, sid) for sid in (a, b)}
+    errors = [e.text for e in events[a] if e.type == "error"]
+    assert any("empty question" in t for t in errors) and "the camera went away" in errors
+    assert events[a][-1].data["error"] == "the camera went away"
+    kinds = [e.type if e.type != "error" else e.text for e in events[a]]
+    assert kinds.index("the camera went away") > max(i for i, k in enumerate(kinds) if k == "metrics"), \
+        "the source's error comes after the chunks it delivered"
+    assert not [e for e in events[b] if e.type == "error"] and "error" not in events[b][-1].data
+    _, alone = _run_alone_chunks(engine.adapter, config, chunks)
+    assert [(e.type, e.text) for e in events[b] if e.type == "caption"] == \
+        [(e.type, e.text) for e in alone if e.type == "caption"]
+
+
+def _run_alone_chunks(adapter, config, chunks):
+    session = Session(adapter, config, (180, 320))
+    events = [e for chunk in chunks for e in session.add_chunk(chunk)]
+    session.close()
+    return session, events
+
+
+def test_a_live_stream_behind_drops_its_oldest_chunks_and_shortens_narration(tiny):
+    """Live sources never wait: past max_pending waiting chunks the oldest goes, and a chunk started
+    with another waiting narrates half as many tokens; both are counted in the metrics."""
+    engine = Engine(QwenVLAdapter(tiny), _config(narrate_tokens=6), max_streams=1, max_pending=2)
+    live = engine.open((180, 320), live=True)
+    for chunk in make_chunks(5):
+        engine.put(live, chunk)  # never waits
+    engine.end(live)
+    engine.run(until_idle=True)
+    metrics = [e.data for e in _drain(engine, live) if e.type == "metrics"]
+    assert [m["chunk"] for m in metrics] == [3, 4], "the three oldest were dropped"
+    assert metrics[-1]["chunks_dropped"] == 3 and metrics[0]["narrations_shortened"] == 1
+    assert metrics[0]["tokens_out"] <= 3 and metrics[-1]["narrations_shortened"] == 1
+
+
+def test_an_ended_stream_still_answers_and_a_closed_one_releases_a_waiting_feeder(tiny):
+    import threading
+    engine, _ = _small_engine(tiny)
+    engine.max_pending = 1
+    a, b = engine.open((180, 320)), engine.open((180, 320))
+    engine.put(a, make_chunks(1)[0])
+    engine.end(a)
+    while engine.step():
+        pass
+    engine.ask(a, "what was there?")
+    while engine.step():
+        pass
+    events = _drain(engine, a)
+    assert [e.type for e in events][-2:] == ["summary", "answer"]
+    engine.put(b, make_chunks(1)[0])
+    failed = []
+    waiting = threading.Thread(target=lambda: failed.append(_raises(lambda: engine.put(b, make_chunks(2)[1]))))
+    waiting.start()
+    waiting.join(0.5)
+    assert waiting.is_alive(), "a file's feeder waits for room"
+    engine.close(b)
+    waiting.join(5)
+    assert not waiting.is_alive() and failed == [True]
+
+
+def _raises(fn) -> bool:
+    try:
+        fn()
+    except InputError:
+        return True
+    return False

@@ -82,3 +82,18 @@ def test_batch_of_one_and_bad_batches(tiny):
         encode_batch([(one, x, pixels), (one, x, pixels)])
     with pytest.raises(ValueError, match="patch rows"):
         encode_batch([(one, x, pixels), (other, x, pixels)])
+
+
+def test_without_partial_passes_a_changed_chunk_is_encoded_in_full_and_an_unchanged_one_reused(tiny):
+    """--no-partial: no per-stream store of the tower's keys and values; a chunk that changed at all
+    equals the full recomputation exactly, one that did not is the cached output."""
+    adapter = QwenVLAdapter(tiny)
+    encoder, full = adapter.vision_encoder(SMALL, 2, 0.02, partial=False), adapter.vision_encoder(SMALL, 2, None)
+    assert encoder.keys is None and encoder.hidden is None
+    last = None
+    for kind, mode in [("new", "full"), ("poke", "full"), ("same", "reused"), ("new", "full")]:
+        last = _next_frames(last, kind, SMALL, 3.0)
+        inputs = adapter.to_pixels(torch.from_numpy(last), SMALL)
+        (got, stats), (want, _) = encoder.encode(*inputs), full.encode(*inputs)
+        assert stats.mode == mode
+        assert torch.equal(got, want)

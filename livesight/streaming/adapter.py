@@ -262,10 +262,10 @@ class QwenVLAdapter(TextAdapter):
         return (t, h // self.merge, w // self.merge)
 
     def vision_encoder(self, size: tuple[int, int], num_frames: int, reuse_threshold: float | None,
-                       graphs: bool | None = None) -> VisionEncoder:
+                       graphs: bool | None = None, partial: bool = True) -> VisionEncoder:
         """The encoder for chunks of `num_frames` frames of `size`; reuse_threshold None: no reuse;
-        graphs: replay CUDA graphs (None: on a GPU)."""
-        return VisionEncoder(self.visual, self.patch_grid(size, num_frames), reuse_threshold, graphs)
+        graphs: replay CUDA graphs (None: on a GPU); partial: re-encode only changed regions."""
+        return VisionEncoder(self.visual, self.patch_grid(size, num_frames), reuse_threshold, graphs, partial)
 
     @torch.inference_mode()
     def to_pixels(self, frames: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,6 +35,9 @@ class CompressionConfig:
     keep_ratio: float = 1.0  # the most of a chunk's tokens kept, most novel first
     keep_floor: float = 0.25  # the least kept of a chunk whose tokens changed (up to the number that changed)
     prune_threshold: float = 0.02  # 1 - cosine similarity at or below which a token is redundant
+    # a chunk where a few regions changed re-encodes only those (against per-stream stores of the tower's
+    # keys and values, ~200 MB at 7B); off: it gets the full pass, which batches across streams
+    partial: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.reuse_threshold <= 1:

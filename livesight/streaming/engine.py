@@ -21,6 +21,7 @@ with a clear message. Closing a stream frees its slab and its offload files; a s
 
 import gc
 import itertools
+import logging
 import queue
 import threading
 import time
@@ -28,8 +29,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import psutil
-import torch
 
 from livesight.errors import InputError
 from livesight.kvcache.pool import KVPool
@@ -39,8 +40,10 @@ from livesight.streaming.chunker import Chunk
 from livesight.streaming.config import GB, SessionConfig
 from livesight.streaming.events import Event
 from livesight.streaming.stream import Stream, VisionWork, Work, cache_capacity, check_fits
+from livesight.vision.preprocess import fit_size
 
 MAX_PENDING = 2  # chunks a live stream may have waiting; one more drops the oldest
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,6 +54,7 @@ class _Job:
     question: str = ""
     remember: bool = True
     max_tokens: int | None = None
+    shorten: bool = False  # a live stream's chunk started with another waiting: half the narration
 
 
 @dataclass
@@ -70,7 +74,9 @@ class _Lane:
     item: object = None  # what the work waits for: a VisionWork or a StepBuilder
     source_done: bool = False
     failure: str | None = None
-    ended: bool = False
+    failure_told: bool = False
+    ended: bool = False  # its summary was sent (it still answers questions until closed)
+    closed: bool = False
     started: float = field(default_factory=time.perf_counter)
     counts: dict = field(default_factory=lambda: {"chunks_dropped": 0, "narrations_shortened": 0})
 
@@ -81,13 +87,19 @@ class _Lane:
 
 class Engine:
     def __init__(self, adapter: QwenVLAdapter, config: SessionConfig, max_streams: int,
-                 max_pending: int = MAX_PENDING):
+                 max_pending: int = MAX_PENDING, max_frame: tuple[int, int] | None = None):
         """config: every stream's settings unless it brings its own (which must fit a slab);
-        max_streams: slabs in the pool, the most streams open at once."""
+        max_streams: slabs in the pool, the most streams open at once; max_frame: (height, width) of the
+        largest frames the streams will bring, which sizes the slabs (None: the largest the model takes)."""
         if max_streams < 1:
             raise InputError(f"max streams must be at least 1, got {max_streams}")
         self.adapter, self.config, self.max_pending = adapter, config, max_pending
-        self.slab_capacity, tokens_per_chunk = self.capacity_for(adapter, config)
+        # as Session does: what exists now (the model) lives as long as the process, and frozen, Python's
+        # full collection (40-180 ms, mid-step) skips it. The pool and the streams come after: an engine
+        # closed is collected
+        gc.collect()
+        gc.freeze()
+        self.slab_capacity, tokens_per_chunk = self.capacity_for(adapter, config, max_frame)
         check_fits(adapter, self.slab_capacity, tokens_per_chunk, config, num_streams=max_streams)
         self._check_host_memory(config, max_streams)
         self.pool = KVPool(max_streams, adapter.num_layers, adapter.num_kv_heads, adapter.head_dim, self.slab_capacity,
@@ -95,20 +107,28 @@ class Engine:
         self.batch = BatchStep(adapter, self.pool, config.cuda_graphs)
         self.lanes: dict[str, _Lane] = {}
         self._ids = itertools.count()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # the streams' queues and the lanes table
         self._changed = threading.Condition(self._lock)
-        self.stage_ms = {"vision_ms": 0.0, "lm_ms": 0.0, "steps": 0, "rows": 0}
-        gc.collect()
-        gc.freeze()  # as Session does: the model and the pool live as long as the process
+        self._model = threading.Lock()  # the model's work: a step, or a stream's start (its sink prefill)
+        self._stepping, self._closing = False, []
+        # host time in the vision and language-model passes; LM steps, the tokens and the streams they packed
+        self.stage_ms = {"vision_ms": 0.0, "lm_ms": 0.0, "steps": 0, "rows": 0, "streams": 0}
 
     @staticmethod
-    def capacity_for(adapter: QwenVLAdapter, config: SessionConfig) -> tuple[int, int]:
-        """-> (cache tokens, tokens per chunk) of a stream at the largest frame `config` allows."""
+    def capacity_for(adapter: QwenVLAdapter, config: SessionConfig,
+                     max_frame: tuple[int, int] | None = None) -> tuple[int, int]:
+        """-> (cache tokens, tokens per chunk) of a stream of max_frame frames (None: the largest frame
+        `config` allows)."""
         max_pixels = config.max_pixels or adapter.loaded.max_pixels
         chat = adapter.chat_ids()
-        frame_pairs = -(-config.frames_per_chunk // adapter.temporal)
-        tokens = len(chat.chunk_open) + len(chat.chunk_close) + frame_pairs * (max_pixels // (adapter.patch
-                                                                                             * adapter.merge) ** 2)
+        unit = adapter.patch * adapter.merge
+        if max_frame is None:
+            frame_pairs = -(-config.frames_per_chunk // adapter.temporal)
+            grid_tokens = frame_pairs * (max_pixels // unit ** 2)
+        else:
+            grid_tokens = int(np.prod(adapter.merged_grid(fit_size(*max_frame, max_pixels, unit),
+                                                          config.frames_per_chunk)))
+        tokens = len(chat.chunk_open) + len(chat.chunk_close) + grid_tokens
         return cache_capacity(config, tokens, chat), tokens
 
     @staticmethod
@@ -117,9 +137,9 @@ class Engine:
         need = retrieval.ram_gb * GB * max_streams if retrieval.enabled else 0
         available = psutil.virtual_memory().available
         if need > 0.9 * available:
-            raise InputError(f"{max_streams} streams with --offload-ram {retrieval.ram_gb:g} GB each need "
+            raise InputError(f"{max_streams} streams with --offload-ram-gb {retrieval.ram_gb:g} each may hold "
                              f"{need / GB:.1f} GB of host memory, {available / GB:.1f} GB is available: lower "
-                             f"--offload-ram or the number of streams")
+                             f"--offload-ram-gb or the number of streams")
 
     # --- what front ends call (any thread) ---
 
@@ -132,32 +152,37 @@ class Engine:
         source's count of frames it dropped before chunking, for the metrics."""
         config = config or self.config
         with self._lock:
-            if not self.pool.free:
-                raise InputError(f"the engine is carrying {self.pool.num_slabs} streams, all its memory holds: "
-                                 f"close one, or start it with more --max-streams")
-            taken = []  # the slab, to give back if the stream fails to start after taking it
-            try:
+            name = name or f"s{next(self._ids)}"
+            if name in self.lanes:
+                raise InputError(f"a stream named {name!r} is open already")
+        taken = []  # the slab, to give back if the stream fails to start after taking it
+        try:
+            with self._model:  # its sink prefill runs the model: not during a step
                 stream = Stream(self.adapter, config, frame_size, cache=lambda n: taken.append(self._take_slab(n))
-                                or taken[-1])
-            except BaseException:
+                                or taken[-1], vision_graphs=self.pool.num_slabs == 1)
+            with self._lock:
+                if name in self.lanes:
+                    raise InputError(f"a stream named {name!r} is open already")
+                lane = _Lane(name, stream, live, frames_dropped=frames_dropped)
+                self.lanes[name] = lane
+        except BaseException:
+            with self._lock:
                 for cache in taken:
                     self.pool.give_back(cache)
-                raise
-            lane = _Lane(name or f"s{next(self._ids)}", stream, live, frames_dropped=frames_dropped)
-            if outbox is not None:
-                lane.outbox = outbox
-            if lane.id in self.lanes:
-                stream.close()
-                self.pool.give_back(stream.cache)
-                raise InputError(f"a stream named {lane.id!r} is open already")
-            self.lanes[lane.id] = lane
-            return lane.id
+            raise
+        if outbox is not None:
+            lane.outbox = outbox
+        return name
 
     def _take_slab(self, capacity: int):
         if capacity > self.slab_capacity:
             raise InputError(f"this stream's settings need a cache of {capacity:,} tokens; the engine's slabs hold "
                              f"{self.slab_capacity:,}: use the engine's settings or a smaller frame size")
-        return self.pool.take(capacity)
+        with self._lock:
+            if not self.pool.free:
+                raise InputError(f"the engine is carrying {self.pool.num_slabs} streams, all its memory holds: "
+                                 f"close one first")
+            return self.pool.take(capacity)
 
     def put(self, stream_id: str, chunk: Chunk, timeout: float | None = None) -> None:
         """Queue a chunk. A live stream drops its oldest waiting chunk when max_pending wait already;
@@ -165,11 +190,13 @@ class Engine:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:
             lane = self._lane(stream_id)
-            while not lane.live and len(lane.chunks) >= self.max_pending:
+            while not lane.live and len(lane.chunks) >= self.max_pending and not lane.closed:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise queue.Full
                 self._changed.wait(left)
+            if lane.closed:
+                raise InputError(f"stream {stream_id!r} was closed")
             if lane.live and len(lane.chunks) >= self.max_pending:
                 lane.chunks.popleft()
                 lane.counts["chunks_dropped"] += 1
@@ -200,9 +227,7 @@ class Engine:
         scheduled questions are done, a summary event closes its events."""
         with self._changed:
             lane = self._lane(stream_id)
-            lane.source_done, lane.failure = True, error
-            if error:
-                self._emit(lane, [Event("error", lane.stream.now, error)])
+            lane.source_done, lane.failure = True, error  # the error event comes after the chunks it delivered
             self._changed.notify_all()
 
     def close(self, stream_id: str) -> None:
@@ -211,9 +236,23 @@ class Engine:
             lane = self.lanes.pop(stream_id, None)
             if lane is None:
                 return
-            lane.stream.close()
-            self.pool.give_back(lane.stream.cache)
+            lane.closed = True
+            if self._stepping:  # the step in flight may still write its slab: freed when the step ends
+                self._closing.append(lane)
+            else:
+                self._release(lane)
             self._changed.notify_all()
+
+    def _release(self, lane: _Lane) -> None:
+        if lane.work is not None:
+            lane.work.close()
+        lane.stream.close()
+        self.pool.give_back(lane.stream.cache)
+
+    def shutdown(self) -> None:
+        """Close every stream."""
+        for stream_id in list(self.lanes):
+            self.close(stream_id)
 
     def events(self, stream_id: str) -> "queue.Queue[Event]":
         """The stream's events, in order; a summary event is its last."""
@@ -239,60 +278,79 @@ class Engine:
     # --- the loop (one thread) ---
 
     def run(self, stop: threading.Event | None = None, until_idle: bool = False) -> None:
-        """Step until `stop` is set, or (until_idle) until every stream has ended. Waits, without
-        spinning, while there is nothing to do."""
+        """Step until `stop` is set, or (until_idle) until every stream has ended and has nothing left
+        to do. Waits, without spinning, while there is nothing to do."""
         while stop is None or not stop.is_set():
             if self.step():
                 continue
             with self._changed:
-                if until_idle and all(lane.ended for lane in self.lanes.values()):
+                if until_idle and all(lane.ended and lane.idle for lane in self.lanes.values()):
                     return
                 if not self._ready():
                     self._changed.wait(0.1)
 
     def _ready(self) -> bool:
-        return any(not lane.ended and (not lane.idle or lane.source_done) for lane in self.lanes.values())
+        return any(not lane.idle or (lane.source_done and not lane.ended) for lane in self.lanes.values())
 
     def step(self) -> bool:
         """One engine step -> whether there was work."""
-        with self._lock:
-            lanes = [lane for lane in self.lanes.values() if not lane.ended]
-            for lane in lanes:
-                if lane.work is None:
-                    self._start(lane)
-            self._changed.notify_all()  # feeders waiting for room
-        busy = [lane for lane in lanes if lane.work is not None]
-        if not busy:
-            return False
-        vision = [lane for lane in busy if isinstance(lane.item, VisionWork)]
-        if vision:
-            self._timed("vision_ms", lambda: self._vision(vision))
-        steps = [lane for lane in busy if lane.work is not None and not isinstance(lane.item, VisionWork)]
-        if steps:
-            self._timed("lm_ms", lambda: self._language(steps))
-        return True
+        with self._model:
+            with self._lock:
+                self._stepping = True
+                started = [lane for lane in self.lanes.values() if lane.work is None and self._take_job(lane)]
+                busy = [lane for lane in self.lanes.values() if lane.work is not None]
+                self._changed.notify_all()  # feeders waiting for room
+            try:
+                for lane in started:
+                    self._begin(lane)
+                busy = [lane for lane in busy + started if lane.work is not None]
+                vision = [lane for lane in busy if isinstance(lane.item, VisionWork)]
+                if vision:
+                    self._timed("vision_ms", lambda: self._vision(vision))
+                steps = [lane for lane in busy if lane.work is not None and not isinstance(lane.item, VisionWork)]
+                if steps:
+                    self._timed("lm_ms", lambda: self._language(steps))
+            finally:
+                with self._lock:
+                    self._stepping = False
+                    for lane in self._closing:
+                        self._release(lane)
+                    self._closing.clear()
+        return bool(busy or started)
 
-    def _start(self, lane: _Lane) -> None:
-        """Give an idle stream its next job: a question first, then its oldest chunk; at its end, the
-        scheduled questions left and the summary."""
+    def _take_job(self, lane: _Lane) -> bool:
+        """An idle stream's next job (under the lock): a question first, then its oldest chunk; once its
+        source has ended and its chunks are done, the source's error, the scheduled questions left and
+        the summary. -> whether a job was taken (lane.job)."""
         stream = lane.stream
-        while lane.scheduled and (lane.scheduled[0][0] <= stream.now + 1e-9 or (lane.source_done and not lane.chunks)):
+        done = lane.source_done and not lane.chunks
+        if done and lane.failure and not lane.ended and not lane.failure_told:
+            lane.failure_told = True
+            self._emit(lane, [Event("error", stream.now, lane.failure)])
+        while lane.scheduled and (lane.scheduled[0][0] <= stream.now + 1e-9 or done):
             job = lane.scheduled.pop(0)[1]
             job.arrived = time.perf_counter()  # its wait counts from when it became due
             lane.questions.append(job)
         if lane.questions:
-            job = lane.questions.popleft()
-            work = stream.ask_work(job.question, job.remember, job.max_tokens, job.arrived)
+            lane.job = lane.questions.popleft()
         elif lane.chunks:
-            job = lane.chunks.popleft()
-            shorten = lane.live and bool(lane.chunks) and stream.config.narrate
-            lane.counts["narrations_shortened"] += shorten
-            work = stream.chunk_work(job.chunk, stream.config.narrate_tokens // 2 if shorten else None)
+            lane.job = lane.chunks.popleft()
+            lane.job.shorten = lane.live and bool(lane.chunks) and stream.config.narrate
+            lane.counts["narrations_shortened"] += lane.job.shorten
         else:
-            if lane.source_done:
+            if done and not lane.ended:
                 self._finish(lane)
-            return
-        lane.work, lane.job = work, job
+            return False
+        return True
+
+    def _begin(self, lane: _Lane) -> None:
+        """Start the job's work and run it to its first item (a question's retrieval runs here, for its
+        own stream only)."""
+        job, stream = lane.job, lane.stream
+        if job.kind == "question":
+            lane.work = stream.ask_work(job.question, job.remember, job.max_tokens, job.arrived)
+        else:
+            lane.work = stream.chunk_work(job.chunk, stream.config.narrate_tokens // 2 if job.shorten else None)
         self._advance(lane, None)
 
     def _advance(self, lane: _Lane, result) -> None:
@@ -303,10 +361,8 @@ class Engine:
             return
         except StopIteration as done:
             events = done.value
-        except InputError as err:
-            events = [Event("error", lane.stream.now, str(err))]
         except Exception as err:  # noqa: BLE001 - one stream's failure must not stop the others
-            events = [Event("error", lane.stream.now, f"{type(err).__name__}: {err}")]
+            events = [self._failure(lane, err)]
         job, lane.work, lane.job, lane.item = lane.job, None, None, None
         if job.kind == "chunk":
             for event in events:
@@ -348,16 +404,26 @@ class Engine:
                 return self._fail(lanes[0], err)
             return [self._language([lane]) for lane in lanes]
         self.stage_ms["rows"] += sum(lane.item.num_tokens for lane in lanes)
+        self.stage_ms["streams"] += len(lanes)
         for lane, row in zip(lanes, logits):
             self._advance(lane, row)
 
     def _fail(self, lane: _Lane, err: Exception) -> None:
         """The stream's job ends with an error event; the other streams go on."""
+        event = self._failure(lane, err)
         lane.work.close()
         lane.work, lane.job, lane.item = None, None, None
-        text = str(err) if isinstance(err, InputError) else f"{type(err).__name__}: {err}"
         with self._lock:
-            self._emit(lane, [Event("error", lane.stream.now, text)])
+            self._emit(lane, [event])
+
+    @staticmethod
+    def _failure(lane: _Lane, err: Exception) -> Event:
+        """The error event of a job that failed: `failed` says which kind (a question, a chunk), so a front
+        end can tell it from offload trouble reported along the way."""
+        if not isinstance(err, InputError):
+            log.error("stream %s: its %s failed", lane.id, lane.job.kind, exc_info=err)
+        text = str(err) if isinstance(err, InputError) else f"{type(err).__name__}: {err}"
+        return Event("error", lane.stream.now, text, {"failed": lane.job.kind})
 
     def _timed(self, name: str, fn) -> None:
         t0 = time.perf_counter()

@@ -114,7 +114,7 @@ DEFAULTS: dict[str, Any] = {
     "retrieve": _R.enabled, "retrieve_top_k": _R.top_k, "retrieve_scope": _R.scope, "offload_ram_gb": _R.ram_gb,
     "offload_disk_gb": _R.disk_gb, "offload_dir": _R.folder,
     "reuse": _C.reuse, "reuse_threshold": _C.reuse_threshold, "prune": _C.prune, "keep_ratio": _C.keep_ratio,
-    "keep_floor": _C.keep_floor, "prune_threshold": _C.prune_threshold,
+    "keep_floor": _C.keep_floor, "prune_threshold": _C.prune_threshold, "partial": _C.partial,
 }
 
 
@@ -174,6 +174,10 @@ def add_compression_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reuse-threshold", type=ENGINE["reuse_threshold"], default=d["reuse_threshold"],
                    help="mean pixel change (0..1) up to which a region counts as unchanged; 0: only identical "
                         "chunks are reused, exactly (default %(default)s)")
+    p.add_argument("--partial", action=argparse.BooleanOptionalAction, default=d["partial"],
+                   help="re-encode only the regions of a chunk that changed, against stores kept per stream; "
+                        "--no-partial: such a chunk gets the full pass, which batches across many streams and "
+                        "needs no store (default: on)")
     p.add_argument("--prune", action=argparse.BooleanOptionalAction, default=d["prune"],
                    help="drop visual tokens the model already has before they reach it (default: on)")
     p.add_argument("--keep-ratio", type=ENGINE["keep_ratio"], default=d["keep_ratio"],
@@ -211,7 +215,7 @@ def build_config(values: Mapping[str, Any], names: Mapping[str, str] | None = No
         retrieval = RetrievalConfig(yes("retrieve"), num("retrieve_top_k"), v["retrieve_scope"], num("offload_ram_gb"),
                                     num("offload_disk_gb"), folder)
         compression = CompressionConfig(yes("reuse"), num("reuse_threshold"), yes("prune"), num("keep_ratio"),
-                                        num("keep_floor"), num("prune_threshold"))
+                                        num("keep_floor"), num("prune_threshold"), yes("partial"))
         return SessionConfig(fps=num("fps"), chunk_seconds=num("chunk_seconds"), vision_window_s=num("vision_window"),
                              text_sink=num("text_sink"), text_window=num("text_window"), narrate=yes("narrate"),
                              narrate_tokens=num("narrate_tokens"), answer_tokens=num("answer_tokens"),

@@ -88,7 +88,8 @@ class Layout:
 
 
 class VisionEncoder:
-    def __init__(self, visual, grid: tuple[int, int, int], reuse_threshold: float | None, graphs: bool | None = None):
+    def __init__(self, visual, grid: tuple[int, int, int], reuse_threshold: float | None, graphs: bool | None = None,
+                 partial: bool = True):
         """visual: transformers' Qwen2.5-VL vision tower; grid: one chunk's patch grid (t, h, w);
         reuse_threshold: mean absolute pixel change (0..1) up to which a token counts as unchanged,
         None to encode every chunk in full; graphs: replay CUDA graphs (default: on a GPU)."""
@@ -113,11 +114,14 @@ class VisionEncoder:
                              _runs(self.frame_segment), torch.argsort(order).to(device))
         self.num_tokens = order.numel()
         self.num_patches = num_patches = self.num_tokens * self.unit
-        if reuse_threshold is not None:  # what a partial pass reads: every block's keys and values, the outputs
+        self.partial = partial and reuse_threshold is not None
+        self.keys = self.values = self.hidden = None
+        if self.partial:  # what a partial pass reads: every block's keys and values
             shape = (len(visual.blocks), num_patches, config.num_heads, config.hidden_size // config.num_heads)
             self.keys = torch.zeros(shape, dtype=weight.dtype, device=device)
             self.values = torch.zeros_like(self.keys)
             self.hidden = torch.zeros(num_patches, config.hidden_size, dtype=weight.dtype, device=device)
+        if reuse_threshold is not None:  # what a reused chunk returns
             self.output = torch.zeros(self.num_tokens, config.out_hidden_size, dtype=weight.dtype, device=device)
         self.ref: torch.Tensor | None = None  # (T, 3, H, W) the pixels each token's cached output came from
         self.stale = 0.0  # share of tokens recomputed by partial passes since the last full pass
@@ -149,7 +153,8 @@ class VisionEncoder:
         changed = token_change(frames, self.ref, self.side, self.temporal) > self.threshold
         num_changed = int(changed.sum())
         share = num_changed / self.num_tokens
-        if num_changed and (self.threshold == 0 or share > MAX_PARTIAL or self.stale + share > MAX_STALE):
+        if num_changed and (not self.partial or self.threshold == 0 or share > MAX_PARTIAL
+                            or self.stale + share > MAX_STALE):
             return None
         return changed.nonzero().squeeze(1)
 
@@ -251,13 +256,15 @@ def _tower_pass(encoders: list[VisionEncoder], layout: Layout, pixels: torch.Ten
     for i, block in enumerate(visual.blocks):
         q, k, v = _rotated_qkv(block, hidden, layout.cos, layout.sin)
         for encoder, patches, _ in stores:
-            encoder.keys[i], encoder.values[i] = k[patches], v[patches]
+            if encoder.partial:
+                encoder.keys[i], encoder.values[i] = k[patches], v[patches]
         runs = layout.frame_runs if i in full_blocks else layout.window_runs
         out = varlen_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), *runs, block.attn.scaling)
         hidden = _block_output(block, hidden, out)
     output = visual.merger(hidden)[layout.rank]
     for encoder, patches, tokens in stores:
-        encoder.hidden.copy_(hidden[patches])
+        if encoder.partial:
+            encoder.hidden.copy_(hidden[patches])
         encoder.output.copy_(output[tokens])
     return output
 

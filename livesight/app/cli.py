@@ -7,11 +7,10 @@ import argparse
 import json
 import logging
 import os
-import queue
 import sys
-import threading
 
 from livesight import scratch
+from livesight.app.watch import Ask, check_asks, close_all, open_sources, stream_names, watch
 from livesight.errors import InputError
 from livesight.streaming.options import SECONDS, STREAM_TIME, Bound, Parser, add_engine_args, resolve_device, \
     session_config
@@ -19,17 +18,18 @@ from livesight.streaming.options import SECONDS, STREAM_TIME, Bound, Parser, add
 EXIT_BAD_INPUT = 2
 
 
-def parse_ask(text: str) -> tuple[float, str]:
-    """'SECONDS:question' -> (seconds, question)."""
-    seconds, sep, question = text.partition(":")
-    example = 'write SECONDS:question, e.g. --ask "12:what is red?"'
-    if not sep or not question.strip():
+def parse_ask(text: str) -> Ask:
+    """'[STREAM@]SECONDS:question' -> an Ask (for stream STREAM, else for every stream)."""
+    head, sep, question = text.partition(":")
+    stream, at, seconds = head.rpartition("@")
+    example = 'write [STREAM@]SECONDS:question, e.g. --ask "12:what is red?"'
+    if not sep or not question.strip() or (at and not stream.strip()):
         raise argparse.ArgumentTypeError(f"malformed --ask '{text}': {example}")
     try:
         value = STREAM_TIME.parse(seconds)
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"malformed --ask '{text}': its time: {err}; {example}") from None
-    return value, question.strip()
+    return Ask(value, question.strip(), stream.strip() or None)
 
 
 def _joined_asks(argv: list[str]) -> list[str]:
@@ -50,15 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="livesight", description="Streaming video assistant.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="watch a source, narrate, answer questions")
-    run.add_argument("--source", required=True, help="video file, webcam:N, rtsp://..., http(s)://..., or "
-                     "synthetic[:static|quiet|shapes|busy]")
+    run = sub.add_parser("run", help="watch one or several sources, narrate, answer questions")
+    run.add_argument("--source", action="append", required=True,
+                     help="video file, webcam:N, rtsp://..., http(s)://..., or synthetic[:static|quiet|shapes|busy]; "
+                          "repeat it to watch several at once, each a stream named for it (a file's stem, a URL's "
+                          "last path part, webcam-N, synthetic-SCENE; -2, -3, ... if taken), which prefixes its "
+                          "text lines and is its events' `stream`")
     add_engine_args(run)
     run.add_argument("--seconds", type=SECONDS, default=None,
                      help="stop after this many stream seconds, and the length of synthetic (default: the whole "
                           "source; 30 for synthetic)")
-    run.add_argument("--ask", action="append", type=parse_ask, default=[], metavar="SECONDS:QUESTION",
-                     help="ask QUESTION when the stream reaches SECONDS (repeatable)")
+    run.add_argument("--ask", action="append", type=parse_ask, default=[], metavar="[STREAM@]SECONDS:QUESTION",
+                     help="ask QUESTION when the stream reaches SECONDS: every stream, or only STREAM (repeatable). "
+                          "With a live source, lines typed on stdin are questions too: STREAM: QUESTION for one of "
+                          "several streams")
     run.add_argument("--realtime", action="store_true",
                      help="pace a file or synthetic source at real time (default: as fast as the engine goes)")
     run.add_argument("--json", action="store_true", help="one JSON object per event on stdout (default: text lines)")
@@ -98,20 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def start_stdin_questions() -> "queue.Queue[str]":
-    """Questions typed on stdin, one per line, for live sources."""
-    questions: "queue.Queue[str]" = queue.Queue()
-
-    def read() -> None:
-        for line in sys.stdin:
-            if line.strip():
-                questions.put(line.strip())
-
-    threading.Thread(target=read, name="livesight-stdin", daemon=True).start()
-    return questions
-
-
-def print_event(event, as_json: bool) -> None:
+def print_event(event, as_json: bool, name_width: int = 0) -> None:
+    """One event as a JSON line, or as text lines; name_width > 0 (several streams): each line starts
+    with the event's stream, padded to that width."""
     if as_json:
         print(json.dumps(event.to_dict(), ensure_ascii=False), flush=True)
         return
@@ -136,37 +130,34 @@ def print_event(event, as_json: bool) -> None:
                 f"real-time factor {d['realtime_factor']}")
     else:
         line = event.text or ""
-    print(f"[{event.t:7.1f}s] {event.type:8} {line}", flush=True)
+    text = f"[{event.t:7.1f}s] {event.type:8} {line}"
+    if name_width:
+        text = "\n".join(f"{event.data['stream']:<{name_width}} | {part}" for part in text.split("\n"))
+    print(text, flush=True)
 
 
 def run(args) -> int:
+    """Every --source into one engine, a stream each, until every stream has ended. A source that
+    failed on the way exits 2 with its error once all output is printed."""
     from livesight.streaming.adapter import load_adapter
-    from livesight.streaming.chunker import chunk_frames
-    from livesight.streaming.loop import run_stream
-    from livesight.streaming.session import Session
-    from livesight.vision.ingest import Ingest
-    from livesight.vision.sources import open_source
+    from livesight.streaming.engine import Engine
 
     config = session_config(args)
-    source = open_source(args.source, config.fps, args.seconds)
+    names = stream_names(args.source)
+    check_asks(args.ask, names)
+    sources = open_sources(args.source, config.fps, args.seconds)
     try:
         adapter = load_adapter(args.model, resolve_device(args.device))
-        session = Session(adapter, config, source.size)
+        engine = Engine(adapter, config, max_streams=len(sources))
     except BaseException:
-        source.close()
+        close_all(sources)
         raise
-    ingest = Ingest(source, realtime=args.realtime)
-    questions = start_stdin_questions() if source.is_live else None
-    chunks = chunk_frames(ingest, config.frames_per_chunk, config.fps)
-    failure = None
-    try:
-        for event in run_stream(session, chunks, args.ask, questions, lambda: ingest.dropped):
-            print_event(event, args.json)
-            failure = event.data.get("error") if event.type == "summary" else failure
-    finally:
-        session.close()
-    if failure:  # the source broke mid-way: the transcript is complete up to there, the exit says so
-        raise InputError(failure)
+    width = max(map(len, names)) if len(names) > 1 else 0
+    failures = watch(engine, names, sources, args.ask, args.realtime,
+                     lambda event: print_event(event, args.json, width))
+    if failures:  # the transcript is complete up to where each broke; the exit says so
+        raise InputError("; ".join(text if len(names) == 1 else f"stream {name}: {text}"
+                                   for name, text in failures.items()))
     return 0
 
 

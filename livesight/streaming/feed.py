@@ -7,6 +7,7 @@ a source that fails on the way (InputError: a file damaged mid-way) ends the str
 event, and the questions scheduled for it are still answered from what was seen.
 """
 
+import queue
 import threading
 from collections.abc import Iterable
 
@@ -15,6 +16,8 @@ from livesight.streaming.chunker import Chunk
 from livesight.streaming.engine import Engine
 from livesight.streaming.events import Event
 from livesight.vision.sources import SourceEvent
+
+STOP_CHECK_S = 0.2  # a feeder waiting for room in its stream looks at `stop` this often
 
 
 def feed(engine: Engine, stream_id: str, items: Iterable[Chunk | SourceEvent],
@@ -29,8 +32,8 @@ def feed(engine: Engine, stream_id: str, items: Iterable[Chunk | SourceEvent],
                     break
                 if isinstance(item, SourceEvent):
                     engine.note(stream_id, Event(item.type, item.t, item.text))
-                else:
-                    engine.put(stream_id, item)
+                elif not _put(engine, stream_id, item, stop):
+                    break
         except InputError as err:
             error = str(err)
         except Exception as err:  # noqa: BLE001 - the stream ends with it; the engine and others go on
@@ -42,3 +45,15 @@ def feed(engine: Engine, stream_id: str, items: Iterable[Chunk | SourceEvent],
     thread = threading.Thread(target=run, name=f"livesight-feed-{stream_id}", daemon=True)
     thread.start()
     return thread
+
+
+def _put(engine: Engine, stream_id: str, chunk: Chunk, stop: threading.Event | None) -> bool:
+    """engine.put, but a wait for room ends when `stop` is set (a file's feeder would otherwise wait
+    for an engine that has stopped) -> whether the chunk went in."""
+    while True:
+        try:
+            engine.put(stream_id, chunk, timeout=None if stop is None else STOP_CHECK_S)
+            return True
+        except queue.Full:
+            if stop.is_set():
+                return False

@@ -1,10 +1,12 @@
 """The web UI: transcript formats, the run registry, LiveRun over the real engine, and the page itself
 in headless Chromium (Debian's package, driven by Playwright; skipped with a reason where missing)."""
 
+import html
 import os
 import socket
 import subprocess
 import sys
+import threading
 import urllib.parse
 import urllib.request
 
@@ -15,9 +17,9 @@ from livesight.app.live import LiveRun, RunRegistry
 from livesight.app.transcript import to_jsonl, to_srt, to_vtt
 from livesight.errors import InputError
 from livesight.streaming.adapter import QwenVLAdapter
-from livesight.streaming.config import SessionConfig
+from livesight.streaming.config import RetrievalConfig, SessionConfig
+from livesight.streaming.engine import Engine
 from livesight.streaming.events import Event
-from livesight.streaming.config import RetrievalConfig
 
 ARTIFACTS = os.environ.get("LIVESIGHT_ARTIFACTS", os.path.join(os.path.dirname(__file__), "..", "test-artifacts"))
 
@@ -65,7 +67,7 @@ def test_registry_slots_count_only_streaming_runs_and_the_busy_message_says_how_
     a.is_streaming = False  # ended: it may still answer questions, but holds no slot
     c = registry.start("c", Dummy)
     assert registry.get("c") is c and registry.get("b") is b
-    assert a.closed and registry.get("a") is None  # closed for the room: at most 2 runs hold a Session
+    assert a.closed and registry.get("a") is None  # closed for the room: at most 2 runs hold a slab
     assert "room" in registry.note("a")
     with pytest.raises(InputError) as busy:
         registry.start("d", Dummy)
@@ -79,7 +81,7 @@ def test_registry_slots_count_only_streaming_runs_and_the_busy_message_says_how_
 
 @pytest.mark.parametrize("seed", range(5))
 def test_registry_invariants_under_random_use(seed):
-    """Whatever clients do: at most max_runs runs hold a Session, a start is refused only when max_runs
+    """Whatever clients do: at most max_runs runs hold a slab, a start is refused only when max_runs
     runs stream, the message counts them, a closed run is never handed out, room is made least
     recently used first, and a run unused past the idle timeout is closed before anyone is refused."""
     import random
@@ -137,10 +139,31 @@ def test_registry_closes_a_run_no_client_used_for_the_idle_timeout():
     assert registry.reap() == ["b"] and b.closed
 
 
-def test_live_run_streams_answers_after_the_end_and_keeps_thumbnails(tiny, clip):
+SMALL_OFFLOAD = RetrievalConfig(ram_gb=0.05, disk_gb=0.1)  # the engine reserves host memory for every slab's budget
+
+
+@pytest.fixture
+def engines(tiny):
+    """make(max_streams, config) -> an Engine over tiny-random, stepping in its own thread (as the
+    server's) until the test ends."""
+    running = []
+
+    def make(max_streams: int = 2, config: SessionConfig = SessionConfig(retrieval=SMALL_OFFLOAD)) -> Engine:
+        engine, stop = Engine(QwenVLAdapter(tiny), config, max_streams), threading.Event()
+        thread = threading.Thread(target=engine.run, args=(stop,), daemon=True)
+        thread.start()
+        running.append((stop, thread))
+        return engine
+    yield make
+    for stop, thread in running:
+        stop.set()
+        thread.join()
+
+
+def test_live_run_streams_answers_after_the_end_and_keeps_thumbnails(engines, clip):
     config = SessionConfig(vision_window_s=2.0, narrate_tokens=3, answer_tokens=4,
                            retrieval=RetrievalConfig(top_k=2))
-    run = LiveRun(QwenVLAdapter(tiny), config, clip, realtime=False)
+    run = LiveRun(engines(), config, clip, realtime=False)
     try:
         assert wait(lambda: run.state == "ended"), run.state
         events, history = run.snapshot()
@@ -157,13 +180,13 @@ def test_live_run_streams_answers_after_the_end_and_keeps_thumbnails(tiny, clip)
     assert run.ask("anyone there?")[0].type == "error"
 
 
-def test_an_endless_run_holds_a_bounded_share_in_memory_and_its_whole_transcript_on_disk(tiny, clip, tmp_path,
+def test_an_endless_run_holds_a_bounded_share_in_memory_and_its_whole_transcript_on_disk(engines, clip, tmp_path,
                                                                                        monkeypatch):
     import livesight.app.live as live
     monkeypatch.setattr(live, "MAX_EVENTS", 3)  # 8 chunks narrated: more lines than the page may hold
     monkeypatch.setattr(live, "MAX_HISTORY", 4)
     config = SessionConfig(vision_window_s=2.0, narrate_tokens=2, answer_tokens=2)
-    run = LiveRun(QwenVLAdapter(tiny), config, clip, realtime=False, parent=str(tmp_path))
+    run = LiveRun(engines(), config, clip, realtime=False, parent=str(tmp_path))
     try:
         assert wait(lambda: run.state == "ended"), run.state
         run.ask("what happened?")
@@ -181,41 +204,126 @@ def test_an_endless_run_holds_a_bounded_share_in_memory_and_its_whole_transcript
 
 @pytest.mark.parametrize("source,message", [("missing.mp4", "missing.mp4"),
                                             ("rtsp://127.0.0.1:9/none", "cannot open rtsp://127.0.0.1:9/none")])
-def test_live_run_reports_a_bad_source_as_an_error_event(tiny, tmp_path, source, message):
-    run = LiveRun(QwenVLAdapter(tiny), SessionConfig(), str(tmp_path / source) if source.endswith(".mp4") else source)
+def test_live_run_reports_a_bad_source_as_an_error_event(engines, tmp_path, source, message):
+    engine = engines()
+    run = LiveRun(engine, SessionConfig(), str(tmp_path / source) if source.endswith(".mp4") else source)
     try:
         assert wait(lambda: run.state == "failed", 30)
         errors = [e.text for e in run.snapshot()[0] if e.type == "error"]
         assert errors and message in errors[0], errors
+        assert len(engine.pool.free) == 2  # no slab taken
     finally:
         run.close()
 
 
-def test_an_ended_live_run_frees_its_slot_answers_until_room_is_needed_then_is_closed(tiny, clip):
-    adapter, config = QwenVLAdapter(tiny), SessionConfig(narrate_tokens=2, answer_tokens=3)
-    registry = RunRegistry(max_runs=1)
-    first = registry.start("a", lambda: LiveRun(adapter, config, clip, realtime=False, lock=registry.lock))
+def test_an_ended_live_run_frees_its_slot_answers_until_room_is_needed_then_is_closed(engines, clip):
+    engine, config = engines(max_streams=1), SessionConfig(narrate_tokens=2, answer_tokens=3)
+    registry = RunRegistry(max_runs=engine.pool.num_slabs)
+    first = registry.start("a", lambda: LiveRun(engine, config, clip, realtime=False))
     second = None
     try:
         assert wait(lambda: first.state == "ended"), first.state
-        assert registry.counts() == (0, 1)  # ended: no slot, but its Session is still held
+        assert registry.counts() == (0, 1) and engine.pool.free == []  # ended: no slot, but it holds the slab
         assert first.ask("what was there?")[0].type == "answer"  # and it still answers
-        second = registry.start("b", lambda: LiveRun(adapter, config, clip, realtime=True, lock=registry.lock))
-        assert registry.get("a") is None and not first._thread.is_alive()  # closed for the room: its Session freed
+        second = registry.start("b", lambda: LiveRun(engine, config, clip, realtime=True))
+        assert registry.get("a") is None and not first._thread.is_alive()  # closed for the room: its slab freed
         assert first.ask("still there?")[0].type == "error"
+        assert wait(lambda: second.state == "running" and second.snapshot()[1], 30), second.state  # in that slab
         with pytest.raises(InputError, match=r"1 stream is running.*--max-streams is 1"):
-            registry.start("c", lambda: LiveRun(adapter, config, clip, lock=registry.lock))
+            registry.start("c", lambda: LiveRun(engine, config, clip))
     finally:
         registry.close_all()
-    assert second is not None and not second._thread.is_alive()
+    assert second is not None and not second._thread.is_alive() and engine.pool.free == [0]
 
 
-def test_live_run_names_an_upload_by_its_file_name_not_the_server_path(tiny, tmp_path):
+def recorded_passes(engine: Engine) -> list[set[str]]:
+    """From now on, the ids of the streams each of the engine's language-model passes carries."""
+    passes, batch = [], engine.batch
+
+    def recorded(items):
+        steppers = {id(stepper) for stepper, _ in items}
+        passes.append({k for k, lane in list(engine.lanes.items()) if id(lane.stream.stepper) in steppers})
+        return batch(items)
+    engine.batch = recorded
+    return passes
+
+
+def test_two_runs_stream_at_once_through_one_engine_in_shared_passes(engines, clip):
+    engine = engines()
+    passes = recorded_passes(engine)
+    config = SessionConfig(vision_window_s=2.0, narrate_tokens=3, retrieval=SMALL_OFFLOAD)
+    runs = [LiveRun(engine, config, clip, realtime=False) for _ in range(2)]
+    try:
+        assert wait(lambda: all(run.state == "ended" for run in runs)), [run.state for run in runs]
+        ids = {run.stream_id for run in runs}
+        assert len(ids) == 2 and any(ids <= carried for carried in passes), "no pass carried both streams"
+        for run in runs:
+            events, history = run.snapshot()
+            assert len(history) == 8 and sum(e.type == "caption" for e in events) == 8
+            assert {row["stream"] for row in history} == {run.stream_id}  # each run reads its own stream only
+    finally:
+        for run in runs:
+            run.close()
+
+
+def test_a_question_in_one_run_is_answered_while_another_streams(engines, clip):
+    engine = engines()
+    config = SessionConfig(vision_window_s=2.0, narrate_tokens=2, answer_tokens=3, retrieval=SMALL_OFFLOAD)
+    done = LiveRun(engine, config, clip, realtime=False)
+    live = None
+    try:
+        assert wait(lambda: done.state == "ended"), done.state
+        live = LiveRun(engine, config, clip, realtime=True)  # 8 s at the pace of the clip
+        assert wait(lambda: live.snapshot()[1], 30), live.state
+        (answer,) = done.ask("what was there?")
+        seen = len(live.snapshot()[1])
+        assert answer.type == "answer" and answer.data["stream"] == done.stream_id and live.state == "running"
+        assert wait(lambda: len(live.snapshot()[1]) > seen, 10)  # and the other went on streaming
+    finally:
+        done.close()
+        if live is not None:
+            live.close()
+
+
+def test_closing_a_run_frees_its_slab_and_its_offload_folder(engines, clip, tmp_path):
+    engine = engines()
+    config = SessionConfig(vision_window_s=2.0, narrate_tokens=2,
+                           retrieval=RetrievalConfig(ram_gb=0.05, disk_gb=0.1, folder=str(tmp_path)))
+    run = LiveRun(engine, config, clip, realtime=False)
+    try:
+        assert wait(lambda: run.state == "ended"), run.state
+        assert len(engine.pool.free) == 1  # ended, it holds its slab: it still answers
+        assert [name.startswith("livesight-session-") for name in os.listdir(tmp_path)] == [True]
+    finally:
+        run.close()
+    assert len(engine.pool.free) == 2 and os.listdir(tmp_path) == []
+
+
+def test_a_run_whose_settings_need_more_than_a_slab_is_told_so(engines, clip, tmp_path):
+    from types import SimpleNamespace
+    engine = engines(config=SessionConfig(vision_window_s=4.0, retrieval=SMALL_OFFLOAD))
+    run = LiveRun(engine, SessionConfig(vision_window_s=16.0), clip, realtime=False)
+    try:
+        assert wait(lambda: run.state == "failed", 30), run.state
+        (error,) = [e.text for e in run.snapshot()[0] if e.type == "error"]
+        assert "the engine's slabs hold" in error and len(engine.pool.free) == 2, error
+    finally:
+        run.close()
+    handlers = handlers_for(RunRegistry(max_runs=2), tmp_path, engine, {"vision_window": 4.0})
+    settings = {s.dest: s.default for s in handlers.settings}
+    assert settings["vision_window"] == 4.0  # the page starts at the server's value: a default run fits
+    settings["vision_window"] = 16
+    status = handlers.start("Video file", None, "", True, list(settings.values()), SimpleNamespace(session_hash="t"))
+    assert "Vision window (s): expected a whole number from 1 to 4 (at most this server's --vision-window" in \
+        html.unescape(status), status
+
+
+def test_live_run_names_an_upload_by_its_file_name_not_the_server_path(engines, tmp_path):
     folder = tmp_path / "uploads" / "3f9a0c"
     folder.mkdir(parents=True)
     broken = folder / "broken.mp4"
     broken.write_bytes(b"this is not a video" * 100)
-    run = LiveRun(QwenVLAdapter(tiny), SessionConfig(), str(broken), name="broken.mp4")
+    run = LiveRun(engines(), SessionConfig(), str(broken), name="broken.mp4")
     try:
         assert wait(lambda: run.state == "failed", 30)
         (error,) = [e.text for e in run.snapshot()[0] if e.type == "error"]
@@ -242,11 +350,13 @@ class FakeRun:
         pass
 
 
-def handlers_for(registry, tmp_path):
+def handlers_for(registry, tmp_path, engine=None, flags=None):
+    """The page's handlers on a server started with `flags` (engine flags by dest; default: none given)."""
     from livesight.app.source_policy import SourcePolicy
     from livesight.app.web_handlers import PageHandlers
-    return PageHandlers(None, registry, SourcePolicy.for_host(None, "127.0.0.1"), str(tmp_path / "uploads"),
-                        str(tmp_path / "server" / "exports"))
+    from livesight.app.web_inputs import server_values
+    return PageHandlers(engine, registry, SourcePolicy.for_host(None, "127.0.0.1"), str(tmp_path / "uploads"),
+                        str(tmp_path / "server" / "exports"), server_values(flags or {}, str(tmp_path)))
 
 
 @pytest.mark.parametrize("session_hash", ["../../escape", "../escape", "/tmp/livesight-escape", "..", ".", "",
@@ -480,3 +590,8 @@ def test_web_command_rejects_bad_input_with_a_message():
                               capture_output=True, text=True, timeout=180)
     assert busy.returncode == 2 and f"cannot serve on 127.0.0.1:{port}" in busy.stderr, busy.stderr[-2000:]
     assert "Traceback" not in busy.stderr
+    # the engine sizes every stream's memory at start-up: 1024 streams at the default settings fit no machine here
+    crowded = subprocess.run([sys.executable, "-m", "livesight", "web", "--device", "cpu", "--max-streams", "1024"],
+                             capture_output=True, text=True, timeout=180)
+    assert crowded.returncode == 2 and "1024 streams" in crowded.stderr and " GB" in crowded.stderr, crowded.stderr
+    assert "Traceback" not in crowded.stderr and len(crowded.stderr.strip().splitlines()) == 1, crowded.stderr

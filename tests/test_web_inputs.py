@@ -5,6 +5,7 @@ test states what must hold for every such value."""
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,9 +13,10 @@ import sys
 import pytest
 
 from livesight.app.source_policy import KINDS, SourcePolicy, is_loopback_host, is_public, parse_allowed
-from livesight.app.web_inputs import SETTINGS, settings_config, source_choice, upload_file
+from livesight.app.web_inputs import GROWS_CACHE, SETTINGS, offered, server_values, settings_config, source_choice, \
+    upload_file
 from livesight.errors import InputError
-from livesight.streaming.options import build_config
+from livesight.streaming.options import DEFAULTS, build_config, flag
 
 EXPOSED = "0.0.0.0"
 
@@ -107,9 +109,50 @@ HOSTILE = ["16", "abc", float("nan"), float("inf"), -float("inf"), 1e300, -1e300
 
 
 def test_page_defaults_are_the_engine_defaults_where_they_overlap():
-    config = settings_config([s.default for s in SETTINGS])
-    assert config == build_config({s.dest: s.default for s in SETTINGS})
+    assert [s.default for s in offered(DEFAULTS)] == [s.default for s in SETTINGS]  # a server given no engine flags
+    config = settings_config([s.default for s in SETTINGS], DEFAULTS)
+    assert config == build_config({s.dest: s.default for s in SETTINGS}) == build_config(DEFAULTS)
     assert config.vision_window_s == 16.0 and config.retrieval.top_k == 8 and config.fps == 2.0
+
+
+# a server's engine flags (by dest): the defaults, smaller ones, and some beyond the page's own ranges
+SERVERS = [{}, {"fps": 4.0, "vision_window": 8.0, "text_window": 128, "narrate_tokens": 5, "retrieve_top_k": 2},
+           {"retrieve": False, "vision_window": 120.0, "text_window": 8192, "narrate_tokens": 0, "keep_ratio": 0.01,
+            "chunk_seconds": 2.0, "fps": 3.0}]
+
+
+def highest(setting) -> object:
+    """The largest value the page offers for a setting."""
+    if setting.control == "checkbox":
+        return setting.default if setting.dest in GROWS_CACHE else True
+    return max(setting.choices) if setting.control == "choice" else setting.high
+
+
+@pytest.mark.parametrize("flags", SERVERS)
+def test_the_page_offers_each_server_its_flags_and_nothing_its_slabs_cannot_hold(tiny, flags, tmp_path):
+    """The engine's slabs are sized from the server's flags: a run left at the page's defaults is the
+    server's own config, the largest the page offers needs no more cache, and a value beyond the
+    server's is refused naming the flag to raise."""
+    from livesight.streaming.adapter import QwenVLAdapter
+    from livesight.streaming.engine import Engine
+    adapter, server = QwenVLAdapter(tiny), server_values(flags, str(tmp_path))
+    slab, _ = Engine.capacity_for(adapter, build_config(server))
+    settings = offered(server)
+    assert settings_config([s.default for s in settings], server) == build_config(server)
+    largest = settings_config([highest(s) for s in settings], server)
+    assert Engine.capacity_for(adapter, largest)[0] <= slab
+    for i, setting in enumerate(settings):
+        if setting.dest not in GROWS_CACHE:
+            continue
+        above = {"slider": setting.high + setting.step, "checkbox": True,
+                 "choice": max(SETTINGS[i].choices + (setting.default,)) * 2}[setting.control]
+        if setting.control == "checkbox" and setting.default:
+            continue  # on is the most there is
+        values = [s.default for s in settings]
+        values[i] = above
+        named = f"--(no-)?{flag(setting.dest)[2:]}"  # a switch held off is named as the server gave it
+        with pytest.raises(InputError, match=f"^{re.escape(setting.label)}: .*this server.*{named}"):
+            settings_config(values, server)
 
 
 @pytest.mark.parametrize("index", range(len(SETTINGS)), ids=[s.dest for s in SETTINGS])
@@ -122,36 +165,38 @@ def test_every_control_turns_any_bad_value_into_a_message_naming_it(index):
         values = [s.default for s in SETTINGS]
         values[index] = value
         with pytest.raises(InputError) as err:
-            settings_config(values)
+            settings_config(values, DEFAULTS)
         assert str(err.value).startswith(f"{setting.label}: "), (value, str(err.value))
         assert len(str(err.value)) < 300
 
 
-@pytest.mark.parametrize("index", range(len(SETTINGS)), ids=[s.dest for s in SETTINGS])
-def test_every_value_the_page_offers_is_accepted(index):
-    setting = SETTINGS[index]
-    if setting.control == "checkbox":
-        offered = [True, False]
-    elif setting.control == "choice":
-        offered = list(setting.choices)
-    else:
-        count = int(round((setting.high - setting.low) / setting.step))
-        offered = [round(setting.low + k * setting.step, 10) for k in range(count + 1)]
-    for value in offered:
-        values = [s.default for s in SETTINGS]
-        values[index] = value
-        settings_config(values)
+@pytest.mark.parametrize("flags", SERVERS)
+def test_every_value_the_page_offers_is_accepted(flags, tmp_path):
+    server = server_values(flags, str(tmp_path))
+    settings = offered(server)
+    for index, setting in enumerate(settings):
+        if setting.control == "checkbox":
+            choices = [True, False] if setting.interactive else [setting.default]
+        elif setting.control == "choice":
+            choices = list(setting.choices)
+        else:
+            count = int((setting.high - setting.low) / setting.step + 1e-9)
+            choices = [round(setting.low + k * setting.step, 10) for k in range(count + 1)] + [setting.high]
+        for value in choices:
+            values = [s.default for s in settings]
+            values[index] = value
+            settings_config(values, server)
 
 
 def test_sessions_spill_into_the_server_folder_within_what_its_disk_holds(tmp_path):
-    config = settings_config([s.default for s in SETTINGS], str(tmp_path))
+    config = settings_config([s.default for s in SETTINGS], server_values({"offload_disk_gb": 1e6}, str(tmp_path)))
     assert config.retrieval.folder == str(tmp_path)
     assert 0 < config.retrieval.disk_gb <= shutil.disk_usage(tmp_path).total / 2 ** 30
 
 
 def test_settings_need_every_value():
     with pytest.raises(InputError, match="settings: expected"):
-        settings_config([2])
+        settings_config([2], DEFAULTS)
 
 
 # --- uploads

@@ -1,8 +1,7 @@
-"""One browser session's stream, run in a thread over its own Session, and the registry that caps
-how many run at once. The web UI only reads what a LiveRun keeps; the engine is streaming/."""
+"""One browser session's stream, a stream of the server's one engine, and the registry that caps how
+many it holds. The web UI only reads what a LiveRun keeps; the engine is streaming/."""
 
 import bisect
-import contextlib
 import json
 import os
 import queue
@@ -17,12 +16,11 @@ import cv2
 import numpy as np
 
 from livesight.errors import InputError
-from livesight.streaming.adapter import QwenVLAdapter
 from livesight.streaming.chunker import Chunk, chunk_frames
 from livesight.streaming.config import SessionConfig
+from livesight.streaming.engine import Engine
 from livesight.streaming.events import Event
-from livesight.streaming.loop import answer, run_stream
-from livesight.streaming.session import Session
+from livesight.streaming.feed import feed
 from livesight.vision.ingest import Ingest
 from livesight.vision.sources import PushSource, open_source
 
@@ -32,6 +30,7 @@ MAX_EVENTS = 2000  # transcript lines kept in memory for the page; the run's tra
 TRANSCRIPT = "transcript.jsonl"
 THUMB_WIDTH = 160
 WEBCAM_WAIT_S = 15.0
+GONE = "the stream ended before this question was answered"
 
 
 @dataclass
@@ -44,15 +43,21 @@ class Asked:
 
 
 class LiveRun:
-    def __init__(self, adapter: QwenVLAdapter, config: SessionConfig, source: str | PushSource,
-                 realtime: bool = True, lock: contextlib.AbstractContextManager = contextlib.nullcontext(),
+    """A source fed into a stream of the engine (its own thread, `feed`), the stream's events read back
+    into the page's share and the transcript file, and questions asked of it until the run closes.
+
+    The engine steps no stream once it has ended (its summary is out), and an ended run must go on
+    answering; so the run tells the engine its source ended only when it closes, and knows its source
+    is done when the last chunk it fed comes back (its metrics event)."""
+
+    def __init__(self, engine: Engine, config: SessionConfig, source: str | PushSource, realtime: bool = True,
                  name: str | None = None, parent: str | None = None):
         """source: a spec for open_source (file path, rtsp://..., webcam:N) or frames pushed by the page.
+        realtime: pace a file at real time (its stream is then live: it drops chunks, never waits).
         name: what messages call the source (an upload's own file name, not the server's path to it).
         parent: where the run makes its folder (its id): the whole transcript, written as it comes, and
         exports; removed by close(). Without it the transcript is the last MAX_EVENTS lines only."""
-        self.adapter, self.config, self.source_spec = adapter, config, source
-        self.realtime, self.lock = realtime, lock
+        self.engine, self.config, self.source_spec, self.realtime = engine, config, source, realtime
         self.name = name or ("browser webcam" if isinstance(source, PushSource) else source)
         self.id = secrets.token_hex(8)  # the server's own name for this run (folders), never a client's string
         self.folder = os.path.join(parent, self.id) if parent else None
@@ -65,31 +70,29 @@ class LiveRun:
         self.state = "starting"  # starting | running | ended | failed | stopped
         self.started = time.monotonic()
         self.frames = 0
+        self.stream_id: str | None = None  # the engine's, once the source is open
+        self._outbox: "queue.Queue[Event | None]" = queue.Queue()  # the stream's events; None: the run closed
+        self._asked: deque[Asked] = deque()  # questions with the engine, answered in order
+        self._fed: int | None = None  # index of the last chunk fed, once the source is done
+        self._back = -1  # index of the last chunk whose events came back
         self._thumb_times: list[float] = []
         self._thumbs: dict[float, bytes] = {}
-        self._questions: "queue.Queue[Asked]" = queue.Queue()
         self._stop = threading.Event()  # stop reading the source
         self._closed = threading.Event()  # stop answering too
         self._mutex = threading.Lock()
         self._thread = threading.Thread(target=self._main, name="livesight-web-run", daemon=True)
         self._thread.start()
 
-    # --- the run thread
+    # --- the run thread: open, feed, read the stream's events until closed
     def _main(self) -> None:
-        session = None
         try:
-            source = self._open()
-            with self.lock:
-                session = Session(self.adapter, self.config, source.size)
+            ingest = Ingest(self._open(), realtime=self.realtime)
+            if not self._join(ingest):
+                return
             self.state = "running"
-            ingest = Ingest(source, realtime=self.realtime)
-            chunks = self._between_chunks(chunk_frames(ingest, self.config.frames_per_chunk, self.config.fps), session)
-            for event in run_stream(session, chunks, dropped=lambda: ingest.dropped, lock=self.lock):
-                self._add(event)
-            chunks.close()
-            self.state = "stopped" if self._stop.is_set() else "ended"
-            while not self._closed.is_set():  # questions on what was seen, until the page lets go
-                self._serve(session, wait_s=0.2)
+            feed(self.engine, self.stream_id, self._items(ingest))
+            while (event := self._outbox.get()) is not None:
+                self._take(event)
         except InputError as err:
             self.state = "failed"
             self._add(Event("error", 0.0, self._named(str(err))))
@@ -97,15 +100,31 @@ class LiveRun:
             self.state = "failed"
             self._add(Event("error", 0.0, self._named(f"the stream stopped: {type(err).__name__}: {err}")))
         finally:
-            self._serve(None)
-            if session is not None:
-                session.close()
+            self._let_go()
 
     def _open(self):
         if isinstance(self.source_spec, PushSource):
             self.source_spec.wait_first(WEBCAM_WAIT_S)
             return self.source_spec
         return open_source(self.source_spec, self.config.fps)
+
+    def _join(self, ingest: Ingest) -> bool:
+        """Open the run's engine stream (InputError when its settings need more cache than a slab holds);
+        False when the run was closed meanwhile. The source is let go if it will not be read."""
+        source = ingest.source
+        try:
+            if not self._closed.is_set():
+                stream_id = self.engine.open(source.size, self.config, live=source.is_live or self.realtime,
+                                             outbox=self._outbox, frames_dropped=lambda: ingest.dropped)
+                with self._mutex:
+                    self.stream_id = stream_id
+        except BaseException:
+            source.close()
+            raise
+        if self._closed.is_set():  # closed while the source opened: close() saw no stream to close
+            source.close()
+            return False
+        return True
 
     def _named(self, text: str) -> str:
         """A message with the source's path replaced by its name: the page never learns server paths."""
@@ -114,31 +133,66 @@ class LiveRun:
             text = text.replace(os.path.dirname(self.source_spec) + os.sep, "")
         return text
 
-    def _between_chunks(self, chunks, session: Session):
-        """The chunks, with the page's questions answered between them, until stopped."""
-        for item in chunks:
-            self._serve(session)
-            if self._stop.is_set():
-                return
-            if isinstance(item, Chunk):
-                self._thumbnail(item)
-                self.frames += item.frames.shape[0]
-            yield item
+    def _items(self, ingest: Ingest):
+        """What `feed` puts into the stream: the source's chunks (each one's thumbnail kept) until it ends,
+        fails or is stopped; then nothing more until the run closes (see the class)."""
+        chunks, last = chunk_frames(ingest, self.config.frames_per_chunk, self.config.fps), None
+        try:
+            for item in chunks:
+                if self._stop.is_set():
+                    break
+                if isinstance(item, Chunk):
+                    self._thumbnail(item)
+                    self.frames += item.frames.shape[0]
+                    last = item.index
+                yield item
+        except InputError as err:  # a file damaged mid-way: what was seen is still asked about
+            self._add(Event("error", self._now(), self._named(str(err))))
+        except Exception as err:  # noqa: BLE001 - as feed would: this stream ends, the others go on
+            self._add(Event("error", self._now(), self._named(f"{type(err).__name__}: {err}")))
+        finally:
+            chunks.close()  # the source (a camera) is let go now
+        self._source_done(-1 if last is None else last)
+        self._closed.wait()
 
-    def _serve(self, session: Session | None, wait_s: float = 0.0) -> None:
-        """Answer the questions waiting (without a session: tell them the stream is gone)."""
-        while True:
-            try:
-                asked = self._questions.get(timeout=wait_s) if wait_s else self._questions.get_nowait()
-            except queue.Empty:
-                return
-            wait_s = 0.0
-            if session is None:
-                asked.events = [Event("error", 0.0, "the stream ended before this question was answered")]
-            else:
-                asked.events = answer(session, asked.question, self.lock)
-                for event in asked.events:
-                    self._add(event)
+    def _now(self) -> float:
+        with self._mutex:
+            return self.history[-1]["t"] if self.history else 0.0
+
+    def _source_done(self, fed: int) -> None:
+        with self._mutex:
+            self._fed = fed
+        self._settle()
+
+    def _settle(self) -> None:
+        """Ended (or stopped) once the source is done and its last chunk has come back."""
+        with self._mutex:
+            if self._fed is not None and self._back >= self._fed and self.state == "running":
+                self.state = "stopped" if self._stop.is_set() else "ended"
+
+    def _take(self, event: Event) -> None:
+        """One of the stream's events: kept for the page, and an answer handed to its question."""
+        self._add(event)
+        if event.type == "metrics":
+            with self._mutex:
+                self._back = event.data["chunk"]
+            self._settle()
+        elif event.type == "answer":
+            with self._mutex:
+                asked = self._asked.popleft() if self._asked else None
+            if asked is not None:
+                asked.events = [event]
+                asked.done.set()
+
+    def _let_go(self) -> None:
+        """The engine stream goes (its slab and offload folder freed) and waiting questions are told."""
+        with self._mutex:
+            stream_id, self.stream_id = self.stream_id, None
+            waiting, self._asked = list(self._asked), deque()
+        if stream_id is not None:
+            self.engine.close(stream_id)
+        for asked in waiting:
+            asked.events = [Event("error", 0.0, GONE)]
             asked.done.set()
 
     def _add(self, event: Event) -> None:
@@ -172,11 +226,20 @@ class LiveRun:
         return self.state in ("starting", "running") and not self._stop.is_set()
 
     def ask(self, question: str, timeout_s: float = 300.0) -> list[Event]:
-        """Ask and wait for the answer (asked after the chunk in flight); -> [answer] or [error]."""
-        if not self._thread.is_alive():
-            return [Event("error", 0.0, "no stream is running: press Start first")]
-        asked = Asked(question)
-        self._questions.put(asked)
+        """Ask and wait for the answer (the engine takes it ahead of the stream's next chunk); -> [answer]
+        or [error]."""
+        with self._mutex:  # the stream stays open (see _let_go) until the question is with the engine
+            if self.stream_id is None:
+                starting = self.state == "starting" and not self._closed.is_set()
+                return [Event("error", 0.0, "the stream is still starting: ask once it runs" if starting
+                              else "no stream is running: press Start first")]
+            try:  # checked here: the engine's error event for a bad question would not say which question
+                self.engine.lanes[self.stream_id].stream.question_ids(question)
+            except InputError as err:
+                return [Event("error", 0.0, str(err))]
+            asked = Asked(question)
+            self._asked.append(asked)
+            self.engine.ask(self.stream_id, question)
         if not asked.done.wait(timeout_s):
             return [Event("error", 0.0, f"no answer within {timeout_s:g} s; the engine is busy")]
         return asked.events
@@ -216,9 +279,11 @@ class LiveRun:
             self.source_spec.close()
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Stop everything and free the session and the run's folder."""
+        """Stop everything and free the engine stream (now) and the run's folder."""
         self.stop()
         self._closed.set()
+        self._let_go()
+        self._outbox.put(None)
         self._thread.join(timeout_s)
         with self._mutex:
             if self._transcript is not None:
@@ -228,13 +293,14 @@ class LiveRun:
 
 
 class RunRegistry:
-    """Runs by session key; a model step holds `lock` (one model, one GPU).
+    """Runs by session key, each holding at most one of the engine's `max_runs` slabs.
 
     A --max-streams slot counts only a run that is streaming. A run that ended or was stopped may go
-    on answering questions about what it saw, but it still holds its Session (the model's cache), so
-    it is closed when a new run needs the room (least recently used first), and any run is closed
-    once no client has used it (refresh, question, frame) for `idle_timeout_s`. So at most `max_runs`
-    runs hold a Session at any time, and nobody holds a slot by walking away.
+    on answering questions about what it saw, but it still holds its engine stream (a slab of the
+    cache), so it is closed when a new run needs the room (least recently used first), and any run is
+    closed once no client has used it (refresh, question, frame) for `idle_timeout_s`. So at most
+    `max_runs` runs hold a slab at any time, a new run always finds one free, and nobody holds a slot
+    by walking away.
     """
 
     MAX_NOTES = 1024  # why a key's run was closed, kept for its page to say; oldest forgotten first
@@ -242,7 +308,6 @@ class RunRegistry:
     def __init__(self, max_runs: int, idle_timeout_s: float = 600.0, clock=time.monotonic):
         assert max_runs >= 1 and idle_timeout_s > 0, (max_runs, idle_timeout_s)
         self.max_runs, self.idle_timeout_s, self.clock = max_runs, idle_timeout_s, clock
-        self.lock = threading.Lock()
         self._runs: OrderedDict[str, LiveRun] = OrderedDict()  # least recently used first
         self._used: dict[str, float] = {}
         self._notes: OrderedDict[str, str] = OrderedDict()
@@ -265,7 +330,7 @@ class RunRegistry:
             return self._notes.get(key)
 
     def counts(self) -> tuple[int, int]:
-        """(runs streaming, runs holding a Session)."""
+        """(runs streaming, runs held: each holds a slab)."""
         with self._mutex:
             return sum(run.is_streaming for run in self._runs.values()), len(self._runs)
 

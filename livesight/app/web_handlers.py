@@ -3,18 +3,20 @@ tab (or an API client) is a session key, Gradio's session hash. That key is the 
 it only ever looks a run up in the registry, never names a file or folder."""
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import gradio as gr
 
 from livesight.app.live import LiveRun, RunRegistry
 from livesight.app.source_policy import SourcePolicy
 from livesight.app.transcript import stamp, to_jsonl, to_srt, to_vtt
-from livesight.app.web_inputs import checkbox, question_text, settings_config, source_choice
+from livesight.app.web_inputs import Setting, checkbox, offered, question_text, settings_config, source_choice
 from livesight.app.web_render import (error_html, metrics_rows, plot_frames, render_metrics, render_narration,
                                       render_status)
 from livesight.errors import InputError
-from livesight.streaming.adapter import QwenVLAdapter
+from livesight.streaming.engine import Engine
 from livesight.streaming.events import Event
 from livesight.vision.sources import PushSource
 
@@ -25,12 +27,17 @@ WELCOME = "Choose a source and press **Start**."
 
 @dataclass
 class PageHandlers:
-    adapter: QwenVLAdapter
+    engine: Engine  # every run is one of its streams
     registry: RunRegistry
     policy: SourcePolicy
     upload_dir: str  # Gradio's upload folder: an uploaded video must lie in it
     export_dir: str  # transcripts go to export_dir/<run id>/
-    offload_dir: str | None = None  # each session's folder for spilled blocks goes in here
+    server: Mapping[str, Any]  # the server's engine flags by dest (web_inputs.server_values): each run's base
+
+    @property
+    def settings(self) -> tuple[Setting, ...]:
+        """The Settings controls as this server offers them (its flags are their defaults and limits)."""
+        return offered(self.server)
 
     def start(self, kind, upload, url, realtime, settings: list, request: gr.Request) -> str:
         """Start a run for this session from the raw values of the Source and Settings controls. Start
@@ -38,12 +45,11 @@ class PageHandlers:
         (the refresh would otherwise draw the old run's status over it a second later)."""
         self.registry.close(request.session_hash)
         try:
-            config = settings_config(settings, self.offload_dir)
+            config = settings_config(settings, self.server)
             is_realtime = checkbox(realtime, "Play files at real time")
             source, name = source_choice(kind, upload, url, config.fps, self.policy, self.upload_dir)
             self.registry.start(request.session_hash, lambda: LiveRun(
-                self.adapter, config, source, realtime=is_realtime, lock=self.registry.lock, name=name,
-                parent=self.export_dir))
+                self.engine, config, source, realtime=is_realtime, name=name, parent=self.export_dir))
         except InputError as err:
             return error_html(str(err))
         return "**starting** …"
@@ -58,7 +64,7 @@ class PageHandlers:
         return [], [], render_narration([]), render_metrics(metrics_rows(None, [], [])), f"Reset. {WELCOME}"
 
     def release(self, request: gr.Request) -> None:
-        """The tab closed: its run goes, and with it the slot and the model memory it held."""
+        """The tab closed: its run goes, and with it the slot and the engine slab it held."""
         self.registry.close(request.session_hash)
 
     def refresh(self, request: gr.Request):

@@ -6,13 +6,14 @@ the page's event for Start takes the values raw (preprocess=False) and this modu
 
 import os
 import shutil
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from livesight.app.source_policy import SourcePolicy
 from livesight.errors import InputError
 from livesight.streaming.config import GB, SessionConfig
-from livesight.streaming.options import DEFAULTS, Bound, build_config
+from livesight.streaming.options import DEFAULTS, Bound, build_config, flag
 from livesight.vision.sources import PushSource
 
 VIDEO_TYPES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts")
@@ -23,8 +24,9 @@ MAX_URL_CHARS = 2000
 
 @dataclass(frozen=True)
 class Setting:
-    """One control under Settings: `dest` is the `livesight run` flag's dest name (build_config's key);
-    a slider's range [low, high] is what this page offers, checked on the server as well."""
+    """One control under Settings: `dest` is the engine flag's dest name (build_config's key); a slider's
+    range [low, high] is what this page offers, checked on the server as well. `limit`: why the offer
+    stops at the server's value (said in the message that refuses more)."""
 
     dest: str
     label: str
@@ -34,10 +36,16 @@ class Setting:
     high: float = 0.0
     step: float = 1.0
     choices: tuple = ()
+    limit: str = ""
 
     @property
     def elem_id(self) -> str:
         return self.dest.replace("_", "-")
+
+    @property
+    def interactive(self) -> bool:
+        """False for a switch the server's flag holds off (turned on, it would need more cache)."""
+        return not (self.control == "checkbox" and self.limit and not self.default)
 
     @property
     def is_whole(self) -> bool:
@@ -57,6 +65,50 @@ SETTINGS = (
     Setting("retrieve_top_k", "Moments retrieved (top-k)", "slider", 8, 0, 32, 1),
 )
 LABELS = {s.dest: s.label for s in SETTINGS}
+# Larger values of these make a stream's cache bigger (more visual tokens per chunk, longer windows, more
+# narrated tokens, retrieved blocks). The engine's slabs are sized from the server's flags, so a run may
+# choose at most the server's value; the rest (on/off switches, pruning) cost no cache.
+GROWS_CACHE = frozenset({"fps", "vision_window", "text_window", "narrate_tokens", "retrieve", "retrieve_top_k"})
+
+
+def server_values(flags: Mapping[str, Any], offload_dir: str) -> dict[str, Any]:
+    """The server's engine flags by dest (its engine's config, and every run's starting point). Streams
+    spill into the server's own folder, with a disk budget that disk can hold."""
+    values = {dest: flags[dest] for dest in DEFAULTS if dest in flags}
+    disk_gb = shutil.disk_usage(offload_dir).total / GB
+    return values | {"offload_dir": offload_dir,
+                     "offload_disk_gb": min(values.get("offload_disk_gb", DEFAULTS["offload_disk_gb"]), disk_gb)}
+
+
+def offered(server: Mapping[str, Any]) -> tuple[Setting, ...]:
+    """The Settings controls of a server started with the engine flags `server` (by dest): each starts at
+    the server's value, so a run left at its defaults is the server's own and fits its engine; one that
+    grows the cache goes no higher than the server's value."""
+    return tuple(_offered(s, server) for s in SETTINGS)
+
+
+def _offered(setting: Setting, server: Mapping[str, Any]) -> Setting:
+    value = server.get(setting.dest, DEFAULTS[setting.dest])
+    grows = setting.dest in GROWS_CACHE
+    limit = f"at most this server's {flag(setting.dest)}, which sizes each stream's memory" if grows else ""
+    if setting.control == "checkbox":
+        return replace(setting, default=value, limit=limit)
+    if setting.control == "choice":  # frames per second: those that make whole chunks at the server's chunk length
+        value = int(value) if float(value).is_integer() else value
+        choices = {c for c in setting.choices if (not grows or c <= value) and _accepted(server, setting.dest, c)}
+        return replace(setting, default=value, choices=tuple(sorted(choices | {value})), limit=limit)
+    low = min(setting.low, value)
+    if setting.dest == "vision_window":  # it holds at least one chunk
+        low = max(low, server.get("chunk_seconds", DEFAULTS["chunk_seconds"]))
+    return replace(setting, default=value, low=low, high=value if grows else max(setting.high, value), limit=limit)
+
+
+def _accepted(server: Mapping[str, Any], dest: str, value: Any) -> bool:
+    try:
+        build_config({**server, dest: value})
+    except InputError:
+        return False
+    return True
 
 
 def shown(value: Any, limit: int = 60) -> str:
@@ -71,32 +123,37 @@ def checkbox(value: Any, label: str) -> bool:
     return value
 
 
+def switch(setting: Setting, value: Any) -> bool:
+    """A checkbox's value; one that grows the cache may be on only where the server's is."""
+    if checkbox(value, setting.label) and not setting.interactive:
+        raise InputError(f"{setting.label}: expected off, got on (this server runs with "
+                         f"{flag(setting.dest).replace('--', '--no-', 1)}, which sizes each stream's memory)")
+    return value
+
+
 def number(setting: Setting, value: Any) -> int | float:
     """A slider's or choice's value: a finite number in the page's own range (whole where the control
     steps by whole numbers). The engine's bounds are build_config's to check; these are the page's offer."""
+    limit = f" ({setting.limit})" if setting.limit else ""
     if setting.control == "choice":
         if isinstance(value, bool) or value not in setting.choices:
-            raise InputError(f"{setting.label}: expected one of {', '.join(map(str, setting.choices))}, "
+            raise InputError(f"{setting.label}: expected one of {', '.join(map(str, setting.choices))}{limit}, "
                              f"got {shown(value)}")
         return value
-    bound = Bound(int if setting.is_whole else float, setting.low, setting.high)
+    bound = Bound(int if setting.is_whole else float, setting.low, setting.high, why=setting.limit)
     if isinstance(value, str):  # Bound reads text (it parses flags too); a control sends a JSON number
         raise InputError(f"{setting.label}: expected {bound.describe()}, got {shown(value)}")
     return bound.check(value, setting.label)
 
 
-def settings_config(values: list[Any], offload_dir: str | None = None) -> SessionConfig:
-    """The Settings controls' values, in SETTINGS order -> a validated SessionConfig. offload_dir: where
-    sessions make their folders for spilled blocks (the server's own folder), with a disk budget the
-    disk can hold."""
+def settings_config(values: list[Any], server: Mapping[str, Any]) -> SessionConfig:
+    """The Settings controls' values, in SETTINGS order, over the server's engine flags (`server`, by
+    dest) -> a validated SessionConfig that fits the server's engine."""
     if len(values) != len(SETTINGS):
         raise InputError(f"settings: expected {len(SETTINGS)} values, got {len(values)}")
-    checked = {s.dest: checkbox(v, s.label) if s.control == "checkbox" else number(s, v)
-               for s, v in zip(SETTINGS, values)}
-    if offload_dir is not None:
-        disk_gb = shutil.disk_usage(offload_dir).total / GB
-        checked.update(offload_dir=offload_dir, offload_disk_gb=min(DEFAULTS["offload_disk_gb"], disk_gb))
-    return build_config(checked, LABELS)
+    checked = {s.dest: switch(s, v) if s.control == "checkbox" else number(s, v)
+               for s, v in zip(offered(server), values)}
+    return build_config({**server, **checked}, LABELS)
 
 
 def upload_file(value: Any, upload_dir: str) -> tuple[str, str]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from livesight.app.web_handlers import WELCOME, PageHandlers
-from livesight.app.web_inputs import SETTINGS, SOURCES, VIDEO_TYPES, Setting
+from livesight.app.web_inputs import SOURCES, VIDEO_TYPES, Setting
 from livesight.app.web_render import metrics_rows, render_metrics, render_narration
 
 CSS = """
@@ -26,7 +26,8 @@ def control(setting: Setting) -> gr.components.Component:
     if setting.control == "choice":
         return gr.Dropdown(list(setting.choices), value=setting.default, label=setting.label, elem_id=setting.elem_id)
     if setting.control == "checkbox":
-        return gr.Checkbox(setting.default, label=setting.label, elem_id=setting.elem_id)
+        return gr.Checkbox(setting.default, label=setting.label, elem_id=setting.elem_id,
+                           interactive=setting.interactive)
     return gr.Slider(setting.low, setting.high, setting.default, step=setting.step, label=setting.label,
                      elem_id=setting.elem_id)
 
@@ -65,13 +66,13 @@ def build(handlers: PageHandlers, model_name: str) -> gr.Blocks:
         gr.Markdown(f"# LiveSight\nWatches a video stream, narrates what it sees and answers questions about "
                     f"anything it has seen, with bounded memory. Model: `{html.escape(model_name)}`{noise}.")
         with gr.Row():
-            page = Page(**source_column(), **talk_column(), **numbers_column())
+            page = Page(**source_column(handlers.settings), **talk_column(), **numbers_column())
         wire(page, handlers)
         demo.unload(handlers.release)
     return demo
 
 
-def source_column() -> dict:
+def source_column(settings: tuple[Setting, ...]) -> dict:
     with gr.Column(scale=1, min_width=280):
         c = dict(kind=gr.Radio(list(SOURCES), value=SOURCES[0], label="Source", elem_id="source-kind"),
                  upload=gr.File(label="Video file", file_types=list(VIDEO_TYPES), type="filepath", elem_id="upload"),
@@ -81,7 +82,7 @@ def source_column() -> dict:
                                 visible=False, elem_id="url"),
                  realtime=gr.Checkbox(True, label="Play files at real time", elem_id="realtime"))
         with gr.Accordion("Settings", open=False, elem_id="settings"):
-            c["settings"] = [control(s) for s in SETTINGS]
+            c["settings"] = [control(s) for s in settings]
         with gr.Row():
             c.update(start=gr.Button("Start", variant="primary", elem_id="start"),
                      stop=gr.Button("Stop", elem_id="stop"), reset=gr.Button("Reset", elem_id="reset"))

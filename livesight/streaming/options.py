@@ -122,8 +122,10 @@ def flag(dest: str) -> str:
     return "--" + dest.replace("_", "-")
 
 
-def add_engine_args(p: argparse.ArgumentParser, narrate: bool = True, answer_tokens: int = 64) -> None:
-    """The engine's flags. narrate: narration's default (on: --no-narrate is offered; off: --narrate)."""
+def add_engine_args(p: argparse.ArgumentParser, narrate: bool = True, answer_tokens: int = 64,
+                    offload_dir: bool = True) -> None:
+    """The engine's flags. narrate: narration's default (on: --no-narrate is offered; off: --narrate).
+    offload_dir: offer --offload-dir (a server that keeps all it writes in a folder of its own does not)."""
     d = DEFAULTS
     p.add_argument("--model", default="tiny-random",
                    help="tiny-random | random-3b | random-7b | a local checkpoint folder | a hub id (default %(default)s)")
@@ -159,9 +161,10 @@ def add_engine_args(p: argparse.ArgumentParser, narrate: bool = True, answer_tok
                    help="RAM budget for offloaded KV, GB (default %(default)s)")
     p.add_argument("--offload-disk-gb", type=ENGINE["offload_disk_gb"], default=d["offload_disk_gb"],
                    help="disk budget for offloaded KV, GB (default %(default)s)")
-    p.add_argument("--offload-dir", default=None,
-                   help="folder in which each session makes its own folder for spilled blocks, removed when "
-                        "it ends (default: the system's temporary folder)")
+    if offload_dir:
+        p.add_argument("--offload-dir", default=None,
+                       help="folder in which each session makes its own folder for spilled blocks, removed when "
+                            "it ends (default: the system's temporary folder)")
     add_compression_args(p)
     p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=d["cuda_graphs"],
                    help="on a GPU, replay vision passes and language-model steps from CUDA graphs (default: on)")

@@ -1,5 +1,5 @@
 """The evaluator end to end with tiny-random: protocols, encode-once, resume after SIGKILL,
-several processes, bad input."""
+several processes, videos at once, bad input."""
 
 import json
 import os
@@ -16,6 +16,7 @@ from livesight.eval.__main__ import run as eval_main
 from livesight.eval.results import ResultsLog, read_records
 
 TIMING = ("latency_ms", "ttft_ms")
+APPEND = ResultsLog.append
 
 
 @pytest.fixture(scope="module")
@@ -251,3 +252,123 @@ def test_progress_counts_each_question(bench, tmp_path, capsys, monkeypatch):
     counts = [x.split(": ")[1].split(" ")[0] for x in capsys.readouterr().err.splitlines()
               if x.startswith("eval vqa: ")]
     assert counts == ["1/4", "2/4", "3/4", "4/4", "done,"]
+
+
+@pytest.fixture(scope="module")
+def three(bench, tmp_path_factory):
+    """StreamingBench's format over three videos of two frame sizes: choices (two at one time, one past
+    its video's end) and proactive polls, whose probes depend on earlier answers."""
+    from livesight.vision.synthetic import write_video
+    folder = tmp_path_factory.mktemp("three")
+    shutil.copytree(bench / "videos", folder / "videos")
+    write_video(str(folder / "videos" / "busy.mp4"), 5.0, 30.0, 240, 160, "busy")
+    options = ["A. 1", "B. 2", "C. 3", "D. 4"]
+
+    def choice(t: str, text: str = "How many shapes?") -> dict:
+        return {"task_type": "Counting", "question": text, "time_stamp": t, "answer": "B", "options": options}
+
+    def proactive(t: str, gt: str) -> dict:
+        return {"task_type": "Proactive Output", "question": "Tell me when it turns.", "time_stamp": t,
+                "ground_truth_time_stamp": gt, "ground_truth_output": "Now."}
+    data = [{"video_path": "./videos/shapes.mp4", "questions": [choice("00:00:05"), proactive("00:00:02", "00:00:03"),
+                                                                 choice("00:00:12", "What moved?")]},
+            {"video_path": "./videos/busy.mp4", "questions": [choice("00:00:02"), choice("00:00:02", "What moved?"),
+                                                               proactive("00:00:01", "00:00:02")]},
+            {"video_path": "./videos/quiet.mp4", "questions": [choice("00:00:04"), choice("00:00:01")]}]
+    (folder / "sb.json").write_text(json.dumps(data))
+    return folder
+
+
+def sb_args(three, out, *extra):
+    return ["streamingbench", "--data", str(three / "sb.json"), "--videos", str(three), "--out", str(out),
+            "--vision-window", "2", "--retrieve-top-k", "2", "--answer-tokens", "6", *extra]
+
+
+def lines(out) -> list[dict]:
+    """The results file's records in order, timing left out."""
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in read_records(os.path.join(out, "results.jsonl"))]
+
+
+def appended(monkeypatch, interrupt_after: int | None = None) -> list[str]:
+    """The ids of the records appended to results files from now on, in order (the file itself is
+    sorted into data order at the end); after `interrupt_after` of them, Ctrl-C."""
+    import signal
+    import threading
+    ids = []
+
+    def recorded(self, record):
+        APPEND(self, record)
+        ids.append(record["id"])
+        if len(ids) == interrupt_after:
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+    monkeypatch.setattr(ResultsLog, "append", recorded)
+    return ids
+
+
+@pytest.mark.parametrize("protocol,extra,count", [("stream", [], 8), ("official", ["--tasks", "Counting"], 6)])
+def test_videos_at_once_give_the_results_of_one_at_a_time(three, tmp_path, monkeypatch, protocol, extra, count):
+    """Three videos in one engine at once (official: cuts of them, a stream each) answer, score and
+    append their records, in order, exactly as one video at a time does."""
+    order = {}
+    for k in ("1", "3"):
+        order[k] = appended(monkeypatch)
+        assert eval_main(sb_args(three, tmp_path / k, "--protocol", protocol, "--concurrent", k, *extra)) == 0
+    one, three_at_once = lines(tmp_path / "1"), lines(tmp_path / "3")
+    assert len(one) == count and not any("error" in r for r in one)
+    assert three_at_once == one and order["3"] == order["1"]
+    scores = [{k: v for k, v in summary(tmp_path / k)["scores"].items() if k != "latency_ms"} for k in ("1", "3")]
+    assert scores[0] == scores[1]
+    assert summary(tmp_path / "3")["run"]["frames_encoded"] == summary(tmp_path / "1")["run"]["frames_encoded"]
+
+
+def test_failures_of_videos_at_once_are_those_of_one_at_a_time(three, tmp_path, monkeypatch):
+    """A video damaged past 2.5 s and a question the engine fails mid-way: at once as one at a time,
+    the questions before them are answered and the rest of that video become the same error lines,
+    while the other videos go on."""
+    from livesight.errors import InputError
+    from livesight.streaming.stream import Stream
+    from livesight.vision.sources import VideoFile
+    frame, ask_work = VideoFile.frame, Stream.ask_work
+
+    def damaged(self, index):
+        if self.path.endswith("quiet.mp4") and index >= 75:
+            raise InputError(f"cannot decode frame {index}: damaged")
+        return frame(self, index)
+
+    def failing(self, question, *args, **kwargs):
+        work = ask_work(self, question, *args, **kwargs)
+        result = yield next(work)
+        if "What moved?" in question:
+            raise ValueError("boom")
+        try:
+            while True:
+                result = yield work.send(result)
+        except StopIteration as done:
+            return done.value
+    monkeypatch.setattr(VideoFile, "frame", damaged)
+    monkeypatch.setattr(Stream, "ask_work", failing)
+    for k in ("1", "3"):
+        assert eval_main(sb_args(three, tmp_path / k, "--concurrent", k)) == 0
+    assert lines(tmp_path / "3") == lines(tmp_path / "1")
+    errors = {r["id"].split("/")[-1]: r["error"] for r in lines(tmp_path / "1") if "error" in r}
+    assert errors == {"shapes.mp4#2": "ValueError: boom", "busy.mp4#1": "ValueError: boom",
+                      "busy.mp4#2": "ValueError: boom", "quiet.mp4#0": "InputError: cannot decode frame 75: damaged"}
+
+
+def test_an_interrupted_run_of_videos_at_once_resumes_exactly(three, tmp_path, monkeypatch):
+    """Ctrl-C after two records: the file holds the first records one video at a time appends (a
+    later video's, held until then, are lost) and no error the stopping caused; a resumed run
+    finishes it into the uninterrupted file, line for line."""
+    whole_order = appended(monkeypatch)
+    assert eval_main(sb_args(three, tmp_path / "whole")) == 0
+    assert whole_order != [r["id"] for r in read_records(str(tmp_path / "whole" / "results.jsonl"))], \
+        "a video whose questions finish out of data order"
+    appended(monkeypatch, interrupt_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        eval_main(sb_args(three, tmp_path / "cut", "--concurrent", "3"))
+    cut = read_records(str(tmp_path / "cut" / "results.jsonl"))
+    assert 2 <= len(cut) < len(whole_order) and [r["id"] for r in cut] == whole_order[:len(cut)]
+    assert not any("error" in r for r in cut)
+    monkeypatch.undo()
+    assert eval_main(sb_args(three, tmp_path / "cut", "--concurrent", "3")) == 0
+    assert lines(tmp_path / "cut") == lines(tmp_path / "whole")

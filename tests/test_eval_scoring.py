@@ -19,7 +19,7 @@ OPTIONS = ["A. a red ball", "B. a blue box", "C. a green car", "D. a cat"]
 class ScriptedEngine:
     """Replies from `answer(video name, video seconds, prompt)`; records every probe it was asked."""
 
-    fps, frames_per_chunk = 2.0, 2
+    fps, frames_per_chunk, max_streams = 2.0, 2, 1
 
     def __init__(self, answer):
         self.answer, self.asked, self.passes = answer, [], []

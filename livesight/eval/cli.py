@@ -1,7 +1,7 @@
 """`livesight eval streamingbench | ovobench | vqa`: a benchmark through the streaming engine.
 
     livesight eval streamingbench --data FILE --videos DIR --out DIR [--model …] [--protocol stream|official]
-                                  [--context all|60] [--tasks …] [--limit N] [engine flags]
+                                  [--context all|60] [--tasks …] [--limit N] [--concurrent K] [engine flags]
     accelerate launch --num_processes N -m livesight.eval streamingbench …   (videos sharded over N processes)
 
 Writes OUT/results.jsonl (a line per question, appended as made), OUT/summary.json and
@@ -29,6 +29,7 @@ LOADERS = {"streamingbench": streamingbench.load, "ovobench": ovobench.load, "vq
 log = logging.getLogger("livesight.eval")
 LIMIT = Bound(int, 1, 1_000_000, why="questions; the largest benchmark has a few thousand")
 CONTEXT = Bound(float, 0, STREAM_TIME.high, low_open=True, why="seconds of video before a question")
+CONCURRENT = Bound(int, 1, 256, why="videos evaluated at once, each a stream of one engine")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--tasks", default=None,
                        help="comma-separated task names or abbreviations, e.g. OP,CT (default: every task)")
         p.add_argument("--limit", type=LIMIT, default=None, help="only the first N questions (default: all)")
+        p.add_argument("--concurrent", type=CONCURRENT, default=1,
+                       help="videos (or cuts of one) evaluated at once, batched in one engine; the results are "
+                            "those of one at a time (default %(default)s)")
         p.add_argument("--retry-errors", action="store_true",
                        help="ask again the questions whose results are error lines, a video added or fixed since "
                             "(default: they are kept)")
@@ -162,7 +166,7 @@ def _shard(todo: list, rank: int, world: int) -> list:
 
 
 def _run(args, config, questions: list, everything: list, results: ResultsLog, process: str = "") -> RunStats:
-    from livesight.eval.engine import SessionEngine
+    from livesight.eval.engine import VideoEngine
     from livesight.streaming.adapter import load_adapter
 
     device = resolve_device(args.device)
@@ -174,7 +178,7 @@ def _run(args, config, questions: list, everything: list, results: ResultsLog, p
     longest = max((len(adapter.tokenizer.encode(p, add_special_tokens=False)) for q in everything
                    for p in [q.prompt, q.poll_prompt] + [p.prompt for p in q.probes]), default=0)
     config = dataclasses.replace(config, max_question_tokens=max(config.max_question_tokens, longest))
-    engine = SessionEngine(adapter, config)
+    engine = VideoEngine(adapter, config, args.concurrent)
     try:
         with progress(len(questions), f"eval {args.benchmark}{process}", unit="questions") as bar:
             def write(record: dict) -> None:

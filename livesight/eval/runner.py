@@ -1,16 +1,19 @@
 """The evaluator's loop: each video's questions through an engine, in either protocol.
 
 stream (default): one pass over each video; every probe is asked when the stream reaches its
-time, the model having seen only what came before. Answers leave no trace in the session
-(`Session.ask(remember=False)`), so a question never sees another and a resumed video gives the
+time, the model having seen only what came before. Answers leave no trace in the stream
+(`ask(remember=False)`), so a question never sees another and a resumed video gives the
 same answers. official: a fresh stream over the video cut at each probe's time (from 0, or the
 last `context` seconds), as StreamingBench's script does, for comparison with the leaderboard.
 
 An engine opens videos (`video(path)` -> something with `.duration`) and passes
-(`open(video, start, seconds)` -> `.frames`, `advance(t)`, `ask(prompt, max_tokens)`, `close()`);
-`SessionEngine` is the real one (engine.py), tests script others.
+(`open(video, start, seconds)` -> `.frames`, `advance(t)`, `ask(prompt, max_tokens)`, `close()`),
+`max_streams` of them at once: that many videos are evaluated at once, each in a thread of its own,
+and their records are written in the order one video at a time writes them. A failure the engine
+reports on a pass raises StreamFailed. `VideoEngine` is the real one (engine.py), tests script others.
 """
 
+import dataclasses
 import heapq
 import logging
 import math
@@ -19,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from livesight.errors import InputError
+from livesight.eval.at_once import InOrder, each
 from livesight.eval.questions import Question, resolve_video
 from livesight.eval.scoring import said_yes, score
 
@@ -36,12 +40,21 @@ class RunStats:
     video_s: float = 0.0  # video seconds streamed
     stream_s: float = 0.0  # wall seconds feeding video into the engine, of which
     wait_s: float = 0.0  # waiting for frames to decode
-    ask_s: float = 0.0  # wall seconds answering
+    ask_s: float = 0.0  # wall seconds answering (each summed over passes, which overlap when videos run at once)
 
     def add_pass(self, session_pass) -> None:
         self.frames_encoded += session_pass.frames
         for name in ("stream_s", "wait_s", "ask_s"):
             setattr(self, name, getattr(self, name) + getattr(session_pass, name, 0.0))
+
+    def add(self, other: "RunStats") -> None:
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+
+
+class StreamFailed(Exception):
+    """A pass's stream failed, in the engine's words (a chunk or a question failed, its offload store
+    broke, the engine stopped): the questions it had left become error records."""
 
 
 class Plan:
@@ -109,8 +122,9 @@ def error_record(q: Question, kind: str, message: str) -> dict:
 
 def evaluate(questions: list[Question], engine, videos_dir: str, write: Callable[[dict], None],
              protocol: str = "stream", context: float | None = None, answer_tokens: int | None = None) -> RunStats:
-    """Ask `questions` (those not done yet) video by video; each record goes to `write` as soon as
-    it is made. A malformed row, or a video that is missing or cannot be read, becomes error records."""
+    """Ask `questions` (those not done yet), `engine.max_streams` videos at once; each record goes to
+    `write` as soon as it is made and every record before it is written. A malformed row, or a video
+    that is missing or cannot be read, becomes error records."""
     stats = RunStats()
     by_video: dict[str, list[Question]] = {}
     for q in questions:
@@ -119,36 +133,56 @@ def evaluate(questions: list[Question], engine, videos_dir: str, write: Callable
             stats.errors += 1
         else:
             by_video.setdefault(q.video, []).append(q)
-    for name, items in by_video.items():
-        start = time.perf_counter()
+    videos = list(by_video.items())
+    parts = [RunStats() for _ in videos]
+    order = InOrder(write, len(videos))
+
+    def one(i: int) -> None:
+        name, items = videos[i]
         try:
-            path = resolve_video(videos_dir, name)
-            video = engine.video(path)
-        except (ValueError, OSError) as err:  # InputError is a ValueError: unreadable, empty, ...
-            kind = "video_missing" if isinstance(err, FileNotFoundError) else "video_unreadable"
-            for q in items:
-                write(error_record(q, kind, str(err).splitlines()[0]))
-            stats.errors += len(items)
-            continue
-        plans = [Plan(q, video.duration, answer_tokens) for q in items]
-        late = [q.time_stamp or f"{q.t:g}" for q in items if q.t > video.duration + 1e-6]
-        if late:
-            log.warning("%s is %.1f s long: time stamps %s lie past its end and are asked at the end",
-                        name, video.duration, ", ".join(late))
-        if protocol == "stream":
-            _stream(engine, video, plans, write, stats)
-        else:
-            _official(engine, video, plans, context, write, stats)
-        stats.videos += 1
-        span = max(p.replies[-1]["t"] if p.replies else 0.0 for p in plans)
-        stats.frames_span += _frames_until(span, engine)
-        stats.video_s += span
-        unfinished = [p for p in plans if p.next() is not None]
-        for p in unfinished:
-            write(error_record(p.q, "failed", p.error))
-        stats.errors += len(unfinished)
-        log.info("%s: %d questions in %.1f s", name, len(items), time.perf_counter() - start)
+            _video(engine, videos_dir, name, items, order.writer(i), protocol, context, answer_tokens, parts[i])
+        finally:
+            order.finish(i)
+    try:
+        each(one, len(videos), engine.max_streams)
+    finally:
+        order.close()
+    for part in parts:
+        stats.add(part)
     return stats
+
+
+def _video(engine, videos_dir: str, name: str, items: list[Question], write, protocol: str, context: float | None,
+           answer_tokens: int | None, stats: RunStats) -> None:
+    """One video's questions, in one pass or a cut per probe."""
+    start = time.perf_counter()
+    try:
+        path = resolve_video(videos_dir, name)
+        video = engine.video(path)
+    except (ValueError, OSError) as err:  # InputError is a ValueError: unreadable, empty, ...
+        kind = "video_missing" if isinstance(err, FileNotFoundError) else "video_unreadable"
+        for q in items:
+            write(error_record(q, kind, str(err).splitlines()[0]))
+        stats.errors += len(items)
+        return
+    plans = [Plan(q, video.duration, answer_tokens) for q in items]
+    late = [q.time_stamp or f"{q.t:g}" for q in items if q.t > video.duration + 1e-6]
+    if late:
+        log.warning("%s is %.1f s long: time stamps %s lie past its end and are asked at the end",
+                    name, video.duration, ", ".join(late))
+    if protocol == "stream":
+        _stream(engine, video, plans, write, stats)
+    else:
+        _official(engine, video, plans, context, write, stats)
+    stats.videos += 1
+    span = max(p.replies[-1]["t"] if p.replies else 0.0 for p in plans)
+    stats.frames_span += _frames_until(span, engine)
+    stats.video_s += span
+    unfinished = [p for p in plans if p.next() is not None]
+    for p in unfinished:
+        write(error_record(p.q, "failed", p.error))
+    stats.errors += len(unfinished)
+    log.info("%s: %d questions in %.1f s", name, len(items), time.perf_counter() - start)
 
 
 def _frames_until(t: float, engine) -> int:
@@ -211,9 +245,11 @@ def _official(engine, video, plans: list[Plan], context: float | None, write, st
 
 
 def _fail(plans: list[Plan], err: Exception) -> None:
-    """The plans with probes left become error records (evaluate writes them)."""
-    if not isinstance(err, InputError):
+    """The plans with probes left become error records (evaluate writes them). A failure the engine
+    reported comes in its words, already named; no trace of ours would say more."""
+    if not isinstance(err, (InputError, StreamFailed)):
         log.exception("evaluation failed")
+    text = str(err).splitlines()[0] if str(err) else ""
     for plan in plans:
         if plan.next() is not None:
-            plan.error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            plan.error = text if isinstance(err, StreamFailed) else f"{type(err).__name__}: {text}"

@@ -48,7 +48,7 @@ def test_building_the_eval_and_bench_parsers_imports_no_torch():
 def test_every_flag_has_a_help_that_shows_its_default():
     names = commands()
     assert set(names) == {"eval streamingbench", "eval ovobench", "eval vqa", "bench fidelity", "bench compression",
-                          "bench speed"}
+                          "bench speed", "bench streams"}
     for name, parser in names.items():
         formatter = parser._get_formatter()
         for action in flags(parser):
@@ -84,7 +84,9 @@ def test_every_typed_flag_is_a_bound():
     expected = {("eval vqa", f) for f in ("--limit", "--context", "--fps", "--answer-tokens", "--vision-window")} | {
         ("bench speed", f) for f in ("--seconds", "--fps", "--window", "--peak-tflops", "--ask-every")} | {
         ("bench fidelity", f) for f in ("--tokens", "--window", "--trials", "--chunk")} | {
-        ("bench compression", "--seconds")}
+        ("bench compression", "--seconds")} | {
+        ("bench streams", f) for f in ("--streams", "--baseline-streams", "--seconds", "--warmup-seconds",
+                                       "--ask-every", "--latency-bound", "--memory-seconds")}
     assert expected <= set(numeric_flags())
 
 

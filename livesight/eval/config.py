@@ -4,6 +4,7 @@ here: `livesight --help` and every flag's default come from these without loadin
 from dataclasses import dataclass
 
 from livesight.errors import InputError
+from livesight.streaming.config import SessionConfig
 from livesight.vision.synthetic import SCENES
 
 POLICIES = ("dense", "window", "sink+window")
@@ -78,3 +79,54 @@ class CompressionBenchConfig:
     width: int = 640
     height: int = 360
     scenes: tuple[str, ...] = SCENES
+
+
+ARRIVALS = ("spread", "together")
+SHORTENED_MAX = 0.01  # the share of a run's chunks that may narrate short and still count as real time
+
+
+@dataclass(frozen=True)
+class StreamsConfig:
+    """`livesight bench streams`: many live streams in one engine against today's way (Sessions taking
+    turns under one lock), stream count by stream count."""
+
+    model: str = "tiny-random"
+    device: str = "cpu"
+    streams: tuple[int, ...] = (1, 8, 16, 32, 64, 128)
+    narrate_tokens: tuple[int, ...] = (20, 0)  # one measured mode each; 0: no narration
+    seconds: float = 20.0  # stream seconds measured at each count, after the warm-up
+    warmup_s: float = 20.0  # stream seconds before: the window fills and blocks are offloaded
+    fps: float = 2.0
+    window_s: float = 16.0
+    compression: bool = True
+    retrieval: bool = True
+    ask_every_s: float = 4.0  # a question to one random stream every so many seconds of the measured run
+    baseline_streams: tuple[int, ...] = (1, 8)  # where today's way is measured
+    arrivals: str = "spread"  # spread: stream i's chunks arrive at i/N of each chunk period; together: all at once
+    latency_bound_s: float = 2.0  # the p99 chunk-to-caption latency a stream in real time stays under
+    offload_ram_gb: float = 1.0  # each stream's RAM budget for offloaded blocks (no disk: a bench must not spill)
+    stop_at_miss: bool = False  # a mode stops at its first count that misses real time (larger ones would too)
+    memory_seconds: float = 0.0  # a longer run at the headline count, for memory over time; 0: none
+    bandwidth_tbs: float = 4.3  # the floor estimate's memory bandwidth (DESIGN §5: H200 measured copy)
+    peak_tflops: float = 790.0  # and its matmul rate (H200 bf16 measured)
+    width: int = 640  # the frames' size before fitting the model's (as bench speed)
+    height: int = 360
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.streams or min(self.streams) < 1 or list(self.streams) != sorted(set(self.streams)):
+            raise InputError(f"bench streams: --streams must be increasing counts >= 1, got {self.streams}")
+        if not self.narrate_tokens or min(self.narrate_tokens) < 0:
+            raise InputError(f"bench streams: narrated tokens must be >= 0, got {self.narrate_tokens}")
+        if min(self.baseline_streams, default=1) < 1:
+            raise InputError(f"bench streams: --baseline-streams must be counts >= 1, got {self.baseline_streams}")
+        if self.arrivals not in ARRIVALS:
+            raise InputError(f"bench streams: --arrivals must be one of {', '.join(ARRIVALS)}, got {self.arrivals!r}")
+        if self.seconds < self.chunk_s or self.warmup_s < 0 or self.memory_seconds < 0 or self.ask_every_s <= 0:
+            raise InputError(f"bench streams: --seconds >= one chunk ({self.chunk_s:g} s), --warmup-seconds >= 0, "
+                             f"--memory-seconds >= 0, --ask-every > 0")
+
+    @property
+    def chunk_s(self) -> float:
+        """One chunk's stream seconds (the engine's default): the pacing period."""
+        return SessionConfig.chunk_seconds

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Many live streams on one H200 (results/streams/h200/), through the device tool from the repo root, in ONE
+# command (carry .whl: transformers 5.23.0 and decord 0.6.0 wheels for Python 3.12), timeout_s 600:
+#   bash scripts/gpu_streams.sh
+# Stages, each time-boxed (worst case 20 + 400 + 80 + 80 = 580 s; expected about 8 minutes):
+#   streams (≤ 400 s, about 5.5 min expected): livesight bench streams on random-7b, counts 1 … 256, with 20
+#            narrated tokens and without, compression and retrieval on, 2 fps, 16-s window, mixed scenes,
+#            chunks spread over each second, a question every second of the measured run to a random stream;
+#            20 s of warm-up and 6 s measured per count; each mode stops at its first count that misses real
+#            time (--stop-at-miss); today's way (Sessions under one lock) at 1 and 4 streams, last.
+#            Per run: ~10 s of pacing plus the warm-up (fed as fast as the engine takes it) and the streams'
+#            start; the model loads once (~40 s). streams.json and streams.md are rewritten after every run,
+#            so a stage cut at its limit still returns every count it finished ("finished": false).
+#   speed    (≤ 80 s each): livesight bench speed, one stream, as results/speed/ was measured but shorter (the
+#            tool's 10 minutes hold this whole script): 300 s without narration, 120 s with 20 narrated tokens;
+#            each loads the model again.
+# What comes back ($OUT, at most the tool's 8 files): gpu.txt, streams.json, streams.md, streams.png,
+# streams.log, speed.log, speed_nonarrate/speed.json, speed_narrate/speed.json. Here, afterwards:
+#   mkdir -p results/streams/h200 && cp -r <files_at>/* results/streams/h200/
+#   python -m livesight.eval.streams_report --render results/streams/h200     # if streams.png is missing
+#   python -m livesight.eval.speed_report --render results/streams/h200/speed_narrate   # and _nonarrate
+# GPU memory over a long run at the headline count is a separate run (not in this budget), e.g.:
+#   python3 -m livesight bench streams --model random-7b --streams N --narration on --baseline-streams none \
+#     --seconds 6 --memory-seconds 1800 --out /tmp/memory
+set -uo pipefail
+started=$SECONDS
+stamp() { echo "[$((SECONDS - started)) s] $*"; }
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+OUT=${OUT:-out}; mkdir -p "$OUT"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+} | tee "$OUT/gpu.txt"
+
+stamp "streams: bench streams on random-7b (at most 400 s); a line per run"
+timeout 400 python3 -m livesight bench streams --model random-7b --streams 1,8,16,32,64,128,192,256 \
+  --narration both --narrate-tokens 20 --seconds 6 --warmup-seconds 20 --ask-every 1 --baseline-streams 1,4 \
+  --stop-at-miss --out /tmp/streams 2>&1 | tee /tmp/streams.log | grep -v "^|"
+stamp "streams: exit ${PIPESTATUS[0]}"
+cp /tmp/streams/streams.json /tmp/streams/streams.md /tmp/streams.log "$OUT/"
+cp /tmp/streams/streams.png "$OUT/" 2>/dev/null || echo "no streams.png (cut short): render it from streams.json"
+grep -E "^\| (engine|today)" /tmp/streams/streams.md
+
+speed() {  # name, then bench speed's arguments
+  local name=$1; shift
+  stamp "speed $name (at most 80 s)"
+  mkdir -p "$OUT/speed_$name"
+  timeout 80 python3 -m livesight bench speed --model random-7b --baseline-seconds 0 --out "/tmp/speed_$name" "$@" \
+    > "/tmp/speed_$name.md" 2>> /tmp/speed.log
+  stamp "speed $name: exit $?"
+  cp "/tmp/speed_$name/speed.json" "$OUT/speed_$name/"
+  grep -E "real-time factor|chunk latency|decode per token|time to first token" "/tmp/speed_$name.md"
+}
+speed nonarrate --seconds 300 --ask-every 150
+speed narrate --seconds 120 --narrate-tokens 20 --ask-every 60
+cp /tmp/speed.log "$OUT/"
+stamp "done"

@@ -34,7 +34,7 @@ OUT=${OUT:-out}; mkdir -p "$OUT"
 
 stamp "streams: bench streams on random-7b (at most 400 s); a line per run"
 timeout 400 python3 -m livesight bench streams --model random-7b --streams 1,8,16,32,64,128,192,256 \
-  --narration both --narrate-tokens 20 --seconds 6 --warmup-seconds 20 --ask-every 1 --baseline-streams 1,4 \
+  --narration both --narrate-tokens 20 --seconds 6 --warmup-seconds 16 --ask-every 1 --baseline-streams 1,4 \
   --stop-at-miss --out /tmp/streams 2>&1 | tee /tmp/streams.log | grep -v "^|"
 stamp "streams: exit ${PIPESTATUS[0]}"
 cp /tmp/streams/streams.json /tmp/streams/streams.md /tmp/streams.log "$OUT/"

@@ -112,6 +112,7 @@ class StreamsConfig:
     width: int = 640  # the frames' size before fitting the model's (as bench speed)
     height: int = 360
     seed: int = 0
+    partial: bool = False  # partial re-encoding of a chunk that changed a little (off: the batched full pass)
 
     def __post_init__(self) -> None:
         if not self.streams or min(self.streams) < 1 or list(self.streams) != sorted(set(self.streams)):

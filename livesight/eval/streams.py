@@ -26,7 +26,7 @@ LIVE_WARMUP_S = 2.0  # the warm-up's last stream seconds, paced live like the me
 
 
 def session_config(cfg: StreamsConfig, narrate_tokens: int) -> SessionConfig:
-    compression = CompressionConfig(reuse=cfg.compression, prune=cfg.compression)
+    compression = CompressionConfig(reuse=cfg.compression, prune=cfg.compression, partial=cfg.partial)
     retrieval = RetrievalConfig(enabled=cfg.retrieval, ram_gb=cfg.offload_ram_gb, disk_gb=0.0)
     return SessionConfig(fps=cfg.fps, vision_window_s=cfg.window_s, narrate=narrate_tokens > 0,
                          narrate_tokens=narrate_tokens, compression=compression, retrieval=retrieval)

@@ -65,6 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="vision window, seconds (default %(default)s)")
     parser.add_argument("--compression", action=argparse.BooleanOptionalAction, default=d.compression,
                         help="encoder reuse and token pruning (default: on)")
+    parser.add_argument("--partial", action=argparse.BooleanOptionalAction, default=d.partial,
+                        help="re-encode only the changed regions of a chunk, per stream (default: off: a changed "
+                             "chunk gets the full vision pass, batched across streams)")
     parser.add_argument("--retrieval", action=argparse.BooleanOptionalAction, default=d.retrieval,
                         help="offload evicted video and retrieve for each question (default: on)")
     parser.add_argument("--ask-every", type=Bound(float, 0, 3600, low_open=True, why="seconds"),
@@ -105,7 +108,7 @@ def config_from(args) -> StreamsConfig:
     return StreamsConfig(args.model, resolve_device(args.device), args.streams, modes, args.seconds,
                          args.warmup_seconds, args.fps, args.window, args.compression, args.retrieval, args.ask_every,
                          args.baseline_streams, args.arrivals, args.latency_bound, ram_gb, args.stop_at_miss,
-                         args.memory_seconds, args.bandwidth_tbs, args.peak_tflops)
+                         args.memory_seconds, args.bandwidth_tbs, args.peak_tflops, partial=args.partial)
 
 
 def main(args) -> int:

@@ -3,7 +3,7 @@
 - engine: one Engine holding every stream (a slab of its pool each), stepped by its own thread; each
   step runs every ready stream's work in one batched pass.
 - today: one Session per stream (its own cache and CUDA graphs), each in a thread of its own running
-  run_stream, every model step under one lock, as the web UI's runs share the model (app/live.py).
+  run_stream (turns.py), every model step under one lock, as the web UI's runs shared the model before.
   Streams take turns chunk by chunk, so its cost is linear in N.
 
 Both are fed the same way (put, ask) and report into the same EventLog: a chunk's latency from its
@@ -26,7 +26,7 @@ from livesight.streaming.chunker import Chunk
 from livesight.streaming.config import SessionConfig
 from livesight.streaming.engine import MAX_PENDING, Engine
 from livesight.streaming.events import Event
-from livesight.streaming.loop import run_stream
+from livesight.eval.turns import run_stream
 from livesight.streaming.session import Session
 from livesight.streaming.stream import stream_bytes
 
@@ -36,7 +36,7 @@ class EngineWay:
 
     def __init__(self, adapter: QwenVLAdapter, config: SessionConfig, num_streams: int, size: tuple[int, int],
                  log: EventLog):
-        self.engine = Engine(adapter, config, max_streams=num_streams)
+        self.engine = Engine(adapter, config, max_streams=num_streams, max_frame=size)
         self.steps = StepTimes(self.engine)
         outbox: "queue.Queue" = queue.Queue()
         self.ids = [self.engine.open(size, live=True, name=f"s{i}", outbox=outbox) for i in range(num_streams)]

@@ -1,4 +1,6 @@
-"""The engine loop shared by every front end: chunks and questions in, events out."""
+"""The baseline `bench streams` measures against: how the front ends served several streams before the
+engine, one Session per stream, taking turns on the model under one lock, chunk by chunk. Chunks and
+questions in, events out."""
 
 import contextlib
 import queue

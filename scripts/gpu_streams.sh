@@ -32,6 +32,8 @@ OUT=${OUT:-out}; mkdir -p "$OUT"
   python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 } | tee "$OUT/gpu.txt"
 
+stamp "engine tests on the GPU: the slab kernel, each stream equal to the stream alone (fp32 eager, bf16 graphs)"
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_engine.py tests/test_slab_attention.py 2>&1 | tail -3
 stamp "streams: bench streams on random-7b (at most 400 s); a line per run"
 timeout 400 python3 -m livesight bench streams --model random-7b --streams 1,8,16,32,64,128,192,256 \
   --narration both --narrate-tokens 20 --seconds 6 --warmup-seconds 16 --ask-every 1 --baseline-streams 1,4 \

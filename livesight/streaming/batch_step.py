@@ -2,10 +2,10 @@
 
 Each stream's step (a chunk's prefill, a question, one decode token) is packed after the others';
 token i is written to its stream's slab of the KV pool and attends only to that slab
-(kernels/slab_attention.py). On a GPU, steps that repeat shape by shape (batched decode: one token per
-stream; a single stream's step) run at bucketed shapes replayed from CUDA graphs, their padding rows
-written to the pool's spare slab; steps that mix prefills vary too much to capture and are large
-enough not to wait on kernel launches, so they run eagerly.
+(kernels/slab_attention.py). On a GPU, a step of up to GRAPH_MAX_ROWS rows runs at a bucketed
+shape (rows, streams) replayed from a CUDA graph, its padding rows written to the pool's spare slab:
+eagerly, a 7B step waits on the host launching ~700 kernels, 20-30 ms, whether it carries one token
+or a hundred. Larger steps are compute-bound and run eagerly.
 """
 
 import dataclasses
@@ -67,18 +67,20 @@ class BatchStep:
                 padded: bool) -> torch.Tensor:
         """-> hidden states (N, hidden) of the packed rows."""
         num_rows, device = embeds.shape[0], self.pool.key_buffer.device
-        decode = all(n == 1 for _, _, n, _ in segments)
-        if self.graphs and (decode or len(segments) == 1) and num_rows <= GRAPH_MAX_ROWS:
-            return self._replayed(embeds, positions, segments, padded, decode)[:num_rows]
+        if self.graphs and num_rows <= GRAPH_MAX_ROWS:
+            return self._replayed(embeds, positions, segments, padded)[:num_rows]
         report("lm_batch", "eager")
         slabs, slots = self._slots(segments, 0)
         plan = slab_plan(segments, num_rows, self.groups, self.pool.slab_capacity, self.adapter.num_kv_heads, device)
         return self.adapter.pool_hidden(embeds.to(device, non_blocking=True), positions.to(device, non_blocking=True),
                                         self.pool, slabs, slots, plan, padded)
 
-    def _replayed(self, embeds, positions, segments, padded: bool, decode: bool) -> torch.Tensor:
-        """The step at (rows, segments) rounded up to buckets, from a CUDA graph captured once per bucket."""
+    def _replayed(self, embeds, positions, segments, padded: bool) -> torch.Tensor:
+        """The step at (rows, segments) rounded up to buckets, from a CUDA graph captured once per bucket
+        (and per kind: a batched decode, every segment one token, runs other kernels than a step with
+        prefills)."""
         num_rows, device = embeds.shape[0], self.pool.key_buffer.device
+        decode = all(n == 1 for _, _, n, _ in segments)
         rows = row_bucket(num_rows)
         num_segments = 1 << (len(segments) - 1).bit_length()
         num_blocks = slab_plan_blocks(rows, num_segments, self.groups, decode)

@@ -126,8 +126,6 @@ def test_a_video_damaged_mid_way_ends_with_an_error_event_answers_and_a_summary(
     assert proc.returncode == 2 and proc.stderr == f"livesight: error: {error['text']}\n", proc.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="Engine.end(error) emits the error at once, ahead of the chunks still queued, "
-                                        "at the stream's time then; it should come after them, where the source broke")
 def test_a_damaged_videos_error_comes_where_it_broke(damaged_run):
     proc, events = damaged_run
     types = [e["type"] for e in events]

@@ -82,8 +82,8 @@ class BatchStep:
         num_rows, device = embeds.shape[0], self.pool.key_buffer.device
         decode = all(n == 1 for _, _, n, _ in segments)
         rows = row_bucket(num_rows)
-        num_segments = 1 << (len(segments) - 1).bit_length()
-        num_blocks = slab_plan_blocks(rows, num_segments, self.groups, decode)
+        # a table for as many streams as the pool holds: one graph per row bucket, whatever the mix of streams
+        num_blocks = slab_plan_blocks(rows, min(rows, self.pool.num_slabs), self.groups, decode)
         plan = slab_plan(segments, rows, self.groups, self.pool.slab_capacity, self.adapter.num_kv_heads, device,
                          num_blocks)
         pad = rows - num_rows

@@ -159,7 +159,7 @@ class Engine:
         try:
             with self._model:  # its sink prefill runs the model: not during a step
                 stream = Stream(self.adapter, config, frame_size, cache=lambda n: taken.append(self._take_slab(n))
-                                or taken[-1], vision_graphs=self.pool.num_slabs == 1)
+                                or taken[-1])
             with self._lock:
                 if name in self.lanes:
                     raise InputError(f"a stream named {name!r} is open already")

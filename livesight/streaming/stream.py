@@ -97,12 +97,10 @@ def cache_capacity(config: SessionConfig, tokens_per_chunk: int, chat: ChatIds) 
 
 class Stream:
     def __init__(self, adapter: QwenVLAdapter, config: SessionConfig, frame_size: tuple[int, int],
-                 cache: Callable[[int], StreamCache] | None = None, vision_graphs: bool = True):
+                 cache: Callable[[int], StreamCache] | None = None):
         """frame_size: (height, width) of the source; every chunk is resized to one patch-aligned size.
         cache: given the capacity, the stream's cache (a slab of the engine's pool); None: allocate one
-        (after checking it fits) and run language-model steps from CUDA graphs of its own on a GPU.
-        vision_graphs: the encoder may capture CUDA graphs of its own (an engine of many streams batches
-        their vision passes instead, and a graph per stream would cost memory and capture stalls)."""
+        (after checking it fits) and run language-model steps from CUDA graphs of its own on a GPU."""
         self.adapter, self.config = adapter, config
         self.policy = WindowPolicy(config.vision_window_s, config.text_sink, config.text_window)
         max_pixels = config.max_pixels or adapter.loaded.max_pixels
@@ -111,8 +109,7 @@ class Stream:
         compress = config.compression
         self.encoder = adapter.vision_encoder(self.size, config.frames_per_chunk,
                                               compress.reuse_threshold if compress.reuse else None,
-                                              None if config.cuda_graphs and vision_graphs else False,
-                                              compress.partial)
+                                              None if config.cuda_graphs else False, compress.partial)
         self.chat = adapter.chat_ids()
         self.stop_ids = self.chat.stop_ids
         self.num_wrapper = len(self.chat.chunk_open) + len(self.chat.chunk_close)

@@ -31,6 +31,9 @@ from livesight.kernels import segment_attention, token_change, varlen_attention
 from livesight.kernels.dispatch import report
 from livesight.kernels.graphs import GraphReplay
 
+# full passes batched into one eager pass from this many chunks on; fewer replay each encoder's graph
+# (eagerly a pass waits on ~1,500 kernel launches, ~20 ms at 7B; a graph replays one chunk in ~3 ms)
+BATCH_MIN = 8
 MAX_PARTIAL = 0.5  # past this share of changed tokens a full pass costs about the same, and is exact
 MAX_STALE = 1.0  # partial passes since the last full one may recompute this many frames' worth of tokens
 
@@ -89,7 +92,7 @@ class Layout:
 
 class VisionEncoder:
     def __init__(self, visual, grid: tuple[int, int, int], reuse_threshold: float | None, graphs: bool | None = None,
-                 partial: bool = True):
+                 partial: bool = True, graph_pool=None):
         """visual: transformers' Qwen2.5-VL vision tower; grid: one chunk's patch grid (t, h, w);
         reuse_threshold: mean absolute pixel change (0..1) up to which a token counts as unchanged,
         None to encode every chunk in full; graphs: replay CUDA graphs (default: on a GPU)."""
@@ -126,6 +129,7 @@ class VisionEncoder:
         self.ref: torch.Tensor | None = None  # (T, 3, H, W) the pixels each token's cached output came from
         self.stale = 0.0  # share of tokens recomputed by partial passes since the last full pass
         self._replays: dict = {}
+        self._graph_pool = graph_pool  # shared by encoders whose passes never run at once (one engine's streams)
 
     def reset(self) -> None:
         """Forget the cached chunk (a new stream): the next chunk runs the full pass."""
@@ -191,7 +195,7 @@ class VisionEncoder:
             return fn(*inputs)
         report("vision_encoder", "cuda-graph")
         if key not in self._replays:
-            self._replays[key] = GraphReplay(fn, list(inputs))
+            self._replays[key] = GraphReplay(fn, list(inputs), self._graph_pool)
         return self._replays[key](*inputs)
 
     def _full_pass(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -277,7 +281,7 @@ def encode_batch(items: list[Item]) -> list[tuple[torch.Tensor, EncodeStats]]:
     """One tick of many streams: items (encoder, frames (T, 3, H, W), pixels (patches, P)), one per
     stream, as each encoder's `encode` takes them -> [encoder.encode(frames, pixels) for each], and
     every encoder left as its own encode would leave it. The chunks that need the full pass run in one
-    tower pass (one alone keeps its encoder's own path: its CUDA graph on a GPU); reused and partial
+    tower pass (on a GPU, fewer than BATCH_MIN replay their encoders' CUDA graphs); reused and partial
     chunks run per encoder, as in encode. Encoders may differ in grid, not in vision tower."""
     _check_batch(items)
     plans = [encoder.plan(frames) for encoder, frames, _ in items]
@@ -289,11 +293,9 @@ def encode_batch(items: list[Item]) -> list[tuple[torch.Tensor, EncodeStats]]:
 
 def _full_outputs(items: list[Item]) -> list[torch.Tensor]:
     """The full pass of every item's chunk -> each one's tokens (tokens, out_dim) row-major."""
-    if len(items) == 1:
-        encoder, _, pixels = items[0]
-        return [encoder._full_output(pixels)]
-    if not items:
-        return []
+    if len(items) <= 1 or (len(items) < BATCH_MIN and all(encoder.graphs for encoder, _, _ in items)):
+        # each output copied at once: the next encoder's graph may share its memory pool
+        return [encoder._full_output(pixels).clone() for encoder, _, pixels in items]
     report("vision_encoder", "batched-eager")  # its shape changes tick to tick: no graph to replay
     encoders = [encoder for encoder, _, _ in items]
     layout = Layout.concat([encoder.layout for encoder in encoders])

@@ -217,7 +217,6 @@ class QwenVLAdapter(TextAdapter):
         self.patch, self.merge, self.temporal = vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size
         self.tokens_per_second = vision.tokens_per_second
         self.video_token_id = model.config.video_token_id
-        self._vision_pool = None  # one memory pool for every encoder's CUDA graphs: one thread replays them
         self.fuse(True)
 
     def fuse(self, on: bool) -> None:
@@ -266,10 +265,7 @@ class QwenVLAdapter(TextAdapter):
                        graphs: bool | None = None, partial: bool = True) -> VisionEncoder:
         """The encoder for chunks of `num_frames` frames of `size`; reuse_threshold None: no reuse;
         graphs: replay CUDA graphs (None: on a GPU); partial: re-encode only changed regions."""
-        if self._vision_pool is None and self.device.type == "cuda":
-            self._vision_pool = torch.cuda.graph_pool_handle()
-        return VisionEncoder(self.visual, self.patch_grid(size, num_frames), reuse_threshold, graphs, partial,
-                             self._vision_pool)
+        return VisionEncoder(self.visual, self.patch_grid(size, num_frames), reuse_threshold, graphs, partial)
 
     @torch.inference_mode()
     def to_pixels(self, frames: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:

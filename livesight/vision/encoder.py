@@ -92,7 +92,7 @@ class Layout:
 
 class VisionEncoder:
     def __init__(self, visual, grid: tuple[int, int, int], reuse_threshold: float | None, graphs: bool | None = None,
-                 partial: bool = True, graph_pool=None):
+                 partial: bool = True):
         """visual: transformers' Qwen2.5-VL vision tower; grid: one chunk's patch grid (t, h, w);
         reuse_threshold: mean absolute pixel change (0..1) up to which a token counts as unchanged,
         None to encode every chunk in full; graphs: replay CUDA graphs (default: on a GPU)."""
@@ -129,7 +129,6 @@ class VisionEncoder:
         self.ref: torch.Tensor | None = None  # (T, 3, H, W) the pixels each token's cached output came from
         self.stale = 0.0  # share of tokens recomputed by partial passes since the last full pass
         self._replays: dict = {}
-        self._graph_pool = graph_pool  # shared by encoders whose passes never run at once (one engine's streams)
 
     def reset(self) -> None:
         """Forget the cached chunk (a new stream): the next chunk runs the full pass."""
@@ -195,7 +194,7 @@ class VisionEncoder:
             return fn(*inputs)
         report("vision_encoder", "cuda-graph")
         if key not in self._replays:
-            self._replays[key] = GraphReplay(fn, list(inputs), self._graph_pool)
+            self._replays[key] = GraphReplay(fn, list(inputs))
         return self._replays[key](*inputs)
 
     def _full_pass(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -294,7 +293,6 @@ def encode_batch(items: list[Item]) -> list[tuple[torch.Tensor, EncodeStats]]:
 def _full_outputs(items: list[Item]) -> list[torch.Tensor]:
     """The full pass of every item's chunk -> each one's tokens (tokens, out_dim) row-major."""
     if len(items) <= 1 or (len(items) < BATCH_MIN and all(encoder.graphs for encoder, _, _ in items)):
-        # each output copied at once: the next encoder's graph may share its memory pool
         return [encoder._full_output(pixels).clone() for encoder, _, pixels in items]
     report("vision_encoder", "batched-eager")  # its shape changes tick to tick: no graph to replay
     encoders = [encoder for encoder, _, _ in items]

@@ -25,9 +25,7 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import psutil
@@ -39,50 +37,12 @@ from livesight.streaming.batch_step import BatchStep
 from livesight.streaming.chunker import Chunk
 from livesight.streaming.config import GB, SessionConfig
 from livesight.streaming.events import Event
-from livesight.streaming.stream import Stream, VisionWork, Work, cache_capacity, check_fits
+from livesight.streaming.lane import Job, Lane
+from livesight.streaming.stream import Stream, VisionWork, cache_capacity, check_fits
 from livesight.vision.preprocess import fit_size
 
 MAX_PENDING = 2  # chunks a live stream may have waiting; one more drops the oldest
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Job:
-    kind: str  # "chunk" or "question"
-    arrived: float  # perf_counter() when it came
-    chunk: Chunk | None = None
-    question: str = ""
-    remember: bool = True
-    max_tokens: int | None = None
-    shorten: bool = False  # a live stream's chunk started with another waiting: half the narration
-
-
-@dataclass
-class _Lane:
-    """The engine's side of one stream: its queues, the work in progress, its outbox."""
-
-    id: str
-    stream: Stream
-    live: bool
-    frames_dropped: Callable[[], int]
-    chunks: deque = field(default_factory=deque)
-    questions: deque = field(default_factory=deque)
-    scheduled: list = field(default_factory=list)  # (stream seconds, _Job), asked once the stream gets there
-    outbox: "queue.Queue[Event]" = field(default_factory=queue.Queue)
-    work: Work | None = None
-    job: _Job | None = None
-    item: object = None  # what the work waits for: a VisionWork or a StepBuilder
-    source_done: bool = False
-    failure: str | None = None
-    failure_told: bool = False
-    ended: bool = False  # its summary was sent (it still answers questions until closed)
-    closed: bool = False
-    started: float = field(default_factory=time.perf_counter)
-    counts: dict = field(default_factory=lambda: {"chunks_dropped": 0, "narrations_shortened": 0})
-
-    @property
-    def idle(self) -> bool:
-        return self.work is None and not self.chunks and not self.questions
 
 
 class Engine:
@@ -105,7 +65,7 @@ class Engine:
         self.pool = KVPool(max_streams, adapter.num_layers, adapter.num_kv_heads, adapter.head_dim, self.slab_capacity,
                            adapter.inv_freq, adapter.dtype, adapter.device, adapter.mrope_section)
         self.batch = BatchStep(adapter, self.pool, config.cuda_graphs)
-        self.lanes: dict[str, _Lane] = {}
+        self.lanes: dict[str, Lane] = {}
         self._ids = itertools.count()
         self._lock = threading.RLock()  # the streams' queues and the lanes table
         self._changed = threading.Condition(self._lock)
@@ -163,7 +123,7 @@ class Engine:
             with self._lock:
                 if name in self.lanes:
                     raise InputError(f"a stream named {name!r} is open already")
-                lane = _Lane(name, stream, live, frames_dropped=frames_dropped)
+                lane = Lane(name, stream, live, frames_dropped=frames_dropped)
                 self.lanes[name] = lane
         except BaseException:
             with self._lock:
@@ -200,14 +160,14 @@ class Engine:
             if lane.live and len(lane.chunks) >= self.max_pending:
                 lane.chunks.popleft()
                 lane.counts["chunks_dropped"] += 1
-            lane.chunks.append(_Job("chunk", time.perf_counter(), chunk))
+            lane.chunks.append(Job("chunk", time.perf_counter(), chunk))
             self._changed.notify_all()
 
     def ask(self, stream_id: str, question: str, remember: bool = True, max_tokens: int | None = None,
             at: float | None = None) -> None:
         """Queue a question: it runs ahead of the stream's next chunk, or once the stream has reached
         `at` seconds (at its end, if it ends first). The answer comes as an event."""
-        job = _Job("question", time.perf_counter(), question=question, remember=remember, max_tokens=max_tokens)
+        job = Job("question", time.perf_counter(), question=question, remember=remember, max_tokens=max_tokens)
         with self._changed:
             lane = self._lane(stream_id)
             if at is not None:
@@ -243,7 +203,7 @@ class Engine:
                 self._release(lane)
             self._changed.notify_all()
 
-    def _release(self, lane: _Lane) -> None:
+    def _release(self, lane: Lane) -> None:
         if lane.work is not None:
             lane.work.close()
         lane.stream.close()
@@ -264,13 +224,13 @@ class Engine:
             lane = self.lanes.get(stream_id)
             return lane is None or lane.ended
 
-    def _lane(self, stream_id: str) -> _Lane:
+    def _lane(self, stream_id: str) -> Lane:
         lane = self.lanes.get(stream_id)
         if lane is None:
             raise InputError(f"no open stream {stream_id!r}")
         return lane
 
-    def _emit(self, lane: _Lane, events: list[Event]) -> None:
+    def _emit(self, lane: Lane, events: list[Event]) -> None:
         for event in events:
             event.data["stream"] = lane.id
             lane.outbox.put(event)
@@ -318,7 +278,7 @@ class Engine:
                     self._closing.clear()
         return bool(busy or started)
 
-    def _take_job(self, lane: _Lane) -> bool:
+    def _take_job(self, lane: Lane) -> bool:
         """An idle stream's next job (under the lock): a question first, then its oldest chunk; once its
         source has ended and its chunks are done, the source's error, the scheduled questions left and
         the summary. -> whether a job was taken (lane.job)."""
@@ -343,7 +303,7 @@ class Engine:
             return False
         return True
 
-    def _begin(self, lane: _Lane) -> None:
+    def _begin(self, lane: Lane) -> None:
         """Start the job's work and run it to its first item (a question's retrieval runs here, for its
         own stream only)."""
         job, stream = lane.job, lane.stream
@@ -353,7 +313,7 @@ class Engine:
             lane.work = stream.chunk_work(job.chunk, stream.config.narrate_tokens // 2 if job.shorten else None)
         self._advance(lane, None)
 
-    def _advance(self, lane: _Lane, result) -> None:
+    def _advance(self, lane: Lane, result) -> None:
         """Send the work its result; on to its next item, or its events when it is done. A failure
         ends the job with an error event for this stream alone."""
         try:
@@ -374,7 +334,7 @@ class Engine:
         with self._lock:
             self._emit(lane, events)
 
-    def _finish(self, lane: _Lane) -> None:
+    def _finish(self, lane: Lane) -> None:
         stream, wall = lane.stream, time.perf_counter() - lane.started
         lane.ended = True
         self._emit(lane, [Event("summary", stream.now, None, {
@@ -383,7 +343,7 @@ class Engine:
             "realtime_factor": round(stream.now / wall, 3) if wall > 0 else None, **lane.counts}
             | ({"error": lane.failure} if lane.failure else {}))])
 
-    def _vision(self, lanes: list[_Lane]) -> None:
+    def _vision(self, lanes: list[Lane]) -> None:
         """Every ready chunk in one vision pass; if it fails, chunk by chunk, to find whose it was."""
         items = [(lane.item.frames, lane.stream.size, lane.stream.encoder) for lane in lanes]
         try:
@@ -395,7 +355,7 @@ class Engine:
         for lane, result in zip(lanes, results):
             self._advance(lane, result)
 
-    def _language(self, lanes: list[_Lane]) -> None:
+    def _language(self, lanes: list[Lane]) -> None:
         """Every ready step in one language-model pass; if it fails, step by step, to find whose it was."""
         try:
             logits = self.batch([(lane.stream.stepper, lane.item) for lane in lanes])
@@ -408,7 +368,7 @@ class Engine:
         for lane, row in zip(lanes, logits):
             self._advance(lane, row)
 
-    def _fail(self, lane: _Lane, err: Exception) -> None:
+    def _fail(self, lane: Lane, err: Exception) -> None:
         """The stream's job ends with an error event; the other streams go on."""
         event = self._failure(lane, err)
         lane.work.close()
@@ -417,7 +377,7 @@ class Engine:
             self._emit(lane, [event])
 
     @staticmethod
-    def _failure(lane: _Lane, err: Exception) -> Event:
+    def _failure(lane: Lane, err: Exception) -> Event:
         """The error event of a job that failed: `failed` says which kind (a question, a chunk), so a front
         end can tell it from offload trouble reported along the way."""
         if not isinstance(err, InputError):

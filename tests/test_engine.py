@@ -247,3 +247,25 @@ def _raises(fn) -> bool:
     except InputError:
         return True
     return False
+
+
+def test_live_chunks_arriving_apart_start_together_within_the_gather_window(tiny):
+    """Live chunks wait up to gather_s so that one prefill and one vision pass serve them all; files do not
+    wait, and the wait never passes gather_s."""
+    import time
+    engine = Engine(QwenVLAdapter(tiny), _config(narrate=False), max_streams=3, gather_s=0.3)
+    a, b, f = engine.open((180, 320), live=True), engine.open((180, 320), live=True), engine.open((180, 320))
+    chunk = make_chunks(1)[0]
+    engine.put(a, chunk)
+    engine.put(b, chunk)
+    assert not engine.step(), "nothing is due yet: the live chunks wait for others"
+    engine.put(f, chunk)
+    assert engine.step() and len(engine.lanes[a].chunks) == 1, "the live chunks still wait"
+    assert [e.type for e in _drain(engine, f)] == ["metrics"], "a file's chunk does not wait"
+    while engine.step():
+        pass
+    time.sleep(0.3)
+    steps, streams = engine.stage_ms["steps"], engine.stage_ms["streams"]
+    assert engine.step()
+    assert engine.stage_ms["steps"] == steps + 1 and engine.stage_ms["streams"] == streams + 2, \
+        "both live chunks were prefilled in one step"

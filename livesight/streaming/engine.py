@@ -7,9 +7,11 @@ ready chunk, and one language-model pass runs every stream's next step packed to
 prefills, questions, one decode token per narrating or answering stream; a stream whose turn
 ends leaves the batch). The weights are read once per step for all streams.
 
-Real time, explicitly: a live stream never waits for the engine. It may have `max_pending` chunks
-waiting; one more drops the oldest (counted as `chunks_dropped`), and a stream that starts a
-chunk with another already waiting narrates half as many tokens (`narrations_shortened`). Each
+Real time, explicitly: a live stream never waits for the engine. Its chunks wait at most GATHER_S to
+start together with other streams' (one prefill and one vision pass for all, not one each). It may
+have `max_pending` chunks waiting; one more drops the oldest (counted as `chunks_dropped`), and a
+stream that starts a chunk with another already waiting narrates half as many tokens
+(`narrations_shortened`). Each
 metrics event says how long its chunk waited and took (`latency_ms`, from its arrival to its
 caption). A file or an evaluator's video is not live: its feeder waits for room instead.
 
@@ -42,18 +44,26 @@ from livesight.streaming.stream import Stream, VisionWork, cache_capacity, check
 from livesight.vision.preprocess import fit_size
 
 MAX_PENDING = 2  # chunks a live stream may have waiting; one more drops the oldest
+# Live chunks arrive spread over each second; started at once, each would be a prefill step and a vision
+# pass of its own (every step reads all the weights). They wait up to GATHER_S to start together, or
+# until GATHER_CHUNKS wait (a batched vision pass's worth)
+GATHER_S, GATHER_CHUNKS = 0.25, 8
 log = logging.getLogger(__name__)
 
 
 class Engine:
     def __init__(self, adapter: QwenVLAdapter, config: SessionConfig, max_streams: int,
-                 max_pending: int = MAX_PENDING, max_frame: tuple[int, int] | None = None):
+                 max_pending: int = MAX_PENDING, max_frame: tuple[int, int] | None = None,
+                 gather_s: float | None = None):
         """config: every stream's settings unless it brings its own (which must fit a slab);
         max_streams: slabs in the pool, the most streams open at once; max_frame: (height, width) of the
-        largest frames the streams will bring, which sizes the slabs (None: the largest the model takes)."""
+        largest frames the streams will bring, which sizes the slabs (None: the largest the model takes);
+        gather_s: how long live streams' chunks may wait to start together (None: GATHER_S with more than
+        one slab, else 0)."""
         if max_streams < 1:
             raise InputError(f"max streams must be at least 1, got {max_streams}")
         self.adapter, self.config, self.max_pending = adapter, config, max_pending
+        self.gather_s = (GATHER_S if max_streams > 1 else 0.0) if gather_s is None else gather_s
         # as Session does: what exists now (the model) lives as long as the process, and frozen, Python's
         # full collection (40-180 ms, mid-step) skips it. The pool and the streams come after: an engine
         # closed is collected
@@ -246,18 +256,32 @@ class Engine:
             with self._changed:
                 if until_idle and all(lane.ended and lane.idle for lane in self.lanes.values()):
                     return
-                if not self._ready():
-                    self._changed.wait(0.1)
+                due_in = self._chunks_due_in(list(self.lanes.values()))
+                if not self._ready() or due_in > 0:
+                    self._changed.wait(min(0.1, due_in) if due_in > 0 else 0.1)
 
     def _ready(self) -> bool:
-        return any(not lane.idle or (lane.source_done and not lane.ended) for lane in self.lanes.values())
+        return any(lane.work is not None or lane.questions or (lane.chunks and not lane.live)
+                   or (lane.source_done and not lane.ended) for lane in self.lanes.values())
+
+    def _chunks_due_in(self, lanes: list[Lane]) -> float:
+        """Seconds until the live streams' waiting chunks start (0: now): the oldest has waited gather_s,
+        GATHER_CHUNKS wait, or a stream's queue is full."""
+        waiting = [lane for lane in lanes if lane.live and lane.work is None and lane.chunks]
+        if not waiting or self.gather_s <= 0 or len(waiting) >= GATHER_CHUNKS or \
+                any(len(lane.chunks) >= self.max_pending for lane in waiting):
+            return 0.0
+        oldest = min(lane.chunks[0].arrived for lane in waiting)
+        return max(0.0, oldest + self.gather_s - time.perf_counter())
 
     def step(self) -> bool:
         """One engine step -> whether there was work."""
         with self._model:
             with self._lock:
                 self._stepping = True
-                started = [lane for lane in self.lanes.values() if lane.work is None and self._take_job(lane)]
+                lanes = list(self.lanes.values())
+                live_due = self._chunks_due_in(lanes) == 0
+                started = [lane for lane in lanes if lane.work is None and self._take_job(lane, live_due)]
                 busy = [lane for lane in self.lanes.values() if lane.work is not None]
                 self._changed.notify_all()  # feeders waiting for room
             try:
@@ -278,10 +302,10 @@ class Engine:
                     self._closing.clear()
         return bool(busy or started)
 
-    def _take_job(self, lane: Lane) -> bool:
-        """An idle stream's next job (under the lock): a question first, then its oldest chunk; once its
-        source has ended and its chunks are done, the source's error, the scheduled questions left and
-        the summary. -> whether a job was taken (lane.job)."""
+    def _take_job(self, lane: Lane, live_due: bool = True) -> bool:
+        """An idle stream's next job (under the lock): a question first, then its oldest chunk (a live
+        stream's once live_due); once its source has ended and its chunks are done, the source's error,
+        the scheduled questions left and the summary. -> whether a job was taken (lane.job)."""
         stream = lane.stream
         done = lane.source_done and not lane.chunks
         if done and lane.failure and not lane.ended and not lane.failure_told:
@@ -294,6 +318,8 @@ class Engine:
         if lane.questions:
             lane.job = lane.questions.popleft()
         elif lane.chunks:
+            if lane.live and not live_due:
+                return False
             lane.job = lane.chunks.popleft()
             lane.job.shorten = lane.live and bool(lane.chunks) and stream.config.narrate
             lane.counts["narrations_shortened"] += lane.job.shorten

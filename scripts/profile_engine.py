@@ -44,8 +44,8 @@ def main() -> None:
                            retrieval=RetrievalConfig(ram_gb=32.0, disk_gb=0.0))
     session = Session(adapter, config, (cfg.height, cfg.width))
     for obj, names in [(session, ["_generate", "_metrics", "_offload"]), (session.stepper, ["evict", "forward"]),
-                       (session.cache, ["compact", "record"]), (session.retriever, ["offload"]),
-                       (session.retriever.store, ["put"]), (session.policy, ["keep"]),
+                       (session.cache, ["compact", "record"]), (session.offloaded, ["offload"]),
+                       (session.offloaded.store, ["put"]), (session.policy, ["keep"]),
                        (session.pruner, ["select"]), (adapter, ["encode_frames", "embed_ids"])]:
         for name in names:
             marked(obj, name)

@@ -73,9 +73,9 @@ def test_ten_minute_streams_stay_bounded(tiny):
         assert peak[name]["max_position"] < stream.capacity
         positions = stream.cache.table.pos
         assert int(positions.max()) < stream.capacity and int(positions.min()) == 0
-    stats = streams["wide"].retriever.store.stats
+    stats = streams["wide"].offloaded.store.stats
     assert stats.ram_bytes <= retrieval.ram_gb * 2**30 and stats.disk_bytes <= retrieval.disk_gb * 2**30
-    assert len(streams["wide"].retriever.store) == 300 and stats.dropped == SECONDS - 16 - 300
+    assert len(streams["wide"].offloaded.store) == 300 and stats.dropped == SECONDS - 16 - 300
     engine.shutdown()
     assert sorted(engine.pool.free) == [0, 1]
     # memory stops growing once the windows are full (text fills by ~100 s)

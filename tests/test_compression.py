@@ -175,9 +175,9 @@ def test_retrieval_pads_unequal_blocks_and_masks_the_padding(tiny):
     session = Session(QwenVLAdapter(tiny), config, (180, 320))
     for chunk in make_chunks(12, scene="shapes"):
         session.add_chunk(chunk)
-    sizes = {len(b.rows) for b in session.retriever.store.blocks}
+    sizes = {len(b.rows) for b in session.offloaded.store.blocks}
     assert len(sizes) > 1, f"blocks all of one size {sizes}: nothing to pad"
-    cache, retriever = session.cache, session.retriever
+    cache, stepper = session.cache, session.stepper
     answers = []
     original = cache.insert_retrieved
 
@@ -191,13 +191,13 @@ def test_retrieval_pads_unequal_blocks_and_masks_the_padding(tiny):
 
     cache.insert_retrieved = insert
     state = (cache.key_buffer.clone(), cache.value_buffer.clone(), cache.length, cache.table, session.pending,
-             retriever.stepper._pos, retriever.stepper._seq, retriever.stepper._group)
+             stepper._pos, stepper._seq, stepper._group)
     logits = []
     real_forward = session.adapter.forward
     session.adapter.forward = lambda *a, **k: logits.append(real_forward(*a, **k)) or logits[-1]
     for poison in ([False], [True]):
         (cache.key_buffer[:], cache.value_buffer[:], cache.length, cache.table, session.pending,
-         retriever.stepper._pos, retriever.stepper._seq, retriever.stepper._group) = state
+         stepper._pos, stepper._seq, stepper._group) = state
         session.ask("what moved?")
     assert answers[0] and answers[0] > 0, "no layer needed padding"
     half = len(logits) // 2

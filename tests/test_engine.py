@@ -154,7 +154,7 @@ def _small_engine(tiny, max_streams=2, **kw):
 def test_admission_refuses_one_stream_more_than_the_pool_holds_and_a_closed_stream_frees_its_slab(tiny):
     engine, config = _small_engine(tiny)
     a, b = engine.open((180, 320)), engine.open((90, 160))
-    folder = engine.lanes[a].stream.retriever.folder
+    folder = engine.lanes[a].stream.offloaded.folder
     with pytest.raises(InputError, match="carrying 2 streams"):
         engine.open((180, 320))
     with pytest.raises(InputError, match="slabs hold"):  # settings that need a larger cache than a slab
@@ -177,7 +177,7 @@ def test_a_streams_failures_reach_only_its_own_events(tiny):
         engine.put(b, chunk)
         if k == 2:
             engine.ask(a, "   ")
-            shutil.rmtree(engine.lanes[a].stream.retriever.folder)
+            shutil.rmtree(engine.lanes[a].stream.offloaded.folder)
     engine.end(a, "the camera went away")
     engine.end(b)
     engine.run(until_idle=True)

@@ -192,7 +192,7 @@ def test_an_answer_that_is_not_remembered_leaves_the_session_as_it_was(tiny):
         assert (torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b), name
     session.reset()
     assert torch.equal(cache.key_buffer[:, :, :, :cache.length], fresh[0]) and torch.equal(cache.table.pos, fresh[1])
-    assert session.now == 0 and len(session.retriever.store) == 0
+    assert session.now == 0 and len(session.offloaded.store) == 0
 
 
 def test_error_lines_are_kept_until_retried(bench, tmp_path):

@@ -115,7 +115,7 @@ def build_session(tiny, monkeypatch, free: int, **values):
 
 
 def allocated(session) -> int:
-    store = session.retriever.store if session.retriever is not None else None
+    store = session.offloaded.store if session.offloaded is not None else None
     return session.cache.nbytes + session.cache.key_bias.nbytes + (store.representatives.nbytes if store is not None else 0)
 
 
@@ -138,7 +138,7 @@ def test_the_memory_check_counts_what_a_session_allocates(tiny, monkeypatch):
     session, err = build_session(tiny, monkeypatch, 2**30)
     assert err is None
     need = check_fits(session.adapter, session.capacity, session.tokens_per_chunk, session.config)
-    assert allocated(session) <= need <= allocated(session) + session.retriever.store.representatives[0].nbytes
+    assert allocated(session) <= need <= allocated(session) + session.offloaded.store.representatives[0].nbytes
     session.close()
     _, err = build_session(tiny, monkeypatch, need)  # what it needs, but not 10 % more: refused before allocating
     assert err is not None and "--retrieve-top-k or the offload budgets" in str(err)

@@ -92,12 +92,12 @@ def test_sessions_sharing_an_offload_dir_keep_their_blocks_apart(tiny, tmp_path)
     for chunk in make_chunks(4):
         a.add_chunk(chunk)
         b.add_chunk(chunk)
-    folders = {a.retriever.folder, b.retriever.folder}
+    folders = {a.offloaded.folder, b.offloaded.folder}
     assert len(folders) == 2 and all(os.path.dirname(f) == str(tmp_path) for f in folders)
-    assert len(os.listdir(a.retriever.folder)) == len(a.retriever.store) == 3  # each holds its own blocks
-    assert len(os.listdir(b.retriever.folder)) == 3
+    assert len(os.listdir(a.offloaded.folder)) == len(a.offloaded.store) == 3  # each holds its own blocks
+    assert len(os.listdir(b.offloaded.folder)) == 3
     a.close()
-    assert not os.path.exists(a.retriever.folder) and len(os.listdir(b.retriever.folder)) == 3  # b's stay
+    assert not os.path.exists(a.offloaded.folder) and len(os.listdir(b.offloaded.folder)) == 3  # b's stay
     b.close()
     assert os.listdir(tmp_path) == []  # a chosen --offload-dir is left as it was found
 

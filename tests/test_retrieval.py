@@ -13,6 +13,7 @@ from livesight.kvcache.offload import OffloadStore
 from livesight.streaming.adapter import QwenVLAdapter
 from livesight.streaming.config import SessionConfig
 from livesight.streaming.config import RetrievalConfig
+from livesight.streaming.retrieval import probe
 from livesight.streaming.session import Session
 from test_equivalence import run_lockstep
 
@@ -82,11 +83,11 @@ def test_long_stream_keeps_both_budgets_and_a_deleted_folder_is_an_error_event(t
     block = 2 * 3 * 2 * 25 * 16 * 4  # bytes: tiny-random's 3 layers, 2 KV heads, 25 tokens, 16 dims, fp32
     config = _config(top_k=2, ram_gb=3 * block / 2**30, disk_gb=4 * block / 2**30, folder=str(folder))
     session = Session(QwenVLAdapter(tiny), config, (180, 320))
-    stats = session.retriever.store.stats
+    stats = session.offloaded.store.stats
     events = []
     for chunk in make_chunks(30):
         events += session.add_chunk(chunk)
-        assert stats.ram_bytes <= 3 * block and stats.disk_bytes <= 4 * block and len(session.retriever.store) <= 7
+        assert stats.ram_bytes <= 3 * block and stats.disk_bytes <= 4 * block and len(session.offloaded.store) <= 7
         if chunk.index == 20:
             shutil.rmtree(folder)  # the session folder disappears under a running session
     metrics = [e.data["offload"] for e in events if e.type == "metrics"]
@@ -101,19 +102,19 @@ def test_ranking_puts_the_block_built_from_the_question_first(tiny):
     session = Session(QwenVLAdapter(tiny), _config(top_k=1, scope="global"), (180, 320))
     for chunk in make_chunks(8):
         session.add_chunk(chunk)
-    retriever = session.retriever
+    offloaded = session.offloaded
     embeds = session.adapter.embed_ids(session.chat.encode("where is the red circle?"))
-    queries = retriever._probe(embeds)  # (L, Hq, n, D) before rotary
+    queries = probe(session.stepper, embeds)  # (L, Hq, n, D) before rotary
     num_layers, num_heads, _, dim = queries.shape
     num_kv = session.adapter.num_kv_heads
     target = queries.reshape(num_layers, num_kv, -1, dim).mean(2)  # (L, Hkv, D)
-    rows = retriever.store.blocks[0].rows
+    rows = offloaded.store.blocks[0].rows
     rows = TokenTable(rows.segment, rows.seq + 10**6, rows.group + 10**6, rows.pos, rows.t)
     keys_pre = (5 * target)[:, :, None, :].expand(-1, -1, len(rows), -1)
     keys = rotate_by_angles_reference(keys_pre, rope_angles(rows.pos, session.cache.inv_freq, session.cache.mrope_section))
-    retriever.store.put(keys, torch.randn_like(keys), rows, session.cache.representative(keys, rows.pos), (99.0, 100.0))
-    scores = score_blocks(queries, retriever.store.live_representatives())
-    assert bool((scores.argmax(dim=1) == len(retriever.store) - 1).all())  # first in every layer
-    assert select_blocks(scores, 1, "layer")[:, 0].tolist() == [len(retriever.store) - 1] * num_layers
+    offloaded.store.put(keys, torch.randn_like(keys), rows, session.cache.representative(keys, rows.pos), (99.0, 100.0))
+    scores = score_blocks(queries, offloaded.store.live_representatives())
+    assert bool((scores.argmax(dim=1) == len(offloaded.store) - 1).all())  # first in every layer
+    assert select_blocks(scores, 1, "layer")[:, 0].tolist() == [len(offloaded.store) - 1] * num_layers
     answer = session.ask("where is the red circle?")[-1]
     assert answer.data["retrieved"] == [[99.0, 100.0]]

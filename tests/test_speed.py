@@ -86,6 +86,6 @@ def test_stage_times_add_up_to_the_chunk(tiny, device):
         assert all(metrics[part] > 0 for part in CHUNK_PARTS), metrics
         assert chunk_ms(metrics) <= wall + 0.5
         shares.append(chunk_ms(metrics) / wall)
-    assert len(session.retriever.store) > 0  # evictions offloaded blocks
+    assert len(session.offloaded.store) > 0  # evictions offloaded blocks
     assert sorted(shares)[len(shares) // 2] > 0.8, shares
     session.close()

@@ -13,7 +13,8 @@ import urllib.request
 import pytest
 
 from conftest import chromium, free_port, wait
-from livesight.app.live import LiveRun, RunRegistry
+from livesight.app.live import LiveRun
+from livesight.app.registry import RunRegistry
 from livesight.app.transcript import to_jsonl, to_srt, to_vtt
 from livesight.errors import InputError
 from livesight.streaming.adapter import QwenVLAdapter

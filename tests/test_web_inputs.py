@@ -134,13 +134,13 @@ def test_the_page_offers_each_server_its_flags_and_nothing_its_slabs_cannot_hold
     server's own config, the largest the page offers needs no more cache, and a value beyond the
     server's is refused naming the flag to raise."""
     from livesight.streaming.adapter import QwenVLAdapter
-    from livesight.streaming.engine import Engine
+    from livesight.streaming.stream import slab_tokens
     adapter, server = QwenVLAdapter(tiny), server_values(flags, str(tmp_path))
-    slab, _ = Engine.capacity_for(adapter, build_config(server))
+    slab, _ = slab_tokens(adapter, build_config(server))
     settings = offered(server)
     assert settings_config([s.default for s in settings], server) == build_config(server)
     largest = settings_config([highest(s) for s in settings], server)
-    assert Engine.capacity_for(adapter, largest)[0] <= slab
+    assert slab_tokens(adapter, largest)[0] <= slab
     for i, setting in enumerate(settings):
         if setting.dest not in GROWS_CACHE:
             continue

@@ -87,7 +87,7 @@ def main(args) -> int:
 
 
 def serve(args, policy: SourcePolicy, upload_dir: str, export_dir: str, offload_dir: str) -> int:
-    from livesight.app.live import RunRegistry
+    from livesight.app.registry import RunRegistry
     from livesight.app.web_handlers import PageHandlers
     from livesight.app.web_inputs import server_values
     from livesight.app.web_page import CSS, build

@@ -9,7 +9,8 @@ from typing import Any
 
 import gradio as gr
 
-from livesight.app.live import LiveRun, RunRegistry
+from livesight.app.live import LiveRun
+from livesight.app.registry import RunRegistry
 from livesight.app.source_policy import SourcePolicy
 from livesight.app.transcript import stamp, to_jsonl, to_srt, to_vtt
 from livesight.app.web_inputs import Setting, checkbox, offered, question_text, settings_config, source_choice

@@ -18,8 +18,9 @@ from livesight.errors import InputError
 from livesight.eval.config import POLICIES, RECALL_POLICIES, FidelityConfig
 from livesight.kvcache import KeepAll, Segment, TokenTable, WindowPolicy
 from livesight.streaming.adapter import TextAdapter
-from livesight.streaming.config import RetrievalConfig
-from livesight.streaming.retrieval import Retriever
+from livesight.kvcache.blocks import OffloadedBlocks
+from livesight.streaming.config import GB
+from livesight.streaming.retrieval import probe
 from livesight.streaming.stepper import CacheStepper
 
 class TextStream:
@@ -39,9 +40,8 @@ class TextStream:
         else:
             raise ValueError(f"unknown policy {policy}: one of {POLICIES + RECALL_POLICIES}")
         self.stepper = CacheStepper(adapter, keep, capacity, self._offload if retrieve else None)
-        self.retriever = Retriever(self.stepper, RetrievalConfig(top_k=config.retrieve_top_k, scope=config.retrieve_scope,
-                                                                 ram_gb=1.0, disk_gb=0.0),
-                                   config.retrieve_block) if retrieve else None
+        self.offloaded = OffloadedBlocks(self.stepper.cache, config.retrieve_block, config.retrieve_top_k,
+                                         config.retrieve_scope, GB, 0) if retrieve else None
         self.fed = 0
 
     def _offload(self, evicted: TokenTable, index: torch.Tensor) -> None:
@@ -51,20 +51,21 @@ class TextStream:
         order = text[torch.argsort(evicted.seq[text])]
         for part in order.split(self.config.retrieve_block):
             seq = evicted.seq[part]
-            self.retriever.offload(index[part], (float(seq.min()), float(seq.max())))
+            self.offloaded.offload(index[part], (float(seq.min()), float(seq.max())))
 
     def answer(self, question: list[int], max_tokens: int, stop_id: int | None) -> list[int]:
         """Retrieve for the question (where the policy retrieves), feed it, decode greedily; the
         cache is evicted once the answer is done, as the video Session does."""
-        if self.retriever is not None:
-            self.retriever.retrieve(self.adapter.embed_ids(question))
+        if self.offloaded is not None and self.offloaded.can_retrieve:
+            self.offloaded.retrieve(probe(self.stepper, self.adapter.embed_ids(question)))
+            self.stepper.resync()
         out = self.greedy(self.feed(question, all_logits=False, evict=False), max_tokens, stop_id, evict=False)
         self.stepper.evict(0.0)
         return out
 
     def close(self) -> None:
-        if self.retriever is not None:
-            self.retriever.close()
+        if self.offloaded is not None:
+            self.offloaded.close()
 
     def feed(self, ids: list[int], all_logits: bool = True, evict: bool = True) -> torch.Tensor:
         """ids -> logits (n, vocab), or (vocab,) of the last; the stream's first `num_sink` ids are the sink.

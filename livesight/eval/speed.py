@@ -69,8 +69,8 @@ def run_engine(adapter: QwenVLAdapter, cfg: SpeedConfig) -> dict:
         if t == cfg.warmup_s or (t % cfg.ask_every_s == 0 and t > cfg.warmup_s) or last:
             answer = session.ask(QUESTION, remember=False)[-1].data
             questions.append({"t": chunk.t_end, "ttft_ms": answer["ttft_ms"], "latency_ms": answer["latency_ms"],
-                              "retrieved": len(answer["retrieved"]), "offloaded_blocks": len(session.retriever.store)
-                              if session.retriever else 0, "mem_mb": round(_memory_mb(adapter.device), 1)})
+                              "retrieved": len(answer["retrieved"]), "offloaded_blocks": len(session.offloaded.store)
+                              if session.offloaded else 0, "mem_mb": round(_memory_mb(adapter.device), 1)})
             asking += time.perf_counter() - done
         last_done = time.perf_counter()
     wall = last_done - start - asking

@@ -28,7 +28,7 @@ from livesight.streaming.engine import MAX_PENDING, Engine
 from livesight.streaming.events import Event
 from livesight.eval.turns import run_stream
 from livesight.streaming.session import Session
-from livesight.streaming.stream import stream_bytes
+from livesight.streaming.stream import slab_tokens, stream_bytes
 
 
 class EngineWay:
@@ -68,7 +68,7 @@ class EngineWay:
         engine, adapter = self.engine, self.engine.adapter
         slab = KVPool.slab_bytes(adapter.num_layers, adapter.num_kv_heads, adapter.head_dim, engine.slab_capacity,
                                  adapter.dtype.itemsize)
-        _, tokens = Engine.capacity_for(adapter, engine.config)
+        _, tokens = slab_tokens(adapter, engine.config)
         reps = stream_bytes(adapter, engine.slab_capacity, tokens, engine.config)["representatives"]
         return {"cache_mb": round(slab / 2**20, 1), "representatives_mb": round(reps / 2**20, 1),
                 "vision_store_mb": round(self.vision_store / 2**20, 1)}

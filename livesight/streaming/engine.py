@@ -29,19 +29,16 @@ import threading
 import time
 from collections.abc import Callable
 
-import numpy as np
-import psutil
 
 from livesight.errors import InputError
 from livesight.kvcache.pool import KVPool
 from livesight.streaming.adapter import QwenVLAdapter
 from livesight.streaming.batch_step import BatchStep
 from livesight.streaming.chunker import Chunk
-from livesight.streaming.config import GB, SessionConfig
+from livesight.streaming.config import SessionConfig
 from livesight.streaming.events import Event
 from livesight.streaming.lane import Job, Lane
-from livesight.streaming.stream import Stream, VisionWork, cache_capacity, check_fits
-from livesight.vision.preprocess import fit_size
+from livesight.streaming.stream import Stream, VisionWork, check_fits, check_host_memory, slab_tokens
 
 MAX_PENDING = 2  # chunks a live stream may have waiting; one more drops the oldest
 # Live chunks arrive spread over each second; started at once, each would be a prefill step and a vision
@@ -69,9 +66,9 @@ class Engine:
         # closed is collected
         gc.collect()
         gc.freeze()
-        self.slab_capacity, tokens_per_chunk = self.capacity_for(adapter, config, max_frame)
+        self.slab_capacity, tokens_per_chunk = slab_tokens(adapter, config, max_frame)
         check_fits(adapter, self.slab_capacity, tokens_per_chunk, config, num_streams=max_streams)
-        self._check_host_memory(config, max_streams)
+        check_host_memory(config, max_streams)
         self.pool = KVPool(max_streams, adapter.num_layers, adapter.num_kv_heads, adapter.head_dim, self.slab_capacity,
                            adapter.inv_freq, adapter.dtype, adapter.device, adapter.mrope_section)
         self.batch = BatchStep(adapter, self.pool, config.cuda_graphs)
@@ -83,33 +80,6 @@ class Engine:
         self._stepping, self._closing = False, []
         # host time in the vision and language-model passes; LM steps, the tokens and the streams they packed
         self.stage_ms = {"vision_ms": 0.0, "lm_ms": 0.0, "steps": 0, "rows": 0, "streams": 0}
-
-    @staticmethod
-    def capacity_for(adapter: QwenVLAdapter, config: SessionConfig,
-                     max_frame: tuple[int, int] | None = None) -> tuple[int, int]:
-        """-> (cache tokens, tokens per chunk) of a stream of max_frame frames (None: the largest frame
-        `config` allows)."""
-        max_pixels = config.max_pixels or adapter.loaded.max_pixels
-        chat = adapter.chat_ids()
-        unit = adapter.patch * adapter.merge
-        if max_frame is None:
-            frame_pairs = -(-config.frames_per_chunk // adapter.temporal)
-            grid_tokens = frame_pairs * (max_pixels // unit ** 2)
-        else:
-            grid_tokens = int(np.prod(adapter.merged_grid(fit_size(*max_frame, max_pixels, unit),
-                                                          config.frames_per_chunk)))
-        tokens = len(chat.chunk_open) + len(chat.chunk_close) + grid_tokens
-        return cache_capacity(config, tokens, chat), tokens
-
-    @staticmethod
-    def _check_host_memory(config: SessionConfig, max_streams: int) -> None:
-        retrieval = config.retrieval
-        need = retrieval.ram_gb * GB * max_streams if retrieval.enabled else 0
-        available = psutil.virtual_memory().available
-        if need > 0.9 * available:
-            raise InputError(f"{max_streams} streams with --offload-ram-gb {retrieval.ram_gb:g} each may hold "
-                             f"{need / GB:.1f} GB of host memory, {available / GB:.1f} GB is available: lower "
-                             f"--offload-ram-gb or the number of streams")
 
     # --- what front ends call (any thread) ---
 

@@ -1,147 +1,24 @@
-"""Retrieval of offloaded blocks for a question (ReKV's idea, with bounded tiers).
-
-1. Probe: run the question's tokens once to capture each layer's query vectors, then roll the
-   cache back. 2. Score every offloaded block's representative against those queries (before
-   rotary) and take the top k per layer or over all layers. 3. Load the chosen blocks and place
-   them, in time order, in the retrieved slots right after the sink; later tokens move up.
-The caller then runs the question for real and generates; its next eviction clears the slots.
-"""
-
-import weakref
-from contextlib import nullcontext
+"""A question's query vectors, which score the offloaded blocks (kvcache/blocks.py): the question's tokens
+run once with every layer's queries captured, then the cache is rolled back."""
 
 import torch
 
-from livesight import scratch
-from livesight.errors import InputError
-from livesight.kernels import rotate_keys, score_blocks, select_blocks, unrotate
-from livesight.kvcache import Segment, TokenTable
-from livesight.kvcache.offload import OffloadStore
+from livesight.kernels import unrotate
+from livesight.kvcache import Segment
 from livesight.streaming.adapter import capture_queries
-from livesight.streaming.config import GB, RetrievalConfig
 from livesight.streaming.stepper import CacheStepper
 
 
-class Retriever:
-    def __init__(self, stepper: CacheStepper, config: RetrievalConfig, block_tokens: int):
-        self.stepper, self.config, self.block_tokens = stepper, config, block_tokens
-        cache = stepper.cache
-        # a folder of its own, also inside a chosen --offload-dir (sessions sharing one never meet);
-        # folders there of sessions killed outright are swept first. Removed by close(), when the
-        # retriever is collected, or at exit
-        if config.folder is not None:
-            scratch.sweep(config.folder)
-        try:
-            self.folder = scratch.make("session", config.folder)
-        except OSError as err:
-            raise InputError(f"--offload-dir {config.folder}: cannot make a session folder there ({err.strerror}). "
-                             f"Give a writable folder, or leave the flag out") from None
-        self.close = weakref.finalize(self, scratch.remove, self.folder)
-        shape = cache.key_buffer.shape  # (L, 1, Hkv, capacity, D)
-        block_bytes = 2 * shape[0] * shape[2] * block_tokens * shape[4] * cache.key_buffer.element_size()
-        self.store = OffloadStore(self.folder, int(config.ram_gb * GB), int(config.disk_gb * GB), block_bytes,
-                                  (shape[0], shape[2], shape[4]), cache.key_buffer.device)
-
-    def offload(self, index: torch.Tensor, time_range: tuple[float, float]) -> None:
-        """Store the tokens at buffer slots `index` (one block, at most block_tokens; pruned chunks
-        are smaller) before eviction overwrites them."""
-        if index.numel() > self.block_tokens:  # the retrieved slots could not hold it
-            self.store.stats.skipped += 1
-            return
-        cache = self.stepper.cache
-        keys, values = cache.gather(index)
-        rows = cache.table.select(index)
-        self.store.put(keys, values, rows, cache.representative(keys, rows.pos), time_range)
-
-    def retrieve(self, question: torch.Tensor) -> list[tuple[float, float]]:
-        """question: (n, hidden) embeddings of the tokens the caller will run next. Fills the
-        retrieved slots; -> the time ranges of the blocks used by any layer, in time order."""
-        if not self.config.enabled or self.config.top_k == 0 or len(self.store) == 0:
-            return []
-        blocks = list(self.store.blocks)
-        chosen = select_blocks(score_blocks(self._probe(question), self.store.live_representatives()),
-                               self.config.top_k, self.config.scope).cpu()  # (L, k)
-        loaded = self._load(chosen, blocks)
-        if loaded is None:
-            return []  # a lost file: the store recorded the error; answer from the window alone
-        self._insert(chosen, blocks, loaded)
-        return sorted({blocks[b].time_range for b in chosen.unique().tolist()})
-
-    def _load(self, chosen: torch.Tensor, blocks: list) -> dict | None:
-        """Each chosen (block, layer) on the device: {block: {layer: (keys, values)}}. On a GPU the
-        copies are queued on a side stream while the next blocks are read."""
-        device = self.stepper.cache.key_buffer.device
-        side = torch.cuda.Stream(device) if device.type == "cuda" else None
-        loaded: dict[int, dict] = {}
-        for b in chosen.unique().tolist():
-            layers = (chosen == b).any(dim=1).nonzero().squeeze(1).tolist()
-            part = self.store.load(blocks[b], layers)
-            if part is None:
-                return None
-            with torch.cuda.stream(side) if side is not None else nullcontext():
-                loaded[b] = {layer: (k.to(device, non_blocking=True), v.to(device, non_blocking=True))
-                             for layer, (k, v) in part.items()}
-        if side is not None:
-            main = torch.cuda.current_stream(device)
-            main.wait_stream(side)
-            for per_layer in loaded.values():
-                for k, v in per_layer.values():
-                    k.record_stream(main)
-                    v.record_stream(main)
-        return loaded
-
-    def _probe(self, question: torch.Tensor) -> torch.Tensor:
-        """-> the question's queries before rotary, (L, Hq, n, D); the cache is left as it was."""
-        stepper, cache = self.stepper, self.stepper.cache
-        builder = stepper.builder()
-        builder.text(question, Segment.TEXT, 0.0)
-        embeds, table = builder.build()
-        length = cache.length
-        with capture_queries() as captured:
-            stepper.adapter.forward(embeds, table.pos, cache)
-        cache.rollback(length)
-        queries = torch.stack([captured[layer] for layer in range(len(captured))])
-        return unrotate(queries, table.pos, cache.inv_freq, cache.mrope_section)
-
-    def _insert(self, chosen: torch.Tensor, blocks: list, loaded: dict) -> None:
-        """Slot j of layer l holds block chosen[l, j], its keys re-rotated from where they were
-        evicted to the slot's positions (every block spans the same positions, pruned or not).
-        Blocks differ in size once pruning is on: each layer's slots are padded to the longest
-        layer's, and the padding is masked. The TokenTable rows describe layer 0's blocks."""
-        cache = self.stepper.cache
-        _, start = cache.slots_start()
-        first = blocks[int(chosen[0, 0])].rows.pos
-        extent = int(first.max()) - int(first.min()) + 1
-        starts = torch.tensor([int(b.rows.pos.min()) for b in blocks])
-        shift = start + torch.arange(chosen.shape[1]) * extent - starts[chosen]  # (L, k)
-        sizes = torch.tensor([len(b.rows) for b in blocks])[chosen]  # (L, k)
-        total = int(sizes.sum(1).max())
-        pad = total - sizes.sum(1)  # (L,)
-        keys, values = [], []
-        for layer, row in enumerate(chosen.tolist()):
-            parts = [loaded[b][layer] for b in row]
-            keys.append(self._padded([k for k, _ in parts], int(pad[layer])))
-            values.append(self._padded([v for _, v in parts], int(pad[layer])))
-        token_shift = torch.stack([torch.cat([s.repeat_interleave(n), torch.zeros(int(p), dtype=torch.int64)])
-                                   for s, n, p in zip(shift, sizes, pad)])[:, None, :]  # (L, 1, R)
-        keys = rotate_keys(torch.stack(keys), token_shift, cache.inv_freq)
-        valid = torch.arange(total)[None, :] < (total - pad)[:, None]  # (L, R)
-        rows = TokenTable.empty()
-        for j, b in enumerate(chosen[0].tolist()):
-            r = blocks[b].rows
-            rows = rows.cat(TokenTable(torch.full_like(r.segment, int(Segment.RETRIEVED)), r.seq, r.group,
-                                       r.pos - int(r.pos.min()) + start + j * extent, r.t))
-        num_pad = int(pad[0])  # layer 0's padding rows: masked slots at the region's first position
-        rows = rows.cat(TokenTable(torch.full((num_pad,), int(Segment.RETRIEVED)), torch.full((num_pad,), -1),
-                                   torch.full((num_pad,), -1), torch.full((3, num_pad), start),
-                                   torch.zeros(num_pad, dtype=torch.float64)))
-        cache.insert_retrieved(keys, torch.stack(values), rows, valid)
-        self.stepper.resync()
-
-    @staticmethod
-    def _padded(parts: list[torch.Tensor], num_pad: int) -> torch.Tensor:
-        """(Hkv, n_i, D) pieces -> (Hkv, sum n_i + num_pad, D), zeros at the end."""
-        if num_pad:
-            parts = parts + [parts[0].new_zeros(parts[0].shape[0], num_pad, parts[0].shape[2])]
-        return torch.cat(parts, dim=1)
-
+def probe(stepper: CacheStepper, question: torch.Tensor) -> torch.Tensor:
+    """question: (n, hidden) embeddings of the tokens the caller will run next -> their queries before
+    rotary, (L, Hq, n, D); the cache is left as it was."""
+    cache = stepper.cache
+    builder = stepper.builder()
+    builder.text(question, Segment.TEXT, 0.0)
+    embeds, table = builder.build()
+    length = cache.length
+    with capture_queries() as captured:
+        stepper.adapter.forward(embeds, table.pos, cache)
+    cache.rollback(length)
+    queries = torch.stack([captured[layer] for layer in range(len(captured))])
+    return unrotate(queries, table.pos, cache.inv_freq, cache.mrope_section)

@@ -23,12 +23,13 @@ import torch
 
 from livesight.errors import InputError
 from livesight.kvcache import Segment, StreamCache, TokenTable, WindowPolicy
+from livesight.kvcache.blocks import OffloadedBlocks, vision_blocks
 from livesight.streaming.adapter import ChatIds, QwenVLAdapter
 from livesight.streaming.chunker import Chunk
 from livesight.streaming.config import GB, SessionConfig
 from livesight.streaming.events import Event
 from livesight.streaming.models import free_bytes
-from livesight.streaming.retrieval import Retriever
+from livesight.streaming.retrieval import probe
 from livesight.streaming.stepper import CacheStepper, StageClock
 from livesight.streaming.tokens import StepBuilder
 from livesight.vision.preprocess import fit_size
@@ -95,6 +96,32 @@ def cache_capacity(config: SessionConfig, tokens_per_chunk: int, chat: ChatIds) 
                                                                                                 question_step)
 
 
+def slab_tokens(adapter: QwenVLAdapter, config: SessionConfig,
+                max_frame: tuple[int, int] | None = None) -> tuple[int, int]:
+    """-> (cache tokens, tokens per chunk) of a stream of max_frame (height, width) frames (None: the
+    largest frame `config` allows): the slab an engine reserves for each stream."""
+    max_pixels = config.max_pixels or adapter.loaded.max_pixels
+    chat = adapter.chat_ids()
+    unit = adapter.patch * adapter.merge
+    if max_frame is None:
+        grid_tokens = -(-config.frames_per_chunk // adapter.temporal) * (max_pixels // unit ** 2)
+    else:
+        grid_tokens = int(np.prod(adapter.merged_grid(fit_size(*max_frame, max_pixels, unit), config.frames_per_chunk)))
+    tokens = len(chat.chunk_open) + len(chat.chunk_close) + grid_tokens
+    return cache_capacity(config, tokens, chat), tokens
+
+
+def check_host_memory(config: SessionConfig, num_streams: int) -> None:
+    """InputError when num_streams streams' offload RAM budgets may exceed the host's available memory."""
+    retrieval = config.retrieval
+    need = retrieval.ram_gb * GB * num_streams if retrieval.enabled else 0
+    available = psutil.virtual_memory().available
+    if need > 0.9 * available:
+        raise InputError(f"{num_streams} streams with --offload-ram-gb {retrieval.ram_gb:g} each may hold "
+                         f"{need / GB:.1f} GB of host memory, {available / GB:.1f} GB is available: lower "
+                         f"--offload-ram-gb or the number of streams")
+
+
 class Stream:
     def __init__(self, adapter: QwenVLAdapter, config: SessionConfig, frame_size: tuple[int, int],
                  cache: Callable[[int], StreamCache] | None = None):
@@ -122,7 +149,7 @@ class Stream:
                                     config.cuda_graphs and cache is None, None if cache is None else cache(self.capacity))
         self.cache = self.stepper.cache
         self.temporal_stride = adapter.temporal_stride(config.fps)
-        self.retriever = None
+        self.offloaded = None
         self.reset()
 
     def reset(self) -> None:
@@ -133,8 +160,10 @@ class Stream:
         self.close()
         self.stepper.reset()
         self.encoder.reset()
-        self.retriever = Retriever(self.stepper, config.retrieval, self.tokens_per_chunk) \
-            if config.retrieval.enabled else None
+        retrieval = config.retrieval
+        self.offloaded = OffloadedBlocks(self.cache, self.tokens_per_chunk, retrieval.top_k, retrieval.scope,
+                                         int(retrieval.ram_gb * GB), int(retrieval.disk_gb * GB),
+                                         retrieval.folder) if retrieval.enabled else None
         compress = config.compression
         refresh_s = max(config.vision_window_s - config.chunk_seconds, config.chunk_seconds)
         self.pruner = TokenPruner(compress.keep_ratio, compress.keep_floor, compress.prune_threshold,
@@ -146,28 +175,22 @@ class Stream:
         self.stepper.forward(builder)
 
     def _offload(self, evicted: TokenTable, index: torch.Tensor) -> None:
-        """Each vision chunk leaving the window becomes one offloaded block, unless pruning left
-        none of its visual tokens (a block of delimiters shows nothing to retrieve)."""
-        is_vision = evicted.segment == Segment.VISION
-        for group in evicted.group[is_vision].unique().tolist():
-            mine = is_vision & (evicted.group == group)
-            if int(mine.sum()) <= self.num_wrapper:
-                continue
-            t0 = float(evicted.t[mine].min())
-            self.retriever.offload(index[mine], (t0, t0 + self.config.chunk_seconds))
+        """Each vision chunk leaving the window becomes one offloaded block."""
+        for slots, time_range in vision_blocks(evicted, index, self.num_wrapper, self.config.chunk_seconds):
+            self.offloaded.offload(slots, time_range)
 
     def _store_errors(self) -> list[Event]:
         """Offload trouble (a deleted session folder, an unreadable block) as error events, once each."""
-        if self.retriever is None:
+        if self.offloaded is None:
             return []
-        errors = self.retriever.store.stats.errors
+        errors = self.offloaded.store.stats.errors
         new, self._errors_seen = errors[self._errors_seen:], len(errors)
         return [Event("error", self.now, text) for text in new]
 
     def close(self) -> None:
         """Remove the stream's offload folder now if it made one (else when collected)."""
-        if self.retriever is not None:
-            self.retriever.close()
+        if self.offloaded is not None:
+            self.offloaded.close()
 
     def _generate(self, logits: torch.Tensor, max_tokens: int, t: float) -> Generator[StepBuilder, Any, list[int]]:
         """Greedy decode. Each step is fed the previous step's argmax straight from the device, so the
@@ -258,7 +281,10 @@ class Stream:
         t0 = time.perf_counter() if asked_at is None else asked_at
         chat = self.chat
         embeds = self.adapter.embed_ids(self.pending + chat.user_open + ids + chat.turn_close + chat.assistant)
-        retrieved = self.retriever.retrieve(embeds) if self.retriever is not None else []
+        retrieved = []
+        if self.offloaded is not None and self.offloaded.can_retrieve:
+            retrieved = self.offloaded.retrieve(probe(self.stepper, embeds))
+            self.stepper.resync()  # later tokens moved up past the retrieved slots
         builder = self.stepper.builder()
         builder.text(embeds, Segment.TEXT, self.now)
         self.pending = []
@@ -295,9 +321,9 @@ class Stream:
             **compression,
             "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
         }
-        if self.retriever is not None:
-            stats = self.retriever.store.stats
-            data["offload"] = {"blocks": len(self.retriever.store), "ram_mb": round(stats.ram_bytes / 2**20, 1),
+        if self.offloaded is not None:
+            stats = self.offloaded.store.stats
+            data["offload"] = {"blocks": len(self.offloaded.store), "ram_mb": round(stats.ram_bytes / 2**20, 1),
                                "disk_mb": round(stats.disk_bytes / 2**20, 1), "dropped": stats.dropped,
                                "skipped": stats.skipped}
         if self.cache.key_buffer.is_cuda:

@@ -2,24 +2,21 @@
 # Many live streams on one H200 (results/streams/h200/), through the device tool from the repo root, in ONE
 # command (carry .whl: transformers 5.23.0 and decord 0.6.0 wheels for Python 3.12), timeout_s 600:
 #   bash scripts/gpu_streams.sh
-# Stages, each time-boxed (worst case 20 + 400 + 80 + 80 = 580 s; expected about 8 minutes):
-#   streams (≤ 400 s, about 5.5 min expected): livesight bench streams on random-7b, counts 1 … 256, with 20
-#            narrated tokens and without, compression and retrieval on, 2 fps, 16-s window, mixed scenes,
-#            chunks spread over each second, a question every second of the measured run to a random stream;
-#            20 s of warm-up and 6 s measured per count; each mode stops at its first count that misses real
-#            time (--stop-at-miss); today's way (Sessions under one lock) at 1 and 4 streams, last.
-#            Per run: ~10 s of pacing plus the warm-up (fed as fast as the engine takes it) and the streams'
-#            start; the model loads once (~40 s). streams.json and streams.md are rewritten after every run,
-#            so a stage cut at its limit still returns every count it finished ("finished": false).
-#   speed    (≤ 80 s each): livesight bench speed, one stream, as results/speed/ was measured but shorter (the
-#            tool's 10 minutes hold this whole script): 300 s without narration, 120 s with 20 narrated tokens;
-#            each loads the model again.
-# What comes back ($OUT, at most the tool's 8 files): gpu.txt, streams.json, streams.md, streams.png,
-# streams.log, speed.log, speed_nonarrate/speed.json, speed_narrate/speed.json. Here, afterwards:
+# Stages, each time-boxed (worst case 150 + 400 + 80 + 80 s):
+#   tests    (≤ 150 s; SKIP_TESTS=1 skips): the slab kernel and the engine-equals-alone tests on the GPU.
+#   streams  (≤ STREAMS_LIMIT, default 400 s): livesight bench streams on random-7b, counts STREAMS (default
+#            1 … 256), with 20 narrated tokens and without, compression (--no-partial) and retrieval on, 2 fps,
+#            16-s window, mixed scenes, chunks spread over each second, a question every second to a random
+#            stream; 16 s of warm-up and 6 s measured per count; each mode stops at its first count that
+#            misses real time (--stop-at-miss); today's way (Sessions under one lock) at 1 and 4 streams,
+#            last. streams.json and streams.md go to $OUT after every run, so a cut keeps what finished.
+#   speed    (≤ 80 s each; SKIP_SPEED=1 skips): livesight bench speed, one stream, shorter than
+#            results/speed/ was measured: 300 s without narration, 120 s with 20 narrated tokens.
+# What comes back ($OUT): gpu.txt, streams.json, streams.md, streams.png, streams.log, speed.log,
+# speed_nonarrate/speed.json, speed_narrate/speed.json. Here, afterwards:
 #   mkdir -p results/streams/h200 && cp -r <files_at>/* results/streams/h200/
 #   python -m livesight.eval.streams_report --render results/streams/h200     # if streams.png is missing
-#   python -m livesight.eval.speed_report --render results/streams/h200/speed_narrate   # and _nonarrate
-# GPU memory over a long run at the headline count is a separate run (not in this budget), e.g.:
+# GPU memory over a long run at the headline count is a separate run, e.g.:
 #   python3 -m livesight bench streams --model random-7b --streams N --narration on --baseline-streams none \
 #     --seconds 6 --memory-seconds 1800 --out /tmp/memory
 set -uo pipefail

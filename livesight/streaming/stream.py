@@ -112,13 +112,15 @@ def slab_tokens(adapter: QwenVLAdapter, config: SessionConfig,
 
 
 def check_host_memory(config: SessionConfig, num_streams: int) -> None:
-    """InputError when num_streams streams' offload RAM budgets may exceed the host's available memory."""
+    """InputError when num_streams streams' offload RAM budgets together exceed the host's memory. A budget
+    is a cap that fills as a stream runs long, not an allocation, so it is held against the machine's whole
+    memory, not against what happens to be free when the engine starts."""
     retrieval = config.retrieval
     need = retrieval.ram_gb * GB * num_streams if retrieval.enabled else 0
-    available = psutil.virtual_memory().available
-    if need > 0.9 * available:
+    total = psutil.virtual_memory().total
+    if need > 0.9 * total:
         raise InputError(f"{num_streams} streams with --offload-ram-gb {retrieval.ram_gb:g} each may hold "
-                         f"{need / GB:.1f} GB of host memory, {available / GB:.1f} GB is available: lower "
+                         f"{need / GB:.1f} GB of host memory, more than this machine's {total / GB:.1f} GB: lower "
                          f"--offload-ram-gb or the number of streams")
 
 

@@ -95,7 +95,7 @@ class Engine:
             name = name or f"s{next(self._ids)}"
             if name in self.lanes:
                 raise InputError(f"a stream named {name!r} is open already")
-        taken = []  # the slab, to give back if the stream fails to start after taking it
+        taken, stream = [], None  # the slab, to give back if the stream fails to start after taking it
         try:
             with self._model:  # its sink prefill runs the model: not during a step
                 stream = Stream(self.adapter, config, frame_size, cache=lambda n: taken.append(self._take_slab(n))
@@ -104,14 +104,16 @@ class Engine:
                 if name in self.lanes:
                     raise InputError(f"a stream named {name!r} is open already")
                 lane = Lane(name, stream, live, frames_dropped=frames_dropped)
+                if outbox is not None:
+                    lane.outbox = outbox
                 self.lanes[name] = lane
         except BaseException:
+            if stream is not None:
+                stream.close()
             with self._lock:
                 for cache in taken:
                     self.pool.give_back(cache)
             raise
-        if outbox is not None:
-            lane.outbox = outbox
         return name
 
     def _take_slab(self, capacity: int):

@@ -137,9 +137,9 @@ class VideoPass:
 
     def ask(self, prompt: str, max_tokens: int | None) -> dict:
         """Once every chunk up to the time asked for is fed, the question is scheduled after the last
-        of them (not before: the engine would answer ahead of chunks still queued). Any error event
-        fails the pass: the engine does not tell a failed job (no answer would come) from the
-        offload store's trouble."""
+        of them (not before: the engine would answer ahead of chunks still queued). An error event of a
+        failed job (`failed`: no answer will come) fails the pass; the offload store's trouble does not
+        (the answer comes from what is left)."""
         start = time.perf_counter()
         with self._gate:
             self._gate.wait_for(lambda: self._failure is not None or self._exhausted
@@ -149,7 +149,7 @@ class VideoPass:
             at = self._fed_to
         self.engine.ask(self.id, prompt, remember=False, max_tokens=max_tokens, at=at)
         while (event := self.events.get()).type != "answer":
-            if event.type == "error":
+            if event.type == "error" and "failed" in event.data:
                 raise StreamFailed(event.text)
         self.ask_s += time.perf_counter() - start
         data = event.data
@@ -159,13 +159,11 @@ class VideoPass:
     def fail(self, why: str) -> None:
         """The engine stopped: wake `ask` and `close` wherever they wait."""
         self._set(_failure=StreamFailed(why))
-        self.events.put(Event("error", 0.0, why))
+        self.events.put(Event("error", 0.0, why, {"failed": "engine"}))
 
     def close(self) -> None:
-        """Stop the feeder and let the stream end before its slab is freed: a feeder waiting for room
-        in `put` sees its queued chunks (at most max_pending) run out."""
+        """Stop the feeder and close the stream now: its queued chunks are dropped, not run (a feeder
+        waiting for room in `put` is woken by the close)."""
         self._set(_closed=True)
-        while self.owner.failure is None and self.events.get().type != "summary":
-            pass
         self.engine.close(self.id)
         self.owner.closed(self)

@@ -321,6 +321,10 @@ class Engine:
             events = done.value
         except Exception as err:  # noqa: BLE001 - one stream's failure must not stop the others
             events = [self._failure(lane, err)]
+        self._done(lane, events)
+
+    def _done(self, lane: Lane, events: list[Event]) -> None:
+        """The job is over: its events out, a chunk's metrics with its latency and the stream's counts."""
         job, lane.work, lane.job, lane.item = lane.job, None, None, None
         if job.kind == "chunk":
             for event in events:
@@ -361,6 +365,7 @@ class Engine:
             if len(lanes) == 1:
                 return self._fail(lanes[0], err)
             return [self._language([lane]) for lane in lanes]
+        self.stage_ms["steps"] += 1
         self.stage_ms["rows"] += sum(lane.item.num_tokens for lane in lanes)
         self.stage_ms["streams"] += len(lanes)
         for lane, row in zip(lanes, logits):
@@ -370,9 +375,7 @@ class Engine:
         """The stream's job ends with an error event; the other streams go on."""
         event = self._failure(lane, err)
         lane.work.close()
-        lane.work, lane.job, lane.item = None, None, None
-        with self._lock:
-            self._emit(lane, [event])
+        self._done(lane, [event])
 
     @staticmethod
     def _failure(lane: Lane, err: Exception) -> Event:
@@ -387,4 +390,3 @@ class Engine:
         t0 = time.perf_counter()
         fn()
         self.stage_ms[name] += (time.perf_counter() - t0) * 1000
-        self.stage_ms["steps"] += name == "lm_ms"

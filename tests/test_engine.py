@@ -20,7 +20,7 @@ from livesight.streaming.tokens import StepBuilder
 
 
 def _record(stream, log: list[torch.Tensor]) -> None:
-    """Wrap the stream's work so every logits row sent to it is appended to `log`."""
+    """Wrap the stream's work so every logits row sent to it (in its StepResult) is appended to `log`."""
     for name in ("chunk_work", "ask_work"):
         original = getattr(stream, name)
 
@@ -31,7 +31,7 @@ def _record(stream, log: list[torch.Tensor]) -> None:
                 while True:
                     result = yield item
                     if isinstance(item, StepBuilder):
-                        log.append(result.detach().clone())
+                        log.append(result.logits.detach().clone())
                     item = work.send(result)
             except StopIteration as done:
                 return done.value

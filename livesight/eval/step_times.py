@@ -13,6 +13,7 @@ import time
 import torch
 
 from livesight.streaming.engine import Engine
+from livesight.streaming.step_output import StepOutputs
 
 READ_AFTER = 1024  # steps kept unread before the older ones are read (their events are long done)
 
@@ -30,17 +31,17 @@ class StepTimes:
             self.unread: list[tuple[str, int, object, object]] = []  # (kind, rows, start, end)
             self.totals = {kind: {"steps": 0, "rows": 0, "ms": 0.0} for kind in ("decode", "prefill")}
 
-    def __call__(self, steps: list) -> list[torch.Tensor]:
+    def __call__(self, steps: list) -> StepOutputs:
         rows = sum(builder.num_tokens for _, builder in steps)
         kind = "decode" if rows == len(steps) else "prefill"
         start = self._mark()
-        logits = self.batch(steps)
+        outputs = self.batch(steps)
         end = self._mark()
         with self._lock:
             self.unread.append((kind, rows, start, end))
             if len(self.unread) > READ_AFTER:
                 self._read(len(self.unread) // 2)
-        return logits
+        return outputs
 
     def __getattr__(self, name: str):
         return getattr(self.batch, name)  # the rest of BatchStep (num_graphs) as it is

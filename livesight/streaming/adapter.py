@@ -23,6 +23,7 @@ from livesight.errors import InputError
 from livesight.streaming.models import SMOLLM2, LoadedModel, load_model
 from livesight.vision.encoder import EncodeStats, VisionEncoder, encode_batch
 from livesight.vision.preprocess import resize_frames, to_patches
+from livesight.vision.tower import align_tower
 
 ATTENTION_NAME = "livesight"
 
@@ -218,6 +219,8 @@ class QwenVLAdapter(TextAdapter):
         self.patch, self.merge, self.temporal = vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size
         self.tokens_per_second = vision.tokens_per_second
         self.video_token_id = model.config.video_token_id
+        if self.device.type == "cuda":  # same outputs, GEMM shapes the GPU runs at full speed (vision/tower.py)
+            align_tower(self.visual)
         self.fuse(True)
 
     def fuse(self, on: bool) -> None:

@@ -20,6 +20,7 @@ from livesight.kvcache.cache import CacheFullError
 from livesight.kvcache.pool import KVPool
 from livesight.streaming.adapter import TextAdapter
 from livesight.streaming.static_step import row_bucket
+from livesight.streaming.step_output import StepOutputs
 from livesight.streaming.stepper import CacheStepper
 from livesight.streaming.tokens import StepBuilder
 
@@ -40,28 +41,37 @@ class BatchStep:
         return len(self._replays)
 
     @torch.inference_mode()
-    def __call__(self, steps: list[tuple[CacheStepper, StepBuilder]]) -> list[torch.Tensor]:
-        """Run every stream's step in one pass -> each step's last logits (vocab,), in order; the
-        steppers record their tokens as if each had run alone. A step that would overflow its
+    def __call__(self, steps: list[tuple[CacheStepper, StepBuilder]]) -> StepOutputs:
+        """Run every stream's step in one pass -> each step's last logits and greedy token, in order;
+        the steppers record their tokens as if each had run alone. A step that would overflow its
         stream's cache raises CacheFullError before anything runs."""
-        built = [builder.build() for _, builder in steps]
+        tables = [builder.table() for _, builder in steps]
         segments, row = [], 0
-        for (stepper, _), (embeds, _) in zip(steps, built):
-            cache, n = stepper.cache, embeds.shape[0]
+        for (stepper, _), table in zip(steps, tables):
+            cache, n = stepper.cache, len(table)
             if cache.length + n > cache.capacity:
                 raise CacheFullError(f"step of {n} tokens overflows the cache ({cache.length}/{cache.capacity})")
             segments.append((cache.slab, row, n, cache.length))
             row += n
-        embeds = torch.cat([e for e, _ in built]).to(self.adapter.dtype)
-        positions = torch.cat([t.pos for _, t in built], dim=1)
+        embeds = self._embeds([piece for _, builder in steps for piece in builder.embeds])
+        positions = torch.cat([table.pos for table in tables], dim=1)
         padded = any(stepper.cache.key_valid is not None for stepper, _ in steps)
         hidden = self._hidden(embeds, positions, segments, padded)
         last = torch.tensor([r + n - 1 for _, r, n, _ in segments]).to(hidden.device, non_blocking=True)
-        logits = self.adapter.logits(hidden[last])
-        for (stepper, builder), (_, table), (_, _, n, start) in zip(steps, built, segments):
+        outputs = StepOutputs(self.adapter.logits(hidden[last]))
+        for (stepper, builder), table, (_, _, n, start) in zip(steps, tables, segments):
             stepper.cache.length = start + n
             stepper.commit(builder, table)
-        return list(logits)
+        return outputs
+
+    def _embeds(self, pieces: list[torch.Tensor]) -> torch.Tensor:
+        """The steps' pieces in order -> (N, hidden); the pieces given as token ids (decode steps feed
+        the previous step's tokens) are embedded in one call for all streams."""
+        ids = [piece for piece in pieces if piece.dim() == 1]
+        if ids:
+            embedded = iter(self.adapter.embed_tokens(torch.cat(ids)).split([piece.shape[0] for piece in ids]))
+            pieces = [next(embedded) if piece.dim() == 1 else piece for piece in pieces]
+        return torch.cat(pieces).to(self.adapter.dtype)
 
     def _hidden(self, embeds: torch.Tensor, positions: torch.Tensor, segments: list[tuple[int, int, int, int]],
                 padded: bool) -> torch.Tensor:

@@ -360,7 +360,7 @@ class Engine:
     def _language(self, lanes: list[Lane]) -> None:
         """Every ready step in one language-model pass; if it fails, step by step, to find whose it was."""
         try:
-            logits = self.batch([(lane.stream.stepper, lane.item) for lane in lanes])
+            outputs = self.batch([(lane.stream.stepper, lane.item) for lane in lanes])
         except Exception as err:  # noqa: BLE001
             if len(lanes) == 1:
                 return self._fail(lanes[0], err)
@@ -368,8 +368,8 @@ class Engine:
         self.stage_ms["steps"] += 1
         self.stage_ms["rows"] += sum(lane.item.num_tokens for lane in lanes)
         self.stage_ms["streams"] += len(lanes)
-        for lane, row in zip(lanes, logits):
-            self._advance(lane, row)
+        for lane, result in zip(lanes, outputs):
+            self._advance(lane, result)
 
     def _fail(self, lane: Lane, err: Exception) -> None:
         """The stream's job ends with an error event; the other streams go on."""

@@ -5,6 +5,7 @@ import gc
 
 from livesight.streaming.chunker import Chunk
 from livesight.streaming.events import Event
+from livesight.streaming.step_output import StepResult
 from livesight.streaming.stream import Stream, VisionWork, Work, check_fits
 
 __all__ = ["Session", "check_fits"]
@@ -27,7 +28,7 @@ class Session(Stream):
                 if isinstance(item, VisionWork):
                     result = self.adapter.encode_frames(item.frames, self.size, self.encoder)
                 else:
-                    result = self.stepper.forward(item)
+                    result = StepResult.alone(self.stepper.forward(item))
                 item = work.send(result)
         except StopIteration as done:
             return done.value

@@ -30,7 +30,7 @@ class CacheStepper:
 
     def forward(self, builder: StepBuilder, all_logits: bool = False) -> torch.Tensor:
         """Run the step; -> logits of its last token (vocab,), or of every token (n, vocab)."""
-        embeds, table = builder.build()
+        embeds, table = builder.build(self.adapter.embed_tokens)
         if self.static is not None and not all_logits and self.static.fits(len(table)):
             logits = self.static(embeds, table.pos)
         else:

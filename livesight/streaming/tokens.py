@@ -5,6 +5,7 @@ its wrapper text, then the token grid at (s + k * stride, s + row, s + col), the
 at the grid's largest position + 1, as Qwen2.5-VL's get_rope_index lays out a video.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -19,7 +20,7 @@ class StepBuilder:
     next_pos: int
     next_seq: int
     next_group: int
-    embeds: list[torch.Tensor] = field(default_factory=list)
+    embeds: list[torch.Tensor] = field(default_factory=list)  # (n, hidden) embeddings, or (n,) token ids
     rows: list[TokenTable] = field(default_factory=list)
 
     def _add(self, embeds: torch.Tensor, segment: Segment, pos: torch.Tensor, group: torch.Tensor, t: float) -> None:
@@ -33,9 +34,18 @@ class StepBuilder:
         self.next_pos = int(pos.max()) + 1
 
     def text(self, embeds: torch.Tensor, segment: Segment, t: float) -> None:
-        """embeds: (n, hidden) of n text tokens, each its own group."""
+        """embeds: (n, hidden) of n text tokens, each its own group; or their ids (n,) on the device,
+        embedded when the step is built (a batched step embeds every stream's in one call)."""
         n = embeds.shape[0]
         if n == 0:
+            return
+        if n == 1:  # a decode step's token, once per stream per step: the same rows, fewer tensor ops
+            ints = torch.tensor([int(segment), self.next_seq, self.next_group, self.next_pos, self.next_pos,
+                                 self.next_pos])
+            self.rows.append(TokenTable(ints[0:1], ints[1:2], ints[2:3], ints[3:].view(3, 1),
+                                        torch.tensor([float(t)], dtype=torch.float64)))
+            self.embeds.append(embeds)
+            self.next_seq, self.next_group, self.next_pos = self.next_seq + 1, self.next_group + 1, self.next_pos + 1
             return
         pos = torch.arange(self.next_pos, self.next_pos + n).expand(3, n).clone()
         group = torch.arange(self.next_group, self.next_group + n)
@@ -69,9 +79,17 @@ class StepBuilder:
     def num_tokens(self) -> int:
         return sum(len(row) for row in self.rows)
 
-    def build(self) -> tuple[torch.Tensor, TokenTable]:
-        """-> embeds (n, hidden), the new tokens' table."""
+    def table(self) -> TokenTable:
+        """The new tokens' table."""
+        if len(self.rows) == 1:
+            return self.rows[0]
         table = TokenTable.empty()
         for row in self.rows:
             table = table.cat(row)
-        return torch.cat(self.embeds), table
+        return table
+
+    def build(self, embed: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, TokenTable]:
+        """-> embeds (n, hidden), the new tokens' table; embed: token ids (n,) -> (n, hidden), for the
+        pieces given as ids."""
+        pieces = [embed(piece) if piece.dim() == 1 else piece for piece in self.embeds]
+        return (pieces[0] if len(pieces) == 1 else torch.cat(pieces)), self.table()

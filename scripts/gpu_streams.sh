@@ -4,6 +4,7 @@
 #   bash scripts/gpu_streams.sh
 # Stages, each time-boxed (worst case 150 + 400 + 80 + 80 s):
 #   tests    (≤ 150 s; SKIP_TESTS=1 skips): the slab kernel and the engine-equals-alone tests on the GPU.
+#   (SKIP_STREAMS=1 skips the streams stage; STOP= measures every count; BASELINE=1,4 today's way's counts.)
 #   streams  (≤ STREAMS_LIMIT, default 400 s): livesight bench streams on random-7b, counts STREAMS (default
 #            1 … 256), with 20 narrated tokens and without, compression (--no-partial) and retrieval on, 2 fps,
 #            16-s window, mixed scenes, chunks spread over each second, a question every second to a random
@@ -33,12 +34,15 @@ if [ -z "${SKIP_TESTS:-}" ]; then
   stamp "engine tests on the GPU: the slab kernel, each stream equal to the stream alone (fp32 eager, bf16 graphs)"
   timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_engine.py tests/test_slab_attention.py 2>&1 | tail -3
 fi
-stamp "streams: bench streams on random-7b (at most 400 s); a line per run"
-timeout ${STREAMS_LIMIT:-400} python3 -m livesight bench streams --model random-7b --streams ${STREAMS:-1,8,16,32,64,128,192,256} \
-  --narration both --narrate-tokens 20 --seconds 6 --warmup-seconds 16 --ask-every 1 --baseline-streams 1,4 \
-  --stop-at-miss --out "$OUT" 2>&1 | tee "$OUT/streams.log" | grep -v "^|"  # written after every run: a cut keeps them
-stamp "streams: exit ${PIPESTATUS[0]}"
-grep -E "^\| (engine|today)" "$OUT/streams.md"
+if [ -z "${SKIP_STREAMS:-}" ]; then
+  stamp "streams: bench streams on random-7b (at most ${STREAMS_LIMIT:-400} s); a line per run"
+  timeout ${STREAMS_LIMIT:-400} python3 -m livesight bench streams --model random-7b \
+    --streams ${STREAMS:-1,8,16,32,64,128,192,256} --narration both --narrate-tokens 20 --seconds 6 --warmup-seconds 16 \
+    --ask-every 1 --baseline-streams ${BASELINE:-1,4} ${STOP---stop-at-miss} --out "$OUT" 2>&1 \
+    | tee "$OUT/streams.log" | grep -v "^|"  # written after every run: a cut keeps them
+  stamp "streams: exit ${PIPESTATUS[0]}"
+  grep -E "^\| (engine|today)" "$OUT/streams.md"
+fi
 [ -n "${SKIP_SPEED:-}" ] && exit 0
 
 speed() {  # name, then bench speed's arguments

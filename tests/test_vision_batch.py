@@ -97,3 +97,21 @@ def test_without_partial_passes_a_changed_chunk_is_encoded_in_full_and_an_unchan
         (got, stats), (want, _) = encoder.encode(*inputs), full.encode(*inputs)
         assert stats.mode == mode
         assert torch.equal(got, want)
+
+
+def test_frames_batch_resizes_chunks_of_a_shape_together_as_each_alone(tiny):
+    """encode_frames_batch resizes and cuts same-shaped chunks in one call: each chunk's result and
+    its encoder's state equal encode_frames on it alone (sizes mixed, sources of two shapes)."""
+    adapter = QwenVLAdapter(tiny)
+    plan = [((90, 160), SMALL), ((90, 160), SMALL), ((120, 200), LARGE), ((90, 160), SMALL), ((120, 200), LARGE),
+            ((100, 150), SMALL)]
+    batched, alone = ([adapter.vision_encoder(size, 2, 0.02) for _, size in plan] for _ in range(2))
+    for r in range(2):
+        frames = [torch.from_numpy(np.stack([render(3.0 * i + r + k / 2, shape[1], shape[0], "busy")
+                                             for k in range(2)])) for i, (shape, _) in enumerate(plan)]
+        got = adapter.encode_frames_batch([(f, size, enc) for f, (_, size), enc in zip(frames, plan, batched)])
+        for f, (_, size), enc, want_enc, (tokens, stats) in zip(frames, plan, batched, alone, got):
+            want_tokens, want_stats = adapter.encode_frames(f, size, want_enc)
+            assert stats == want_stats
+            torch.testing.assert_close(tokens, want_tokens, rtol=1e-5, atol=1e-6)
+            _assert_same_state(enc, want_enc)

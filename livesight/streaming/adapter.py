@@ -290,7 +290,19 @@ class QwenVLAdapter(TextAdapter):
                             ) -> list[tuple[torch.Tensor, EncodeStats]]:
         """encode_frames for the chunks of many streams, (frames, size, encoder) each, the full passes
         in one tower pass (vision/encoder.py: encode_batch)."""
-        return encode_batch([(encoder, *self.to_pixels(frames, size)) for frames, size, encoder in items])
+        inputs = [None] * len(items)
+        groups: dict[tuple, list[int]] = {}  # chunks of one shape and size are resized and cut together
+        for i, (frames, size, _) in enumerate(items):
+            groups.setdefault((tuple(frames.shape), tuple(size)), []).append(i)
+        for (shape, size), members in groups.items():
+            if len(members) == 1 or shape[0] % self.temporal:
+                for i in members:
+                    inputs[i] = self.to_pixels(items[i][0], size)
+                continue
+            frames, pixels = self.to_pixels(torch.cat([items[i][0] for i in members]), size)
+            for i, x, rows in zip(members, frames.chunk(len(members)), pixels.chunk(len(members))):
+                inputs[i] = (x, rows)
+        return encode_batch([(encoder, *pair) for (_, _, encoder), pair in zip(items, inputs)])
 
 
 # The adapter of each model family, by the loaded config's model_type: a new family is one more entry.

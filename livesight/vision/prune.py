@@ -24,8 +24,7 @@ def select_tokens(novelty: torch.Tensor, change: torch.Tensor, forced: torch.Ten
 
     k = max(min(#novel, ceil(keep_ratio n)), min(#changed, ceil(floor n))), most novel first, plus forced."""
     n = novelty.numel()
-    num_novel = int((novelty > threshold).sum())
-    num_changed = int((change > threshold).sum())
+    num_novel, num_changed = torch.stack([(novelty > threshold).sum(), (change > threshold).sum()]).tolist()  # one read
     k = max(min(num_novel, math.ceil(keep_ratio * n)), min(num_changed, math.ceil(floor * n)))
     keep = forced.clone()
     keep[torch.argsort(novelty, descending=True, stable=True)[:k]] = True

@@ -4,8 +4,8 @@ Each stream's step (a chunk's prefill, a question, one decode token) is packed a
 token i is written to its stream's slab of the KV pool and attends only to that slab
 (kernels/slab_attention.py). On a GPU, a step of up to GRAPH_MAX_ROWS rows runs at a bucketed
 shape (rows, streams) replayed from a CUDA graph, its padding rows written to the pool's spare slab:
-eagerly, a 7B step waits on the host launching ~700 kernels, 20-30 ms, whether it carries one token
-or a hundred. Larger steps are compute-bound and run eagerly.
+eagerly, a 7B step waits on the host launching ~700 kernels, 20-50 ms, whether it carries one token
+or a thousand. Larger steps are compute-bound and run eagerly.
 """
 
 import dataclasses
@@ -24,7 +24,10 @@ from livesight.streaming.step_output import StepOutputs
 from livesight.streaming.stepper import CacheStepper
 from livesight.streaming.tokens import StepBuilder
 
-GRAPH_MAX_ROWS = 512  # the largest captured step; past it a step is compute-bound anyway
+# the largest captured step: an eager step waits on the host launching its ~700 kernels (measured on an
+# H200 at random-7b: 55 ms for a step of ~700 rows whose matmuls take ~14), so graphs pay until a step's
+# compute outweighs that; past 512 rows the buckets are multiples of WIDE_ROW_STEP (fewer graphs to capture)
+GRAPH_MAX_ROWS, WIDE_ROW_STEP = 4096, 256
 
 
 class BatchStep:
@@ -91,7 +94,7 @@ class BatchStep:
         prefills)."""
         num_rows, device = embeds.shape[0], self.pool.key_buffer.device
         decode = all(n == 1 for _, _, n, _ in segments)
-        rows = row_bucket(num_rows)
+        rows = row_bucket(num_rows) if num_rows <= 512 else -(-num_rows // WIDE_ROW_STEP) * WIDE_ROW_STEP
         # a table for as many streams as the pool holds: one graph per row bucket, whatever the mix of streams
         num_blocks = slab_plan_blocks(rows, min(rows, self.pool.num_slabs), self.groups, decode)
         plan = slab_plan(segments, rows, self.groups, self.pool.slab_capacity, self.adapter.num_kv_heads, device,

@@ -13,7 +13,7 @@ import time
 import torch
 
 from livesight.streaming.engine import Engine
-from livesight.streaming.step_output import StepOutputs
+from livesight.streaming.step_output import StepResult
 
 READ_AFTER = 1024  # steps kept unread before the older ones are read (their events are long done)
 
@@ -31,7 +31,7 @@ class StepTimes:
             self.unread: list[tuple[str, int, object, object]] = []  # (kind, rows, start, end)
             self.totals = {kind: {"steps": 0, "rows": 0, "ms": 0.0} for kind in ("decode", "prefill")}
 
-    def __call__(self, steps: list) -> StepOutputs:
+    def __call__(self, steps: list) -> list[StepResult]:
         rows = sum(builder.num_tokens for _, builder in steps)
         kind = "decode" if rows == len(steps) else "prefill"
         start = self._mark()

@@ -20,7 +20,7 @@ from livesight.kvcache.cache import CacheFullError
 from livesight.kvcache.pool import KVPool
 from livesight.streaming.adapter import TextAdapter
 from livesight.streaming.static_step import row_bucket
-from livesight.streaming.step_output import StepOutputs
+from livesight.streaming.step_output import StepResult, step_results
 from livesight.streaming.stepper import CacheStepper
 from livesight.streaming.tokens import StepBuilder
 
@@ -44,7 +44,7 @@ class BatchStep:
         return len(self._replays)
 
     @torch.inference_mode()
-    def __call__(self, steps: list[tuple[CacheStepper, StepBuilder]]) -> StepOutputs:
+    def __call__(self, steps: list[tuple[CacheStepper, StepBuilder]]) -> list[StepResult]:
         """Run every stream's step in one pass -> each step's last logits and greedy token, in order;
         the steppers record their tokens as if each had run alone. A step that would overflow its
         stream's cache raises CacheFullError before anything runs."""
@@ -61,7 +61,7 @@ class BatchStep:
         padded = any(stepper.cache.key_valid is not None for stepper, _ in steps)
         hidden = self._hidden(embeds, positions, segments, padded)
         last = torch.tensor([r + n - 1 for _, r, n, _ in segments]).to(hidden.device, non_blocking=True)
-        outputs = StepOutputs(self.adapter.logits(hidden[last]))
+        outputs = step_results(self.adapter.logits(hidden[last]))
         for (stepper, builder), table, (_, _, n, start) in zip(steps, tables, segments):
             stepper.cache.length = start + n
             stepper.commit(builder, table)

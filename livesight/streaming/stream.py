@@ -31,7 +31,7 @@ from livesight.streaming.config import GB, SessionConfig
 from livesight.streaming.events import Event
 from livesight.streaming.models import free_bytes
 from livesight.streaming.retrieval import probe
-from livesight.streaming.step_output import StepResult
+from livesight.streaming.step_output import StepResult, StepTokens
 from livesight.streaming.stepper import CacheStepper, StageClock
 from livesight.streaming.tokens import StepBuilder
 from livesight.vision.preprocess import fit_size
@@ -204,15 +204,15 @@ class Stream:
         closing tokens next step."""
         start = self.cache.length
         ids: list[int] = []
-        unread: list[StepResult] = []  # tokens on the device, not yet read
+        unread: list[tuple[StepTokens, int]] = []  # tokens on their way to the host, not yet read
         while len(ids) + len(unread) < max_tokens:
-            unread.append(result)
+            unread.append((result.tokens, result.index))  # not the result: its step's logits may go
             if len(ids) + len(unread) < max_tokens:
                 builder = self.stepper.builder()
                 builder.text(result.token, Segment.TEXT, t)
                 result = yield builder
             if len(unread) == STOP_CHECK_EVERY or len(ids) + len(unread) == max_tokens:
-                new, unread = [r.token_id() for r in unread], []
+                new, unread = [tokens.ids()[i] for tokens, i in unread], []
                 stop = next((i for i, x in enumerate(new) if x in self.stop_ids), None)
                 if stop is not None:  # the stop token and what followed it were fed: take them back
                     ids += new[:stop]

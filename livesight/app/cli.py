@@ -1,4 +1,4 @@
-"""`livesight run | web | demo | synth | bench`: the command-line front end.
+"""`livesight run | web | serve | demo | synth | bench`: the command-line front end.
 
 Bad input gets one line naming the input and the fix, and exit code 2; never a traceback.
 """
@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     from livesight.app import web as web_ui
     web_ui.add_arguments(sub.add_parser("web", help="the web UI: watch a file, webcam or camera, narrate and ask "
                                                     "in a browser"))
+
+    from livesight.serve import cli as serve_cli
+    serve_cli.add_arguments(sub.add_parser("serve", help="an HTTP API: add streams, read their narration as "
+                                                         "Server-Sent Events, ask questions (OpenAI-compatible too)"))
 
     demo = sub.add_parser("demo", help="write a synthetic clip and run it with tiny-random")
     demo.add_argument("--seconds", type=Bound(float, 0, 3600, low_open=True), default=20.0,
@@ -201,6 +205,11 @@ def web(args) -> int:
     return web_ui.main(args)
 
 
+def serve(args) -> int:
+    from livesight.serve import cli as serve_cli
+    return serve_cli.main(args)
+
+
 def bench(args) -> int:
     from livesight.eval import compression, fidelity_report, speed_report, streams_report
     commands = {"fidelity": fidelity_report.main, "compression": compression.main, "speed": speed_report.main,
@@ -219,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     scratch.exit_on_sigterm()  # SIGTERM ends the process through `finally`: temporary folders go
     scratch.sweep()  # and those of livesight processes killed outright earlier go now
     try:
-        return {"run": run, "web": web, "demo": demo, "synth": synth, "bench": bench,
+        return {"run": run, "web": web, "serve": serve, "demo": demo, "synth": synth, "bench": bench,
                 "eval": evaluate}[args.command](args)
     except InputError as err:
         print(f"livesight: error: {err}", file=sys.stderr)

@@ -10,6 +10,7 @@ import shutil
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
@@ -51,13 +52,17 @@ class LiveRun:
     is done when the last chunk it fed comes back (its metrics event)."""
 
     def __init__(self, engine: Engine, config: SessionConfig, source: str | PushSource, realtime: bool = True,
-                 name: str | None = None, parent: str | None = None):
+                 name: str | None = None, parent: str | None = None, seconds: float | None = None,
+                 on_event: Callable[[Event], None] | None = None):
         """source: a spec for open_source (file path, rtsp://..., webcam:N) or frames pushed by the page.
         realtime: pace a file at real time (its stream is then live: it drops chunks, never waits).
         name: what messages call the source (an upload's own file name, not the server's path to it).
         parent: where the run makes its folder (its id): the whole transcript, written as it comes, and
-        exports; removed by close(). Without it the transcript is the last MAX_EVENTS lines only."""
+        exports; removed by close(). Without it the transcript is the last MAX_EVENTS lines only.
+        seconds: read at most this much of the source (None: open_source's default). on_event: told every
+        event the run records, metrics included, in order (an API's event log)."""
         self.engine, self.config, self.source_spec, self.realtime = engine, config, source, realtime
+        self.seconds, self.on_event = seconds, on_event
         self.name = name or ("browser webcam" if isinstance(source, PushSource) else source)
         self.id = secrets.token_hex(8)  # the server's own name for this run (folders), never a client's string
         self.folder = os.path.join(parent, self.id) if parent else None
@@ -106,7 +111,7 @@ class LiveRun:
         if isinstance(self.source_spec, PushSource):
             self.source_spec.wait_first(WEBCAM_WAIT_S)
             return self.source_spec
-        return open_source(self.source_spec, self.config.fps)
+        return open_source(self.source_spec, self.config.fps, self.seconds)
 
     def _join(self, ingest: Ingest) -> bool:
         """Open the run's engine stream (InputError when its settings need more cache than a slab holds);
@@ -197,6 +202,8 @@ class LiveRun:
 
     def _add(self, event: Event) -> None:
         with self._mutex:
+            if self.on_event is not None:
+                self.on_event(event)
             if event.type == "metrics":
                 self.history.append({"t": event.t, "wall_s": time.monotonic() - self.started, **event.data})
                 return
@@ -225,7 +232,7 @@ class LiveRun:
         failed runs are not streaming (an ended run may still answer questions on what it saw)."""
         return self.state in ("starting", "running") and not self._stop.is_set()
 
-    def ask(self, question: str, timeout_s: float = 300.0) -> list[Event]:
+    def ask(self, question: str, timeout_s: float = 300.0, max_tokens: int | None = None) -> list[Event]:
         """Ask and wait for the answer (the engine takes it ahead of the stream's next chunk); -> [answer]
         or [error]."""
         with self._mutex:  # the stream stays open (see _let_go) until the question is with the engine
@@ -239,7 +246,7 @@ class LiveRun:
                 return [Event("error", 0.0, str(err))]
             asked = Asked(question)
             self._asked.append(asked)
-            self.engine.ask(self.stream_id, question)
+            self.engine.ask(self.stream_id, question, max_tokens=max_tokens)
         if not asked.done.wait(timeout_s):
             return [Event("error", 0.0, f"no answer within {timeout_s:g} s; the engine is busy")]
         return asked.events

@@ -1,0 +1,1 @@
+"""`livesight serve`: the engine behind an HTTP API (FastAPI on uvicorn)."""

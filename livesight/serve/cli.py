@@ -1,0 +1,108 @@
+"""`livesight serve`: the flags, the checks before anything loads, and the server's life.
+
+Loopback by default. Binding any other address needs --token-file (every route but /healthz then asks
+for `Authorization: Bearer TOKEN`). One engine (one model, one GPU) serves every stream; the server's
+engine flags are every stream's defaults and size its cache slabs (--max-streams of them).
+"""
+
+import argparse
+import os
+import threading
+
+from livesight import scratch
+from livesight.app.source_policy import SourcePolicy, is_loopback_host
+from livesight.errors import InputError
+from livesight.streaming.options import Bound, add_engine_args
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind; any but loopback needs --token-file (default %(default)s)")
+    p.add_argument("--port", type=Bound(int, 1, 65535), default=8000, help="port (default %(default)s)")
+    p.add_argument("--token-file", default=None, metavar="FILE",
+                   help="a file holding the bearer token every route but /healthz then requires")
+    p.add_argument("--media-root", default=None, metavar="DIR",
+                   help="the folder whose files clients may name as sources (default: no files)")
+    p.add_argument("--max-streams", type=Bound(int, 1, 1024), default=8,
+                   help="streams the server holds at once, each a slab of cache reserved at start-up "
+                        "(default %(default)s)")
+    add_engine_args(p, offload_dir=False)  # streams spill into the server's own folder
+
+
+def read_token(path: str | None, host: str) -> str | None:
+    """The bearer token, or None on loopback without --token-file; InputError when an exposed bind has no
+    token, or the file is missing, empty or readable by others."""
+    if path is None:
+        if not is_loopback_host(host):
+            raise InputError(f"--host {host} serves beyond this machine: give --token-file FILE (a file holding a "
+                             f"secret token clients send as Authorization: Bearer TOKEN)")
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    except OSError as err:
+        raise InputError(f"--token-file {path}: cannot read it ({err.strerror})") from None
+    if len(token) < 16 or any(c.isspace() for c in token):
+        raise InputError(f"--token-file {path}: the token must be one word of at least 16 characters")
+    if os.name == "posix" and os.stat(path).st_mode & 0o077:
+        raise InputError(f"--token-file {path} is readable by other users: chmod 600 {path}")
+    return token
+
+
+def make_app(engine, server: dict, token: str | None, host: str, media_root: str | None, folder: str,
+             ready) -> tuple:
+    """The API over `engine` -> (the ASGI app, its ApiStreams). server: the engine flags by dest, every
+    stream's defaults; folder: where streams keep transcripts; ready: whether the engine is stepping."""
+    from livesight.serve.app import MAX_BODY_BYTES, BodyLimit, build_app
+    from livesight.serve.metrics import ApiMetrics
+    from livesight.serve.sources import SourceCheck
+    from livesight.serve.streams import ApiStreams
+    metrics = ApiMetrics()
+    streams = ApiStreams(engine, server, SourceCheck(SourcePolicy.for_host(None, host), media_root), folder, metrics)
+    return BodyLimit(build_app(streams, metrics, token, ready), MAX_BODY_BYTES), streams
+
+
+def main(args) -> int:
+    token = read_token(args.token_file, args.host)
+    if args.media_root is not None and not os.path.isdir(args.media_root):
+        raise InputError(f"--media-root {args.media_root} is not a folder")
+    folder = scratch.make("serve")
+    try:
+        return _serve(args, token, folder)
+    finally:
+        scratch.remove(folder)
+
+
+def _serve(args, token: str | None, folder: str) -> int:
+    import uvicorn
+
+    from livesight.app.web_inputs import server_values
+    from livesight.streaming.adapter import load_adapter
+    from livesight.streaming.engine import Engine
+    from livesight.streaming.options import build_config, resolve_device
+    offload_dir, runs_dir = os.path.join(folder, "offload"), os.path.join(folder, "runs")
+    os.mkdir(offload_dir)
+    os.mkdir(runs_dir)
+    server = server_values(vars(args), offload_dir)
+    engine = Engine(load_adapter(args.model, resolve_device(args.device)), build_config(server), args.max_streams)
+    stop = threading.Event()
+    stepping = threading.Thread(target=engine.run, args=(stop,), name="livesight-engine", daemon=True)
+    stepping.start()
+    app, streams = make_app(engine, server, token, args.host, args.media_root, runs_dir, stepping.is_alive)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
+    print(f"livesight serve: http://{args.host}:{args.port} ({args.model}, {engine.pool.num_slabs} streams at most; "
+          f"{'token required' if token else 'no token: loopback only'}; API docs at /docs)", flush=True)
+    try:
+        server_ = uvicorn.Server(config)
+        try:
+            server_.run()
+        except SystemExit:
+            raise InputError(f"cannot serve on {args.host}:{args.port}: is the port in use? Pick another with "
+                             f"--port") from None
+        if not server_.started:
+            raise InputError(f"cannot serve on {args.host}:{args.port}: is the port in use? Pick another with --port")
+    finally:
+        streams.close_all()
+        stop.set()
+        stepping.join()
+    return 0

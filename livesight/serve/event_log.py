@@ -1,0 +1,51 @@
+"""A stream's events for its API clients: numbered from 1, the last CAPACITY kept, waited on by readers.
+
+A client reading the Server-Sent Events gives the last id it saw (Last-Event-ID) when it reconnects,
+and receives every later event still kept, once each. Events older than the kept ones are lost to it,
+and it is told how many (a `lost` event), never silently.
+"""
+
+import threading
+from collections import deque
+
+from livesight.streaming.events import Event
+
+CAPACITY = 4096  # events kept per stream: about 30 minutes of 1-s chunks with narration and metrics
+
+
+class EventLog:
+    def __init__(self, capacity: int = CAPACITY):
+        self._events: deque[tuple[int, Event]] = deque(maxlen=capacity)
+        self._next = 1
+        self._closed = False
+        self._changed = threading.Condition()
+
+    def append(self, event: Event) -> int:
+        """Keep the event -> its id."""
+        with self._changed:
+            number = self._next
+            self._events.append((number, event))
+            self._next += 1
+            self._changed.notify_all()
+            return number
+
+    def close(self) -> None:
+        """No more events will come (the stream was deleted): readers finish what is kept."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    @property
+    def last_id(self) -> int:
+        with self._changed:
+            return self._next - 1
+
+    def after(self, last_id: int, timeout_s: float = 0.0) -> tuple[list[tuple[int, Event]], int, bool]:
+        """The kept events with ids above last_id, waiting up to timeout_s for one -> (events, how many
+        between last_id and the first kept were lost, whether the log is closed)."""
+        with self._changed:
+            if self._next - 1 <= last_id and not self._closed and timeout_s > 0:
+                self._changed.wait(timeout_s)
+            oldest = self._events[0][0] if self._events else self._next
+            lost = max(0, oldest - last_id - 1)
+            return [(n, e) for n, e in self._events if n > last_id], lost, self._closed

@@ -1,0 +1,133 @@
+"""The API's streams: each a LiveRun (app/live.py) on the server's one engine, with its settings and an
+event log its clients read (event_log.py). At most as many as the engine has slabs."""
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from livesight.app.live import LiveRun
+from livesight.errors import InputError
+from livesight.serve.bodies import FIELD_NAMES, StreamCreate
+from livesight.serve.event_log import EventLog
+from livesight.serve.metrics import ApiMetrics
+from livesight.serve.sources import SourceCheck
+from livesight.streaming.config import SessionConfig
+from livesight.streaming.engine import Engine
+from livesight.streaming.options import build_config
+from livesight.streaming.stream import slab_tokens
+
+
+class FieldError(InputError):
+    """Bad input that one field of a request carries: the API answers with its status, naming it."""
+
+    def __init__(self, field_name: str, message: str, status: int = 400):
+        super().__init__(message)
+        self.field, self.status = field_name, status
+
+
+class NotFound(FieldError):
+    def __init__(self, stream_id: str):
+        super().__init__("stream_id", f"no stream {stream_id[:64]!r}: list them with GET /v1/streams", 404)
+
+
+@dataclass
+class ApiStream:
+    id: str
+    source: str  # as the client gave it
+    kind: str  # camera | synthetic | file
+    settings: SessionConfig
+    run: LiveRun
+    log: EventLog
+    created: float = field(default_factory=time.time)
+
+    def describe(self) -> dict[str, Any]:
+        """What GET /v1/streams/{id} says: state, settings, and the last chunk's metrics."""
+        _, history = self.run.snapshot()
+        last = history[-1] if history else {}
+        c = self.settings
+        return {
+            "id": self.id, "source": self.source, "kind": self.kind, "state": self.run.state,
+            "created": self.created,
+            "settings": {"fps": c.fps, "vision_window": c.vision_window_s, "narrate": c.narrate,
+                         "narrate_tokens": c.narrate_tokens, "answer_tokens": c.answer_tokens,
+                         "compression": c.compression.reuse or c.compression.prune,
+                         "retrieval": c.retrieval.enabled, "retrieve_top_k": c.retrieval.top_k},
+            "metrics": {k: last[k] for k in ("t", "chunk", "latency_ms", "kv_tokens", "kv_mb", "chunks_dropped",
+                                             "narrations_shortened", "gpu_mem_mb", "offload") if k in last},
+            "last_event_id": self.log.last_id,
+        }
+
+
+class ApiStreams:
+    def __init__(self, engine: Engine, server: dict[str, Any], check: SourceCheck, folder: str,
+                 metrics: ApiMetrics):
+        """server: the server's engine flags by dest, every stream's defaults; folder: where runs keep
+        their transcripts."""
+        self.engine, self.server, self.check, self.folder, self.metrics = engine, server, check, folder, metrics
+        self._streams: dict[str, ApiStream] = {}
+        self._lock = threading.Lock()
+
+    def create(self, body: StreamCreate) -> ApiStream:
+        try:
+            spec, kind = self.check(body.source)
+        except InputError as err:
+            raise FieldError("source", str(err)) from None
+        config = self._config(body)
+        with self._lock:
+            if len(self._streams) >= self.engine.pool.num_slabs:
+                raise FieldError("source", f"the server carries {len(self._streams)} streams, all it holds: delete "
+                                           f"one first (DELETE /v1/streams/ID)", 409)
+            log = EventLog()
+            holder: dict[str, str] = {}
+
+            def on_event(event, _log=log, _holder=holder):
+                event.data["stream"] = _holder.get("id", "")  # the API's id, not the engine's
+                _log.append(event)
+                self.metrics.observe(event.data["stream"], event)
+            run = LiveRun(self.engine, config, spec, realtime=body.realtime or kind == "camera", name=body.source,
+                          parent=self.folder, seconds=body.seconds, on_event=on_event)
+            holder["id"] = run.id
+            stream = ApiStream(run.id, body.source, kind, config, run, log)
+            self._streams[run.id] = stream
+        return stream
+
+    def _config(self, body: StreamCreate) -> SessionConfig:
+        if body.seconds is not None and not (0 < body.seconds <= 1e7):
+            raise FieldError("seconds", f"seconds: expected a number above 0 to 10,000,000, got {body.seconds}")
+        overrides = body.overrides()
+        try:
+            config = build_config({**self.server, **overrides}, FIELD_NAMES)
+        except InputError as err:
+            named = next((FIELD_NAMES[k] for k in overrides if str(err).startswith(FIELD_NAMES[k])), "settings")
+            raise FieldError(named, str(err)) from None
+        need, _ = slab_tokens(self.engine.adapter, config)
+        if need > self.engine.slab_capacity:
+            raise FieldError(next(iter(overrides), "settings"),
+                             f"these settings need a cache of {need:,} tokens per stream; the server's slabs hold "
+                             f"{self.engine.slab_capacity:,}: ask for a shorter vision_window or fewer tokens")
+        return config
+
+    def get(self, stream_id: str) -> ApiStream:
+        with self._lock:
+            stream = self._streams.get(stream_id)
+        if stream is None:
+            raise NotFound(stream_id)
+        return stream
+
+    def all(self) -> list[ApiStream]:
+        with self._lock:
+            return list(self._streams.values())
+
+    def delete(self, stream_id: str) -> None:
+        with self._lock:
+            stream = self._streams.pop(stream_id, None)
+        if stream is None:
+            raise NotFound(stream_id)
+        stream.run.close()
+        stream.log.close()
+        self.metrics.forget(stream_id)
+
+    def close_all(self) -> None:
+        for stream in self.all():
+            self.delete(stream.id)

@@ -111,15 +111,22 @@ def test_stream_lifecycle_questions_transcript_and_events(api):
     body = answer.json()
     assert body["question"] == "what moved?" and body["ttft_ms"] > 0 and 1 <= body["tokens"] <= 4
     assert isinstance(body["retrieved"], list)
-    events = sse(api, sid, 9)
-    assert [e[0] for e in events] == list(range(1, 10))
-    assert [e[1] for e in events].count("metrics") == 4 and events[-1][1] == "answer"
+    with api.client.stream("POST", f"/v1/streams/{sid}/questions", params={"stream": "true"},
+                           json={"text": "and then?", "max_tokens": 8}) as streamed:
+        kinds = [(line.split(": ", 1)[1]) for line in streamed.iter_lines() if line.startswith(("event", "data"))]
+    parts = [(kinds[i], json.loads(kinds[i + 1])) for i in range(0, len(kinds), 2)]
+    deltas, final = [d["text"] for k, d in parts if k == "delta"], parts[-1]
+    assert final[0] == "answer" and final[1]["tokens"] == 8 and deltas
+    assert "".join(deltas) == final[1]["answer"]  # the parts add up to the answer
+    events = sse(api, sid, 10)
+    assert [e[0] for e in events] == list(range(1, 11))
+    assert [e[1] for e in events].count("metrics") == 4 and [e[1] for e in events][-2:] == ["answer", "answer"]
     assert all(e[2]["stream"] == sid for e in events)
     srt = api.client.get(f"/v1/streams/{sid}/transcript", params={"format": "srt"})
     vtt = api.client.get(f"/v1/streams/{sid}/transcript", params={"format": "vtt"}).text
     jsonl = [json.loads(line) for line in api.client.get(f"/v1/streams/{sid}/transcript").text.splitlines()]
     assert srt.status_code == 200 and srt.text.startswith("1\n00:00:00,000 --> ")
-    assert vtt.startswith("WEBVTT") and jsonl[-1]["type"] == "answer" and jsonl[-1]["question"] == "what moved?"
+    assert vtt.startswith("WEBVTT") and [line.get("question") for line in jsonl[-2:]] == ["what moved?", "and then?"]
     assert api.client.delete(f"/v1/streams/{sid}").status_code == 204
     assert api.client.get(f"/v1/streams/{sid}").status_code == 404
 
@@ -146,8 +153,10 @@ def test_openai_client_asks_a_stream(api):
     assert reply.usage.completion_tokens <= 4
     streamed = client.chat.completions.create(model="any", extra_body={"stream_id": sid}, stream=True,
                                               messages=[{"role": "user", "content": "and now?"}])
-    parts = [c.choices[0].delta.content or "" for c in streamed]
-    assert len(parts) >= 2
+    chunks = list(streamed)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert len(chunks) >= 3 and chunks[-1].choices[0].finish_reason in ("stop", "length")
+    assert chunks[0].choices[0].delta.role == "assistant" and isinstance(text, str)
     api.client.delete(f"/v1/streams/{sid}")
 
 
@@ -275,3 +284,20 @@ def test_cli_refuses_an_exposed_bind_without_a_token(capsys):
     assert "--token-file" in capsys.readouterr().err
     assert main(["serve", "--media-root", "/no/such/folder"]) == 2
     assert "--media-root" in capsys.readouterr().err
+
+
+def test_an_answer_is_told_in_whole_characters_as_its_tokens_are_read(tiny):
+    """Stream._teller: byte tokens read 4 at a time become text that never splits a character, and the
+    parts add up to the answer."""
+    from livesight.streaming.stream import Stream
+    stream = Stream.__new__(Stream)
+    stream.adapter = QwenVLAdapter(tiny)
+    text = "héllo wörld ✓"
+    ids = stream.adapter.tokenizer.encode(text, add_special_tokens=False)  # bytes: é is 2, ✓ is 3
+    told = []
+    read = stream._teller(told.append)
+    for n in range(4, len(ids) + 4, 4):
+        read(ids[:n])
+    read(ids, final=True)
+    assert all("\ufffd" not in part for part in told) and len(told) >= 3
+    assert "".join(told) == text

@@ -41,6 +41,7 @@ class Asked:
     question: str
     done: threading.Event = field(default_factory=threading.Event)
     events: list[Event] = field(default_factory=list)
+    on_delta: Callable[[str], None] | None = None  # told the answer's text as it is generated
 
 
 class LiveRun:
@@ -176,7 +177,14 @@ class LiveRun:
                 self.state = "stopped" if self._stop.is_set() else "ended"
 
     def _take(self, event: Event) -> None:
-        """One of the stream's events: kept for the page, and an answer handed to its question."""
+        """One of the stream's events: kept for the page, and an answer handed to its question (the
+        answer's text as it comes, too, to a question that asked for it; that is not kept)."""
+        if event.type == "answer_delta":
+            with self._mutex:
+                asked = self._asked[0] if self._asked else None
+            if asked is not None and asked.on_delta is not None:
+                asked.on_delta(event.text)
+            return
         self._add(event)
         if event.type == "metrics":
             with self._mutex:
@@ -232,9 +240,10 @@ class LiveRun:
         failed runs are not streaming (an ended run may still answer questions on what it saw)."""
         return self.state in ("starting", "running") and not self._stop.is_set()
 
-    def ask(self, question: str, timeout_s: float = 300.0, max_tokens: int | None = None) -> list[Event]:
+    def ask(self, question: str, timeout_s: float = 300.0, max_tokens: int | None = None,
+            on_delta: Callable[[str], None] | None = None) -> list[Event]:
         """Ask and wait for the answer (the engine takes it ahead of the stream's next chunk); -> [answer]
-        or [error]."""
+        or [error]. on_delta: told the answer's text as it is generated, before the answer comes."""
         with self._mutex:  # the stream stays open (see _let_go) until the question is with the engine
             if self.stream_id is None:
                 starting = self.state == "starting" and not self._closed.is_set()
@@ -244,9 +253,9 @@ class LiveRun:
                 self.engine.lanes[self.stream_id].stream.question_ids(question)
             except InputError as err:
                 return [Event("error", 0.0, str(err))]
-            asked = Asked(question)
+            asked = Asked(question, on_delta=on_delta)
             self._asked.append(asked)
-            self.engine.ask(self.stream_id, question, max_tokens=max_tokens)
+            self.engine.ask(self.stream_id, question, max_tokens=max_tokens, partial=on_delta is not None)
         if not asked.done.wait(timeout_s):
             return [Event("error", 0.0, f"no answer within {timeout_s:g} s; the engine is busy")]
         return asked.events

@@ -8,6 +8,7 @@ but /healthz needs `Authorization: Bearer TOKEN`.
 import asyncio
 import hmac
 import json
+import queue
 import time
 import uuid
 from collections.abc import Callable
@@ -137,10 +138,18 @@ def build_app(streams: ApiStreams, metrics: ApiMetrics, token: str | None, ready
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.post("/v1/streams/{stream_id}/questions", dependencies=auth)
-    def ask(stream_id: str, body: Question):
-        stream = streams.get(stream_id)
-        answer = _answer(stream, body.text, body.max_tokens)
-        return {"question": body.text.strip(), "answer": answer.text, "t": answer.t, **answer.data}
+    def ask(stream_id: str, body: Question, stream: bool = False):
+        asked = streams.get(stream_id)
+        if stream:
+            _check_question(asked, body.text)
+
+            async def events():
+                async for kind, value in _answer_parts(asked, body.text, body.max_tokens):
+                    data = {"text": value} if kind == "delta" else _answered(body.text, value) \
+                        if kind == "answer" else {"message": value}
+                    yield f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+            return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return _answered(body.text, _answer(asked, body.text, body.max_tokens))
 
     @app.get("/v1/streams/{stream_id}/transcript", dependencies=auth)
     def transcript_of(stream_id: str, format: str = Query("jsonl", pattern="^(jsonl|srt|vtt)$")):
@@ -161,8 +170,11 @@ def build_app(streams: ApiStreams, metrics: ApiMetrics, token: str | None, ready
         users = [m for m in body.messages if m.role == "user"]
         if not users or not users[-1].text().strip():
             raise FieldError("messages", "no user message with text: the last user message is the question")
-        answer = _answer(stream, users[-1].text(), body.max_completion_tokens or body.max_tokens)
-        return _completion(body, answer)
+        question, limit = users[-1].text(), body.max_completion_tokens or body.max_tokens
+        if body.stream:
+            _check_question(stream, question)
+            return _completion_chunks(body, _answer_parts(stream, question, limit))
+        return _completion(body, _answer(stream, question, limit))
 
     return app
 
@@ -198,16 +210,25 @@ async def _sse(log, last: int, request: Request):
             return
 
 
-def _answer(stream, text: str, max_tokens: int | None) -> Event:
-    """Ask and wait: the answer event, or a FieldError naming the question (a 4xx) or saying the stream
-    cannot answer (409)."""
+def _answered(question: str, answer: Event) -> dict:
+    return {"question": question.strip(), "answer": answer.text, "t": answer.t, **answer.data}
+
+
+def _check_question(stream, text: str) -> None:
+    """FieldError (400, "text") for an empty or too long question, before it is queued."""
     try:
-        stream.run.engine.lanes[stream.run.stream_id].stream.question_ids(text)  # empty / too long: 400, now
+        stream.run.engine.lanes[stream.run.stream_id].stream.question_ids(text)
     except InputError as err:
         raise FieldError("text", str(err)) from None
     except (KeyError, AttributeError):
         pass  # not streaming yet (or any more): ask says which
-    events = stream.run.ask(text, ANSWER_TIMEOUT_S, max_tokens)
+
+
+def _answer(stream, text: str, max_tokens: int | None, on_delta=None) -> Event:
+    """Ask and wait: the answer event, or a FieldError naming the question (a 4xx) or saying the stream
+    cannot answer (409). on_delta: told the answer's text as it is generated."""
+    _check_question(stream, text)
+    events = stream.run.ask(text, ANSWER_TIMEOUT_S, max_tokens, on_delta)
     answer = next((e for e in events if e.type == "answer"), None)
     if answer is None:
         message = events[0].text if events else "no answer"
@@ -215,25 +236,51 @@ def _answer(stream, text: str, max_tokens: int | None) -> Event:
     return answer
 
 
-def _completion(body: ChatRequest, answer: Event):
+async def _answer_parts(stream, text: str, max_tokens: int | None):
+    """("delta", text) as the answer is generated, then ("answer", its event) or ("error", message)."""
+    parts: "queue.Queue[str]" = queue.Queue()
+    waiting = asyncio.ensure_future(asyncio.to_thread(_answer, stream, text, max_tokens, parts.put))
+    while not (waiting.done() and parts.empty()):
+        try:
+            yield "delta", await asyncio.to_thread(parts.get, True, 0.2)
+        except queue.Empty:
+            continue
+    try:
+        yield "answer", waiting.result()
+    except FieldError as err:
+        yield "error", str(err)
+
+
+def _completion(body: ChatRequest, answer: Event) -> dict:
+    """OpenAI's chat.completion for an answer, with LiveSight's figures under "livesight"."""
+    limit = body.max_completion_tokens or body.max_tokens
+    tokens = answer.data.get("tokens", 0)
+    return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
+            "model": body.model, "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
+                                              "finish_reason": "length" if limit and tokens >= limit else "stop"}],
+            "usage": {"prompt_tokens": 0, "completion_tokens": tokens, "total_tokens": tokens},
+            "livesight": {k: answer.data.get(k) for k in ("ttft_ms", "latency_ms", "retrieved")}}
+
+
+def _completion_chunks(body: ChatRequest, parts):
+    """OpenAI's chat.completion.chunk stream: the answer's text as it is generated, then the finish."""
     created, cid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:24]}"
     limit = body.max_completion_tokens or body.max_tokens
-    finish = "length" if limit is not None and answer.data.get("tokens", 0) >= limit else "stop"
-    extra = {"livesight": {k: answer.data.get(k) for k in ("ttft_ms", "latency_ms", "retrieved")}}
-    usage = {"prompt_tokens": 0, "completion_tokens": answer.data.get("tokens", 0),
-             "total_tokens": answer.data.get("tokens", 0)}
-    if not body.stream:
-        return {"id": cid, "object": "chat.completion", "created": created, "model": body.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
-                             "finish_reason": finish}], "usage": usage, **extra}
 
     def chunk(delta: dict, reason: str | None) -> str:
         return "data: " + json.dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
                                       "model": body.model, "choices": [{"index": 0, "delta": delta,
-                                                                        "finish_reason": reason}], **extra}) + "\n\n"
+                                                                        "finish_reason": reason}]}) + "\n\n"
 
-    def chunks():
-        yield chunk({"role": "assistant", "content": answer.text}, None)
-        yield chunk({}, finish)
+    async def chunks():
+        yield chunk({"role": "assistant", "content": ""}, None)
+        async for kind, value in parts:
+            if kind == "delta":
+                yield chunk({"content": value}, None)
+            elif kind == "answer":
+                tokens = value.data.get("tokens", 0)
+                yield chunk({}, "length" if limit is not None and tokens >= limit else "stop")
+            else:
+                yield "data: " + json.dumps({"error": {"field": "stream_id", "message": value}}) + "\n\n"
         yield "data: [DONE]\n\n"
     return StreamingResponse(chunks(), media_type="text/event-stream")

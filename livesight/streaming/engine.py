@@ -146,10 +146,12 @@ class Engine:
             self._changed.notify_all()
 
     def ask(self, stream_id: str, question: str, remember: bool = True, max_tokens: int | None = None,
-            at: float | None = None) -> None:
+            at: float | None = None, partial: bool = False) -> None:
         """Queue a question: it runs ahead of the stream's next chunk, or once the stream has reached
-        `at` seconds (at its end, if it ends first). The answer comes as an event."""
-        job = Job("question", time.perf_counter(), question=question, remember=remember, max_tokens=max_tokens)
+        `at` seconds (at its end, if it ends first). The answer comes as an event; partial: its text also
+        comes as it is generated, in "answer_delta" events before it."""
+        job = Job("question", time.perf_counter(), question=question, remember=remember, max_tokens=max_tokens,
+                  partial=partial)
         with self._changed:
             lane = self._lane(stream_id)
             if at is not None:
@@ -306,7 +308,8 @@ class Engine:
         own stream only)."""
         job, stream = lane.job, lane.stream
         if job.kind == "question":
-            lane.work = stream.ask_work(job.question, job.remember, job.max_tokens, job.arrived)
+            told = (lambda text: self._emit(lane, [Event("answer_delta", stream.now, text)])) if job.partial else None
+            lane.work = stream.ask_work(job.question, job.remember, job.max_tokens, job.arrived, told)
         else:
             lane.work = stream.chunk_work(job.chunk, stream.config.narrate_tokens // 2 if job.shorten else None)
         self._advance(lane, None)

@@ -20,6 +20,7 @@ class Job:
     remember: bool = True
     max_tokens: int | None = None
     shorten: bool = False  # a live stream's chunk started with another waiting: half the narration
+    partial: bool = False  # a question whose answer also comes as it is generated ("answer_delta" events)
 
 
 @dataclass

@@ -196,12 +196,13 @@ class Stream:
         if self.offloaded is not None:
             self.offloaded.close()
 
-    def _generate(self, result: StepResult, max_tokens: int, t: float) -> Generator[StepBuilder, Any, list[int]]:
+    def _generate(self, result: StepResult, max_tokens: int, t: float,
+                  read: Callable[[list[int]], None] | None = None) -> Generator[StepBuilder, Any, list[int]]:
         """Greedy decode from the step that gave `result`. Each step is fed the previous step's token
         straight from the device, so the host prepares a step while the GPU still runs the one before;
         the ids are read every STOP_CHECK_EVERY tokens (waiting for their own steps only), and steps
         taken past a stop token are undone. Every token but the last is fed now, the last with the
-        closing tokens next step."""
+        closing tokens next step. read: told the ids generated so far, each time more are read."""
         start = self.cache.length
         ids: list[int] = []
         unread: list[tuple[StepTokens, int]] = []  # tokens on their way to the host, not yet read
@@ -218,8 +219,12 @@ class Stream:
                     ids += new[:stop]
                     self.stepper.truncate(start + len(ids))
                     self.pending = list(self.chat.turn_close)
+                    if read is not None:
+                        read(ids)
                     return ids
                 ids += new
+                if read is not None:
+                    read(ids)
         self.pending = ids[-1:] + self.chat.turn_close
         return ids
 
@@ -273,12 +278,14 @@ class Stream:
         return ids
 
     def ask_work(self, question: str, remember: bool = True, max_tokens: int | None = None,
-                 asked_at: float | None = None) -> Work:
+                 asked_at: float | None = None, told: Callable[[str], None] | None = None) -> Work:
         """Answer from the current cache and the blocks retrieval brings back. remember: the
         exchange stays in the text window; otherwise the stream is left exactly as it was (an
         evaluator's questions must not see each other). max_tokens: at most the configured
         answer tokens; asked_at: the perf_counter() time the question came (its wait for the
-        engine counts in its time to first token), else now. Returns [error events..., answer]."""
+        engine counts in its time to first token), else now; told: given the answer's new text as
+        it is generated (whole characters; the answer event's text is the whole answer). Returns
+        [error events..., answer]."""
         ids = self.question_ids(question)
         max_tokens = self.config.answer_tokens if max_tokens is None else min(max_tokens, self.config.answer_tokens)
         saved = None if remember else (self.stepper.snapshot(), self.pending)
@@ -295,7 +302,10 @@ class Stream:
         result = yield builder
         self.stepper.sync()
         ttft = (time.perf_counter() - t0) * 1000
-        answer = yield from self._generate(result, max_tokens, self.now)
+        read = self._teller(told) if told else None
+        answer = yield from self._generate(result, max_tokens, self.now, read)
+        if read is not None:
+            read(answer, final=True)
         self.stepper.sync()
         total = (time.perf_counter() - t0) * 1000
         if saved is None:
@@ -308,6 +318,21 @@ class Stream:
         return self._store_errors() + [Event("answer", self.now, text, {
             "question": question.strip(), "ttft_ms": round(ttft, 2), "latency_ms": round(total, 2),
             "tokens": len(answer), "retrieved": [[round(a, 3), round(b, 3)] for a, b in retrieved]})]
+
+    def _teller(self, told: Callable[[str], None]) -> Callable[..., None]:
+        """-> read(ids so far, final=False), which tells `told` the text they add: up to the last whole
+        character while more may come (a trailing replacement character may be one whose bytes are still
+        coming), all of it once final. So what `told` is given adds up to the answer's text."""
+        shown = ""
+
+        def read(ids: list[int], final: bool = False) -> None:
+            nonlocal shown
+            text = self.adapter.decode(ids)
+            text = text if final else text.rstrip("\ufffd")
+            if len(text) > len(shown) and text.startswith(shown):
+                told(text[len(shown):])
+                shown = text
+        return read
 
     def _metrics(self, chunk: Chunk, times: dict[str, float], num_new: int, num_narrated: int, moved: int,
                  compression: dict) -> Event:

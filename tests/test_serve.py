@@ -27,15 +27,16 @@ SERVER = {**DEFAULTS, "vision_window": 4.0, "narrate_tokens": 3, "answer_tokens"
 class Server:
     """The API on a real uvicorn server on a free loopback port, its engine stepping in a thread."""
 
-    def __init__(self, tiny, folder: str, token: str | None = None, max_streams: int = 3):
+    def __init__(self, tiny, folder: str, token: str | None = None, max_streams: int = 3, page: bool = False):
         self.engine = Engine(QwenVLAdapter(tiny), build_config(SERVER), max_streams)
         self.stop = threading.Event()
         self.stepping = threading.Thread(target=self.engine.run, args=(self.stop,), daemon=True)
         self.stepping.start()
         os.makedirs(os.path.join(folder, "media", "clips"), exist_ok=True)
         self.media = os.path.join(folder, "media")
-        self.app, self.streams = make_app(self.engine, SERVER, token, "127.0.0.1", self.media,
-                                          os.path.join(folder, "runs"), self.stepping.is_alive)
+        ui = (os.path.join(folder, "gradio"), os.path.join(folder, "exports"), "tiny-random") if page else None
+        self.app, self.streams, self.registry = make_app(self.engine, SERVER, token, "127.0.0.1", self.media,
+                                                         os.path.join(folder, "runs"), self.stepping.is_alive, ui)
         os.makedirs(os.path.join(folder, "runs"), exist_ok=True)
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -53,6 +54,8 @@ class Server:
         self.server.should_exit = True
         self.thread.join(10)
         self.streams.close_all()
+        if self.registry is not None:
+            self.registry.close_all()
         self.stop.set()
         self.stepping.join(10)
 
@@ -301,3 +304,16 @@ def test_an_answer_is_told_in_whole_characters_as_its_tokens_are_read(tiny):
     read(ids, final=True)
     assert all("\ufffd" not in part for part in told) and len(told) >= 3
     assert "".join(told) == text
+
+
+def test_the_web_ui_is_mounted_on_the_same_engine(tiny, tmp_path):
+    server = Server(tiny, str(tmp_path), max_streams=2, page=True)
+    try:
+        assert server.client.get("/ui/").status_code == 200
+        assert server.client.get("/ui/config").json()["title"] == "LiveSight"
+        assert server.registry.max_runs == server.engine.pool.num_slabs  # the page's runs take the same slabs
+        made = server.client.post("/v1/streams", json={"source": "synthetic", "seconds": 2, "realtime": False})
+        assert made.status_code == 201
+        wait_state(server, made.json()["id"])
+    finally:
+        server.close()

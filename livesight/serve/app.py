@@ -42,11 +42,12 @@ class BodyLimit:
     class TooLarge(Exception):
         pass
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, exempt: str | None = None):
+        """exempt: a path prefix whose requests are not limited here (the web UI's uploads have their own)."""
+        self.app, self.limit, self.exempt = app, limit, exempt
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (self.exempt and scope["path"].startswith(self.exempt)):
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):

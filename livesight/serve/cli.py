@@ -6,6 +6,7 @@ engine flags are every stream's defaults and size its cache slabs (--max-streams
 """
 
 import argparse
+import contextlib
 import os
 import threading
 
@@ -14,6 +15,8 @@ from livesight.app.source_policy import SourcePolicy, is_loopback_host
 from livesight.errors import InputError
 from livesight.streaming.options import Bound, add_engine_args
 
+UI_PATH = "/ui"
+UI_UPLOAD = "500mb"  # the largest video a page may upload
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1",
@@ -23,9 +26,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a file holding the bearer token every route but /healthz then requires")
     p.add_argument("--media-root", default=None, metavar="DIR",
                    help="the folder whose files clients may name as sources (default: no files)")
-    p.add_argument("--max-streams", type=Bound(int, 1, 1024), default=8,
+    p.add_argument("--max-streams", type=Bound(int, 1, 1024), default=4,
                    help="streams the server holds at once, each a slab of cache reserved at start-up "
                         "(default %(default)s)")
+    p.add_argument("--no-ui", action="store_true",
+                   help=f"do not mount the web UI at {UI_PATH} (it is mounted only without --token-file: a "
+                        f"browser page cannot send the token)")
     add_engine_args(p, offload_dir=False)  # streams spill into the server's own folder
 
 
@@ -50,16 +56,32 @@ def read_token(path: str | None, host: str) -> str | None:
 
 
 def make_app(engine, server: dict, token: str | None, host: str, media_root: str | None, folder: str,
-             ready) -> tuple:
-    """The API over `engine` -> (the ASGI app, its ApiStreams). server: the engine flags by dest, every
-    stream's defaults; folder: where streams keep transcripts; ready: whether the engine is stepping."""
+             ready, page: "tuple[str, str, str] | None" = None) -> tuple:
+    """The API over `engine` -> (the ASGI app, its ApiStreams, the page's RunRegistry or None). server: the
+    engine flags by dest, every stream's defaults; folder: where streams keep transcripts; ready: whether
+    the engine is stepping; page: (Gradio's upload folder, the page's export folder, the model's name) to
+    mount the web UI at /ui, a client of the same engine (Gradio must be imported after its folder is set)."""
     from livesight.serve.app import MAX_BODY_BYTES, BodyLimit, build_app
     from livesight.serve.metrics import ApiMetrics
     from livesight.serve.sources import SourceCheck
     from livesight.serve.streams import ApiStreams
+    policy = SourcePolicy.for_host(None, host)
     metrics = ApiMetrics()
-    streams = ApiStreams(engine, server, SourceCheck(SourcePolicy.for_host(None, host), media_root), folder, metrics)
-    return BodyLimit(build_app(streams, metrics, token, ready), MAX_BODY_BYTES), streams
+    streams = ApiStreams(engine, server, SourceCheck(policy, media_root), folder, metrics)
+    app, registry = build_app(streams, metrics, token, ready), None
+    if page is not None:
+        import gradio as gr
+
+        from livesight.app.registry import RunRegistry
+        from livesight.app.web import IDLE_TIMEOUT_S
+        from livesight.app.web_handlers import PageHandlers
+        from livesight.app.web_page import CSS, build
+        registry = RunRegistry(engine.pool.num_slabs, IDLE_TIMEOUT_S)
+        demo = build(PageHandlers(engine, registry, policy, page[0], page[1], server), page[2])
+        demo.queue(default_concurrency_limit=8)
+        app = gr.mount_gradio_app(app, demo, path=UI_PATH, css=CSS, show_error=False, max_file_size=UI_UPLOAD)
+        registry.reap_every(30.0)
+    return BodyLimit(app, MAX_BODY_BYTES, exempt=UI_PATH), streams, registry
 
 
 def main(args) -> int:
@@ -74,8 +96,7 @@ def main(args) -> int:
 
 
 def _serve(args, token: str | None, folder: str) -> int:
-    import uvicorn
-
+    from livesight.app.web import gradio_temp_dir
     from livesight.app.web_inputs import server_values
     from livesight.streaming.adapter import load_adapter
     from livesight.streaming.engine import Engine
@@ -88,21 +109,33 @@ def _serve(args, token: str | None, folder: str) -> int:
     stop = threading.Event()
     stepping = threading.Thread(target=engine.run, args=(stop,), name="livesight-engine", daemon=True)
     stepping.start()
-    app, streams = make_app(engine, server, token, args.host, args.media_root, runs_dir, stepping.is_alive)
+    page = None if token or args.no_ui else (os.path.join(folder, "gradio"), os.path.join(folder, "exports"),
+                                             args.model)
+    with gradio_temp_dir(page[0]) if page else contextlib.nullcontext():
+        app, streams, registry = make_app(engine, server, token, args.host, args.media_root, runs_dir,
+                                          stepping.is_alive, page)
+        try:
+            _run(app, args, engine, token, page is not None)
+        finally:
+            if registry is not None:
+                registry.close_all()
+            streams.close_all()
+            stop.set()
+            stepping.join()
+    return 0
+
+
+def _run(app, args, engine, token: str | None, ui: bool) -> None:
+    """uvicorn until Ctrl-C or SIGTERM."""
+    import uvicorn
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
     print(f"livesight serve: http://{args.host}:{args.port} ({args.model}, {engine.pool.num_slabs} streams at most; "
-          f"{'token required' if token else 'no token: loopback only'}; API docs at /docs)", flush=True)
+          f"{'token required' if token else 'no token: loopback only'}; API docs at /docs"
+          f"{'; web UI at ' + UI_PATH if ui else ''})", flush=True)
+    server = uvicorn.Server(config)
     try:
-        server_ = uvicorn.Server(config)
-        try:
-            server_.run()
-        except SystemExit:
-            raise InputError(f"cannot serve on {args.host}:{args.port}: is the port in use? Pick another with "
-                             f"--port") from None
-        if not server_.started:
-            raise InputError(f"cannot serve on {args.host}:{args.port}: is the port in use? Pick another with --port")
-    finally:
-        streams.close_all()
-        stop.set()
-        stepping.join()
-    return 0
+        server.run()
+    except SystemExit:
+        server.started = False
+    if not server.started:
+        raise InputError(f"cannot serve on {args.host}:{args.port}: is the port in use? Pick another with --port")

@@ -317,3 +317,16 @@ def test_the_web_ui_is_mounted_on_the_same_engine(tiny, tmp_path):
         wait_state(server, made.json()["id"])
     finally:
         server.close()
+
+
+def test_the_readmes_python_client_runs(api):
+    """examples/api_client.py, as the README shows it: two streams narrated, a question answered."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "examples/api_client.py", api.url], capture_output=True, text=True,
+                          timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert sum(line.startswith("[") for line in lines) >= 4 and lines[-1].startswith("Q: What moved?  A: ")
+    shown = {line[1:].split()[0] for line in lines if line.startswith("[")}
+    assert len(shown) == 2 and not shown & {s["id"] for s in api.client.get("/v1/streams").json()["streams"]}

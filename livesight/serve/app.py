@@ -8,7 +8,6 @@ but /healthz needs `Authorization: Bearer TOKEN`.
 import asyncio
 import hmac
 import json
-import queue
 import time
 import uuid
 from collections.abc import Callable
@@ -27,7 +26,6 @@ from livesight.streaming.events import Event
 
 MAX_BODY_BYTES = 64 * 1024
 HEARTBEAT_S = 15.0  # an idle event stream sends a comment this often, so proxies keep it open
-POLL_S = 1.0  # how long an event stream waits for news at a time (and so notices a client gone)
 ANSWER_TIMEOUT_S = 300.0
 MODEL_PREFIX = "livesight/"
 
@@ -192,9 +190,8 @@ def _last_id(header: str | None, newest: int) -> int:
 async def _sse(log, last: int, request: Request):
     """The log's events after `last` as Server-Sent Events, then each new one, until the stream is
     deleted or the client leaves; a comment every HEARTBEAT_S while nothing comes."""
-    quiet_since = time.monotonic()
     while True:
-        batch, lost, closed = await asyncio.to_thread(log.after, last, POLL_S)
+        batch, lost, closed = await log.wait_after(last, HEARTBEAT_S)
         if lost:
             yield f"event: lost\ndata: {json.dumps({'events': lost, 'after_id': last})}\n\n"
         for number, event in batch:
@@ -202,13 +199,8 @@ async def _sse(log, last: int, request: Request):
             last = number
         if closed and not batch:
             return
-        if batch:
-            quiet_since = time.monotonic()
-        elif time.monotonic() - quiet_since >= HEARTBEAT_S:
-            quiet_since = time.monotonic()
-            yield ": keep-alive\n\n"
-        if await request.is_disconnected():
-            return
+        if not batch:
+            yield ": keep-alive\n\n"  # a client gone is noticed here: its write fails, the response ends
 
 
 def _answered(question: str, answer: Event) -> dict:
@@ -238,14 +230,23 @@ def _answer(stream, text: str, max_tokens: int | None, on_delta=None) -> Event:
 
 
 async def _answer_parts(stream, text: str, max_tokens: int | None):
-    """("delta", text) as the answer is generated, then ("answer", its event) or ("error", message)."""
-    parts: "queue.Queue[str]" = queue.Queue()
-    waiting = asyncio.ensure_future(asyncio.to_thread(_answer, stream, text, max_tokens, parts.put))
-    while not (waiting.done() and parts.empty()):
-        try:
-            yield "delta", await asyncio.to_thread(parts.get, True, 0.2)
-        except queue.Empty:
+    """("delta", text) as the answer is generated, then ("answer", its event) or ("error", message). The
+    deltas come from the engine's thread onto this loop; the wait for the answer holds one worker thread."""
+    loop = asyncio.get_running_loop()
+    parts: asyncio.Queue[str] = asyncio.Queue()
+    waiting = loop.run_in_executor(None, _answer, stream, text, max_tokens,
+                                   lambda part: loop.call_soon_threadsafe(parts.put_nowait, part))
+    while True:
+        getting = asyncio.ensure_future(parts.get())
+        await asyncio.wait({getting, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        if getting.done():
+            yield "delta", getting.result()
             continue
+        getting.cancel()
+        await asyncio.sleep(0)  # the deltas the engine sent before the answer are queued by now
+        while not parts.empty():
+            yield "delta", parts.get_nowait()
+        break
     try:
         yield "answer", waiting.result()
     except FieldError as err:

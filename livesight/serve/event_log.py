@@ -5,6 +5,7 @@ and receives every later event still kept, once each. Events older than the kept
 and it is told how many (a `lost` event), never silently.
 """
 
+import asyncio
 import threading
 from collections import deque
 
@@ -19,6 +20,7 @@ class EventLog:
         self._next = 1
         self._closed = False
         self._changed = threading.Condition()
+        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()  # readers on an event loop
 
     def append(self, event: Event) -> int:
         """Keep the event -> its id."""
@@ -26,14 +28,38 @@ class EventLog:
             number = self._next
             self._events.append((number, event))
             self._next += 1
-            self._changed.notify_all()
+            self._wake()
             return number
 
     def close(self) -> None:
         """No more events will come (the stream was deleted): readers finish what is kept."""
         with self._changed:
             self._closed = True
-            self._changed.notify_all()
+            self._wake()
+
+    def _wake(self) -> None:
+        self._changed.notify_all()
+        for loop, waiter in self._waiters:
+            loop.call_soon_threadsafe(waiter.set)
+
+    async def wait_after(self, last_id: int, timeout_s: float) -> tuple[list[tuple[int, Event]], int, bool]:
+        """`after` for a reader on an event loop: it waits (up to timeout_s, for an event past last_id or
+        the close) without holding a thread."""
+        waiter = (asyncio.get_running_loop(), asyncio.Event())
+        with self._changed:
+            self._waiters.add(waiter)
+        try:
+            found = self.after(last_id)  # looked at after the waiter is in: nothing appended is missed
+            if found[0] or found[2]:
+                return found
+            try:
+                await asyncio.wait_for(waiter[1].wait(), timeout_s)
+            except TimeoutError:
+                pass
+            return self.after(last_id)
+        finally:
+            with self._changed:
+                self._waiters.discard(waiter)
 
     @property
     def last_id(self) -> int:

@@ -106,11 +106,11 @@ def build_app(streams: ApiStreams, metrics: ApiMetrics, token: str | None, ready
     def readyz():
         if not ready():
             return error(503, "engine", "the engine is not stepping")
-        return {"status": "ready", "streams": len(streams.all()), "slabs": streams.engine.pool.num_slabs}
+        return {"status": "ready", "streams": len(streams.all()), "capacity": streams.capacity}
 
     @app.get("/metrics", dependencies=auth)
     def prometheus():
-        return Response(metrics.render([s.run.state for s in streams.all()]), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.render([s.state for s in streams.all()]), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/streams", status_code=201, dependencies=auth)
     def create(body: StreamCreate):
@@ -153,7 +153,7 @@ def build_app(streams: ApiStreams, metrics: ApiMetrics, token: str | None, ready
     @app.get("/v1/streams/{stream_id}/transcript", dependencies=auth)
     def transcript_of(stream_id: str, format: str = Query("jsonl", pattern="^(jsonl|srt|vtt)$")):
         stream = streams.get(stream_id)
-        lines = stream.run.transcript()
+        lines = stream.transcript()
         chunk_s = stream.settings.chunk_seconds
         body, kind = {"jsonl": (transcript.to_jsonl(lines), "application/x-ndjson"),
                       "srt": (transcript.to_srt(lines, chunk_s), "application/x-subrip"),
@@ -210,18 +210,16 @@ def _answered(question: str, answer: Event) -> dict:
 def _check_question(stream, text: str) -> None:
     """FieldError (400, "text") for an empty or too long question, before it is queued."""
     try:
-        stream.run.engine.lanes[stream.run.stream_id].stream.question_ids(text)
+        stream.check_question(text)
     except InputError as err:
         raise FieldError("text", str(err)) from None
-    except (KeyError, AttributeError):
-        pass  # not streaming yet (or any more): ask says which
 
 
 def _answer(stream, text: str, max_tokens: int | None, on_delta=None) -> Event:
     """Ask and wait: the answer event, or a FieldError naming the question (a 4xx) or saying the stream
     cannot answer (409). on_delta: told the answer's text as it is generated."""
     _check_question(stream, text)
-    events = stream.run.ask(text, ANSWER_TIMEOUT_S, max_tokens, on_delta)
+    events = stream.ask(text, ANSWER_TIMEOUT_S, max_tokens, on_delta)
     answer = next((e for e in events if e.type == "answer"), None)
     if answer is None:
         message = events[0].text if events else "no answer"

@@ -1,6 +1,7 @@
 """The API's streams: each a LiveRun (app/live.py) on the server's one engine, with its settings and an
 event log its clients read (event_log.py). At most as many as the engine has slabs."""
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from livesight.serve.metrics import ApiMetrics
 from livesight.serve.sources import SourceCheck
 from livesight.streaming.config import SessionConfig
 from livesight.streaming.engine import Engine
+from livesight.streaming.events import Event
 from livesight.streaming.options import build_config
 from livesight.streaming.stream import slab_tokens
 
@@ -40,6 +42,22 @@ class ApiStream:
     run: LiveRun
     log: EventLog
     created: float = field(default_factory=time.time)
+
+    @property
+    def state(self) -> str:
+        return self.run.state
+
+    def check_question(self, text: str) -> None:
+        """InputError for a question the stream's model would refuse (empty, too long), before it is queued."""
+        with contextlib.suppress(KeyError):  # not streaming yet (or any more): ask says which
+            self.run.engine.lanes[self.run.stream_id].stream.question_ids(text)
+
+    def ask(self, text: str, timeout_s: float, max_tokens: int | None, on_delta=None) -> list[Event]:
+        """Ask and wait -> [answer] or [error] (LiveRun.ask)."""
+        return self.run.ask(text, timeout_s, max_tokens, on_delta)
+
+    def transcript(self) -> list[Event]:
+        return self.run.transcript()
 
     def describe(self) -> dict[str, Any]:
         """What GET /v1/streams/{id} says: state, settings, and the last chunk's metrics."""
@@ -75,7 +93,7 @@ class ApiStreams:
             raise FieldError("source", str(err)) from None
         config = self._config(body)
         with self._lock:
-            if len(self._streams) >= self.engine.pool.num_slabs:
+            if len(self._streams) >= self.capacity:
                 raise FieldError("source", f"the server carries {len(self._streams)} streams, all it holds: delete "
                                            f"one first (DELETE /v1/streams/ID)", 409)
             log = EventLog()
@@ -118,6 +136,11 @@ class ApiStreams:
     def all(self) -> list[ApiStream]:
         with self._lock:
             return list(self._streams.values())
+
+    @property
+    def capacity(self) -> int:
+        """The most streams held at once."""
+        return self.engine.pool.num_slabs
 
     def delete(self, stream_id: str) -> None:
         with self._lock:

@@ -477,9 +477,11 @@ def start_file(page, path, vision_window=None):
             page.click("#status")  # blur: the slider commits its number box on change
             page.wait_for_timeout(500)
             page.click("#start")
-            page.wait_for_selector("#status >> text=vision window", timeout=10000)
-            if f"vision window {vision_window} s" in page.inner_text("#status"):
+            try:  # the run's own status, not the last run's still on the page (a loaded machine is slow to redraw)
+                page.wait_for_selector(f"#status >> text=vision window {vision_window} s", timeout=20000)
                 return
+            except PlaywrightTimeout:
+                continue
         raise AssertionError(f"the server never took vision window {vision_window}: {page.inner_text('#status')}")
     page.click("#start")
 

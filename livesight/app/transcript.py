@@ -7,7 +7,7 @@ import json
 
 from livesight.streaming.events import Event
 
-KINDS = ("caption", "answer", "error", "reconnect", "info")
+KINDS = ("caption", "answer", "error", "reconnect", "info", "migrated")
 
 
 def lines(events: list[Event]) -> list[Event]:

@@ -154,7 +154,7 @@ def build_app(streams: ApiStreams, metrics: ApiMetrics, token: str | None, ready
     def transcript_of(stream_id: str, format: str = Query("jsonl", pattern="^(jsonl|srt|vtt)$")):
         stream = streams.get(stream_id)
         lines = stream.transcript()
-        chunk_s = stream.settings.chunk_seconds
+        chunk_s = stream.caption_s
         body, kind = {"jsonl": (transcript.to_jsonl(lines), "application/x-ndjson"),
                       "srt": (transcript.to_srt(lines, chunk_s), "application/x-subrip"),
                       "vtt": (transcript.to_vtt(lines, chunk_s), "text/vtt")}[format]

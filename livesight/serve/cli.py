@@ -29,6 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-streams", type=Bound(int, 1, 1024), default=4,
                    help="streams the server holds at once, each a slab of cache reserved at start-up "
                         "(default %(default)s)")
+    p.add_argument("--replicas", type=Bound(int, 0, 1024), default=0,
+                   help="engine replicas on Ray Serve, one GPU each, behind this server's API (default 0: one "
+                        "engine in this process)")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="an existing Ray cluster to run the replicas on (default: a local one)")
     p.add_argument("--no-ui", action="store_true",
                    help=f"do not mount the web UI at {UI_PATH} (it is mounted only without --token-file: a "
                         f"browser page cannot send the token)")
@@ -95,7 +100,39 @@ def main(args) -> int:
         scratch.remove(folder)
 
 
+def _serve_cluster(args, token: str | None, folder: str) -> int:
+    """The API here, the engines in Ray Serve replicas (serve/cluster.py)."""
+    try:
+        import ray
+    except ImportError:
+        raise InputError("--replicas and --ray-address need Ray Serve: pip install 'livesight[cluster]'") from None
+
+    from livesight.app.web_inputs import server_values
+    from livesight.serve.app import MAX_BODY_BYTES, BodyLimit, build_app
+    from livesight.serve.cluster import ClusterStreams, Replicas
+    from livesight.serve.metrics import ApiMetrics
+    offload_dir = os.path.join(folder, "offload")
+    os.mkdir(offload_dir)
+    server = server_values(vars(args), offload_dir)
+    gpus = 0 if args.device == "cpu" else 1
+    ray.init(address=args.ray_address, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+             ignore_reinit_error=True)
+    replicas = Replicas(max(1, args.replicas), (args.model, args.device, server, args.max_streams, args.host,
+                                                 args.media_root), gpus)
+    metrics = ApiMetrics()
+    streams = ClusterStreams(replicas, metrics)
+    app = BodyLimit(build_app(streams, metrics, token, streams.ready), MAX_BODY_BYTES)
+    try:
+        _run(app, args, streams, token, False)
+    finally:
+        streams.close_all()
+        replicas.shutdown()
+    return 0
+
+
 def _serve(args, token: str | None, folder: str) -> int:
+    if args.replicas or args.ray_address:
+        return _serve_cluster(args, token, folder)
     from livesight.app.web import gradio_temp_dir
     from livesight.app.web_inputs import server_values
     from livesight.streaming.adapter import load_adapter
@@ -115,7 +152,7 @@ def _serve(args, token: str | None, folder: str) -> int:
         app, streams, registry = make_app(engine, server, token, args.host, args.media_root, runs_dir,
                                           stepping.is_alive, page)
         try:
-            _run(app, args, engine, token, page is not None)
+            _run(app, args, streams, token, page is not None)
         finally:
             if registry is not None:
                 registry.close_all()
@@ -125,11 +162,11 @@ def _serve(args, token: str | None, folder: str) -> int:
     return 0
 
 
-def _run(app, args, engine, token: str | None, ui: bool) -> None:
+def _run(app, args, streams, token: str | None, ui: bool) -> None:
     """uvicorn until Ctrl-C or SIGTERM."""
     import uvicorn
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
-    print(f"livesight serve: http://{args.host}:{args.port} ({args.model}, {engine.pool.num_slabs} streams at most; "
+    print(f"livesight serve: http://{args.host}:{args.port} ({args.model}, {streams.capacity} streams at most; "
           f"{'token required' if token else 'no token: loopback only'}; API docs at /docs"
           f"{'; web UI at ' + UI_PATH if ui else ''})", flush=True)
     server = uvicorn.Server(config)

@@ -47,6 +47,11 @@ class ApiStream:
     def state(self) -> str:
         return self.run.state
 
+    @property
+    def caption_s(self) -> float:
+        """How long a caption shows in a subtitle file: its chunk's length."""
+        return self.settings.chunk_seconds
+
     def check_question(self, text: str) -> None:
         """InputError for a question the stream's model would refuse (empty, too long), before it is queued."""
         with contextlib.suppress(KeyError):  # not streaming yet (or any more): ask says which
@@ -67,7 +72,7 @@ class ApiStream:
         return {
             "id": self.id, "source": self.source, "kind": self.kind, "state": self.run.state,
             "created": self.created,
-            "settings": {"fps": c.fps, "vision_window": c.vision_window_s, "narrate": c.narrate,
+            "settings": {"fps": c.fps, "chunk_seconds": c.chunk_seconds, "vision_window": c.vision_window_s, "narrate": c.narrate,
                          "narrate_tokens": c.narrate_tokens, "answer_tokens": c.answer_tokens,
                          "compression": c.compression.reuse or c.compression.prune,
                          "retrieval": c.retrieval.enabled, "retrieve_top_k": c.retrieval.top_k},

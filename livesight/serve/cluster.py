@@ -1,0 +1,260 @@
+"""Streams spread over engine replicas on Ray Serve, behind this process's API (the ingress).
+
+Each replica is a Ray Serve application `livesight-engine-K` of one replica (replica.py: an engine
+with its own streams, one GPU). A new stream goes to the replica with the most free room; every later
+call for it goes to that replica, where its cache is. The ingress keeps each stream's event log
+itself (polling the replicas), so its clients' event ids and Last-Event-ID survive a move.
+
+When a replica dies (its calls fail, or Serve restarted it empty: its boot id changed), each of its
+streams is opened again from its source on the replica with the most room, preferring the others, and
+told so by a `migrated` event: what it saw before lived in the dead replica's cache and offload store,
+so a question after the move is answered from what it has seen since (the answer says so). A stream no
+replica can take ends with an error event. No stream is dropped silently.
+"""
+
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+from livesight.serve.bodies import StreamCreate
+from livesight.serve.event_log import EventLog
+from livesight.serve.metrics import ApiMetrics
+from livesight.serve.streams import FieldError, NotFound
+from livesight.streaming.events import Event
+
+POLL_S = 0.2  # how often the ingress gathers the replicas' new events
+CALL_TIMEOUT_S = 10.0
+log = logging.getLogger(__name__)
+
+
+class Replicas:
+    """The engine replicas, by index: deployed, called, added."""
+
+    def __init__(self, count: int, replica_args: tuple, gpus: float):
+        from ray import serve
+        self.serve, self.replica_args, self.gpus = serve, replica_args, gpus
+        self.handles: list = []
+        for _ in range(count):
+            self.add()
+
+    def add(self) -> int:
+        """Deploy one more replica -> its index."""
+        from livesight.serve.replica import EngineReplica
+        k = len(self.handles)
+        deployment = self.serve.deployment(EngineReplica, name="engine", num_replicas=1, max_ongoing_requests=256,
+                                           ray_actor_options={"num_gpus": self.gpus, "num_cpus": 0})
+        self.handles.append(self.serve.run(deployment.bind(*self.replica_args), name=f"livesight-engine-{k}",
+                                           route_prefix=None))
+        return k
+
+    def call(self, k: int, method: str, *args, timeout_s: float = CALL_TIMEOUT_S):
+        return getattr(self.handles[k], method).remote(*args).result(timeout_s=timeout_s)
+
+    def shutdown(self) -> None:
+        for k in range(len(self.handles)):
+            try:
+                self.call(k, "shutdown")
+            except Exception:  # noqa: BLE001 - a dead replica has nothing left to close
+                pass
+            self.serve.delete(f"livesight-engine-{k}")
+
+
+def _raise(result: tuple) -> Any:
+    if result[0] == "error":
+        _, status, field, message = result
+        raise FieldError(field, message, status)
+    return result[1]
+
+
+class RemoteStream:
+    """A stream held by a replica, as the API's routes see a local one (streams.ApiStream)."""
+
+    def __init__(self, cluster: "ClusterStreams", body: StreamCreate, replica: int, remote: dict):
+        self.cluster, self.body, self.replica, self.remote_id = cluster, body, replica, remote["id"]
+        self.id = uuid.uuid4().hex[:16]
+        self.log, self.cursor, self.created = EventLog(), 0, time.time()
+        self.moved_at: float | None = None  # stream time of the last move, if it moved
+        self.offset = 0.0  # added to the replica's stream times: a stream opened again starts from 0 there
+        self.t = 0.0  # the latest stream time seen
+        self.ended_with: str | None = None  # why no replica holds it any more
+        self.caption_s = remote["settings"]["chunk_seconds"]  # its chunk's length, for subtitle files
+
+    @property
+    def state(self) -> str:
+        return "failed" if self.ended_with else self.describe().get("state", "unknown")
+
+    def describe(self) -> dict[str, Any]:
+        local = {"id": self.id, "replica": self.replica, "last_event_id": self.log.last_id, "created": self.created,
+                 "source": self.body.source}
+        if self.ended_with:
+            return {"state": "failed", "error": self.ended_with, **local}
+        try:
+            remote = _raise(self.cluster.replicas.call(self.replica, "describe", self.remote_id))
+        except Exception:  # noqa: BLE001 - a replica failing now: the poller moves the stream
+            return {"state": "moving", **local}
+        return {**remote, **local}
+
+    def check_question(self, text: str) -> None:
+        pass  # the replica checks it, and says which field
+
+    def ask(self, text: str, timeout_s: float, max_tokens: int | None, on_delta=None) -> list[Event]:
+        if self.ended_with:
+            return [Event("error", self.t, f"this stream ended: {self.ended_with}")]
+        try:
+            result = self.cluster.replicas.call(self.replica, "ask", self.remote_id, text, timeout_s, max_tokens,
+                                                timeout_s=timeout_s + CALL_TIMEOUT_S)
+        except Exception as err:  # noqa: BLE001
+            return [Event("error", self.t, f"its replica failed while answering ({type(err).__name__}); ask again")]
+        events = [Event.from_dict(e) for e in _raise(result)]
+        for event in events:
+            event.data["stream"] = self.id
+            event.t += self.offset
+            if self.moved_at is not None and event.type == "answer":
+                event.data["history_lost_before"] = self.moved_at  # what it saw before is gone with its replica
+        if on_delta is not None and events and events[0].type == "answer" and events[0].text:
+            on_delta(events[0].text)  # across replicas the answer comes whole
+        return events
+
+    def transcript(self) -> list[Event]:
+        """From the events the ingress keeps (the last 4,096): they outlive a move."""
+        return [e for _, e in self.log.after(0)[0]]
+
+
+class ClusterStreams:
+    def __init__(self, replicas: Replicas, metrics: ApiMetrics):
+        self.replicas, self.metrics = replicas, metrics
+        self._streams: dict[str, RemoteStream] = {}
+        self._lock = threading.Lock()
+        self.boots = {k: self._info(k)["boot"] for k in range(len(replicas.handles))}
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll_loop, name="livesight-cluster-poll", daemon=True)
+        self._poller.start()
+
+    def _info(self, k: int) -> dict:
+        return self.replicas.call(k, "info")
+
+    @property
+    def capacity(self) -> int:
+        return sum(self._free().values()) + len(self._streams)
+
+    def ready(self) -> bool:
+        return self._poller.is_alive() and any(info.get("ready") for info in self._infos().values())
+
+    def _infos(self) -> dict[int, dict]:
+        infos = {}
+        for k in range(len(self.replicas.handles)):
+            try:
+                infos[k] = self._info(k)
+            except Exception:  # noqa: BLE001 - a replica down: not a candidate
+                continue
+        return infos
+
+    def _free(self) -> dict[int, int]:
+        return {k: info["capacity"] - info["streams"] for k, info in self._infos().items()}
+
+    def _place(self, body: StreamCreate, avoid: int | None = None) -> tuple[int, dict]:
+        """Open the stream on the replica with the most room (not `avoid` while another has room)."""
+        free = self._free()
+        order = sorted(free, key=lambda k: (k == avoid, -free[k]))
+        last_error = FieldError("source", "no replica has room for another stream: delete one first", 409)
+        for k in order:
+            if free[k] <= 0:
+                continue
+            result = self.replicas.call(k, "create", body.model_dump())
+            if result[0] == "ok":
+                return k, result[1]
+            last_error = FieldError(result[2], result[3], result[1])
+            if result[1] != 409:
+                break  # the body itself is at fault: every replica would say so
+        raise last_error
+
+    def create(self, body: StreamCreate) -> RemoteStream:
+        k, remote = self._place(body)
+        stream = RemoteStream(self, body, k, remote)
+        with self._lock:
+            self._streams[stream.id] = stream
+        return stream
+
+    def get(self, stream_id: str) -> RemoteStream:
+        with self._lock:
+            stream = self._streams.get(stream_id)
+        if stream is None:
+            raise NotFound(stream_id)
+        return stream
+
+    def all(self) -> list[RemoteStream]:
+        with self._lock:
+            return list(self._streams.values())
+
+    def delete(self, stream_id: str) -> None:
+        with self._lock:
+            stream = self._streams.pop(stream_id, None)
+        if stream is None:
+            raise NotFound(stream_id)
+        if not stream.ended_with:
+            try:
+                self.replicas.call(stream.replica, "delete", stream.remote_id)
+            except Exception:  # noqa: BLE001 - its replica is gone, and the stream with it
+                pass
+        stream.log.close()
+        self.metrics.forget(stream_id)
+
+    def close_all(self) -> None:
+        self._stop.set()
+        for stream in self.all():
+            self.delete(stream.id)
+
+    # --- the poller: events in, failures found, streams moved
+    def _poll_loop(self) -> None:
+        while not self._stop.wait(POLL_S):
+            try:
+                self._poll_once()
+            except Exception:  # noqa: BLE001 - one bad round must not end the polling
+                log.exception("polling the replicas failed")
+
+    def _poll_once(self) -> None:
+        by_replica: dict[int, list[RemoteStream]] = {}
+        for stream in self.all():
+            if not stream.ended_with:
+                by_replica.setdefault(stream.replica, []).append(stream)
+        for k, streams in by_replica.items():
+            try:
+                boot = self._info(k)["boot"]
+                news = self.replicas.call(k, "poll", {s.remote_id: s.cursor for s in streams}) \
+                    if boot == self.boots[k] else None
+            except Exception as err:  # noqa: BLE001 - the replica is down
+                self._move(streams, k, f"its replica failed ({type(err).__name__})")
+                continue
+            if news is None:  # Serve restarted it: it holds none of them any more
+                self.boots[k] = boot
+                self._move(streams, k, "its replica was restarted")
+                continue
+            for stream in streams:
+                events = news.get(stream.remote_id)
+                if events is None:
+                    self._move([stream], k, "its replica lost it")
+                    continue
+                for number, data in events:
+                    event = Event.from_dict(data)
+                    event.data["stream"] = stream.id
+                    event.t += stream.offset
+                    stream.t = max(stream.t, event.t)
+                    stream.log.append(event)
+                    self.metrics.observe(stream.id, event)
+                    stream.cursor = number
+
+    def _move(self, streams: list[RemoteStream], failed: int, why: str) -> None:
+        for stream in streams:
+            try:
+                k, remote = self._place(stream.body, avoid=failed)
+            except Exception as err:  # noqa: BLE001 - no room anywhere, or the cluster is down
+                stream.ended_with = f"{why}, and no replica could take the stream: {err}"
+                stream.log.append(Event("error", stream.t, stream.ended_with, {"stream": stream.id}))
+                continue
+            stream.replica, stream.remote_id, stream.cursor, stream.moved_at = k, remote["id"], 0, stream.t
+            stream.offset = stream.t  # its time goes on from where it was
+            stream.log.append(Event("migrated", stream.t, f"{why}: the stream was opened again on replica {k} from "
+                                    f"its source; what it saw before is no longer in its memory",
+                                    {"stream": stream.id, "replica": k}))

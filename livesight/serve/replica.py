@@ -1,0 +1,96 @@
+"""One engine replica of a Ray Serve deployment: an engine (one model, one GPU) with its own streams,
+driven by the ingress (cluster.py) through plain calls that return plain data.
+
+Errors come back as ("error", status, field, message) rather than raised: an exception crossing Ray
+arrives wrapped, and the ingress must answer the client with the field at fault.
+"""
+
+import asyncio
+import os
+import tempfile
+import threading
+import uuid
+from typing import Any
+
+from livesight.errors import InputError
+from livesight.serve.bodies import StreamCreate
+from livesight.serve.streams import FieldError
+
+Result = tuple  # ("ok", value) or ("error", status, field, message)
+
+
+def _error(err: Exception) -> Result:
+    if isinstance(err, FieldError):
+        return ("error", err.status, err.field, str(err))
+    return ("error", 400, "body", str(err))
+
+
+class EngineReplica:
+    def __init__(self, model: str, device: str, server: dict[str, Any], max_streams: int, host: str,
+                 media_root: str | None):
+        """server: the engine flags by dest (every stream's defaults); host: the ingress's bind, which sets
+        the camera URL policy."""
+        from livesight.serve.cli import make_app
+        from livesight.streaming.adapter import load_adapter
+        from livesight.streaming.engine import Engine
+        from livesight.streaming.options import build_config
+        self.folder = tempfile.mkdtemp(prefix="livesight-replica-")
+        offload = os.path.join(self.folder, "offload")
+        os.mkdir(offload)
+        server = {**server, "offload_dir": offload}
+        self.engine = Engine(load_adapter(model, device), build_config(server), max_streams)
+        self.stop = threading.Event()
+        self.stepping = threading.Thread(target=self.engine.run, args=(self.stop,), daemon=True)
+        self.stepping.start()
+        _, self.streams, _ = make_app(self.engine, server, None, host, media_root, self.folder, self.stepping.is_alive)
+        self.boot = uuid.uuid4().hex  # this incarnation: a replica Serve restarts has a new one, and no streams
+
+    def info(self) -> dict[str, Any]:
+        return {"boot": self.boot, "capacity": self.streams.capacity, "streams": len(self.streams.all()),
+                "ready": self.stepping.is_alive()}
+
+    def create(self, body: dict[str, Any]) -> Result:
+        try:
+            return ("ok", self.streams.create(StreamCreate(**body)).describe())
+        except InputError as err:
+            return _error(err)
+
+    def describe(self, stream_id: str) -> Result:
+        try:
+            return ("ok", self.streams.get(stream_id).describe())
+        except InputError as err:
+            return _error(err)
+
+    def delete(self, stream_id: str) -> Result:
+        try:
+            self.streams.delete(stream_id)
+            return ("ok", None)
+        except InputError as err:
+            return _error(err)
+
+    def poll(self, cursors: dict[str, int]) -> dict[str, list | None]:
+        """Each stream's events after its cursor, as (id, event dict); None for a stream this replica does
+        not hold (it was restarted)."""
+        out: dict[str, list | None] = {}
+        for stream_id, last in cursors.items():
+            try:
+                log = self.streams.get(stream_id).log
+            except InputError:
+                out[stream_id] = None
+                continue
+            out[stream_id] = [(n, e.to_dict()) for n, e in log.after(last)[0]]
+        return out
+
+    async def ask(self, stream_id: str, text: str, timeout_s: float, max_tokens: int | None) -> Result:
+        """The answer's events (async: the wait holds a thread, not the replica's event loop)."""
+        try:
+            stream = self.streams.get(stream_id)
+            stream.check_question(text)
+        except InputError as err:
+            return _error(FieldError("text", str(err)) if not isinstance(err, FieldError) else err)
+        events = await asyncio.to_thread(stream.ask, text, timeout_s, max_tokens)
+        return ("ok", [e.to_dict() for e in events])
+
+    def shutdown(self) -> None:
+        self.streams.close_all()
+        self.stop.set()

@@ -156,7 +156,8 @@ class ClusterStreams:
 
     def _place(self, body: StreamCreate, avoid: int | None = None) -> tuple[int, dict]:
         """Open the stream on the replica with the most room (not `avoid` while another has room)."""
-        free = self._free()
+        infos = self._infos()
+        free = {k: info["capacity"] - info["streams"] for k, info in infos.items()}
         order = sorted(free, key=lambda k: (k == avoid, -free[k]))
         last_error = FieldError("source", "no replica has room for another stream: delete one first", 409)
         for k in order:
@@ -164,6 +165,7 @@ class ClusterStreams:
                 continue
             result = self.replicas.call(k, "create", body.model_dump())
             if result[0] == "ok":
+                self.boots[k] = infos[k]["boot"]  # a replica Serve restarted: its new streams are its own
                 return k, result[1]
             last_error = FieldError(result[2], result[3], result[1])
             if result[1] != 409:

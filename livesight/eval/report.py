@@ -22,6 +22,18 @@ def save(folder: str, stem: str, result: dict, text: str, indent: int | None = 1
         f.write(text)
 
 
+def rerender(folder: str, stem: str, markdown, plot, prepare=None) -> None:
+    """folder/STEM.md and STEM.png again from folder/STEM.json (a GPU run that returned only the JSON);
+    prepare(result) first fills what the JSON leaves out."""
+    with open(os.path.join(folder, f"{stem}.json")) as f:
+        result = json.load(f)
+    if prepare is not None:
+        prepare(result)
+    with open(os.path.join(folder, f"{stem}.md"), "w") as f:
+        f.write(markdown(result))
+    plot(result, os.path.join(folder, f"{stem}.png"))
+
+
 def _mean(values) -> float | None:
     values = list(values)
     return round(100 * sum(values) / len(values), 2) if values else None

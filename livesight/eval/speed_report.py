@@ -1,7 +1,6 @@
 """`livesight bench speed`'s command line and its outputs: speed.json, speed.md, speed.png."""
 
 import argparse
-import json
 import os
 import platform
 from dataclasses import asdict
@@ -138,11 +137,7 @@ def plot(result: dict, path: str) -> None:
 
 def render(folder: str) -> None:
     """speed.md and speed.png again from a run's speed.json (a GPU run that returned only the JSON)."""
-    with open(os.path.join(folder, "speed.json")) as f:
-        result = json.load(f)
-    with open(os.path.join(folder, "speed.md"), "w") as f:
-        f.write(markdown(result))
-    plot(result, os.path.join(folder, "speed.png"))
+    report.rerender(folder, "speed", markdown, plot)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ or from them: python -m livesight.eval.streams_report --render FOLDER.
 """
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -208,12 +207,7 @@ def hardware() -> dict:
 
 def render(folder: str) -> None:
     """streams.md and streams.png again from a run's streams.json."""
-    with open(os.path.join(folder, "streams.json")) as f:
-        result = json.load(f)
-    result["summary"] = summarize(result)
-    with open(os.path.join(folder, "streams.md"), "w") as f:
-        f.write(markdown(result))
-    plot(result, os.path.join(folder, "streams.png"))
+    report.rerender(folder, "streams", markdown, plot, prepare=lambda result: result.update(summary=summarize(result)))
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ def build_app(streams: ApiStreams, metrics: ApiMetrics, token: str | None, ready
         name = ".".join(loc[1:]) if len(loc) > 1 and loc[0] in ("body", "query", "header") else ".".join(loc)
         if first.get("type") == "json_invalid" or not name:
             name = "body"
-        return error(422, name or "body", f"{name or 'body'}: {first.get('msg', 'invalid')}")
+        return error(422, name, f"{name}: {first.get('msg', 'invalid')}")
 
     @app.get("/healthz")
     def healthz():

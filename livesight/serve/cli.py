@@ -60,6 +60,13 @@ def read_token(path: str | None, host: str) -> str | None:
     return token
 
 
+def make_streams(engine, server: dict, host: str, media_root: str | None, folder: str, metrics):
+    """The streams an API serves from `engine` (serve/streams.py), sources checked for a server bound to `host`."""
+    from livesight.serve.sources import SourceCheck
+    from livesight.serve.streams import ApiStreams
+    return ApiStreams(engine, server, SourceCheck(SourcePolicy.for_host(None, host), media_root), folder, metrics)
+
+
 def make_app(engine, server: dict, token: str | None, host: str, media_root: str | None, folder: str,
              ready, page: "tuple[str, str, str] | None" = None) -> tuple:
     """The API over `engine` -> (the ASGI app, its ApiStreams, the page's RunRegistry or None). server: the
@@ -68,11 +75,8 @@ def make_app(engine, server: dict, token: str | None, host: str, media_root: str
     mount the web UI at /ui, a client of the same engine (Gradio must be imported after its folder is set)."""
     from livesight.serve.app import MAX_BODY_BYTES, BodyLimit, build_app
     from livesight.serve.metrics import ApiMetrics
-    from livesight.serve.sources import SourceCheck
-    from livesight.serve.streams import ApiStreams
-    policy = SourcePolicy.for_host(None, host)
     metrics = ApiMetrics()
-    streams = ApiStreams(engine, server, SourceCheck(policy, media_root), folder, metrics)
+    streams = make_streams(engine, server, host, media_root, folder, metrics)
     app, registry = build_app(streams, metrics, token, ready), None
     if page is not None:
         import gradio as gr
@@ -82,6 +86,7 @@ def make_app(engine, server: dict, token: str | None, host: str, media_root: str
         from livesight.app.web_handlers import PageHandlers
         from livesight.app.web_page import CSS, build
         registry = RunRegistry(engine.pool.num_slabs, IDLE_TIMEOUT_S)
+        policy = SourcePolicy.for_host(None, host)
         demo = build(PageHandlers(engine, registry, policy, page[0], page[1], server), page[2])
         demo.queue(default_concurrency_limit=8)
         app = gr.mount_gradio_app(app, demo, path=UI_PATH, css=CSS, show_error=False, max_file_size=UI_UPLOAD)

@@ -21,7 +21,7 @@ from typing import Any
 from livesight.serve.bodies import StreamCreate
 from livesight.serve.event_log import EventLog
 from livesight.serve.metrics import ApiMetrics
-from livesight.serve.streams import FieldError, NotFound
+from livesight.serve.streams import FieldError, StreamTable
 from livesight.streaming.events import Event
 
 POLL_S = 0.2  # how often the ingress gathers the replicas' new events
@@ -122,11 +122,10 @@ class RemoteStream:
         return [e for _, e in self.log.after(0)[0]]
 
 
-class ClusterStreams:
+class ClusterStreams(StreamTable):
     def __init__(self, replicas: Replicas, metrics: ApiMetrics):
+        super().__init__()
         self.replicas, self.metrics = replicas, metrics
-        self._streams: dict[str, RemoteStream] = {}
-        self._lock = threading.Lock()
         self.boots = {k: self._info(k)["boot"] for k in range(len(replicas.handles))}
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll_loop, name="livesight-cluster-poll", daemon=True)
@@ -137,7 +136,7 @@ class ClusterStreams:
 
     @property
     def capacity(self) -> int:
-        return sum(self._free().values()) + len(self._streams)
+        return sum(self._free(self._infos()).values()) + len(self._streams)
 
     def ready(self) -> bool:
         return self._poller.is_alive() and any(info.get("ready") for info in self._infos().values())
@@ -151,13 +150,14 @@ class ClusterStreams:
                 continue
         return infos
 
-    def _free(self) -> dict[int, int]:
-        return {k: info["capacity"] - info["streams"] for k, info in self._infos().items()}
+    @staticmethod
+    def _free(infos: dict[int, dict]) -> dict[int, int]:
+        return {k: info["capacity"] - info["streams"] for k, info in infos.items()}
 
     def _place(self, body: StreamCreate, avoid: int | None = None) -> tuple[int, dict]:
         """Open the stream on the replica with the most room (not `avoid` while another has room)."""
         infos = self._infos()
-        free = {k: info["capacity"] - info["streams"] for k, info in infos.items()}
+        free = self._free(infos)
         order = sorted(free, key=lambda k: (k == avoid, -free[k]))
         last_error = FieldError("source", "no replica has room for another stream: delete one first", 409)
         for k in order:
@@ -179,22 +179,8 @@ class ClusterStreams:
             self._streams[stream.id] = stream
         return stream
 
-    def get(self, stream_id: str) -> RemoteStream:
-        with self._lock:
-            stream = self._streams.get(stream_id)
-        if stream is None:
-            raise NotFound(stream_id)
-        return stream
-
-    def all(self) -> list[RemoteStream]:
-        with self._lock:
-            return list(self._streams.values())
-
     def delete(self, stream_id: str) -> None:
-        with self._lock:
-            stream = self._streams.pop(stream_id, None)
-        if stream is None:
-            raise NotFound(stream_id)
+        stream = self._take_out(stream_id)
         if not stream.ended_with:
             try:
                 self.replicas.call(stream.replica, "delete", stream.remote_id)
@@ -205,8 +191,7 @@ class ClusterStreams:
 
     def close_all(self) -> None:
         self._stop.set()
-        for stream in self.all():
-            self.delete(stream.id)
+        super().close_all()
 
     # --- the poller: events in, failures found, streams moved
     def _poll_loop(self) -> None:

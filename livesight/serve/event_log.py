@@ -19,12 +19,12 @@ class EventLog:
         self._events: deque[tuple[int, Event]] = deque(maxlen=capacity)
         self._next = 1
         self._closed = False
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()  # readers on an event loop
 
     def append(self, event: Event) -> int:
         """Keep the event -> its id."""
-        with self._changed:
+        with self._lock:
             number = self._next
             self._events.append((number, event))
             self._next += 1
@@ -33,12 +33,11 @@ class EventLog:
 
     def close(self) -> None:
         """No more events will come (the stream was deleted): readers finish what is kept."""
-        with self._changed:
+        with self._lock:
             self._closed = True
             self._wake()
 
     def _wake(self) -> None:
-        self._changed.notify_all()
         for loop, waiter in self._waiters:
             loop.call_soon_threadsafe(waiter.set)
 
@@ -46,7 +45,7 @@ class EventLog:
         """`after` for a reader on an event loop: it waits (up to timeout_s, for an event past last_id or
         the close) without holding a thread."""
         waiter = (asyncio.get_running_loop(), asyncio.Event())
-        with self._changed:
+        with self._lock:
             self._waiters.add(waiter)
         try:
             found = self.after(last_id)  # looked at after the waiter is in: nothing appended is missed
@@ -58,20 +57,18 @@ class EventLog:
                 pass
             return self.after(last_id)
         finally:
-            with self._changed:
+            with self._lock:
                 self._waiters.discard(waiter)
 
     @property
     def last_id(self) -> int:
-        with self._changed:
+        with self._lock:
             return self._next - 1
 
-    def after(self, last_id: int, timeout_s: float = 0.0) -> tuple[list[tuple[int, Event]], int, bool]:
-        """The kept events with ids above last_id, waiting up to timeout_s for one -> (events, how many
-        between last_id and the first kept were lost, whether the log is closed)."""
-        with self._changed:
-            if self._next - 1 <= last_id and not self._closed and timeout_s > 0:
-                self._changed.wait(timeout_s)
+    def after(self, last_id: int) -> tuple[list[tuple[int, Event]], int, bool]:
+        """The kept events with ids above last_id -> (events, how many between last_id and the first kept
+        were lost, whether the log is closed)."""
+        with self._lock:
             oldest = self._events[0][0] if self._events else self._next
             lost = max(0, oldest - last_id - 1)
             return [(n, e) for n, e in self._events if n > last_id], lost, self._closed

@@ -30,7 +30,8 @@ class EngineReplica:
                  media_root: str | None):
         """server: the engine flags by dest (every stream's defaults); host: the ingress's bind, which sets
         the camera URL policy."""
-        from livesight.serve.cli import make_app
+        from livesight.serve.cli import make_streams
+        from livesight.serve.metrics import ApiMetrics
         from livesight.streaming.adapter import load_adapter
         from livesight.streaming.engine import Engine
         from livesight.streaming.options import build_config
@@ -42,7 +43,7 @@ class EngineReplica:
         self.stop = threading.Event()
         self.stepping = threading.Thread(target=self.engine.run, args=(self.stop,), daemon=True)
         self.stepping.start()
-        _, self.streams, _ = make_app(self.engine, server, None, host, media_root, self.folder, self.stepping.is_alive)
+        self.streams = make_streams(self.engine, server, host, media_root, self.folder, ApiMetrics())
         self.boot = uuid.uuid4().hex  # this incarnation: a replica Serve restarts has a new one, and no streams
 
     def info(self) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 event log its clients read (event_log.py). At most as many as the engine has slabs."""
 
 import contextlib
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from livesight.serve.sources import SourceCheck
 from livesight.streaming.config import SessionConfig
 from livesight.streaming.engine import Engine
 from livesight.streaming.events import Event
-from livesight.streaming.options import build_config
+from livesight.streaming.options import SECONDS, build_config
 from livesight.streaming.stream import slab_tokens
 
 
@@ -72,8 +73,8 @@ class ApiStream:
         return {
             "id": self.id, "source": self.source, "kind": self.kind, "state": self.run.state,
             "created": self.created,
-            "settings": {"fps": c.fps, "chunk_seconds": c.chunk_seconds, "vision_window": c.vision_window_s, "narrate": c.narrate,
-                         "narrate_tokens": c.narrate_tokens, "answer_tokens": c.answer_tokens,
+            "settings": {"fps": c.fps, "chunk_seconds": c.chunk_seconds, "vision_window": c.vision_window_s,
+                         "narrate": c.narrate, "narrate_tokens": c.narrate_tokens, "answer_tokens": c.answer_tokens,
                          "compression": c.compression.reuse or c.compression.prune,
                          "retrieval": c.retrieval.enabled, "retrieve_top_k": c.retrieval.top_k},
             "metrics": {k: last[k] for k in ("t", "chunk", "latency_ms", "kv_tokens", "kv_mb", "chunks_dropped",
@@ -82,14 +83,46 @@ class ApiStream:
         }
 
 
-class ApiStreams:
+class StreamTable:
+    """The API's streams by id (here, or on replicas: cluster.py): found, listed, taken out."""
+
+    def __init__(self):
+        self._streams: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, stream_id: str):
+        with self._lock:
+            stream = self._streams.get(stream_id)
+        if stream is None:
+            raise NotFound(stream_id)
+        return stream
+
+    def all(self) -> list:
+        with self._lock:
+            return list(self._streams.values())
+
+    def _take_out(self, stream_id: str):
+        with self._lock:
+            stream = self._streams.pop(stream_id, None)
+        if stream is None:
+            raise NotFound(stream_id)
+        return stream
+
+    def delete(self, stream_id: str) -> None:
+        raise NotImplementedError
+
+    def close_all(self) -> None:
+        for stream in self.all():
+            self.delete(stream.id)
+
+
+class ApiStreams(StreamTable):
     def __init__(self, engine: Engine, server: dict[str, Any], check: SourceCheck, folder: str,
                  metrics: ApiMetrics):
         """server: the server's engine flags by dest, every stream's defaults; folder: where runs keep
         their transcripts."""
+        super().__init__()
         self.engine, self.server, self.check, self.folder, self.metrics = engine, server, check, folder, metrics
-        self._streams: dict[str, ApiStream] = {}
-        self._lock = threading.Lock()
 
     def create(self, body: StreamCreate) -> ApiStream:
         try:
@@ -101,23 +134,24 @@ class ApiStreams:
             if len(self._streams) >= self.capacity:
                 raise FieldError("source", f"the server carries {len(self._streams)} streams, all it holds: delete "
                                            f"one first (DELETE /v1/streams/ID)", 409)
-            log = EventLog()
-            holder: dict[str, str] = {}
+            stream_id, log = secrets.token_hex(8), EventLog()
 
-            def on_event(event, _log=log, _holder=holder):
-                event.data["stream"] = _holder.get("id", "")  # the API's id, not the engine's
-                _log.append(event)
-                self.metrics.observe(event.data["stream"], event)
+            def on_event(event):
+                event.data["stream"] = stream_id  # the API's id, not the engine's
+                log.append(event)
+                self.metrics.observe(stream_id, event)
             run = LiveRun(self.engine, config, spec, realtime=body.realtime or kind == "camera", name=body.source,
                           parent=self.folder, seconds=body.seconds, on_event=on_event)
-            holder["id"] = run.id
-            stream = ApiStream(run.id, body.source, kind, config, run, log)
-            self._streams[run.id] = stream
+            stream = ApiStream(stream_id, body.source, kind, config, run, log)
+            self._streams[stream_id] = stream
         return stream
 
     def _config(self, body: StreamCreate) -> SessionConfig:
-        if body.seconds is not None and not (0 < body.seconds <= 1e7):
-            raise FieldError("seconds", f"seconds: expected a number above 0 to 10,000,000, got {body.seconds}")
+        if body.seconds is not None:
+            try:
+                SECONDS.check(body.seconds, "seconds")
+            except InputError as err:
+                raise FieldError("seconds", str(err)) from None
         overrides = body.overrides()
         try:
             config = build_config({**self.server, **overrides}, FIELD_NAMES)
@@ -126,21 +160,10 @@ class ApiStreams:
             raise FieldError(named, str(err)) from None
         need, _ = slab_tokens(self.engine.adapter, config)
         if need > self.engine.slab_capacity:
-            raise FieldError(next(iter(overrides), "settings"),
+            raise FieldError(next((FIELD_NAMES[k] for k in overrides), "settings"),
                              f"these settings need a cache of {need:,} tokens per stream; the server's slabs hold "
                              f"{self.engine.slab_capacity:,}: ask for a shorter vision_window or fewer tokens")
         return config
-
-    def get(self, stream_id: str) -> ApiStream:
-        with self._lock:
-            stream = self._streams.get(stream_id)
-        if stream is None:
-            raise NotFound(stream_id)
-        return stream
-
-    def all(self) -> list[ApiStream]:
-        with self._lock:
-            return list(self._streams.values())
 
     @property
     def capacity(self) -> int:
@@ -148,14 +171,7 @@ class ApiStreams:
         return self.engine.pool.num_slabs
 
     def delete(self, stream_id: str) -> None:
-        with self._lock:
-            stream = self._streams.pop(stream_id, None)
-        if stream is None:
-            raise NotFound(stream_id)
+        stream = self._take_out(stream_id)
         stream.run.close()
         stream.log.close()
         self.metrics.forget(stream_id)
-
-    def close_all(self) -> None:
-        for stream in self.all():
-            self.delete(stream.id)

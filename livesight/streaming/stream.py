@@ -203,6 +203,7 @@ class Stream:
         the ids are read every STOP_CHECK_EVERY tokens (waiting for their own steps only), and steps
         taken past a stop token are undone. Every token but the last is fed now, the last with the
         closing tokens next step. read: told the ids generated so far, each time more are read."""
+        read = read or (lambda ids: None)
         start = self.cache.length
         ids: list[int] = []
         unread: list[tuple[StepTokens, int]] = []  # tokens on their way to the host, not yet read
@@ -219,12 +220,10 @@ class Stream:
                     ids += new[:stop]
                     self.stepper.truncate(start + len(ids))
                     self.pending = list(self.chat.turn_close)
-                    if read is not None:
-                        read(ids)
+                    read(ids)
                     return ids
                 ids += new
-                if read is not None:
-                    read(ids)
+                read(ids)
         self.pending = ids[-1:] + self.chat.turn_close
         return ids
 

@@ -201,6 +201,10 @@ BAD = [  # (method, path, json or raw body, status, field)
     ("post", "/v1/streams", {"source": "synthetic", "vision_window": 3000}, 400, "vision_window"),
     ("post", "/v1/streams", {"source": "synthetic", "colour": "red"}, 422, "colour"),
     ("post", "/v1/streams", b"x" * (70 * 1024), 413, "body"),
+    ("post", "/v1/streams", b'{"source": "synthetic", "seconds": NaN}', 400, "seconds"),  # Python's JSON takes NaN
+    ("post", "/v1/streams", b'{"source": "synthetic", "fps": Infinity}', 400, "fps"),
+    ("post", "/v1/streams", {"source": "synthetic", "narrate_tokens": 10**30}, 400, "narrate_tokens"),
+    ("post", "/v1/streams/{sid}/questions", b'{"text": "why?", "max_tokens": NaN}', 422, "max_tokens"),
     ("post", "/v1/chat/completions", {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}, 400,
      "model"),
     ("post", "/v1/chat/completions", {"model": "livesight/nope", "messages": [{"role": "user", "content": "hi"}]},
@@ -224,6 +228,7 @@ def test_bad_requests_get_a_4xx_naming_the_field_and_the_server_stays_up(api):
     for method, path, body, status, field in BAD:
         path = path.replace("{sid}", sid)
         if isinstance(body, bytes):
+            body = body.replace(b"{sid}", sid.encode())
             got = api.client.request(method, path, content=body, headers={"content-type": "application/json"})
         else:
             body = json.loads(json.dumps(body).replace("{sid}", sid)) if body is not None else None

@@ -253,8 +253,9 @@ def test_live_chunks_arriving_apart_start_together_within_the_gather_window(tiny
     """Live chunks wait up to gather_s so that one prefill and one vision pass serve them all; files do not
     wait, and the wait never passes gather_s."""
     import time
-    engine = Engine(QwenVLAdapter(tiny), _config(narrate=False), max_streams=3, gather_s=0.3)
+    engine = Engine(QwenVLAdapter(tiny), _config(narrate=False), max_streams=4, gather_s=0.3)
     a, b, f = engine.open((180, 320), live=True), engine.open((180, 320), live=True), engine.open((180, 320))
+    c = engine.open((180, 320), live=True)  # a live stream whose chunk has not come yet
     chunk = make_chunks(1)[0]
     engine.put(a, chunk)
     engine.put(b, chunk)
@@ -269,3 +270,16 @@ def test_live_chunks_arriving_apart_start_together_within_the_gather_window(tiny
     assert engine.step()
     assert engine.stage_ms["steps"] == steps + 1 and engine.stage_ms["streams"] == streams + 2, \
         "both live chunks were prefilled in one step"
+    while engine.step():
+        pass
+    for lane in (a, b, c):
+        engine.put(lane, chunk)
+    assert engine.step() and not any(engine.lanes[lane].chunks for lane in (a, b, c)), \
+        "every live stream has its chunk: nothing is left to wait for"
+
+
+def test_one_live_stream_does_not_wait_for_others_that_are_not_there(tiny):
+    engine = Engine(QwenVLAdapter(tiny), _config(narrate=False), max_streams=8, gather_s=5.0)
+    a = engine.open((180, 320), live=True)
+    engine.put(a, make_chunks(1)[0])
+    assert engine.step() and not engine.lanes[a].chunks, "the only live stream's chunk starts at once"

@@ -95,9 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     from livesight.eval import speed_report
     speed_report.add_arguments(bench.add_parser(
         "speed", help="real-time factor, latency, decode, TTFT, memory, MFU, against plain-transformers baselines"))
-    from livesight.eval import streams_report
+    from livesight.eval import api_report, streams_report
     streams_report.add_arguments(bench.add_parser(
         "streams", help="how many live streams keep real time in one engine, against sessions taking turns"))
+    api_report.add_arguments(bench.add_parser(
+        "api", help="how many live streams a running `livesight serve` keeps in real time, over its HTTP API"))
 
     synth = sub.add_parser("synth", help="write a synthetic video (moving shapes and a clock)")
     synth.add_argument("out", help="output file, e.g. clip.mp4")
@@ -211,9 +213,9 @@ def serve(args) -> int:
 
 
 def bench(args) -> int:
-    from livesight.eval import compression, fidelity_report, speed_report, streams_report
+    from livesight.eval import api_report, compression, fidelity_report, speed_report, streams_report
     commands = {"fidelity": fidelity_report.main, "compression": compression.main, "speed": speed_report.main,
-                "streams": streams_report.main}
+                "streams": streams_report.main, "api": api_report.main}
     return commands[args.bench](args)
 
 

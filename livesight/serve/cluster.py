@@ -5,11 +5,12 @@ with its own streams, one GPU). A new stream goes to the replica with the most f
 call for it goes to that replica, where its cache is. The ingress keeps each stream's event log
 itself (polling the replicas), so its clients' event ids and Last-Event-ID survive a move.
 
-When a replica dies (its calls fail, or Serve restarted it empty: its boot id changed), each of its
-streams is opened again from its source on the replica with the most room, preferring the others, and
-told so by a `migrated` event: what it saw before lived in the dead replica's cache and offload store,
-so a question after the move is answered from what it has seen since (the answer says so). A stream no
-replica can take ends with an error event. No stream is dropped silently.
+When a replica dies (its actor is gone from Ray's control store, its calls fail, or Serve restarted it
+empty: its boot id changed), each of its streams is opened again from its source on the replica with
+the most room, preferring the others, and told so by a `migrated` event: what it saw before lived in
+the dead replica's cache and offload store, so a question after the move is answered from what it has
+seen since (the answer says so). A stream no replica can take ends with an error event. No stream is
+dropped silently. A replica Serve is still restarting is no candidate.
 """
 
 import logging
@@ -26,6 +27,9 @@ from livesight.streaming.events import Event
 
 POLL_S = 0.2  # how often the ingress gathers the replicas' new events
 CALL_TIMEOUT_S = 10.0
+POLL_TIMEOUT_S = 1.0  # a replica's info and poll in a polling round (a slow one is asked again next round)
+RESTARTED_TIMEOUT_S = 2.0  # a restarted replica's first info
+SERVE_NAMESPACE = "serve"  # where Ray Serve keeps its replicas' actors
 log = logging.getLogger(__name__)
 
 
@@ -35,6 +39,7 @@ class Replicas:
     def __init__(self, count: int, replica_args: tuple, gpus: float):
         from ray import serve
         self.serve, self.replica_args, self.gpus = serve, replica_args, gpus
+        serve.start(proxy_location="Disabled")  # no HTTP proxy (it would take port 8000): this process is the API
         self.handles: list = []
         for _ in range(count):
             self.add()
@@ -48,6 +53,25 @@ class Replicas:
         self.handles.append(self.serve.run(deployment.bind(*self.replica_args), name=f"livesight-engine-{k}",
                                            route_prefix=None))
         return k
+
+    def running(self) -> set[int]:
+        """The replicas whose Serve application runs (not one being deployed, restarted or unhealthy)."""
+        apps = self.serve.status().applications
+        return {k for k in range(len(self.handles)) if getattr(apps.get(f"livesight-engine-{k}"), "status", None)
+                == "RUNNING"}
+
+    @staticmethod
+    def alive(actor: str | None) -> bool:
+        """Whether a replica's actor (by its name) still lives: a lookup in Ray's control store, which
+        knows of a dead process at once, where a call to it would wait out its timeout."""
+        import ray
+        if actor is None:
+            return True
+        try:
+            ray.get_actor(actor, namespace=SERVE_NAMESPACE)
+            return True
+        except ValueError:
+            return False
 
     def call(self, k: int, method: str, *args, timeout_s: float = CALL_TIMEOUT_S):
         return getattr(self.handles[k], method).remote(*args).result(timeout_s=timeout_s)
@@ -126,10 +150,15 @@ class ClusterStreams(StreamTable):
     def __init__(self, replicas: Replicas, metrics: ApiMetrics):
         super().__init__()
         self.replicas, self.metrics = replicas, metrics
-        self.boots = {k: self._info(k)["boot"] for k in range(len(replicas.handles))}
+        self.boots, self.actors = {}, {}  # each replica's incarnation and actor name, as last placed on
+        for k in range(len(replicas.handles)):
+            self._know(k, self._info(k))
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll_loop, name="livesight-cluster-poll", daemon=True)
         self._poller.start()
+
+    def _know(self, k: int, info: dict) -> None:
+        self.boots[k], self.actors[k] = info["boot"], info.get("actor")
 
     def _info(self, k: int) -> dict:
         return self.replicas.call(k, "info")
@@ -141,11 +170,15 @@ class ClusterStreams(StreamTable):
     def ready(self) -> bool:
         return self._poller.is_alive() and any(info.get("ready") for info in self._infos().values())
 
-    def _infos(self) -> dict[int, dict]:
+    def _infos(self, skip: int | None = None) -> dict[int, dict]:
+        """The running replicas' info (but `skip`'s, one just found dead). One whose actor as last known
+        died but whose application runs again was restarted: asked with a short timeout, as its
+        application's status may lag by a moment."""
         infos = {}
-        for k in range(len(self.replicas.handles)):
+        for k in self.replicas.running() - {skip}:
+            known = self.replicas.alive(self.actors.get(k))
             try:
-                infos[k] = self._info(k)
+                infos[k] = self.replicas.call(k, "info", timeout_s=CALL_TIMEOUT_S if known else RESTARTED_TIMEOUT_S)
             except Exception:  # noqa: BLE001 - a replica down: not a candidate
                 continue
         return infos
@@ -154,9 +187,11 @@ class ClusterStreams(StreamTable):
     def _free(infos: dict[int, dict]) -> dict[int, int]:
         return {k: info["capacity"] - info["streams"] for k, info in infos.items()}
 
-    def _place(self, body: StreamCreate, avoid: int | None = None) -> tuple[int, dict]:
-        """Open the stream on the replica with the most room (not `avoid` while another has room)."""
-        infos = self._infos()
+    def _place(self, body: StreamCreate, avoid: int | None = None, infos: dict[int, dict] | None = None
+               ) -> tuple[int, dict]:
+        """Open the stream on the replica with the most room (not `avoid` while another has room). infos:
+        the replicas' info to choose by (None: asked now), counted on as streams are placed."""
+        infos = self._infos() if infos is None else infos
         free = self._free(infos)
         order = sorted(free, key=lambda k: (k == avoid, -free[k]))
         last_error = FieldError("source", "no replica has room for another stream: delete one first", 409)
@@ -165,7 +200,8 @@ class ClusterStreams(StreamTable):
                 continue
             result = self.replicas.call(k, "create", body.model_dump())
             if result[0] == "ok":
-                self.boots[k] = infos[k]["boot"]  # a replica Serve restarted: its new streams are its own
+                self._know(k, infos[k])  # a replica Serve restarted: its new streams are its own
+                infos[k]["streams"] += 1
                 return k, result[1]
             last_error = FieldError(result[2], result[3], result[1])
             if result[1] != 409:
@@ -207,15 +243,20 @@ class ClusterStreams(StreamTable):
             if not stream.ended_with:
                 by_replica.setdefault(stream.replica, []).append(stream)
         for k, streams in by_replica.items():
+            if not self.replicas.alive(self.actors.get(k)):
+                self._move(streams, k, "its replica's process died")
+                continue
             try:
-                boot = self._info(k)["boot"]
-                news = self.replicas.call(k, "poll", {s.remote_id: s.cursor for s in streams}) \
-                    if boot == self.boots[k] else None
-            except Exception as err:  # noqa: BLE001 - the replica is down
+                info = self.replicas.call(k, "info", timeout_s=POLL_TIMEOUT_S)
+                news = self.replicas.call(k, "poll", {s.remote_id: s.cursor for s in streams},
+                                          timeout_s=POLL_TIMEOUT_S) if info["boot"] == self.boots[k] else None
+            except Exception as err:  # noqa: BLE001 - the replica is down, or only slow to answer
+                if self.replicas.alive(self.actors.get(k)) and isinstance(err, TimeoutError):
+                    continue  # slow: the next round asks again
                 self._move(streams, k, f"its replica failed ({type(err).__name__})")
                 continue
             if news is None:  # Serve restarted it: it holds none of them any more
-                self.boots[k] = boot
+                self._know(k, info)
                 self._move(streams, k, "its replica was restarted")
                 continue
             for stream in streams:
@@ -233,9 +274,10 @@ class ClusterStreams(StreamTable):
                     stream.cursor = number
 
     def _move(self, streams: list[RemoteStream], failed: int, why: str) -> None:
+        infos = self._infos(skip=failed if not self.replicas.alive(self.actors.get(failed)) else None)
         for stream in streams:
             try:
-                k, remote = self._place(stream.body, avoid=failed)
+                k, remote = self._place(stream.body, avoid=failed, infos=infos)
             except Exception as err:  # noqa: BLE001 - no room anywhere, or the cluster is down
                 stream.ended_with = f"{why}, and no replica could take the stream: {err}"
                 stream.log.append(Event("error", stream.t, stream.ended_with, {"stream": stream.id}))

@@ -45,9 +45,11 @@ class EngineReplica:
         self.stepping.start()
         self.streams = make_streams(self.engine, server, host, media_root, self.folder, ApiMetrics())
         self.boot = uuid.uuid4().hex  # this incarnation: a replica Serve restarts has a new one, and no streams
+        import ray
+        self.actor = ray.get_runtime_context().get_actor_name()  # the ingress looks it up to see it is alive
 
     def info(self) -> dict[str, Any]:
-        return {"boot": self.boot, "capacity": self.streams.capacity, "streams": len(self.streams.all()),
+        return {"boot": self.boot, "actor": self.actor, "capacity": self.streams.capacity, "streams": len(self.streams.all()),
                 "ready": self.stepping.is_alive()}
 
     def create(self, body: dict[str, Any]) -> Result:

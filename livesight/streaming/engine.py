@@ -240,9 +240,10 @@ class Engine:
 
     def _chunks_due_in(self, lanes: list[Lane]) -> float:
         """Seconds until the live streams' waiting chunks start (0: now): the oldest has waited gather_s,
-        GATHER_CHUNKS wait, or a stream's queue is full."""
-        waiting = [lane for lane in lanes if lane.live and lane.work is None and lane.chunks]
-        if not waiting or self.gather_s <= 0 or len(waiting) >= GATHER_CHUNKS or \
+        GATHER_CHUNKS wait, a stream's queue is full, or no other idle live stream is left to wait for."""
+        idle = [lane for lane in lanes if lane.live and lane.work is None and (lane.chunks or not lane.source_done)]
+        waiting = [lane for lane in idle if lane.chunks]
+        if not waiting or self.gather_s <= 0 or len(waiting) >= min(GATHER_CHUNKS, len(idle)) or \
                 any(len(lane.chunks) >= self.max_pending for lane in waiting):
             return 0.0
         oldest = min(lane.chunks[0].arrived for lane in waiting)

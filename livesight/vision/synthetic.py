@@ -6,6 +6,8 @@
 - busy: the shapes over a scrolling texture with fresh noise, so every region changes every frame.
 """
 
+import functools
+
 import cv2
 import numpy as np
 
@@ -19,13 +21,13 @@ def render(t: float, width: int = 640, height: int = 360, scene: str = "shapes")
     """The frame at stream time t seconds: (height, width, 3) uint8 RGB. Deterministic in t."""
     if scene not in SCENES:
         raise InputError(f"unknown synthetic scene '{scene}': use one of {', '.join(SCENES)}")
-    y = np.linspace(0, 1, height, dtype=np.float32)[:, None]
-    x = np.linspace(0, 1, width, dtype=np.float32)[None, :]
-    base = np.stack([40 + 40 * y + 0 * x, 50 + 30 * x + 0 * y, 90 + 0 * x + 0 * y], axis=-1)
     if scene == "busy":
-        noise = np.random.default_rng(int(round(t * 1000))).normal(0, 12, (height, width, 1))
-        base = base + 40 * np.sin(40 * x + 25 * y - 6 * t)[..., None] + noise
-    img = np.ascontiguousarray(np.clip(base, 0, 255).astype(np.uint8))
+        y, x = _axes(width, height)
+        noise = np.random.default_rng(int(round(t * 1000))).standard_normal((height, width, 1), dtype=np.float32)
+        wave = 40 * np.sin(40 * x + 25 * y - np.float32(6 * t))
+        img = np.clip(_gradient(width, height) + (wave[..., None] + 12 * noise), 0, 255).astype(np.uint8)
+    else:
+        img = _background(width, height).copy()
     s = min(width, height)
     if scene in ("static", "quiet"):
         _still_life(img, s)
@@ -45,6 +47,28 @@ def render(t: float, width: int = 640, height: int = 360, scene: str = "shapes")
     tri = (tri * s / 7 + [width * 0.3, height * 0.7]).astype(np.int32)
     cv2.fillPoly(img, [tri], (240, 210, 40))
     _clock(img, t, s)
+    return img
+
+
+@functools.lru_cache(maxsize=8)
+def _axes(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    return (np.linspace(0, 1, height, dtype=np.float32)[:, None], np.linspace(0, 1, width, dtype=np.float32)[None, :])
+
+
+@functools.lru_cache(maxsize=8)
+def _gradient(width: int, height: int) -> np.ndarray:
+    """The scenes' background, (height, width, 3) float32; read-only (cached)."""
+    y, x = _axes(width, height)
+    base = np.stack(np.broadcast_arrays(40 + 40 * y, 50 + 30 * x, np.float32(90) + 0 * x), axis=-1)
+    base.setflags(write=False)
+    return base
+
+
+@functools.lru_cache(maxsize=8)
+def _background(width: int, height: int) -> np.ndarray:
+    """The gradient as uint8, computed once per size: a frame starts as a copy of it."""
+    img = np.clip(_gradient(width, height), 0, 255).astype(np.uint8)
+    img.setflags(write=False)
     return img
 
 

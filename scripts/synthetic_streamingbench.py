@@ -2,7 +2,7 @@
 where the real data is not at hand (its answers mean nothing; its shape is StreamingBench's: five
 multiple-choice questions per video at spread time stamps, the official prompt, HH:MM:SS stamps).
 
-    python scripts/synthetic_streamingbench.py OUT --videos 4 --seconds 90 [--size 640x360] [--fps 10]
+    python scripts/synthetic_streamingbench.py OUT --videos 4 --seconds 90 [--questions 5] [--size 640x360] [--fps 10]
     livesight eval streamingbench --data OUT/questions.json --videos OUT/videos --out OUT/results ...
 """
 
@@ -21,6 +21,8 @@ def main() -> None:
     parser.add_argument("out")
     parser.add_argument("--videos", type=int, default=4)
     parser.add_argument("--seconds", type=int, default=90)
+    parser.add_argument("--questions", type=int, default=len(SHARES), choices=range(1, len(SHARES) + 1),
+                        help="questions per video, at the last of the five spread time stamps (default 5)")
     parser.add_argument("--size", default="640x360")
     parser.add_argument("--fps", type=float, default=10.0)
     args = parser.parse_args()
@@ -32,7 +34,7 @@ def main() -> None:
         name = f"sample_{v}.mp4"
         write_video(os.path.join(args.out, "videos", name), args.seconds, args.fps, width, height,
                     scenes[v % len(scenes)])
-        for k, (share, task) in enumerate(zip(SHARES, TASKS)):
+        for k, (share, task) in enumerate(zip(SHARES[len(SHARES) - args.questions:], TASKS)):
             t = int(share * args.seconds)
             entries.append({"video_path": f"./videos/{name}", "questions": [{
                 "task_type": task, "question": f"What does the scene show at this moment ({k})?",

@@ -107,6 +107,8 @@ def test_stream_lifecycle_questions_transcript_and_events(api):
     sid = stream["id"]
     assert stream["settings"]["narrate_tokens"] == 3 and stream["kind"] == "synthetic"
     assert sid in {s["id"] for s in api.client.get("/v1/streams").json()["streams"]}
+    assert api.client.get("/v1/replicas").json() == {"replicas": [{"replica": 0, "capacity": 3, "streams": 1,
+                                                                    "ready": True}]}
     done = wait_state(api, sid)
     assert done["metrics"]["chunk"] == 3 and done["metrics"]["chunks_dropped"] == 0
     answer = api.client.post(f"/v1/streams/{sid}/questions", json={"text": "what moved?", "max_tokens": 4})
@@ -182,6 +184,7 @@ def test_metrics_parse_and_move(api):
 
 BAD = [  # (method, path, json or raw body, status, field)
     ("get", "/v1/streams/nope", None, 404, "stream_id"),
+    ("post", "/v1/replicas", None, 409, "replicas"),  # one engine in-process: nothing to add
     ("delete", "/v1/streams/nope", None, 404, "stream_id"),
     ("post", "/v1/streams", b"{not json", 422, "body"),
     ("post", "/v1/streams", {"source": "ftp://example.com/a.mp4"}, 400, "source"),

@@ -1,6 +1,7 @@
 """`livesight serve --replicas 2`: a local Ray cluster, two engine replicas of tiny-random on the CPU;
 four streams spread over both through the API; one replica's actor killed: its streams move to a
-replica that lives, with `migrated` events, and all four keep producing captions. No stream is lost."""
+replica that lives, with `migrated` events, and all four keep producing captions. No stream is lost.
+A third replica added while they run takes the next new stream."""
 
 import os
 import threading
@@ -77,7 +78,16 @@ def test_four_streams_on_two_replicas_survive_one_dying(tmp_path):
             text = client.get(f"/v1/streams/{moved[0]}/transcript", params={"format": "vtt"}).text
             return text if "Q: what now?" in text else None  # the answer's event reaches the ingress by polling
         assert "[migrated]" in wait_for(vtt, 10, "the answer in the transcript")
-        for sid in ids:
+        added = client.post("/v1/replicas")  # while the four run
+        assert added.status_code == 201 and added.json() == {"replica": 2, "capacity": 4, "streams": 0, "ready": True}
+        # replica 0, restarted by Serve, holds none; 1 holds all four; 2 is new: the next two go to 0 and 2
+        newest = [client.post("/v1/streams", json={"source": "synthetic", "seconds": 600}).json() for _ in range(2)]
+        assert sorted(s["replica"] for s in newest) == [0, 2], "new streams go to the replicas with the most room"
+        assert [r["streams"] for r in client.get("/v1/replicas").json()["replicas"]] == [1, 4, 1]
+        on_new = next(s["id"] for s in newest if s["replica"] == 2)
+        wait_for(lambda: sum(e.type == "caption" for _, e in streams.get(on_new).log.after(0)[0]) >= 1, 60,
+                 "a caption from the new replica")
+        for sid in ids + [s["id"] for s in newest]:
             assert client.delete(f"/v1/streams/{sid}").status_code == 204
         client.close()
     finally:

@@ -187,3 +187,20 @@ def _disrupted(run: dict, after_s: float) -> list[str]:
                      f"{s['to_first_caption_s'] or '-'} | {s['captions_after']} | {len(s['errors'])} | "
                      f"{'**yes**' if s['lost'] else 'no'} |")
     return lines
+
+
+def render(folder: str, in_process: str | None) -> None:
+    """api.md again from folder/api.json, with bench streams' streams.json beside it if given."""
+    with open(os.path.join(folder, "api.json")) as f:
+        result = json.load(f)
+    if in_process:
+        result["in_process"] = _in_process(in_process, result["config"]["narrate_tokens"])
+    report.save(folder, "api", result, markdown(result))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Render api.md from FOLDER/api.json")
+    parser.add_argument("--render", metavar="FOLDER", required=True)
+    parser.add_argument("--in-process", metavar="STREAMS_JSON", default=None)
+    cli = parser.parse_args()
+    render(cli.render, cli.in_process)

@@ -112,6 +112,14 @@ def build_app(streams: ApiStreams, metrics: ApiMetrics, token: str | None, ready
     def prometheus():
         return Response(metrics.render([s.state for s in streams.all()]), media_type=CONTENT_TYPE_LATEST)
 
+    @app.get("/v1/replicas", dependencies=auth)
+    def replicas():
+        return {"replicas": streams.list_replicas()}
+
+    @app.post("/v1/replicas", status_code=201, dependencies=auth)
+    def add_replica():
+        return streams.add_replica()
+
     @app.post("/v1/streams", status_code=201, dependencies=auth)
     def create(body: StreamCreate):
         return streams.create(body).describe()

@@ -119,11 +119,12 @@ def _serve_cluster(args, token: str | None, folder: str) -> int:
     offload_dir = os.path.join(folder, "offload")
     os.mkdir(offload_dir)
     server = server_values(vars(args), offload_dir)
-    gpus = 0 if args.device == "cpu" else 1
     ray.init(address=args.ray_address, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
              ignore_reinit_error=True)
-    replicas = Replicas(max(1, args.replicas), (args.model, args.device, server, args.max_streams, args.host,
-                                                 args.media_root), gpus)
+    # a replica sees its one GPU as cuda (Ray sets what it may see); auto: GPUs if the cluster has any
+    cpu = args.device == "cpu" or (args.device == "auto" and not ray.cluster_resources().get("GPU"))
+    replicas = Replicas(max(1, args.replicas), (args.model, "cpu" if cpu else "cuda", server, args.max_streams,
+                                                 args.host, args.media_root), 0 if cpu else 1)
     metrics = ApiMetrics()
     streams = ClusterStreams(replicas, metrics)
     app = BodyLimit(build_app(streams, metrics, token, streams.ready), MAX_BODY_BYTES)

@@ -45,8 +45,14 @@ class Replicas:
             self.add()
 
     def add(self) -> int:
-        """Deploy one more replica -> its index."""
+        """Deploy one more replica -> its index; FieldError (409) when the cluster has no GPU free for it."""
+        import ray
+
         from livesight.serve.replica import EngineReplica
+        free = ray.available_resources().get("GPU", 0.0)
+        if self.gpus and free < self.gpus:
+            raise FieldError("replicas", f"the Ray cluster has {free:g} GPUs free, a replica needs {self.gpus:g}: add "
+                                         f"a node with a GPU to the cluster first", 409)
         k = len(self.handles)
         deployment = self.serve.deployment(EngineReplica, name="engine", num_replicas=1, max_ongoing_requests=256,
                                            ray_actor_options={"num_gpus": self.gpus, "num_cpus": 0})
@@ -228,6 +234,20 @@ class ClusterStreams(StreamTable):
     def close_all(self) -> None:
         self._stop.set()
         super().close_all()
+
+    def list_replicas(self) -> list[dict[str, Any]]:
+        infos = self._infos()
+        return [{"replica": k, "ready": False} if k not in infos else
+                {"replica": k, **{key: infos[k][key] for key in ("capacity", "streams", "ready")}}
+                for k in range(len(self.replicas.handles))]
+
+    def add_replica(self) -> dict[str, Any]:
+        """One more engine replica (a GPU must be free in the cluster); new streams go to it first, having
+        the most room. Blocks while it loads its model."""
+        k = self.replicas.add()
+        info = self._info(k)
+        self._know(k, info)
+        return {"replica": k, **{key: info[key] for key in ("capacity", "streams", "ready")}}
 
     # --- the poller: events in, failures found, streams moved
     def _poll_loop(self) -> None:

@@ -115,6 +115,14 @@ class StreamTable:
         for stream in self.all():
             self.delete(stream.id)
 
+    def list_replicas(self) -> list[dict[str, Any]]:
+        """What GET /v1/replicas lists: the engines and the streams each carries."""
+        return [{"replica": 0, "capacity": self.capacity, "streams": len(self.all()), "ready": True}]
+
+    def add_replica(self) -> dict[str, Any]:
+        raise FieldError("replicas", "this server runs one engine in its own process: start it with --replicas N "
+                                     "(Ray Serve) to add replicas while it runs", 409)
+
 
 class ApiStreams(StreamTable):
     def __init__(self, engine: Engine, server: dict[str, Any], check: SourceCheck, folder: str,

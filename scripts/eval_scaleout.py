@@ -13,6 +13,7 @@ the processes' own time (the slowest process, from its start to its last answer:
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -44,6 +45,8 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=2)
     args, engine = parser.parse_known_args()
     engine = [a for a in engine if a != "--"]
+    for stale in ("set", "one", "sharded"):  # a rerun into the same --out would resume, not measure
+        shutil.rmtree(os.path.join(args.out, stale), ignore_errors=True)
     os.makedirs(args.out, exist_ok=True)
     bench = os.path.join(args.out, "set")
     subprocess.run([sys.executable, os.path.join(HERE, "synthetic_streamingbench.py"), bench, "--videos",

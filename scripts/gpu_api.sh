@@ -7,14 +7,14 @@
 #      GPU 0: `livesight bench streams` (the engine in-process, chunks pre-rendered);
 #      GPU 1: `livesight serve` (one engine, no Ray) under `livesight bench api` (streams over HTTP, live synthetic
 #             sources paced by the server, events over SSE, questions over POST).
-# 2. The evaluator sharded (results/eval-scaleout/h200x2/): scripts/eval_scaleout.py, 40 synthetic videos of 20 s,
+# 2. The evaluator sharded (results/eval-scaleout/h200x2/): scripts/eval_scaleout.py, 40 synthetic videos of 15 s,
 #    2 questions each, one process on GPU 0 against accelerate launch --num_processes 2.
 # On the CPU (a rehearsal): PY=.venv/bin/python NO_INSTALL=1 MODEL=tiny-random COUNTS=1,2 VIDEOS=4 VIDEO_S=6 ...
 set -uo pipefail
 started=$SECONDS
 stamp() { echo "[$((SECONDS - started)) s] $*"; }
 PY=${PY:-python3}; MODEL=${MODEL:-random-7b}; COUNTS=${COUNTS:-16,24,32}; WARM=${WARM:-16}; MEASURE=${MEASURE:-15}
-VIDEOS=${VIDEOS:-40}; VIDEO_S=${VIDEO_S:-20}; PORT=${PORT:-8100}
+VIDEOS=${VIDEOS:-40}; VIDEO_S=${VIDEO_S:-15}; PORT=${PORT:-8100}
 if [ -z "${NO_INSTALL:-}" ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD
@@ -66,7 +66,7 @@ $PY -m livesight.eval.api_report --render "$RES/api" --in-process "$RES/streams/
 
 pack
 stamp "2. the evaluator: 1 process against 2"
-timeout 260 $PY scripts/eval_scaleout.py --out /tmp/eval_scaleout --videos $VIDEOS --seconds $VIDEO_S --questions 2 \
+timeout 300 $PY scripts/eval_scaleout.py --out /tmp/eval_scaleout --videos $VIDEOS --seconds $VIDEO_S --questions 2 \
   -- --model $MODEL > "$RES/eval_scaleout.log" 2>&1
 stamp "eval_scaleout: exit $?"
 tail -12 "$RES/eval_scaleout.log"

@@ -5,6 +5,10 @@ the OpenAI client, and /metrics as Prometheus parses it."""
 import json
 import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -295,6 +299,34 @@ def test_cli_refuses_an_exposed_bind_without_a_token(capsys):
     assert "--token-file" in capsys.readouterr().err
     assert main(["serve", "--media-root", "/no/such/folder"]) == 2
     assert "--media-root" in capsys.readouterr().err
+
+
+def httpx_get(url: str) -> int | None:
+    try:
+        return httpx.get(url, timeout=2).status_code
+    except httpx.TransportError:
+        return None
+
+
+def test_sigterm_ends_the_server_quietly_and_a_busy_port_is_named():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+    command = [sys.executable, "-m", "livesight", "serve", "--port", str(port), "--device", "cpu", "--no-ui"]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "livesight serve: http://127.0.0.1" in server.stdout.readline()
+        deadline = time.monotonic() + 30
+        while httpx_get(f"http://127.0.0.1:{port}/healthz") != 200:  # uvicorn binds after the banner
+            assert time.monotonic() < deadline and server.poll() is None, "the server did not come up"
+            time.sleep(0.1)
+        busy = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert busy.returncode == 2 and f"cannot serve on 127.0.0.1:{port}" in busy.stderr, busy.stderr[-2000:]
+        server.send_signal(signal.SIGTERM)
+        _, err = server.communicate(timeout=60)
+    finally:
+        server.kill()
+    assert server.returncode == 128 + signal.SIGTERM and "cannot serve" not in err and "Traceback" not in err, err
 
 
 def test_an_answer_is_told_in_whole_characters_as_its_tokens_are_read(tiny):

@@ -1,7 +1,8 @@
 """The load `livesight bench api` puts on a running `livesight serve`, over its HTTP API alone.
 
 At each count N: N streams are added (POST /v1/streams; synthetic scenes, stream i scene i mod 4 as in
-bench streams, each paced by the server in real time, as a camera), each stream's Server-Sent Events
+bench streams, each paced by the server in real time, as a camera; stream i started i/N into a chunk
+period, so chunks arrive spread as bench streams' do), each stream's Server-Sent Events
 are read (one connection a stream, reconnecting with Last-Event-ID), and after the warm-up a question
 (POST .../questions) goes to a random stream every ask_every seconds. The figures and the rule for
 real time are bench streams' own (streams.figures), over each stream's chunks in the measured window:
@@ -135,7 +136,9 @@ class Load:
         if cfg.narrate_tokens:
             body["narrate_tokens"] = cfg.narrate_tokens
         try:
-            for i in range(num_streams):
+            begin = time.perf_counter()
+            for i in range(num_streams):  # stream i starts i/N into a chunk period: cameras are not in step
+                await asyncio.sleep(max(0.0, begin + i * cfg.chunk_s / num_streams - time.perf_counter()))
                 response = await self.client.post("/v1/streams", json={"source": f"synthetic:{SCENES[i % len(SCENES)]}",
                                                                        **body})
                 if response.status_code != 201:

@@ -129,7 +129,8 @@ def markdown(result: dict) -> str:
     narration = f"{c['narrate_tokens']} narrated tokens per chunk" if c["narrate_tokens"] else "no narration"
     lines = [f"# bench api: {result['label'] or c['url']}", "",
              f"Streams added over the HTTP API of a running `livesight serve` ({c['url']}): synthetic scenes (stream "
-             f"i: static, quiet, shapes, busy by i mod 4), each paced by the server in real time as a camera, "
+             f"i: static, quiet, shapes, busy by i mod 4), each paced by the server in real time as a camera and started "
+             f"i/N into a chunk period (chunks arrive spread, as independent cameras'), "
              f"{narration}; every stream's events read over Server-Sent Events; a question to a random stream "
              f"every {c['ask_every_s']:g} s. Per count: {c['warmup_s']:g} s of warm-up, then {c['seconds']:g} s "
              f"measured. Latency: the engine's, from a chunk's last frame to its caption. Real time kept (bench "

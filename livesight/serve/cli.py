@@ -179,6 +179,8 @@ def _run(app, args, streams, token: str | None, ui: bool) -> None:
     try:
         server.run()
     except SystemExit:
-        server.started = False
+        if server.started:
+            raise  # SIGTERM once serving (uvicorn shut down, then raised it again): the server ends as asked
+        # else uvicorn could not bind
     if not server.started:
         raise InputError(f"cannot serve on {args.host}:{args.port}: is the port in use? Pick another with --port")

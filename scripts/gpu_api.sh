@@ -45,7 +45,7 @@ LOAD="--streams $COUNTS --narrate-tokens 20 --seconds $MEASURE --warmup-seconds 
 MAX=${COUNTS##*,}
 
 stamp "1. bench streams in-process on GPU 0, serve + bench api on GPU 1 (counts $COUNTS)"
-CUDA_VISIBLE_DEVICES=0 timeout 330 $PY -m livesight bench streams --model $MODEL --narration on $LOAD \
+CUDA_VISIBLE_DEVICES=0 timeout 200 $PY -m livesight bench streams --model $MODEL --narration on $LOAD \
   --baseline-streams none --offload-ram-gb 1 --out "$RES/streams" > "$RES/streams.log" 2>&1 &
 inproc=$!
 CUDA_VISIBLE_DEVICES=1 $PY -m livesight serve --model $MODEL --port $PORT --max-streams $MAX --no-ui --no-partial \
@@ -53,7 +53,7 @@ CUDA_VISIBLE_DEVICES=1 $PY -m livesight serve --model $MODEL --port $PORT --max-
 server=$!
 if ready $PORT 180; then
   stamp "server ready"
-  timeout 330 $PY -m livesight bench api --url http://127.0.0.1:$PORT $LOAD --out "$RES/api" \
+  timeout 200 $PY -m livesight bench api --url http://127.0.0.1:$PORT $LOAD --out "$RES/api" \
     --label "livesight serve (one engine in its process), $MODEL" > "$RES/api.log" 2>&1
   stamp "bench api: exit $?"
 else

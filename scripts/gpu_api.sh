@@ -9,11 +9,14 @@
 #             sources paced by the server, events over SSE, questions over POST).
 # 2. The evaluator sharded (results/eval-scaleout/h200x2/): scripts/eval_scaleout.py, 40 synthetic videos of 15 s,
 #    2 questions each, one process on GPU 0 against accelerate launch --num_processes 2.
+# STAGES (default "api eval"; "tests" adds the engine's GPU tests first) picks what runs.
+# OFFLOAD_GB (default 1): each stream's offload RAM cap. The machine's memory starts small and grows with use, and the
+# engine refuses streams whose caps together pass 90 % of it: 0.25 lets 96 streams start (a short run fills ~0.25 GB).
 # On the CPU (a rehearsal): PY=.venv/bin/python NO_INSTALL=1 MODEL=tiny-random COUNTS=1,2 VIDEOS=4 VIDEO_S=6 ...
 set -uo pipefail
 started=$SECONDS
 stamp() { echo "[$((SECONDS - started)) s] $*"; }
-PY=${PY:-python3}; MODEL=${MODEL:-random-7b}; COUNTS=${COUNTS:-16,24,32}; WARM=${WARM:-16}; MEASURE=${MEASURE:-15}
+PY=${PY:-python3}; MODEL=${MODEL:-random-7b}; OFFLOAD_GB=${OFFLOAD_GB:-1}; COUNTS=${COUNTS:-16,24,32}; WARM=${WARM:-16}; MEASURE=${MEASURE:-15}
 VIDEOS=${VIDEOS:-40}; VIDEO_S=${VIDEO_S:-15}; PORT=${PORT:-8100}
 if [ -z "${NO_INSTALL:-}" ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -44,12 +47,19 @@ PY
 LOAD="--streams $COUNTS --narrate-tokens 20 --seconds $MEASURE --warmup-seconds $WARM --ask-every 1"
 MAX=${COUNTS##*,}
 
+STAGES=${STAGES:-api eval}  # and "tests": the GPU tests of the engine (on both GPUs) first
+if [[ $STAGES == *tests* ]]; then
+  stamp "0. GPU tests"
+  timeout 150 $PY -m pytest -q -p no:cacheprovider tests/test_engine.py -k "gpu or graphs" > $RES/gpu_tests.txt 2>&1
+  stamp "tests: exit $?"; tail -3 $RES/gpu_tests.txt
+fi
+if [[ $STAGES == *api* ]]; then
 stamp "1. bench streams in-process on GPU 0, serve + bench api on GPU 1 (counts $COUNTS)"
 CUDA_VISIBLE_DEVICES=0 timeout 200 $PY -m livesight bench streams --model $MODEL --narration on $LOAD \
-  --baseline-streams none --offload-ram-gb 1 --out "$RES/streams" > "$RES/streams.log" 2>&1 &
+  --baseline-streams none --offload-ram-gb $OFFLOAD_GB --out "$RES/streams" > "$RES/streams.log" 2>&1 &
 inproc=$!
 CUDA_VISIBLE_DEVICES=1 $PY -m livesight serve --model $MODEL --port $PORT --max-streams $MAX --no-ui --no-partial \
-  --offload-ram-gb 1 --offload-disk-gb 0 > "$RES/serve.log" 2>&1 &
+  --offload-ram-gb $OFFLOAD_GB --offload-disk-gb 0 > "$RES/serve.log" 2>&1 &
 server=$!
 if ready $PORT 180; then
   stamp "server ready"
@@ -65,6 +75,8 @@ grep -E "^engine" "$RES/streams.log"; grep -E "^[0-9]+ streams" "$RES/api.log"; 
 $PY -m livesight.eval.api_report --render "$RES/api" --in-process "$RES/streams/streams.json" && tail -8 "$RES/api/api.md"
 
 pack
+fi
+if [[ $STAGES == *eval* ]]; then
 stamp "2. the evaluator: 1 process against 2"
 timeout 300 $PY scripts/eval_scaleout.py --out /tmp/eval_scaleout --videos $VIDEOS --seconds $VIDEO_S --questions 2 \
   -- --model $MODEL > "$RES/eval_scaleout.log" 2>&1
@@ -73,5 +85,9 @@ tail -12 "$RES/eval_scaleout.log"
 mkdir -p "$RES/eval"
 cp /tmp/eval_scaleout/eval_scaleout.* /tmp/eval_scaleout/one/summary.json "$RES/eval/" 2>/dev/null
 cp /tmp/eval_scaleout/sharded/summary.json "$RES/eval/summary_sharded.json" 2>/dev/null
+cp /tmp/eval_scaleout/*.log "$RES/eval/" 2>/dev/null
+grep -h '"error"' /tmp/eval_scaleout/one/results.jsonl /tmp/eval_scaleout/sharded/results.jsonl 2>/dev/null \
+  | head -5 | tee "$RES/eval/errors.txt" | cut -c1-600
+fi
 pack
 stamp "done"

@@ -146,6 +146,27 @@ def test_batched_graphs_in_half_precision_follow_the_stream_alone():
     assert compared >= 30
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_an_engine_on_the_second_gpu_works_there_as_on_the_first():
+    """CUDA's current device is per thread and starts as the first GPU: an engine on cuda:1 (an evaluator's
+    second process, a server given --device cuda:1) must capture and replay its graphs, and read its memory
+    counters, on cuda:1, with the results it gives on cuda:0."""
+    config = _config(narrate_tokens=8)
+    runs = {}
+    for device in ("cuda:1", "cuda:0"):  # cuda:1 first: cuda:0's counters hold nothing of it
+        adapter = QwenVLAdapter(load_model("tiny-random", device, torch.bfloat16))
+        engine, logs, events, _ = _run_engine(adapter, config)
+        assert engine.batch.num_graphs > 0 and all(t.device == torch.device(device) for t in logs["a"])
+        runs[device] = (logs, events)
+        del engine, adapter
+    (logs1, events1), (logs0, events0) = runs["cuda:1"], runs["cuda:0"]
+    assert min(e.data["gpu_mem_mb"] for e in events1["a"] if e.type == "metrics") > 0, "cuda:1's memory, read there"
+    for name in PLAN:
+        assert [(e.type, e.text) for e in events1[name]] == [(e.type, e.text) for e in events0[name]], name
+        assert all(float((a.cpu() - b.cpu()).abs().max()) <= 1e-3 * float(b.abs().max())
+                   for a, b in zip(logs1[name], logs0[name])), name
+
+
 def _small_engine(tiny, max_streams=2, **kw):
     config = _config(retrieval=RetrievalConfig(top_k=1, ram_gb=0.0001, disk_gb=0.01), **kw)
     return Engine(QwenVLAdapter(tiny), config, max_streams=max_streams, max_pending=16), config

@@ -18,35 +18,18 @@ import asyncio
 import dataclasses
 import json
 import time
-from dataclasses import dataclass
 from types import SimpleNamespace
 
 import httpx
 import numpy as np
 
 from livesight.errors import InputError
+from livesight.eval.config import ApiLoadConfig
 from livesight.eval.streams import figures
 from livesight.eval.streams_load import QUESTION, chunk_row
 from livesight.vision.synthetic import SCENES
 
 CALL_TIMEOUT_S = 60.0  # one API call (creating a stream opens its source)
-
-
-@dataclass(frozen=True)
-class ApiLoadConfig:
-    url: str
-    token: str | None = None
-    streams: tuple[int, ...] = (1, 4)
-    narrate_tokens: int = 20  # 0: no narration
-    seconds: float = 20.0  # the measured window, stream seconds
-    warmup_s: float = 20.0  # stream seconds each stream runs before the window opens
-    ask_every_s: float = 1.0
-    latency_bound_s: float = 2.0
-    stop_at_miss: bool = False
-    disrupt: str | None = None  # a shell command run disrupt_after_s into the window
-    disrupt_after_s: float = 5.0
-    chunk_s: float = 1.0  # the server's chunk length (read from its first stream)
-    seed: int = 0
 
 
 class ApiError(InputError):

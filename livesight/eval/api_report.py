@@ -14,8 +14,7 @@ import sys
 
 from livesight.errors import InputError
 from livesight.eval import report
-from livesight.eval.api_load import ApiLoadConfig, Load
-from livesight.eval.config import SHORTENED_MAX
+from livesight.eval.config import SHORTENED_MAX, ApiLoadConfig
 from livesight.eval.output import writable_folder
 from livesight.eval.streams_report import SECONDS, Counts
 from livesight.progress import progress
@@ -25,7 +24,7 @@ from livesight.streaming.options import Bound
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = ApiLoadConfig("")
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default %(default)s)")
-    parser.add_argument("--token-file", default=None, metavar="FILE", help="the server's bearer token, if it has one")
+    parser.add_argument("--token-file", default=None, metavar="FILE", help="a file holding the server's bearer token (default: none, for a server without one)")
     parser.add_argument("--streams", type=Counts(), default=d.streams, metavar="N,N,...",
                         help="stream counts to measure (default %(default)s)")
     parser.add_argument("--narrate-tokens", type=Bound(int, 0, 4096), default=d.narrate_tokens,
@@ -41,15 +40,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency-bound", type=Bound(float, 0, 600, low_open=True, why="seconds"),
                         default=d.latency_bound_s, help="the p99 chunk-to-caption latency within which a count "
                                                         "keeps real time (default %(default)s)")
-    parser.add_argument("--stop-at-miss", action="store_true", help="skip the counts above the first that misses")
+    parser.add_argument("--stop-at-miss", action="store_true", help="skip the counts above the first that misses real time (default: measure every count)")
     parser.add_argument("--disrupt", default=None, metavar="COMMAND",
                         help="a shell command run --disrupt-after seconds into each window (e.g. one that kills a "
-                             "replica's process); the report then gives each stream's fate")
+                             "replica's process); the report then gives each stream's fate (default: none)")
     parser.add_argument("--disrupt-after", type=Bound(float, 0, 3600, why="seconds"), default=d.disrupt_after_s,
-                        help="(default %(default)s)")
-    parser.add_argument("--label", default="", help="what the report's title calls the server (model, replicas, GPU)")
+                        help="seconds into the window the --disrupt command runs (default %(default)s)")
+    parser.add_argument("--label", default="", help="what the report's title calls the server: model, replicas, GPU (default: its URL)")
     parser.add_argument("--in-process", default=None, metavar="STREAMS_JSON",
-                        help="bench streams' streams.json from the same machine, to set the API's figures beside")
+                        help="bench streams' streams.json from the same machine, to set the API's figures beside (default: "
+                             "none)")
     parser.add_argument("--out", default="out/api", help="folder for api.json and api.md (default %(default)s)")
 
 
@@ -81,6 +81,7 @@ def _in_process(path: str, narrate_tokens: int) -> list[dict]:
 
 
 async def measure(cfg: ApiLoadConfig, out: str, label: str, in_process: list[dict] | None) -> dict:
+    from livesight.eval.api_load import Load
     load = Load(cfg)
     result = {"config": {k: v for k, v in vars(cfg).items() if k != "token"}, "label": label, "runs": [],
               "in_process": in_process, "finished": False}

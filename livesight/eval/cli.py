@@ -173,6 +173,7 @@ def _run(args, config, questions: list, everything: list, results: ResultsLog, p
     if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one GPU per process, shared past the count
         import torch
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
+        torch.cuda.set_device(device)  # this process's GPU, for whatever runs on the current device
     adapter = load_adapter(args.model, device)
     # the cache's size from the longest prompt in the whole file: the same in every process and every rerun
     longest = max((len(adapter.tokenizer.encode(p, add_special_tokens=False)) for q in everything

@@ -14,17 +14,19 @@ class GraphReplay:
 
     def __init__(self, fn, inputs: list[torch.Tensor], pool=None):
         self.inputs = [x.clone() for x in inputs]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            fn(*self.inputs)  # warm-up outside the graph: library handles, allocator pools
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
-            self.output = fn(*self.inputs)
+        with torch.cuda.device(self.inputs[0].device):  # captured where its inputs live, whatever is current
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                fn(*self.inputs)  # warm-up outside the graph: library handles, allocator pools
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, pool=pool):
+                self.output = fn(*self.inputs)
 
     def __call__(self, *inputs: torch.Tensor):
-        for buffer, x in zip(self.inputs, inputs):
-            buffer.copy_(x)
-        self.graph.replay()
+        with torch.cuda.device(self.inputs[0].device):
+            for buffer, x in zip(self.inputs, inputs):
+                buffer.copy_(x)
+            self.graph.replay()
         return self.output

@@ -21,6 +21,7 @@ with a clear message. Closing a stream frees its slab and its offload files; a s
 (its source dies, its offload folder vanishes, a bad question) reaches only that stream's events.
 """
 
+import contextlib
 import gc
 import itertools
 import logging
@@ -28,6 +29,8 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+
+import torch
 
 
 from livesight.errors import InputError
@@ -81,6 +84,15 @@ class Engine:
         # host time in the vision and language-model passes; LM steps, the tokens and the streams they packed
         self.stage_ms = {"vision_ms": 0.0, "lm_ms": 0.0, "steps": 0, "rows": 0, "streams": 0}
 
+    @contextlib.contextmanager
+    def _model_work(self):
+        """The model's work, one at a time, with the engine's GPU as the thread's current device (CUDA's
+        is per thread, and streams, events, graphs and memory counters default to it: an engine on
+        cuda:1 must not run them on cuda:0)."""
+        device = torch.device(self.adapter.device)
+        with self._model, torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+            yield
+
     # --- what front ends call (any thread) ---
 
     def open(self, frame_size: tuple[int, int], config: SessionConfig | None = None, live: bool = False,
@@ -97,7 +109,7 @@ class Engine:
                 raise InputError(f"a stream named {name!r} is open already")
         taken, stream = [], None  # the slab, to give back if the stream fails to start after taking it
         try:
-            with self._model:  # its sink prefill runs the model: not during a step
+            with self._model_work():  # its sink prefill runs the model: not during a step
                 stream = Stream(self.adapter, config, frame_size, cache=lambda n: taken.append(self._take_slab(n))
                                 or taken[-1])
             with self._lock:
@@ -251,7 +263,7 @@ class Engine:
 
     def step(self) -> bool:
         """One engine step -> whether there was work."""
-        with self._model:
+        with self._model_work():
             with self._lock:
                 self._stepping = True
                 lanes = list(self.lanes.values())

@@ -21,7 +21,9 @@ class GraphReplay:
                 fn(*self.inputs)  # warm-up outside the graph: library handles, allocator pools
             torch.cuda.current_stream().wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, pool=pool):
+            # its own stream: torch.cuda.graph's default is one stream per process, made on whichever GPU
+            # captured first, and entering it moves the current device there
+            with torch.cuda.graph(self.graph, pool=pool, stream=side):
                 self.output = fn(*self.inputs)
 
     def __call__(self, *inputs: torch.Tensor):

@@ -18,9 +18,10 @@ started=$SECONDS
 stamp() { echo "[$((SECONDS - started)) s] $*"; }
 PY=${PY:-python3}; MODEL=${MODEL:-random-7b}; OFFLOAD_GB=${OFFLOAD_GB:-1}; COUNTS1=${COUNTS1:-16,24,32}; COUNTS2=${COUNTS2:-32,48,64}
 WARM=${WARM:-16}; MEASURE=${MEASURE:-15}; PORT=${PORT:-8100}; MAX=${COUNTS2##*,}
+WHEELS=${WHEELS:-.whl-ray}  # or a folder with Ray's and gpu_api.sh's wheels both, on a machine of its own
 if [ -z "${NO_INSTALL:-}" ]; then
-  [ -d /tmp/site/transformers ] || { echo "this machine did not run scripts/gpu_api.sh (its wheels are missing)"; exit 3; }
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl-ray/*.whl || exit 1
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $WHEELS/*.whl || exit 1
+  [ -d /tmp/site/transformers ] || { echo "no transformers: run scripts/gpu_api.sh first, or carry its wheels"; exit 3; }
   export PYTHONPATH=/tmp/site:$PWD
 fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1

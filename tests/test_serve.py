@@ -370,3 +370,32 @@ def test_the_readmes_python_client_runs(api):
     assert sum(line.startswith("[") for line in lines) >= 4 and lines[-1].startswith("Q: What moved?  A: ")
     shown = {line[1:].split()[0] for line in lines if line.startswith("[")}
     assert len(shown) == 2 and not shown & {s["id"] for s in api.client.get("/v1/streams").json()["streams"]}
+
+
+def test_a_replica_closes_a_stream_the_ingress_deleted_before_it_opened():
+    """The ingress gives up waiting for a slow opening and deletes the id it chose: whichever of the two
+    calls the replica runs first, the stream does not stay open there (it would hold a slab forever)."""
+    import threading as _threading
+
+    from livesight.serve.replica import EngineReplica
+    from livesight.serve.streams import NotFound
+
+    class Table:  # the replica's streams, as ApiStreams keeps them
+        def __init__(self):
+            self.open = {}
+
+        def create(self, body, stream_id):
+            self.open[stream_id] = type("S", (), {"describe": lambda s: {"id": stream_id}})()
+            return self.open[stream_id]
+
+        def delete(self, stream_id):
+            if self.open.pop(stream_id, None) is None:
+                raise NotFound(stream_id)
+
+    replica = EngineReplica.__new__(EngineReplica)
+    replica.streams, replica.cancelled, replica._ids = Table(), set(), _threading.Lock()
+    body = {"source": "synthetic"}
+    assert replica.delete("late")[0] == "error"  # the delete came first
+    assert replica.create(body, "late")[:2] == ("error", 503) and replica.streams.open == {}
+    assert replica.create(body, "kept") == ("ok", {"id": "kept"})
+    assert replica.delete("kept") == ("ok", None) and replica.streams.open == {}

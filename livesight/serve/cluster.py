@@ -27,6 +27,7 @@ from livesight.streaming.events import Event
 
 POLL_S = 0.2  # how often the ingress gathers the replicas' new events
 CALL_TIMEOUT_S = 10.0
+CLOSE_TIMEOUT_S = 60.0  # a stream's opening or deletion on its replica
 POLL_TIMEOUT_S = 1.0  # a replica's info and poll in a polling round (a slow one is asked again next round)
 RESTARTED_TIMEOUT_S = 2.0  # a restarted replica's first info
 SERVE_NAMESPACE = "serve"  # where Ray Serve keeps its replicas' actors
@@ -204,7 +205,13 @@ class ClusterStreams(StreamTable):
         for k in order:
             if free[k] <= 0:
                 continue
-            result = self.replicas.call(k, "create", body.model_dump())
+            remote_id = uuid.uuid4().hex[:16]
+            try:  # opening waits for the replica's step (its first prefill): more than a call's usual wait
+                result = self.replicas.call(k, "create", body.model_dump(), remote_id, timeout_s=CLOSE_TIMEOUT_S)
+            except Exception as err:  # noqa: BLE001 - it may have opened the stream all the same: delete it
+                self._forget_on(k, remote_id)
+                last_error = FieldError("source", f"replica {k} did not open the stream ({type(err).__name__})", 503)
+                continue
             if result[0] == "ok":
                 self._know(k, infos[k])  # a replica Serve restarted: its new streams are its own
                 infos[k]["streams"] += 1
@@ -213,6 +220,13 @@ class ClusterStreams(StreamTable):
             if result[1] != 409:
                 break  # the body itself is at fault: every replica would say so
         raise last_error
+
+    def _forget_on(self, k: int, remote_id: str) -> None:
+        """Delete a stream on replica k without waiting for it (best effort: the replica may be gone)."""
+        try:
+            self.replicas.handles[k].delete.remote(remote_id)
+        except Exception:  # noqa: BLE001 - a dead replica holds nothing
+            pass
 
     def create(self, body: StreamCreate) -> RemoteStream:
         k, remote = self._place(body)
@@ -224,10 +238,12 @@ class ClusterStreams(StreamTable):
     def delete(self, stream_id: str) -> None:
         stream = self._take_out(stream_id)
         if not stream.ended_with:
-            try:
-                self.replicas.call(stream.replica, "delete", stream.remote_id)
-            except Exception:  # noqa: BLE001 - its replica is gone, and the stream with it
-                pass
+            try:  # closing waits for the replica's step and the stream's threads: more than a call's usual wait
+                self.replicas.call(stream.replica, "delete", stream.remote_id, timeout_s=CLOSE_TIMEOUT_S)
+            except Exception as err:  # noqa: BLE001 - a replica gone took the stream with it
+                if self.replicas.alive(self.actors.get(stream.replica)):
+                    log.warning("stream %s: replica %d did not confirm its deletion (%s): it may still run there",
+                                stream_id, stream.replica, type(err).__name__)
         stream.log.close()
         self.metrics.forget(stream_id)
 

@@ -47,16 +47,26 @@ class EngineReplica:
         self.boot = uuid.uuid4().hex  # this incarnation: a replica Serve restarts has a new one, and no streams
         import ray
         self.actor = ray.get_runtime_context().get_actor_name()  # the ingress looks it up to see it is alive
+        # ids deleted before their stream was open (the ingress gave up waiting for it): opened, they close
+        self.cancelled: set[str] = set()
+        self._ids = threading.Lock()
 
     def info(self) -> dict[str, Any]:
-        return {"boot": self.boot, "actor": self.actor, "capacity": self.streams.capacity, "streams": len(self.streams.all()),
-                "ready": self.stepping.is_alive()}
+        return {"boot": self.boot, "actor": self.actor, "capacity": self.streams.capacity,
+                "streams": len(self.streams.all()), "ready": self.stepping.is_alive()}
 
-    def create(self, body: dict[str, Any]) -> Result:
+    def create(self, body: dict[str, Any], stream_id: str) -> Result:
+        """A stream under the ingress's id: if the ingress stops waiting and deletes it, it does not stay."""
         try:
-            return ("ok", self.streams.create(StreamCreate(**body)).describe())
+            stream = self.streams.create(StreamCreate(**body), stream_id)
         except InputError as err:
             return _error(err)
+        with self._ids:
+            if stream_id in self.cancelled:
+                self.cancelled.discard(stream_id)
+                self.streams.delete(stream_id)
+                return ("error", 503, "source", "the stream was cancelled while it opened")
+        return ("ok", stream.describe())
 
     def describe(self, stream_id: str) -> Result:
         try:
@@ -65,11 +75,13 @@ class EngineReplica:
             return _error(err)
 
     def delete(self, stream_id: str) -> Result:
-        try:
-            self.streams.delete(stream_id)
-            return ("ok", None)
-        except InputError as err:
-            return _error(err)
+        with self._ids:
+            try:
+                self.streams.delete(stream_id)
+                return ("ok", None)
+            except InputError as err:
+                self.cancelled.add(stream_id)  # not open yet, or never: if it opens, it closes
+                return _error(err)
 
     def poll(self, cursors: dict[str, int]) -> dict[str, list | None]:
         """Each stream's events after its cursor, as (id, event dict); None for a stream this replica does

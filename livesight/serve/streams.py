@@ -132,7 +132,8 @@ class ApiStreams(StreamTable):
         super().__init__()
         self.engine, self.server, self.check, self.folder, self.metrics = engine, server, check, folder, metrics
 
-    def create(self, body: StreamCreate) -> ApiStream:
+    def create(self, body: StreamCreate, stream_id: str | None = None) -> ApiStream:
+        """stream_id: the id to give it (an ingress names the streams it places; None: a new one)."""
         try:
             spec, kind = self.check(body.source)
         except InputError as err:
@@ -142,7 +143,7 @@ class ApiStreams(StreamTable):
             if len(self._streams) >= self.capacity:
                 raise FieldError("source", f"the server carries {len(self._streams)} streams, all it holds: delete "
                                            f"one first (DELETE /v1/streams/ID)", 409)
-            stream_id, log = secrets.token_hex(8), EventLog()
+            stream_id, log = stream_id or secrets.token_hex(8), EventLog()
 
             def on_event(event):
                 event.data["stream"] = stream_id  # the API's id, not the engine's

@@ -81,6 +81,8 @@ def test_four_streams_on_two_replicas_survive_one_dying(tmp_path):
         added = client.post("/v1/replicas")  # while the four run
         assert added.status_code == 201 and added.json() == {"replica": 2, "capacity": 4, "streams": 0, "ready": True}
         # replica 0, restarted by Serve, holds none; 1 holds all four; 2 is new: the next two go to 0 and 2
+        wait_for(lambda: all(r["ready"] for r in client.get("/v1/replicas").json()["replicas"]), 60,
+                 "the killed replica to be back")
         newest = [client.post("/v1/streams", json={"source": "synthetic", "seconds": 600}).json() for _ in range(2)]
         assert sorted(s["replica"] for s in newest) == [0, 2], "new streams go to the replicas with the most room"
         assert [r["streams"] for r in client.get("/v1/replicas").json()["replicas"]] == [1, 4, 1]

@@ -24,9 +24,10 @@ from livesight.streaming.options import Bound
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = ApiLoadConfig("")
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default %(default)s)")
-    parser.add_argument("--token-file", default=None, metavar="FILE", help="a file holding the server's bearer token (default: none, for a server without one)")
+    parser.add_argument("--token-file", default=None, metavar="FILE",
+                        help="a file holding the server's bearer token (default: none, for a server without one)")
     parser.add_argument("--streams", type=Counts(), default=d.streams, metavar="N,N,...",
-                        help="stream counts to measure (default %(default)s)")
+                        help=f"stream counts to measure (default {','.join(map(str, d.streams))})")
     parser.add_argument("--narrate-tokens", type=Bound(int, 0, 4096), default=d.narrate_tokens,
                         help="tokens narrated per chunk; 0: no narration (default %(default)s)")
     parser.add_argument("--seconds", type=SECONDS, default=d.seconds,
@@ -40,16 +41,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency-bound", type=Bound(float, 0, 600, low_open=True, why="seconds"),
                         default=d.latency_bound_s, help="the p99 chunk-to-caption latency within which a count "
                                                         "keeps real time (default %(default)s)")
-    parser.add_argument("--stop-at-miss", action="store_true", help="skip the counts above the first that misses real time (default: measure every count)")
+    parser.add_argument("--stop-at-miss", action="store_true",
+                        help="skip the counts above the first that misses real time (default: measure every count)")
     parser.add_argument("--disrupt", default=None, metavar="COMMAND",
                         help="a shell command run --disrupt-after seconds into each window (e.g. one that kills a "
                              "replica's process); the report then gives each stream's fate (default: none)")
     parser.add_argument("--disrupt-after", type=Bound(float, 0, 3600, why="seconds"), default=d.disrupt_after_s,
                         help="seconds into the window the --disrupt command runs (default %(default)s)")
-    parser.add_argument("--label", default="", help="what the report's title calls the server: model, replicas, GPU (default: its URL)")
+    parser.add_argument("--label", default="",
+                        help="what the report's title calls the server: model, replicas, GPU (default: its URL)")
     parser.add_argument("--in-process", default=None, metavar="STREAMS_JSON",
-                        help="bench streams' streams.json from the same machine, to set the API's figures beside (default: "
-                             "none)")
+                        help="bench streams' streams.json from the same machine, to set the API's figures beside "
+                             "(default: none)")
     parser.add_argument("--out", default="out/api", help="folder for api.json and api.md (default %(default)s)")
 
 
@@ -116,7 +119,8 @@ def run_line(run: dict) -> str:
         return f"{n} streams, disrupted: {d['moved']} moved, {d['lost']} lost, first caption after the command " \
                f"{d['to_first_caption_s']} s"
     lat, c = run["latency_ms"], run["chunks"]
-    return (f"{n} streams: {run['video_s_per_wall_s']} video-s/wall-s, real time {'yes' if run['kept_real_time'] else 'NO'}, "
+    kept = "yes" if run["kept_real_time"] else "NO"
+    return (f"{n} streams: {run['video_s_per_wall_s']} video-s/wall-s, real time {kept}, "
             f"latency p50/p99 {lat['p50']}/{lat['p99']} ms, TTFT p99 {run['ttft_ms']['p99']} ms, dropped "
             f"{c['dropped']}, shortened {c['shortened']}, missing {c['missing']}, errors {run['num_errors']}")
 
@@ -129,9 +133,9 @@ def markdown(result: dict) -> str:
     c = result["config"]
     narration = f"{c['narrate_tokens']} narrated tokens per chunk" if c["narrate_tokens"] else "no narration"
     lines = [f"# bench api: {result['label'] or c['url']}", "",
-             f"Streams added over the HTTP API of a running `livesight serve` ({c['url']}): synthetic scenes (stream "
-             f"i: static, quiet, shapes, busy by i mod 4), each paced by the server in real time as a camera and started "
-             f"i/N into a chunk period (chunks arrive spread, as independent cameras'), "
+             f"Streams added over the HTTP API of a running `livesight serve` ({c['url']}): synthetic scenes "
+             f"(stream i: static, quiet, shapes, busy by i mod 4), each paced by the server in real time as a camera "
+             f"and started i/N into a chunk period (chunks arrive spread, as independent cameras'), "
              f"{narration}; every stream's events read over Server-Sent Events; a question to a random stream "
              f"every {c['ask_every_s']:g} s. Per count: {c['warmup_s']:g} s of warm-up, then {c['seconds']:g} s "
              f"measured. Latency: the engine's, from a chunk's last frame to its caption. Real time kept (bench "
@@ -140,8 +144,8 @@ def markdown(result: dict) -> str:
              f"the question to the whole answer."]
     measured = [r for r in result["runs"] if "disrupt" not in r]
     if measured:
-        lines += ["", "| streams | video-s / wall-s | real time | latency p50 / p99 ms | TTFT p50 / p99 ms (n) | answer "
-                      "round trip p50 / p99 ms | narrated tok/s | dropped | shortened | missing | errors |",
+        lines += ["", "| streams | video-s / wall-s | real time | latency p50 / p99 ms | TTFT p50 / p99 ms (n) | "
+                      "answer round trip p50 / p99 ms | narrated tok/s | dropped | shortened | missing | errors |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in measured:
         lat, ttft, trip, ch = r["latency_ms"], r["ttft_ms"], r["answer_round_trip_ms"], r["chunks"]

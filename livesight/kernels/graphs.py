@@ -2,7 +2,17 @@
 small kernels, each of which would otherwise wait on the host (the vision tower's blocks, the
 language model's layers)."""
 
+import contextlib
+
 import torch
+
+
+def on_device(device) -> contextlib.AbstractContextManager:
+    """`device`, a GPU, as the thread's current device within the block (nothing for the CPU). CUDA's
+    current device is per thread and starts as the first GPU, and streams, events, graphs, Triton's
+    launches and the memory counters default to it: work for cuda:1 must run with cuda:1 current."""
+    device = torch.device(device)
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 class GraphReplay:
@@ -14,7 +24,7 @@ class GraphReplay:
 
     def __init__(self, fn, inputs: list[torch.Tensor], pool=None):
         self.inputs = [x.clone() for x in inputs]
-        with torch.cuda.device(self.inputs[0].device):  # captured where its inputs live, whatever is current
+        with on_device(self.inputs[0].device):  # captured where its inputs live, whatever is current
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
@@ -27,7 +37,7 @@ class GraphReplay:
                 self.output = fn(*self.inputs)
 
     def __call__(self, *inputs: torch.Tensor):
-        with torch.cuda.device(self.inputs[0].device):
+        with on_device(self.inputs[0].device):
             for buffer, x in zip(self.inputs, inputs):
                 buffer.copy_(x)
             self.graph.replay()

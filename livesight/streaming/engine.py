@@ -11,8 +11,7 @@ Real time, explicitly: a live stream never waits for the engine. Its chunks wait
 start together with other streams' (one prefill and one vision pass for all, not one each). It may
 have `max_pending` chunks waiting; one more drops the oldest (counted as `chunks_dropped`), and a
 stream that starts a chunk with another already waiting narrates half as many tokens
-(`narrations_shortened`). Each
-metrics event says how long its chunk waited and took (`latency_ms`, from its arrival to its
+(`narrations_shortened`). Each metrics event says how long its chunk waited and took (`latency_ms`, from its arrival to its
 caption). A file or an evaluator's video is not live: its feeder waits for room instead.
 
 Admission: the pool is sized when the engine starts (`max_streams` slabs, checked against the
@@ -21,7 +20,6 @@ with a clear message. Closing a stream frees its slab and its offload files; a s
 (its source dies, its offload folder vanishes, a bad question) reaches only that stream's events.
 """
 
-import contextlib
 import gc
 import itertools
 import logging
@@ -30,10 +28,8 @@ import threading
 import time
 from collections.abc import Callable
 
-import torch
-
-
 from livesight.errors import InputError
+from livesight.kernels.graphs import on_device
 from livesight.kvcache.pool import KVPool
 from livesight.streaming.adapter import QwenVLAdapter
 from livesight.streaming.batch_step import BatchStep
@@ -84,15 +80,6 @@ class Engine:
         # host time in the vision and language-model passes; LM steps, the tokens and the streams they packed
         self.stage_ms = {"vision_ms": 0.0, "lm_ms": 0.0, "steps": 0, "rows": 0, "streams": 0}
 
-    @contextlib.contextmanager
-    def _model_work(self):
-        """The model's work, one at a time, with the engine's GPU as the thread's current device (CUDA's
-        is per thread, and streams, events, graphs and memory counters default to it: an engine on
-        cuda:1 must not run them on cuda:0)."""
-        device = torch.device(self.adapter.device)
-        with self._model, torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-            yield
-
     # --- what front ends call (any thread) ---
 
     def open(self, frame_size: tuple[int, int], config: SessionConfig | None = None, live: bool = False,
@@ -109,7 +96,7 @@ class Engine:
                 raise InputError(f"a stream named {name!r} is open already")
         taken, stream = [], None  # the slab, to give back if the stream fails to start after taking it
         try:
-            with self._model_work():  # its sink prefill runs the model: not during a step
+            with self._model, on_device(self.adapter.device):  # its sink prefill runs the model: not in a step
                 stream = Stream(self.adapter, config, frame_size, cache=lambda n: taken.append(self._take_slab(n))
                                 or taken[-1])
             with self._lock:
@@ -263,7 +250,7 @@ class Engine:
 
     def step(self) -> bool:
         """One engine step -> whether there was work."""
-        with self._model_work():
+        with self._model, on_device(self.adapter.device):  # the model's work, on its GPU
             with self._lock:
                 self._stepping = True
                 lanes = list(self.lanes.values())

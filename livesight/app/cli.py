@@ -108,7 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--fps", type=Bound(float, 0, 240, low_open=True), default=30.0,
                        help="frames per second (default %(default)s)")
     synth.add_argument("--size", default="640x360", help="WIDTHxHEIGHT (default %(default)s)")
-    synth.add_argument("--scene", default="shapes", help="static | quiet | shapes | busy (default shapes)")
+    synth.add_argument("--scene", default="shapes",
+                       help="static | quiet | shapes | busy | world (default shapes); world: shapes of five kinds "
+                            "and seven colours come and go, texts are shown, the background changes, all logged")
+    synth.add_argument("--seed", type=Bound(int, 0, 2**31 - 1), default=0,
+                       help="the world's seed (--scene world; default %(default)s)")
+    synth.add_argument("--events", default=None, metavar="FILE",
+                       help="--scene world: write its events, a JSON line each, to FILE (default: OUT with "
+                            ".events.jsonl)")
     return parser
 
 
@@ -197,8 +204,23 @@ def synth(args) -> int:
         raise InputError(f"bad --size '{args.size}': write WIDTHxHEIGHT, e.g. 640x360") from None
     if width < 32 or height < 32 or width % 2 or height % 2:
         raise InputError(f"bad --size '{args.size}': both sides must be even and at least 32")
-    count = write_video(args.out, args.seconds, args.fps, width, height, args.scene)
-    print(f"wrote {count} frames ({args.seconds:g} s at {args.fps:g} fps, {width}x{height}) to {args.out}")
+    if args.scene != "world":
+        count = write_video(args.out, args.seconds, args.fps, width, height, args.scene)
+        print(f"wrote {count} frames ({args.seconds:g} s at {args.fps:g} fps, {width}x{height}) to {args.out}")
+        return 0
+    from livesight.vision.world import World
+    world = World(args.seed)
+    events = args.events or os.path.splitext(args.out)[0] + ".events.jsonl"
+    try:
+        log = open(events, "w", encoding="utf-8")
+    except OSError as err:
+        raise InputError(f"--events {events}: cannot write it ({err.strerror}): give a path in a writable folder")
+    with log:
+        count = write_video(args.out, args.seconds, args.fps, width, height, frame_at=world.render)
+        for event in world.events(0, args.seconds):
+            log.write(json.dumps(event) + "\n")
+    print(f"wrote {count} frames ({args.seconds:g} s at {args.fps:g} fps, {width}x{height}, world seed {args.seed}) "
+          f"to {args.out}, its events to {events}")
     return 0
 
 

@@ -86,17 +86,19 @@ def _clock(img: np.ndarray, t: float, s: int) -> None:
 
 
 def write_video(path: str, seconds: float, fps: float = 30.0, width: int = 640, height: int = 360,
-                scene: str = "shapes") -> int:
-    """Write `seconds` of synthetic video to `path` (MPEG-4); returns the number of frames."""
+                scene: str = "shapes", frame_at=None) -> int:
+    """Write `seconds` of synthetic video to `path` (MPEG-4); returns the number of frames. frame_at(t,
+    width, height) -> an RGB frame: another generator's (vision/world.py), instead of `scene`'s."""
     if seconds <= 0 or fps <= 0:
         raise InputError(f"synthetic video needs positive --seconds and --fps, got {seconds} and {fps}")
-    if scene not in SCENES:
+    if frame_at is None and scene not in SCENES:
         raise InputError(f"unknown synthetic scene '{scene}': use one of {', '.join(SCENES)}")
+    frame_at = frame_at or (lambda t, w, h: render(t, w, h, scene))
     writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
     if not writer.isOpened():
         raise InputError(f"cannot write a video to {path}: check the folder exists and the name ends in .mp4")
     count = int(round(seconds * fps))
     for i in range(count):
-        writer.write(cv2.cvtColor(render(i / fps, width, height, scene), cv2.COLOR_RGB2BGR))
+        writer.write(cv2.cvtColor(frame_at(i / fps, width, height), cv2.COLOR_RGB2BGR))
     writer.release()
     return count

@@ -87,17 +87,14 @@ def question(world: World, ask: int, second: int, task: str, rng: np.random.Gene
 
 def questions_at(world: World, ask: int, ages: list[float], rng: np.random.Generator, search: int = 30
                  ) -> list[dict]:
-    """One question per target age (seconds back from `ask`; 0: now): of a random task, about the
-    nearest clock second to ask - 1 - age (within `search` s, the older side first) that holds one."""
-    out = []
+    """One question per target age (seconds back from `ask`; 0: now): of a task drawn at random (another
+    if no second near enough holds that fact), about the nearest clock second to ask - 1 - age (within
+    `search` s, the older side first) that holds one."""
+    out, shifts = [], sorted(range(-search, search + 1), key=lambda d: (abs(d), d))
     for age in ages:
-        target = int(ask - 1 - age)
-        for shift in sorted(range(-search, search + 1), key=lambda d: (abs(d), d)):
-            made = None
-            for task in rng.permutation(TASKS):
-                made = question(world, ask, target + shift, str(task), rng)
-                if made is not None:
-                    break
+        target, first = int(ask - 1 - age), str(rng.choice(TASKS))
+        for task in [first] + [t for t in TASKS if t != first]:
+            made = next((q for d in shifts if (q := question(world, ask, target + d, task, rng)) is not None), None)
             if made is not None:
                 out.append(made)
                 break

@@ -82,3 +82,30 @@ def test_bad_input_is_named(server, tmp_path, capsys, extra, message):
     assert cli_main(args) == 2
     assert message in capsys.readouterr().err
     assert time.monotonic() - start < 30
+
+
+def test_a_server_that_stops_answering_is_named_not_a_traceback(tmp_path, capsys):
+    """A server that answers /readyz and then is gone: the first POST fails to connect."""
+    import socket
+    import threading
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+
+    def answer_once():
+        connection, _ = listener.accept()
+        connection.recv(65536)
+        body = json.dumps({"status": "ready", "streams": 0, "capacity": 4}).encode()
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                           b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        connection.close()
+        listener.close()
+    thread = threading.Thread(target=answer_once, daemon=True)
+    thread.start()
+    code = cli_main(["bench", "api", "--url", f"http://127.0.0.1:{port}", "--streams", "1", "--out",
+                     str(tmp_path / "x")])
+    thread.join(5)
+    err = capsys.readouterr().err
+    assert code == 2 and f"the server at http://127.0.0.1:{port} stopped answering" in err, err
+    assert "Traceback" not in err

@@ -122,8 +122,12 @@ class Load:
             begin = time.perf_counter()
             for i in range(num_streams):  # stream i starts i/N into a chunk period: cameras are not in step
                 await asyncio.sleep(max(0.0, begin + i * cfg.chunk_s / num_streams - time.perf_counter()))
-                response = await self.client.post("/v1/streams", json={"source": f"synthetic:{SCENES[i % len(SCENES)]}",
-                                                                       **body})
+                try:
+                    response = await self.client.post("/v1/streams", json={
+                        "source": f"synthetic:{SCENES[i % len(SCENES)]}", **body})
+                except httpx.TransportError as err:
+                    raise ApiError(f"POST /v1/streams: the server at {cfg.url} stopped answering "
+                                   f"({type(err).__name__})") from None
                 if response.status_code != 201:
                     raise _refused(f"POST /v1/streams (stream {i + 1} of {num_streams})", response)
                 ids.append(response.json()["id"])
@@ -135,7 +139,10 @@ class Load:
             for follower in followers:
                 await follower.stop()
             for stream_id in ids:
-                await self.client.delete(f"/v1/streams/{stream_id}")
+                try:
+                    await self.client.delete(f"/v1/streams/{stream_id}")
+                except httpx.TransportError:
+                    break  # the server is gone, and its streams with it
 
     async def _wait(self, followers: list[Follower], done, timeout_s: float) -> bool:
         """Wait until done(i, follower) holds for every follower -> whether it did in time."""

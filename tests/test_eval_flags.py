@@ -48,7 +48,7 @@ def test_building_the_eval_and_bench_parsers_imports_no_torch():
 def test_every_flag_has_a_help_that_shows_its_default():
     names = commands()
     assert set(names) == {"eval streamingbench", "eval ovobench", "eval vqa", "bench fidelity", "bench compression",
-                          "bench speed", "bench streams", "bench api"}
+                          "bench speed", "bench streams", "bench api", "bench recall"}
     for name, parser in names.items():
         formatter = parser._get_formatter()
         for action in flags(parser):

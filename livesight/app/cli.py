@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
         "streams", help="how many live streams keep real time in one engine, against sessions taking turns"))
     api_report.add_arguments(bench.add_parser(
         "api", help="how many live streams a running `livesight serve` keeps in real time, over its HTTP API"))
+    from livesight.eval import recall
+    recall.add_arguments(bench.add_parser(
+        "recall", help="accuracy on the synthetic world by the age of what is asked, per cache policy and compression"))
 
     synth = sub.add_parser("synth", help="write a synthetic video (moving shapes and a clock)")
     synth.add_argument("out", help="output file, e.g. clip.mp4")
@@ -235,9 +238,9 @@ def serve(args) -> int:
 
 
 def bench(args) -> int:
-    from livesight.eval import api_report, compression, fidelity_report, speed_report, streams_report
+    from livesight.eval import api_report, compression, fidelity_report, recall, speed_report, streams_report
     commands = {"fidelity": fidelity_report.main, "compression": compression.main, "speed": speed_report.main,
-                "streams": streams_report.main, "api": api_report.main}
+                "streams": streams_report.main, "api": api_report.main, "recall": recall.main}
     return commands[args.bench](args)
 
 

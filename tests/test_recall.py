@@ -1,0 +1,44 @@
+"""`livesight bench recall`: per setting, the accuracy by age bucket is what `livesight eval vqa` reports
+for the same settings on the same set (the bench measures the evaluator's engine, nothing else); every
+cell of the matrix is run or says why not; the outputs are written."""
+
+import json
+
+from livesight.app.cli import main
+from livesight.eval.recall import setting
+
+
+def test_bench_recall_equals_the_evaluator_on_its_own_set(tmp_path, capsys):
+    out = tmp_path / "recall"
+    assert main(["bench", "recall", "--device", "cpu", "--videos", "1", "--seconds", "30", "--per-video", "6",
+                 "--window", "4", "--policies", "window,retrieval-4", "--compression", "off,prune-0.5",
+                 "--out", str(out)]) == 0
+    result = json.loads((out / "recall.json").read_text())
+    assert result["finished"] and [(r["policy"], r["compression"]) for r in result["runs"]] == [
+        ("window", "off"), ("window", "prune-0.5"), ("retrieval-4", "off"), ("retrieval-4", "prune-0.5")]
+    assert all(r["fits"] and r["errors"] == 0 for r in result["runs"])
+    assert all(sum(b["n"] for b in r["buckets"].values()) == 6 for r in result["runs"])
+    assert (out / "recall.png").stat().st_size > 0 and "| window | off |" in (out / "recall.md").read_text()
+    capsys.readouterr()
+    # the same set through `livesight eval vqa` with the flags of ("window", "off")
+    assert main(["eval", "vqa", "--data", str(out / "set" / "questions.jsonl"), "--videos", str(out / "set" / "videos"),
+                 "--out", str(tmp_path / "eval"), "--device", "cpu", "--vision-window", "4", "--no-retrieve",
+                 "--no-reuse", "--no-prune", "--answer-tokens", "4"]) == 0
+    tasks = json.loads((tmp_path / "eval" / "summary.json").read_text())["scores"]["tasks"]
+    window_off = result["runs"][0]["buckets"]
+    assert {name: round(t["strict"] / 100, 3) for name, t in tasks.items()} == \
+        {name: b["accuracy"] for name, b in window_off.items()}
+
+
+def test_settings_are_the_matrix_cells():
+    dense = setting("dense", "off", 600, 16.0, False)
+    assert dense.vision_window_s > 600 and not dense.retrieval.enabled and not dense.compression.reuse
+    top8 = setting("retrieval-8", "prune-0.25", 600, 16.0, False)
+    assert top8.vision_window_s == 16 and top8.retrieval.enabled and top8.retrieval.top_k == 8
+    assert top8.compression.reuse and top8.compression.prune and top8.compression.keep_ratio == 0.25
+    assert not setting("window", "reuse", 600, 16.0, True).compression.prune
+
+
+def test_unknown_settings_are_named(tmp_path, capsys):
+    assert main(["bench", "recall", "--policies", "window,everything", "--out", str(tmp_path)]) == 2
+    assert "--policies window,everything: use some of dense" in capsys.readouterr().err

@@ -61,7 +61,7 @@ def _chosen(text: str, known: tuple[str, ...], flag: str) -> tuple[str, ...]:
 def setting(policy: str, compression: str, seconds: int, window: float, narrate: bool) -> SessionConfig:
     """One cell of the matrix as the engine's settings."""
     retrieval = RetrievalConfig(enabled=policy.startswith("retrieval"), top_k=int(policy.split("-")[1])
-                                if policy.startswith("retrieval") else 8, ram_gb=1.0, disk_gb=0.0)
+                                if policy.startswith("retrieval") else 8)  # the default budgets: 4 GB RAM, 16 disk
     prune = compression.startswith("prune")
     packing = CompressionConfig(reuse=compression != "off", prune=prune,
                                 keep_ratio=float(compression.split("-")[1]) if prune else 1.0)

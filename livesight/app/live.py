@@ -274,6 +274,11 @@ class LiveRun:
             jpeg = self._thumbs[best]
         return cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
 
+    def last_metrics(self) -> dict:
+        """The last chunk's metrics row ({} before the first)."""
+        with self._mutex:
+            return self.history[-1] if self.history else {}
+
     def snapshot(self) -> tuple[list[Event], list[dict]]:
         """The page's share: the last MAX_EVENTS events but metrics, and the last metrics rows."""
         with self._mutex:

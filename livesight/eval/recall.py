@@ -123,16 +123,13 @@ def measure(args, policies, compressions) -> dict:
 
 
 def accuracy(records: list[dict]) -> dict:
-    """Accuracy (strict: the reply's letter) per age bucket, and the errors."""
-    buckets: dict[str, list[float]] = {}
-    for r in records:
-        if "error" not in r:
-            buckets.setdefault(r["task"], []).append(r["score_strict"])
-    order = [name for _, _, name in BUCKETS]
-    ranked = sorted(buckets, key=lambda b: order.index(b) if b in order else len(order))
-    return {"buckets": {name: {"n": len(buckets[name]), "accuracy": round(sum(buckets[name]) / len(buckets[name]), 3)}
-                        for name in ranked},
-            "errors": sum("error" in r for r in records)}
+    """Accuracy (strict: the reply's letter) per age bucket, as the evaluator's summary scores it, and
+    the errors."""
+    scores = report.scores(records, "vqa")
+    tasks, order = scores["tasks"], [name for _, _, name in BUCKETS]
+    ranked = sorted(tasks, key=lambda b: order.index(b) if b in order else len(order))
+    return {"buckets": {name: {"n": tasks[name]["n"], "accuracy": round(tasks[name]["strict"] / 100, 3)}
+                        for name in ranked}, "errors": sum(scores["errors"].values())}
 
 
 def markdown(result: dict) -> str:

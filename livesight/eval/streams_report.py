@@ -207,7 +207,8 @@ def hardware() -> dict:
 
 def render(folder: str) -> None:
     """streams.md and streams.png again from a run's streams.json."""
-    report.rerender(folder, "streams", markdown, plot, prepare=lambda result: result.update(summary=summarize(result)))
+    report.rerender(folder, "streams", markdown, plot,
+                    prepare=lambda result: result.update(summary=summarize(result)))
 
 
 if __name__ == "__main__":

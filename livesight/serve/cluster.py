@@ -28,7 +28,7 @@ from livesight.streaming.events import Event
 POLL_S = 0.2  # how often the ingress gathers the replicas' new events
 CALL_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 60.0  # a stream's opening or deletion on its replica
-POLL_TIMEOUT_S = 1.0  # a replica's info and poll in a polling round (a slow one is asked again next round)
+POLL_TIMEOUT_S = 1.0  # a replica's poll in a polling round (a slow one is asked again next round)
 RESTARTED_TIMEOUT_S = 2.0  # a restarted replica's first info
 SERVE_NAMESPACE = "serve"  # where Ray Serve keeps its replicas' actors
 log = logging.getLogger(__name__)
@@ -90,6 +90,13 @@ class Replicas:
             except Exception:  # noqa: BLE001 - a dead replica has nothing left to close
                 pass
             self.serve.delete(f"livesight-engine-{k}")
+
+
+def _shown(k: int, info: dict | None) -> dict[str, Any]:
+    """What GET /v1/replicas says of replica k (its info; None: not answering)."""
+    if info is None:
+        return {"replica": k, "ready": False}
+    return {"replica": k, **{key: info[key] for key in ("capacity", "streams", "ready")}}
 
 
 def _raise(result: tuple) -> Any:
@@ -167,6 +174,10 @@ class ClusterStreams(StreamTable):
     def _know(self, k: int, info: dict) -> None:
         self.boots[k], self.actors[k] = info["boot"], info.get("actor")
 
+    def _alive(self, k: int) -> bool:
+        """Whether replica k's actor, as last known, lives."""
+        return self.replicas.alive(self.actors.get(k))
+
     def _info(self, k: int) -> dict:
         return self.replicas.call(k, "info")
 
@@ -183,9 +194,9 @@ class ClusterStreams(StreamTable):
         application's status may lag by a moment."""
         infos = {}
         for k in self.replicas.running() - {skip}:
-            known = self.replicas.alive(self.actors.get(k))
             try:
-                infos[k] = self.replicas.call(k, "info", timeout_s=CALL_TIMEOUT_S if known else RESTARTED_TIMEOUT_S)
+                infos[k] = self.replicas.call(k, "info", timeout_s=CALL_TIMEOUT_S if self._alive(k) else
+                                              RESTARTED_TIMEOUT_S)
             except Exception:  # noqa: BLE001 - a replica down: not a candidate
                 continue
         return infos
@@ -241,7 +252,7 @@ class ClusterStreams(StreamTable):
             try:  # closing waits for the replica's step and the stream's threads: more than a call's usual wait
                 self.replicas.call(stream.replica, "delete", stream.remote_id, timeout_s=CLOSE_TIMEOUT_S)
             except Exception as err:  # noqa: BLE001 - a replica gone took the stream with it
-                if self.replicas.alive(self.actors.get(stream.replica)):
+                if self._alive(stream.replica):
                     log.warning("stream %s: replica %d did not confirm its deletion (%s): it may still run there",
                                 stream_id, stream.replica, type(err).__name__)
         stream.log.close()
@@ -253,9 +264,7 @@ class ClusterStreams(StreamTable):
 
     def list_replicas(self) -> list[dict[str, Any]]:
         infos = self._infos()
-        return [{"replica": k, "ready": False} if k not in infos else
-                {"replica": k, **{key: infos[k][key] for key in ("capacity", "streams", "ready")}}
-                for k in range(len(self.replicas.handles))]
+        return [_shown(k, infos.get(k)) for k in range(len(self.replicas.handles))]
 
     def add_replica(self) -> dict[str, Any]:
         """One more engine replica (a GPU must be free in the cluster); new streams go to it first, having
@@ -263,7 +272,7 @@ class ClusterStreams(StreamTable):
         k = self.replicas.add()
         info = self._info(k)
         self._know(k, info)
-        return {"replica": k, **{key: info[key] for key in ("capacity", "streams", "ready")}}
+        return _shown(k, info)
 
     # --- the poller: events in, failures found, streams moved
     def _poll_loop(self) -> None:
@@ -279,24 +288,23 @@ class ClusterStreams(StreamTable):
             if not stream.ended_with:
                 by_replica.setdefault(stream.replica, []).append(stream)
         for k, streams in by_replica.items():
-            if not self.replicas.alive(self.actors.get(k)):
+            if not self._alive(k):
                 self._move(streams, k, "its replica's process died")
                 continue
             try:
-                info = self.replicas.call(k, "info", timeout_s=POLL_TIMEOUT_S)
                 news = self.replicas.call(k, "poll", {s.remote_id: s.cursor for s in streams},
-                                          timeout_s=POLL_TIMEOUT_S) if info["boot"] == self.boots[k] else None
+                                          timeout_s=POLL_TIMEOUT_S)
             except Exception as err:  # noqa: BLE001 - the replica is down, or only slow to answer
-                if self.replicas.alive(self.actors.get(k)) and isinstance(err, TimeoutError):
+                if self._alive(k) and isinstance(err, TimeoutError):
                     continue  # slow: the next round asks again
                 self._move(streams, k, f"its replica failed ({type(err).__name__})")
                 continue
-            if news is None:  # Serve restarted it: it holds none of them any more
-                self._know(k, info)
+            if news["boot"] != self.boots[k]:  # Serve restarted it: it holds none of them any more
+                self._know(k, news)
                 self._move(streams, k, "its replica was restarted")
                 continue
             for stream in streams:
-                events = news.get(stream.remote_id)
+                events = news["streams"].get(stream.remote_id)
                 if events is None:
                     self._move([stream], k, "its replica lost it")
                     continue
@@ -310,7 +318,7 @@ class ClusterStreams(StreamTable):
                     stream.cursor = number
 
     def _move(self, streams: list[RemoteStream], failed: int, why: str) -> None:
-        infos = self._infos(skip=failed if not self.replicas.alive(self.actors.get(failed)) else None)
+        infos = self._infos(skip=None if self._alive(failed) else failed)
         for stream in streams:
             try:
                 k, remote = self._place(stream.body, avoid=failed, infos=infos)

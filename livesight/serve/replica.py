@@ -83,9 +83,9 @@ class EngineReplica:
                 self.cancelled.add(stream_id)  # not open yet, or never: if it opens, it closes
                 return _error(err)
 
-    def poll(self, cursors: dict[str, int]) -> dict[str, list | None]:
-        """Each stream's events after its cursor, as (id, event dict); None for a stream this replica does
-        not hold (it was restarted)."""
+    def poll(self, cursors: dict[str, int]) -> dict[str, Any]:
+        """This incarnation (boot, actor) and, under "streams", each stream's events after its cursor, as
+        (id, event dict); None for a stream this replica does not hold."""
         out: dict[str, list | None] = {}
         for stream_id, last in cursors.items():
             try:
@@ -94,7 +94,7 @@ class EngineReplica:
                 out[stream_id] = None
                 continue
             out[stream_id] = [(n, e.to_dict()) for n, e in log.after(last)[0]]
-        return out
+        return {"boot": self.boot, "actor": self.actor, "streams": out}
 
     async def ask(self, stream_id: str, text: str, timeout_s: float, max_tokens: int | None) -> Result:
         """The answer's events (async: the wait holds a thread, not the replica's event loop)."""

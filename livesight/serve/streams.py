@@ -67,9 +67,7 @@ class ApiStream:
 
     def describe(self) -> dict[str, Any]:
         """What GET /v1/streams/{id} says: state, settings, and the last chunk's metrics."""
-        _, history = self.run.snapshot()
-        last = history[-1] if history else {}
-        c = self.settings
+        last, c = self.run.last_metrics(), self.settings
         return {
             "id": self.id, "source": self.source, "kind": self.kind, "state": self.run.state,
             "created": self.created,

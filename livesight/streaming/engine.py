@@ -11,8 +11,8 @@ Real time, explicitly: a live stream never waits for the engine. Its chunks wait
 start together with other streams' (one prefill and one vision pass for all, not one each). It may
 have `max_pending` chunks waiting; one more drops the oldest (counted as `chunks_dropped`), and a
 stream that starts a chunk with another already waiting narrates half as many tokens
-(`narrations_shortened`). Each metrics event says how long its chunk waited and took (`latency_ms`, from its arrival to its
-caption). A file or an evaluator's video is not live: its feeder waits for room instead.
+(`narrations_shortened`). Each metrics event says how long its chunk waited and took (`latency_ms`,
+from its arrival to its caption). A file or an evaluator's video is not live: its feeder waits for room.
 
 Admission: the pool is sized when the engine starts (`max_streams` slabs, checked against the
 device's free memory, with the offload budgets against the host's); one stream more is refused

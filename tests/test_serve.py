@@ -263,9 +263,12 @@ def test_a_token_guards_every_route_but_healthz(tiny, tmp_path):
     try:
         bare = httpx.Client(base_url=server.url)
         assert bare.get("/healthz").status_code == 200
-        for path in ("/readyz", "/metrics", "/v1/streams"):
-            got = bare.get(path)
-            assert got.status_code == 401 and got.json()["error"]["field"] == "authorization", path
+        routes = [(method, route.path.replace("{stream_id}", "x")) for route in server.app.app.routes
+                  if route.path.startswith("/v1/") or route.path in ("/readyz", "/metrics") for method in route.methods]
+        assert ("POST", "/v1/replicas") in routes and len(routes) >= 11
+        for method, path in routes:  # every route of the API, whatever it does, asks for the token first
+            got = bare.request(method, path, json={})
+            assert got.status_code == 401 and got.json()["error"]["field"] == "authorization", (method, path)
             assert got.headers["www-authenticate"] == "Bearer"
         wrong = bare.get("/v1/streams", headers={"Authorization": "Bearer " + TOKEN[:-1] + "x"})
         assert wrong.status_code == 401

@@ -109,3 +109,18 @@ def test_no_narration_still_matches(tiny):
     session, log = run_lockstep(tiny, config, num_chunks=6)
     assert session.cache.table.counts()["vision"] == 2 * session.tokens_per_chunk
     assert log["max_err"] < 2e-5, log
+
+
+def test_toy_vlm_loads_offline_and_matches_plain_forward(monkeypatch):
+    """toy-vlm, the model trained here, ships in the package and loads with no network; through slides,
+    narration and a question, the engine's logits equal the stock forward over what the policy kept."""
+    from livesight.streaming.models import TOY_VLM, load_model
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    toy = load_model(TOY_VLM)
+    assert toy.name == TOY_VLM and toy.max_pixels == 168 * 336 and toy.model.dtype == torch.float32
+    config = SessionConfig(vision_window_s=3.0, text_sink=6, text_window=10, narrate_tokens=4, answer_tokens=3,
+                           system_prompt="sys", retrieval=RetrievalConfig(enabled=False))
+    session, log = run_lockstep(toy, config, num_chunks=6, questions=[(4, "What colour is the background now?")])
+    assert session.grid == (1, 6, 11)  # a 180 x 320 source fit into toy-vlm's 168 x 308 frames
+    assert log["moved"] > 0 and log["steps"] > 6 * 3
+    assert log["max_err"] < 2e-5, log

@@ -1,4 +1,4 @@
-"""`livesight run | web | serve | demo | synth | bench`: the command-line front end.
+"""`livesight run | web | serve | demo | synth | bench | eval | train`: the command-line front end.
 
 Bad input gets one line naming the input and the fix, and exit code 2; never a traceback.
 """
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="watch one or several sources, narrate, answer questions")
     run.add_argument("--source", action="append", required=True,
-                     help="video file, webcam:N, rtsp://..., http(s)://..., or synthetic[:static|quiet|shapes|busy]; "
+                     help="video file, webcam:N, rtsp://..., http(s)://..., or synthetic[:static|quiet|shapes|busy|world]; "
                           "repeat it to watch several at once, each a stream named for it (a file's stem, a URL's "
                           "last path part, webcam-N, synthetic-SCENE; -2, -3, ... if taken), which prefixes its "
                           "text lines and is its events' `stream`")
@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     from livesight.eval import recall
     recall.add_arguments(bench.add_parser(
         "recall", help="accuracy on the synthetic world by the age of what is asked, per cache policy and compression"))
+
+    from livesight.train import config as train_config
+    train_config.add_arguments(sub.add_parser("train", help="train toy-vlm, LiveSight's own small VLM, on the synthetic world"))
 
     synth = sub.add_parser("synth", help="write a synthetic video (moving shapes and a clock)")
     synth.add_argument("out", help="output file, e.g. clip.mp4")
@@ -244,6 +247,11 @@ def bench(args) -> int:
     return commands[args.bench](args)
 
 
+def train(args) -> int:
+    from livesight.train import toy
+    return toy.main(args)
+
+
 def evaluate(args) -> int:
     from livesight.eval import cli as eval_cli
     return eval_cli.main(args)
@@ -256,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     scratch.sweep()  # and those of livesight processes killed outright earlier go now
     try:
         return {"run": run, "web": web, "serve": serve, "demo": demo, "synth": synth, "bench": bench,
-                "eval": evaluate}[args.command](args)
+                "eval": evaluate, "train": train}[args.command](args)
     except InputError as err:
         print(f"livesight: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

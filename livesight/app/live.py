@@ -30,6 +30,7 @@ MAX_HISTORY = 3600  # metrics rows kept for the plots
 MAX_EVENTS = 2000  # transcript lines kept in memory for the page; the run's transcript file keeps them all
 TRANSCRIPT = "transcript.jsonl"
 THUMB_WIDTH = 160
+VIEW_WIDTH = 480  # the page's view of the frame being watched
 WEBCAM_WAIT_S = 15.0
 GONE = "the stream ended before this question was answered"
 
@@ -83,6 +84,7 @@ class LiveRun:
         self._back = -1  # index of the last chunk whose events came back
         self._thumb_times: list[float] = []
         self._thumbs: dict[float, bytes] = {}
+        self._latest: tuple[float, np.ndarray] | None = None  # the newest chunk's first frame, for the page's view
         self._stop = threading.Event()  # stop reading the source
         self._closed = threading.Event()  # stop answering too
         self._mutex = threading.Lock()
@@ -222,12 +224,15 @@ class LiveRun:
 
     def _thumbnail(self, chunk: Chunk) -> None:
         image = chunk.frames[0]
+        view = cv2.resize(image, (VIEW_WIDTH, max(1, round(image.shape[0] * VIEW_WIDTH / image.shape[1]))),
+                          interpolation=cv2.INTER_AREA) if image.shape[1] > VIEW_WIDTH else image.copy()
         height = max(1, round(image.shape[0] * THUMB_WIDTH / image.shape[1]))
         small = cv2.resize(image, (THUMB_WIDTH, height), interpolation=cv2.INTER_AREA)
         ok, jpeg = cv2.imencode(".jpg", small[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 80])
         if not ok:
             return
         with self._mutex:
+            self._latest = (chunk.t_start, view)
             self._thumb_times.append(chunk.t_start)
             self._thumbs[chunk.t_start] = jpeg.tobytes()
             if len(self._thumb_times) > MAX_THUMBNAILS:
@@ -259,6 +264,11 @@ class LiveRun:
         if not asked.done.wait(timeout_s):
             return [Event("error", 0.0, f"no answer within {timeout_s:g} s; the engine is busy")]
         return asked.events
+
+    def latest_frame(self) -> tuple[float, np.ndarray] | None:
+        """(stream time, RGB frame at most VIEW_WIDTH wide) of the newest chunk fed to the engine; None before."""
+        with self._mutex:
+            return self._latest
 
     def thumbnail(self, t: float) -> np.ndarray | None:
         """The kept thumbnail of the chunk starting nearest to stream time t, RGB; None if gone."""

@@ -13,7 +13,8 @@ from livesight.app.live import LiveRun
 from livesight.app.registry import RunRegistry
 from livesight.app.source_policy import SourcePolicy
 from livesight.app.transcript import stamp, to_jsonl, to_srt, to_vtt
-from livesight.app.web_inputs import Setting, checkbox, offered, question_text, settings_config, source_choice
+from livesight.app.web_inputs import (WORLD_SECONDS, WORLD_SPEC, Setting, checkbox, offered, question_text,
+                                      settings_config, source_choice)
 from livesight.app.web_render import (error_html, metrics_rows, plot_frames, render_metrics, render_narration,
                                       render_status)
 from livesight.errors import InputError
@@ -49,8 +50,9 @@ class PageHandlers:
             config = settings_config(settings, self.server)
             is_realtime = checkbox(realtime, "Play files at real time")
             source, name = source_choice(kind, upload, url, config.fps, self.policy, self.upload_dir)
+            seconds = WORLD_SECONDS if source == WORLD_SPEC else None
             self.registry.start(request.session_hash, lambda: LiveRun(
-                self.engine, config, source, realtime=is_realtime, name=name, parent=self.export_dir))
+                self.engine, config, source, realtime=is_realtime, name=name, parent=self.export_dir, seconds=seconds))
         except InputError as err:
             return error_html(str(err))
         return "**starting** …"
@@ -62,7 +64,8 @@ class PageHandlers:
 
     def reset(self, request: gr.Request):
         self.registry.close(request.session_hash)
-        return [], [], render_narration([]), render_metrics(metrics_rows(None, [], [])), f"Reset. {WELCOME}"
+        return (gr.update(value=None, label="Watching"), [], [], render_narration([]),
+                render_metrics(metrics_rows(None, [], [])), f"Reset. {WELCOME}")
 
     def release(self, request: gr.Request) -> None:
         """The tab closed: its run goes, and with it the slot and the engine slab it held."""
@@ -77,7 +80,8 @@ class PageHandlers:
         else:
             note = self.registry.note(request.session_hash)
             status = gr.skip() if note is None else f"**closed**: {note}. Press **Start** for a new stream."
-        return render_narration(events), render_metrics(metrics_rows(run, events, history)), latency, memory, status
+        return (frame_view(run), render_narration(events), render_metrics(metrics_rows(run, events, history)), latency,
+                memory, status)
 
     def ask(self, question, history, request: gr.Request):
         try:
@@ -123,6 +127,15 @@ class PageHandlers:
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
         return path
+
+
+def frame_view(run):
+    """The frame the stream is at, labelled with its stream time; unchanged while there is none yet."""
+    latest = run.latest_frame() if run is not None else None
+    if latest is None:
+        return gr.skip()
+    t, image = latest
+    return gr.update(value=image, label=f"Watching · {stamp(t)}")
 
 
 def answer_text(event: Event) -> str:

@@ -17,7 +17,8 @@ from livesight.streaming.options import DEFAULTS, Bound, build_config, flag
 from livesight.vision.sources import PushSource
 
 VIDEO_TYPES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts")
-SOURCES = ("Video file", "Browser webcam", "Camera URL")
+SOURCES = ("Synthetic world", "Video file", "Browser webcam", "Camera URL")
+WORLD_SPEC, WORLD_SECONDS = "synthetic:world", 3600.0  # the world toy-vlm was trained on: an hour of it
 MAX_QUESTION_CHARS = 2000
 MAX_URL_CHARS = 2000
 
@@ -179,6 +180,8 @@ def upload_file(value: Any, upload_dir: str) -> tuple[str, str]:
 def source_choice(kind: Any, upload: Any, url: Any, fps: float, policy: SourcePolicy,
                   upload_dir: str) -> tuple[str | PushSource, str]:
     """The Source controls -> (what LiveRun opens, what the page calls it), once the policy allows it."""
+    if kind == "Synthetic world":  # generated here: no file, device or network to allow
+        return WORLD_SPEC, "synthetic world"
     if kind == "Video file":
         policy.check_upload()
         return upload_file(upload, upload_dir)

@@ -46,6 +46,7 @@ class Page:
     stop: gr.Button
     reset: gr.Button
     status: gr.Markdown
+    frame: gr.Image
     narration: gr.HTML
     chat: gr.Chatbot
     question: gr.Textbox
@@ -75,7 +76,8 @@ def build(handlers: PageHandlers, model_name: str) -> gr.Blocks:
 def source_column(settings: tuple[Setting, ...]) -> dict:
     with gr.Column(scale=1, min_width=280):
         c = dict(kind=gr.Radio(list(SOURCES), value=SOURCES[0], label="Source", elem_id="source-kind"),
-                 upload=gr.File(label="Video file", file_types=list(VIDEO_TYPES), type="filepath", elem_id="upload"),
+                 upload=gr.File(label="Video file", file_types=list(VIDEO_TYPES), type="filepath", elem_id="upload",
+                                visible=False),
                  webcam=gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Webcam", visible=False,
                                  elem_id="webcam"),
                  url=gr.Textbox(label="Camera URL or index", placeholder="rtsp://host:554/stream, or 0",
@@ -92,7 +94,9 @@ def source_column(settings: tuple[Setting, ...]) -> dict:
 
 def talk_column() -> dict:
     with gr.Column(scale=2, min_width=420):
-        return dict(narration=gr.HTML(render_narration([]), label="Narration", elem_id="narration"),
+        return dict(frame=gr.Image(label="Watching", type="numpy", interactive=False, height=270, elem_id="frame",
+                                   show_label=True),
+                    narration=gr.HTML(render_narration([]), label="Narration", elem_id="narration"),
                     chat=gr.Chatbot(label="Questions", height=260, elem_id="chat"),
                     question=gr.Textbox(placeholder="Ask about anything it has seen, then press Enter",
                                         show_label=False, elem_id="question"),
@@ -123,9 +127,9 @@ def wire(p: Page, handlers: PageHandlers) -> None:
     # checks would raise first, and a string sent for a number would reach the page as no message at all)
     p.start.click(start, [p.kind, p.upload, p.url, p.realtime, *p.settings], p.status, preprocess=False)
     p.stop.click(handlers.stop, None, None)
-    p.reset.click(handlers.reset, None, [p.chat, p.moments, p.narration, p.metrics, p.status])
+    p.reset.click(handlers.reset, None, [p.frame, p.chat, p.moments, p.narration, p.metrics, p.status])
     p.question.submit(handlers.ask, [p.question, p.chat], [p.question, p.chat, p.moments], concurrency_limit=None)
     p.webcam.stream(handlers.push_frame, p.webcam, None, stream_every=0.25, concurrency_limit=None)
     p.export.click(handlers.export, p.fmt, p.export_file)
-    gr.Timer(1.0).tick(handlers.refresh, None, [p.narration, p.metrics, p.latency, p.memory, p.status],
+    gr.Timer(1.0).tick(handlers.refresh, None, [p.frame, p.narration, p.metrics, p.latency, p.memory, p.status],
                        show_progress="hidden", concurrency_limit=None)

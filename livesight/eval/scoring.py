@@ -24,7 +24,7 @@ def strict_letter(reply: str, rule: str, answer: str, letters: str) -> str:
 def parse_letter(reply: str, letters: str, options: list[str] = ()) -> str:
     """The option letter a free-form reply names, '' if none: a leading letter ('B', 'B.', '(B)'),
     a letter after 'answer is' or 'option', a letter in parentheses, a lone capital letter, and
-    last an option's text quoted without its letter."""
+    last an option's text: the whole reply (any length: "7" names the option "7"), else quoted in it."""
     text = reply.strip()
     lowered = text.lower()
     for prefix in PREFIXES:
@@ -37,6 +37,9 @@ def parse_letter(reply: str, letters: str, options: list[str] = ()) -> str:
     for pattern in patterns:
         if match := re.search(pattern, text):
             return match.group(1)
+    exact = [o[:1] for o in options if _norm(o[2:]) and _norm(o[2:]) == _norm(reply)]
+    if len(exact) == 1:
+        return exact[0]
     named = [o[:1] for o in options if len(_norm(o[2:])) > 2 and _norm(o[2:]) in _norm(reply)]
     return named[0] if len(named) == 1 else ""
 

@@ -11,7 +11,7 @@ import os
 
 from livesight.app.source_policy import SourcePolicy
 from livesight.errors import InputError
-from livesight.vision.synthetic import SCENES
+from livesight.vision.synthetic import LIVE_SCENES as SCENES
 
 MAX_SOURCE_CHARS = 2048
 

@@ -206,6 +206,15 @@ class ChatIds:
         return self.system_open + self.encode(prompt) + self.system_close
 
 
+def qwen_chat_ids(tok) -> ChatIds:
+    """Qwen's ChatML, with a chunk's video between vision delimiters."""
+    enc = functools.partial(tok.encode, add_special_tokens=False)
+    stop = {tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id, tok.convert_tokens_to_ids("<|endoftext|>")}
+    return ChatIds(enc("<|im_start|>system\n"), enc("<|im_end|>\n"), enc("<|im_start|>user\n<|vision_start|>"),
+                   enc("<|vision_end|><|im_end|>\n"), enc("<|im_start|>user\n"), enc("<|im_end|>\n"),
+                   enc("<|im_start|>assistant\n"), frozenset(i for i in stop if i is not None), enc)
+
+
 class QwenVLAdapter(TextAdapter):
     """Qwen2.5-VL: the text model above with 3-D M-RoPE positions, plus the vision tower."""
 
@@ -244,13 +253,7 @@ class QwenVLAdapter(TextAdapter):
         return positions[:, None]  # (3, 1, n)
 
     def chat_ids(self) -> ChatIds:
-        """Qwen's ChatML, with a chunk's video between vision delimiters."""
-        tok = self.tokenizer
-        enc = functools.partial(tok.encode, add_special_tokens=False)
-        stop = {tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id, tok.convert_tokens_to_ids("<|endoftext|>")}
-        return ChatIds(enc("<|im_start|>system\n"), enc("<|im_end|>\n"), enc("<|im_start|>user\n<|vision_start|>"),
-                       enc("<|vision_end|><|im_end|>\n"), enc("<|im_start|>user\n"), enc("<|im_end|>\n"),
-                       enc("<|im_start|>assistant\n"), frozenset(i for i in stop if i is not None), enc)
+        return qwen_chat_ids(self.tokenizer)
 
     def patch_grid(self, size: tuple[int, int], num_frames: int) -> tuple[int, int, int]:
         """The vision tower's patch grid (t, h, w) of one chunk of `num_frames` frames of `size`."""

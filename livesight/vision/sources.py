@@ -73,9 +73,9 @@ class SyntheticSource:
     is_live = False
 
     def __init__(self, fps: float, seconds: float, width: int = 640, height: int = 360, scene: str = "shapes"):
-        if scene not in synthetic.SCENES:
+        if scene not in synthetic.LIVE_SCENES:
             raise InputError(f"unknown synthetic scene '{scene}': use synthetic or synthetic:SCENE with SCENE one "
-                             f"of {', '.join(synthetic.SCENES)}")
+                             f"of {', '.join(synthetic.LIVE_SCENES)}")
         self.fps, self.seconds, self.size, self.scene = fps, seconds, (height, width), scene
 
     def __iter__(self) -> Iterator[Frame]:

@@ -3,7 +3,8 @@
 - static: nothing moves and no clock (every frame identical);
 - quiet: a mostly static scene, one small ball drifting and the clock ticking;
 - shapes: three shapes moving across the frame and the clock (the default);
-- busy: the shapes over a scrolling texture with fresh noise, so every region changes every frame.
+- busy: the shapes over a scrolling texture with fresh noise, so every region changes every frame;
+- world: vision/world.py's world of seed 0 (shapes of five kinds come and go, texts, backgrounds, a clock).
 """
 
 import functools
@@ -12,15 +13,19 @@ import cv2
 import numpy as np
 
 from livesight.errors import InputError
+from livesight.vision.world import World
 
 
-SCENES = ("static", "quiet", "shapes", "busy")
+SCENES = ("static", "quiet", "shapes", "busy")  # the generated scenes above
+LIVE_SCENES = SCENES + ("world",)  # and the world of vision/world.py (seed 0), what toy-vlm was trained to watch
 
 
 def render(t: float, width: int = 640, height: int = 360, scene: str = "shapes") -> np.ndarray:
     """The frame at stream time t seconds: (height, width, 3) uint8 RGB. Deterministic in t."""
+    if scene == "world":
+        return _world().render(t, width, height)
     if scene not in SCENES:
-        raise InputError(f"unknown synthetic scene '{scene}': use one of {', '.join(SCENES)}")
+        raise InputError(f"unknown synthetic scene '{scene}': use one of {', '.join(LIVE_SCENES)}")
     if scene == "busy":
         y, x = _axes(width, height)
         noise = np.random.default_rng(int(round(t * 1000))).standard_normal((height, width, 1), dtype=np.float32)
@@ -48,6 +53,11 @@ def render(t: float, width: int = 640, height: int = 360, scene: str = "shapes")
     cv2.fillPoly(img, [tri], (240, 210, 40))
     _clock(img, t, s)
     return img
+
+
+@functools.cache
+def _world() -> World:
+    return World(0)
 
 
 @functools.lru_cache(maxsize=8)

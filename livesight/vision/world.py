@@ -124,8 +124,9 @@ class World:
             (w, h), _ = cv2.getTextSize(text.text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
             cv2.putText(img, text.text, ((width - w) // 2, (height + h) // 2), cv2.FONT_HERSHEY_SIMPLEX, scale,
                         (255, 255, 255), thick, cv2.LINE_AA)
-        cv2.putText(img, clock(t), (10, height - 12), cv2.FONT_HERSHEY_SIMPLEX, side / 360, (255, 255, 255),
-                    max(1, side // 180), cv2.LINE_AA)
+        # the clock is large enough to read at a small model's frame size (168 pixels high: digits ~16 px)
+        cv2.putText(img, clock(t), (side // 36, height - side // 30), cv2.FONT_HERSHEY_SIMPLEX, side / 200,
+                    (255, 255, 255), max(2, side // 110), cv2.LINE_AA)
         return img
 
 

@@ -23,8 +23,12 @@ TASKS = ("colour", "text", "background")  # what is asked: a shape's colour, the
 
 def narration(world: World, t0: float, t1: float) -> str:
     """What changed in [t0, t1), one sentence per event; "" when nothing did."""
+    return _said(world.events(t0, t1))
+
+
+def _said(events) -> str:
     said = []
-    for e in world.events(t0, t1):
+    for e in events:
         if e["type"] == "appear":
             said.append(f"A {e['shape']} appears.")
         elif e["type"] == "leave":
@@ -34,8 +38,17 @@ def narration(world: World, t0: float, t1: float) -> str:
         elif e["type"] == "text_off":
             said.append("The text goes away.")
         elif e["t"] > 0:  # the first background is the scene, not a change
-            said.append("The background changes.")
+            said.append("New background.")
     return " ".join(said)
+
+
+def chunk_narration(world: World, index: int, fps: float = 2.0, chunk_s: float = 1.0) -> str:
+    """What chunk `index`'s frames (at index * chunk_s + k / fps) show changing: the events after the
+    previous chunk's last frame, up to and including this chunk's last frame (an event between two
+    frames is first seen at the later one). Event times are hundredths, so + 1e-6 takes `last` in."""
+    last = index * chunk_s + chunk_s - 1 / fps
+    lo = last - chunk_s
+    return _said(e for e in world.events(max(lo, 0.0), last + 1e-6) if e["t"] > lo)
 
 
 def _steady(world: World, second: int) -> dict | None:

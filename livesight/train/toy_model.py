@@ -1,0 +1,79 @@
+"""toy-vlm: a Qwen2.5-VL of a few million parameters that LiveSight trains on its synthetic world.
+
+Same architecture as the real models (so the same adapter, kernels and tests serve it), with the
+byte tokenizer of tiny-random and a small frame size (168 x 308 from a 16:9 source: 66 tokens per 1-s chunk) at which the
+world's clock, shapes and large print stay readable. Every vision block attends fully within its
+frame pair (no window attention), which training runs as one batched attention over equal chunks.
+"""
+
+import json
+import os
+
+import torch
+from transformers import AttentionInterface, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+from livesight.kernels.attention import segment_attention
+from livesight.kernels.varlen_attention import segments_of
+from livesight.streaming.models import CLIP_MEAN, CLIP_STD, SPECIAL_TOKENS, build_byte_tokenizer
+
+MAX_PIXELS = 168 * 336  # a 640 x 360 source is fit into 168 x 308: 6 x 11 = 66 tokens per chunk
+SOURCE_SIZE = (360, 640)  # (height, width) of the world's frames in training, as `livesight synth` writes them
+TEXT = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=288, tie_word_embeddings=False)
+VISION = dict(depth=4, hidden_size=128, intermediate_size=384, num_heads=4, patch_size=14, spatial_merge_size=2,
+              temporal_patch_size=2, window_size=112, tokens_per_second=2, fullatt_block_indexes=[0, 1, 2, 3],
+              hidden_act="silu")
+TRAIN_VISION_ATTENTION = "livesight_flash_train"  # "flash" in the name: the tower passes its varlen metadata
+
+
+def toy_config() -> Qwen2_5_VLConfig:
+    ids = {t: 256 + i for i, t in enumerate(SPECIAL_TOKENS)}
+    head_dim = TEXT["hidden_size"] // TEXT["num_attention_heads"]
+    section = [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]
+    section[0] += head_dim // 2 - sum(section)
+    return Qwen2_5_VLConfig(
+        text_config=dict(TEXT, rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": section},
+                         max_position_embeddings=32768, rms_norm_eps=1e-6, bos_token_id=ids["<|endoftext|>"],
+                         eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
+        vision_config=dict(VISION, out_hidden_size=TEXT["hidden_size"]),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+
+
+def new_model(seed: int) -> Qwen2_5_VLForConditionalGeneration:
+    """The untrained model, float32, its initialization drawn from `seed`."""
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration._from_config(toy_config(), dtype=torch.float32)
+    AttentionInterface.register(TRAIN_VISION_ATTENTION, train_vision_attention)
+    model.model.visual.config._attn_implementation = TRAIN_VISION_ATTENTION
+    model.model.language_model.config._attn_implementation = "sdpa"
+    return model
+
+
+def train_vision_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0,
+                           cu_seq_lens_q=None, max_length_q=None, **kwargs):
+    """The tower's attention for training, with gradients: q, k, v (1, H, N, D), segments from
+    cu_seq_lens_q. Equal segments (every chunk of one frame size) run as one batched SDPA call."""
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    _, heads, n, dim = query.shape
+    lengths = cu_seq_lens_q[1:] - cu_seq_lens_q[:-1]
+    if n % lengths.numel() == 0 and bool((lengths == n // lengths.numel()).all()):
+        q, k, v = (x[0].view(heads, lengths.numel(), -1, dim).transpose(0, 1) for x in (query, key, value))
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)  # (S, H, L, D)
+        return out.transpose(0, 1).reshape(heads, n, dim).transpose(0, 1)[None], None
+    segment = segments_of(cu_seq_lens_q, n)
+    out = segment_attention(query[0], key[0], value[0], segment, segment, scale)
+    return out.transpose(0, 1)[None], None
+
+
+def save(model: Qwen2_5_VLForConditionalGeneration, folder: str) -> None:
+    """Weights in bf16 safetensors, the tokenizer and the preprocessing, loadable by load_model(folder)."""
+    os.makedirs(folder, exist_ok=True)
+    model.config.dtype = torch.bfloat16
+    model.save_pretrained(folder, state_dict={k: v.to(torch.bfloat16) for k, v in model.state_dict().items()})
+    build_byte_tokenizer().save_pretrained(folder)
+    with open(os.path.join(folder, "preprocessor_config.json"), "w") as f:
+        json.dump({"image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD),
+                   "max_pixels": MAX_PIXELS}, f, indent=1)

@@ -76,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cli.add_arguments(sub.add_parser("serve", help="an HTTP API: add streams, read their narration as "
                                                          "Server-Sent Events, ask questions (OpenAI-compatible too)"))
 
-    demo = sub.add_parser("demo", help="write a synthetic clip and run it with tiny-random")
-    demo.add_argument("--seconds", type=Bound(float, 0, 3600, low_open=True), default=20.0,
+    demo = sub.add_parser("demo", help="write a clip of the synthetic world and watch it with toy-vlm")
+    demo.add_argument("--seconds", type=Bound(float, 4, 3600), default=40.0,
                       help="length of the synthetic clip (default %(default)s)")
     demo.add_argument("--json", action="store_true", help="one JSON object per event on stdout (default: text lines)")
 
@@ -183,21 +183,40 @@ def run(args) -> int:
     return 0
 
 
+DEMO_WORLD = 3  # a world (vision/world.py) whose first seconds show a text, a shape and a background change
+
+
 def demo(args) -> int:
+    """A clip of the synthetic world, watched by toy-vlm (trained on such worlds, none of them this one):
+    narration, then questions about the present and the past whose true answers are printed after."""
+    import numpy as np
+
     from livesight.vision.synthetic import write_video
+    from livesight.vision.world import World
+    from livesight.vision.world_tasks import question
+    world, rng = World(DEMO_WORLD), np.random.default_rng(0)
+    end = int(args.seconds)
+    texts = (question(world, end, second, "text", rng) for second in range(end - 1))  # the first text shown
+    asked = [q for q in (question(world, end // 2, end // 2 - 1, "background", rng), next(filter(None, texts), None),
+                         question(world, end, end - 1, "background", rng)) if q is not None]
     folder = scratch.make("demo")
     try:
-        path = os.path.join(folder, "synthetic.mp4")
-        write_video(path, args.seconds)
+        path = os.path.join(folder, "world.mp4")
+        write_video(path, args.seconds, 10.0, frame_at=world.render)
         if not args.json:
-            print(f"wrote {args.seconds:g} s of synthetic video; running it with tiny-random "
-                  f"(random weights: the words are noise, the engine is real)", flush=True)
-        ns = build_parser().parse_args([  # a short window, so the questions draw on offloaded moments
-            "run", "--source", path, "--model", "tiny-random", "--narrate-tokens", "8", "--vision-window", "4",
-            "--retrieve-top-k", "2", "--ask", f"{args.seconds / 2:g}:What is moving?",
-            "--ask", f"{args.seconds:g}:What happened at the start?"])
+            print(f"wrote {args.seconds:g} s of the synthetic world; watching it with toy-vlm (a 4.7M-parameter "
+                  f"VLM trained here on other worlds)", flush=True)
+        flags = ["run", "--source", path, "--model", "toy-vlm"]
+        for q in asked:
+            flags += ["--ask", f"{q['time']}:{q['question']}"]
+        ns = build_parser().parse_args(flags)
         ns.json = args.json
-        return run(ns)
+        code = run(ns)
+        if not args.json:
+            for q in asked:
+                print(f"at {q['time']} s, asked \"{q['question']}\": the world showed "
+                      f"{q['options']['ABCD'.index(q['answer'])]}")
+        return code
     finally:
         scratch.remove(folder)
 

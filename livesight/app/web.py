@@ -52,6 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"{', '.join(KINDS)}. auto (the default) is all on a loopback --host, and "
                         f"upload,webcam,urls beyond it (urls: rtsp/http(s) hosts with public addresses only)")
     add_engine_args(p, offload_dir=False)  # streams spill into the server's own folder
+    p.set_defaults(model="toy-vlm")  # trained on the synthetic world, the page's first source
 
 
 @contextlib.contextmanager

@@ -63,7 +63,9 @@ def build(handlers: PageHandlers, model_name: str) -> gr.Blocks:
     # analytics_enabled=False: no version check (api.gradio.app) and no telemetry (huggingface.co)
     with gr.Blocks(title="LiveSight", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
         is_random = model_name.startswith(("tiny-random", "random-"))
-        noise = " (random weights: the words are noise, the engine is real)" if is_random else ""
+        noise = " (random weights: the words are noise, the engine is real)" if is_random else (
+            " (4.7M parameters, trained here on the synthetic world: watch that source)" if model_name == "toy-vlm"
+            else "")
         gr.Markdown(f"# LiveSight\nWatches a video stream, narrates what it sees and answers questions about "
                     f"anything it has seen, with bounded memory. Model: `{html.escape(model_name)}`{noise}.")
         with gr.Row():

@@ -9,7 +9,7 @@ Policies: dense (the window holds the whole video; only while it fits), sink + w
 retrieval (top-k 4, 8, 16). Compression: off, reuse, reuse + pruning at keep ratios 1.0, 0.5, 0.25.
 Narration is off by default, so kept text cannot answer for the vision path (--narrate turns it on).
 
-    livesight bench recall [--model tiny-random] [--videos 2] [--seconds 120] [--per-video 16] [--out DIR]
+    livesight bench recall [--model toy-vlm] [--videos 2] [--seconds 120] [--per-video 16] [--out DIR]
 """
 
 import argparse
@@ -27,11 +27,12 @@ from livesight.streaming.options import Bound
 
 POLICIES = ("dense", "window", "retrieval-4", "retrieval-8", "retrieval-16")
 COMPRESSIONS = ("off", "reuse", "prune-1.0", "prune-0.5", "prune-0.25")
-ANSWER_TOKENS = 4  # a letter is all a choice needs
+ANSWER_TOKENS = 8  # a letter, or the option's text (toy-vlm answers with it)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="tiny-random", help="a model name or folder (default %(default)s)")
+    parser.add_argument("--model", default="toy-vlm", help="a model name or folder (default %(default)s: the model "
+                                                           "trained on this world)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default %(default)s)")
     parser.add_argument("--videos", type=Bound(int, 1, 1000), default=2, help="world videos (default %(default)s)")
     parser.add_argument("--seconds", type=Bound(int, 20, 86400, why="seconds"), default=120,
@@ -123,13 +124,15 @@ def measure(args, policies, compressions) -> dict:
 
 
 def accuracy(records: list[dict]) -> dict:
-    """Accuracy (strict: the reply's letter) per age bucket, as the evaluator's summary scores it, and
-    the errors."""
+    """Accuracy per age bucket as the evaluator's summary scores it: robust (the option the reply names,
+    by its letter or its text; toy-vlm answers with the text) and strict (the reply's first character
+    is the letter); and the errors."""
     scores = report.scores(records, "vqa")
     tasks, order = scores["tasks"], [name for _, _, name in BUCKETS]
     ranked = sorted(tasks, key=lambda b: order.index(b) if b in order else len(order))
-    return {"buckets": {name: {"n": tasks[name]["n"], "accuracy": round(tasks[name]["strict"] / 100, 3)}
-                        for name in ranked}, "errors": sum(scores["errors"].values())}
+    return {"buckets": {name: {"n": tasks[name]["n"], "accuracy": round(tasks[name]["robust"] / 100, 3),
+                               "strict": round(tasks[name]["strict"] / 100, 3)} for name in ranked},
+            "errors": sum(scores["errors"].values())}
 
 
 def markdown(result: dict) -> str:
@@ -139,8 +142,8 @@ def markdown(result: dict) -> str:
              f"{c['videos']} world videos of {c['seconds']} s (seed {c['seed']}), "
              f"{sum(result['questions'].values())} four-option questions ("
              + ", ".join(f"{n}: {result['questions'][n]}" for n in names) + "); narration "
-             f"{'on' if c['narrate'] else 'off'}; window {c['window']:g} s. Accuracy by the fact's age (chance: "
-             f"0.25).", "", "| policy | compression | " + " | ".join(names) + " | errors |",
+             f"{'on' if c['narrate'] else 'off'}; window {c['window']:g} s. Accuracy by the fact's age (robust: the "
+             f"option the reply names, by letter or text; strict scores are in recall.json; chance: 0.25).", "", "| policy | compression | " + " | ".join(names) + " | errors |",
              "|---|---|" + "---|" * (len(names) + 1)]
     for r in result["runs"]:
         if not r["fits"]:

@@ -78,7 +78,8 @@ def collate(layouts: list[Layout], grid_tokens: int, pad_id: int, worlds: list[W
                  answer_at, torch.tensor([labels(worlds[w], s) for w, s in chunks], dtype=torch.int64))
 
 
-def plan(rng: np.random.Generator, worlds: list[World], seconds: int, questions: int = 1) -> Plan:
+def plan(rng: np.random.Generator, worlds: list[World], seconds: int, questions: int = 1,
+         raw_share: float = 0.0) -> Plan:
     world = int(rng.integers(len(worlds)))
     now = int(rng.integers(1, WINDOW + 8)) if rng.random() < 0.15 else int(rng.integers(WINDOW + 1, seconds + 1))
     narrate = bool(rng.random() < 0.5)
@@ -108,17 +109,26 @@ def plan(rng: np.random.Generator, worlds: list[World], seconds: int, questions:
             chosen.add(int(rng.integers(past)))
         retrieved = sorted(chosen)
     if q is not None:
-        q["open"] = bool(rng.random() < 0.3)
+        _wording(q, rng, raw_share)
     keep = None if rng.random() < 0.6 else float(rng.choice([1.0, 0.5, 0.25]))
     more = []
     for _ in range(int(rng.integers(questions)) if q is not None and questions > 1 else 0):
-        later = _later_question(rng, worlds[world], now, retrieved)
+        later = _later_question(rng, worlds[world], now, retrieved, raw_share)
         if later is not None:
             more.append(later)
     return Plan(world, now, narrate, retrieved, q, keep, more)
 
 
-def _later_question(rng: np.random.Generator, world: World, now: int, retrieved: list[int]) -> dict | None:
+def _wording(q: dict, rng: np.random.Generator, raw_share: float) -> None:
+    """How the question is put: with options (StreamingBench's prompt), without (its open prompt), or, a
+    `raw_share` of those without, as a user types it (no prompt around it). The draw for raw is only made
+    when raw_share > 0, so runs without it draw what they always drew."""
+    q["open"] = bool(rng.random() < 0.3)
+    q["raw"] = bool(q["open"] and raw_share > 0 and rng.random() < raw_share)
+
+
+def _later_question(rng: np.random.Generator, world: World, now: int, retrieved: list[int],
+                    raw_share: float = 0.0) -> dict | None:
     """A further question at `now`: about the present, a second of the window or a retrieved second."""
     kinds = ["now", "window"] + (["retrieved"] if retrieved else [])
     kind = str(rng.choice(kinds))
@@ -131,7 +141,7 @@ def _later_question(rng: np.random.Generator, world: World, now: int, retrieved:
             second = now - 1
         q = question(world, now, second, str(rng.choice(TASKS)), rng)
         if q is not None:
-            q["open"] = bool(rng.random() < 0.3)
+            _wording(q, rng, raw_share)
             return q
     return None
 
@@ -141,16 +151,17 @@ class BatchStream(torch.utils.data.IterableDataset):
     makes the steps = w mod W (the loader takes them in turn, so they arrive in step order)."""
 
     def __init__(self, tokenizer, seeds: list[int], changed: torch.Tensor, config, seed: int, batch: int,
-                 steps: int, workers: int, questions: int = 1, choice_reply: str = "text",
+                 steps: int, workers: int, questions: int = 1, choice_reply: str = "text", raw_share: float = 0.0,
                  grid: tuple[int, int, int] = (1, 6, 11), temporal_stride: int = 2):
         self.args = (tokenizer, seeds, changed, config, grid, temporal_stride, choice_reply)
         self.seed, self.batch, self.steps, self.workers, self.start = seed, batch, steps, workers, 0
-        self.questions = questions
+        self.questions, self.raw_share = questions, raw_share
         self.pad_id = tokenizer.pad_token_id
 
     def batch_at(self, maker: LayoutMaker, step: int) -> Batch:
         rng = np.random.default_rng([self.seed, step])
-        plans = [plan(rng, maker.worlds, maker.changed.shape[1], self.questions) for _ in range(self.batch)]
+        plans = [plan(rng, maker.worlds, maker.changed.shape[1], self.questions, self.raw_share)
+                 for _ in range(self.batch)]
         return collate([maker.make(p, rng) for p in plans], maker.grid_tokens, self.pad_id, maker.worlds)
 
     def __iter__(self):

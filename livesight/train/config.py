@@ -22,6 +22,7 @@ class TrainConfig:
     questions: int = 1  # the most questions a sample asks in a row
     init: str | None = None  # start from this saved model's weights (a stage before), not from the seed
     choice_reply: str = "text"  # a question with options is answered with the option's "text" or its "letter"
+    raw_share: float = 0.0  # of the questions without options, the share asked bare, as a user types them
     device: str = "cpu"
     workers: int = 8
     log_every: int = 25
@@ -33,6 +34,8 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.seconds < 30:
             raise ValueError(f"--seconds must be at least 30 (a vision window and more), got {self.seconds}")
+        if not 0 <= self.raw_share <= 1:
+            raise ValueError(f"--raw-share must be within 0..1, got {self.raw_share}")
         if self.choice_reply not in ("text", "letter"):
             raise ValueError(f"--choice-reply must be text or letter, got {self.choice_reply!r}")
         if not self.lr > 0 or self.minutes <= 0:
@@ -62,7 +65,9 @@ def add_arguments(parser) -> None:
                              ("workers", int, "processes laying out samples"),
                              ("questions", int, "the most questions a sample asks in a row"),
                              ("choice_reply", str, "a question with options is answered with the option's text or "
-                                                   "its letter")):
+                                                   "its letter"),
+                             ("raw_share", float, "of the questions without options, the share asked bare (as a "
+                                                  "user types them)")):
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(d, name),
                             help=f"{text} (default %(default)s)")
 

@@ -160,7 +160,9 @@ class LayoutMaker:
         pending = chat.turn_close if plan.narrate else []
         for k, q in enumerate([plan.question, *plan.more] if plan.question is not None else []):
             reply = q["options"][LETTERS.index(q["answer"])]  # the right option's text
-            if q.get("open"):  # asked with no options (as a user types it): the answer is the word itself
+            if q.get("raw"):  # as a user types it, no prompt around it
+                prompt = q["question"]
+            elif q.get("open"):  # asked with no options: the answer is the word itself
                 prompt = OPEN.format(question=q["question"])
             else:
                 prompt = CHOICE.format(question=q["question"], options="\n".join(lettered(q["options"])))

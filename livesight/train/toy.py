@@ -214,7 +214,7 @@ def run(cfg: TrainConfig, command: str) -> int:
         bank = render_bank(seeds, cfg.seconds, cfg.device, MAX_PIXELS, SOURCE_SIZE, workers=max(cfg.workers, 1))
         print(f"rendered {len(seeds)} worlds x {cfg.seconds} s in {time.perf_counter() - t0:.1f} s", flush=True)
         stream = BatchStream(build_byte_tokenizer(), seeds, bank.changed, SessionConfig(), cfg.seed, cfg.batch,
-                             cfg.steps, cfg.workers, cfg.questions, cfg.choice_reply)
+                             cfg.steps, cfg.workers, cfg.questions, cfg.choice_reply, cfg.raw_share)
         finished = trainer.train(stream, bank)
     record = trainer.finish(command)
     print(f"wrote {cfg.out} at step {trainer.step} of {cfg.steps} (model.safetensors sha256 {record['sha256'][:16]}…)")
@@ -231,7 +231,8 @@ def main(args) -> int:
     try:
         cfg = TrainConfig(args.out, args.checkpoint, args.seed, args.steps, args.batch, args.lr, args.warmup,
                           args.minutes, args.worlds, args.seconds, device=device, workers=args.workers,
-                          questions=args.questions, init=args.init, choice_reply=args.choice_reply)
+                          questions=args.questions, init=args.init, choice_reply=args.choice_reply,
+                          raw_share=args.raw_share)
     except ValueError as err:
         from livesight.errors import InputError
         raise InputError(str(err)) from None

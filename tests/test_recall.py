@@ -1,6 +1,8 @@
-"""`livesight bench recall` (a CPU smoke run on 2 minutes of the world with toy-vlm): per setting, the accuracy by age bucket is what `livesight eval vqa` reports
-for the same settings on the same set (the bench measures the evaluator's engine, nothing else); every
-cell of the matrix is run or says why not; the outputs are written."""
+"""`livesight bench recall` (a CPU smoke run on 2 minutes of the world with toy-vlm): per setting, the
+accuracy by age bucket is what `livesight eval vqa` reports for the same settings on the same set, and
+`livesight eval streamingbench` on the same questions in StreamingBench's layout (the bench measures the
+evaluator's engine, nothing else); every cell of the matrix is run or says why not; the outputs are
+written."""
 
 import json
 
@@ -28,6 +30,13 @@ def test_bench_recall_equals_the_evaluator_on_its_own_set(tmp_path, capsys):
     window_off = result["runs"][0]["buckets"]
     assert {name: (round(t["robust"] / 100, 3), round(t["strict"] / 100, 3)) for name, t in tasks.items()} == \
         {name: (b["accuracy"], b["strict"]) for name, b in window_off.items()}
+    # and in StreamingBench's layout through `livesight eval streamingbench`: one engine, one scorer
+    assert main(["eval", "streamingbench", "--data", str(out / "set" / "streamingbench.json"), "--videos",
+                 str(out / "set" / "videos"), "--out", str(tmp_path / "sb"), "--device", "cpu", "--vision-window", "4",
+                 "--no-retrieve", "--no-reuse", "--no-prune", "--answer-tokens", "8", "--model", "toy-vlm"]) == 0
+    sb_tasks = json.loads((tmp_path / "sb" / "summary.json").read_text())["scores"]["tasks"]
+    assert {name: (t["n"], t["strict"], t["robust"]) for name, t in sb_tasks.items()} == \
+        {name: (t["n"], t["strict"], t["robust"]) for name, t in tasks.items()}
 
 
 def test_settings_are_the_matrix_cells():

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_chunks
 from livesight.eval.questions import lettered
 from livesight.eval.streamingbench import CHOICE
 from livesight.kvcache import Segment

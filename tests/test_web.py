@@ -176,6 +176,8 @@ def test_live_run_streams_answers_after_the_end_and_keeps_thumbnails(engines, cl
         thumb = run.thumbnail(a)
         assert thumb is not None and thumb.shape[1] == 160 and thumb.shape[2] == 3
         assert run.thumbnail(1e6) is None
+        t, view = run.latest_frame()  # what the page shows as being watched: the last chunk's first frame
+        assert t == 7.0 and view.shape == (180, 320, 3)
     finally:
         run.close()
     assert run.ask("anyone there?")[0].type == "error"
@@ -460,6 +462,8 @@ def open_page(browser, url):
 
 def start_file(page, path, vision_window=None):
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    page.click("#source-kind >> text=Video file")  # the page opens on the synthetic world
+    page.wait_for_selector("#upload input[type=file]", state="attached", timeout=20000)
     for attempt in range(3):  # on a loaded machine a fresh page's first upload was seen lost (CI): upload again
         page.set_input_files("#upload input[type=file]", path)
         try:
@@ -499,6 +503,7 @@ def test_page_narrates_answers_with_moments_and_shows_metrics(server, browser, t
     start_file(page, video, vision_window=2)
     page.wait_for_function("document.querySelectorAll('#narration .caption').length >= 3", timeout=60000)
     page.wait_for_selector("#status >> text=ended", timeout=60000)
+    assert "Watching · 0:07.0" in page.inner_text("#frame")  # the frame being watched, at its stream time
     ask(page, "What happened at the start?")
     page.wait_for_selector("#chat >> text=first token", timeout=60000)
     assert "drew on" in page.inner_text("#chat")

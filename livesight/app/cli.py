@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="watch one or several sources, narrate, answer questions")
     run.add_argument("--source", action="append", required=True,
-                     help="video file, webcam:N, rtsp://..., http(s)://..., or synthetic[:static|quiet|shapes|busy|world]; "
+                     help="video file, webcam:N, rtsp://..., http(s)://..., or "
+                          "synthetic[:static|quiet|shapes|busy|world]; "
                           "repeat it to watch several at once, each a stream named for it (a file's stem, a URL's "
                           "last path part, webcam-N, synthetic-SCENE; -2, -3, ... if taken), which prefixes its "
                           "text lines and is its events' `stream`")
@@ -105,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
         "recall", help="accuracy on the synthetic world by the age of what is asked, per cache policy and compression"))
 
     from livesight.train import config as train_config
-    train_config.add_arguments(sub.add_parser("train", help="train toy-vlm, LiveSight's own small VLM, on the synthetic world"))
+    train_config.add_arguments(sub.add_parser(
+        "train", help="train toy-vlm, LiveSight's own small VLM, on the synthetic world"))
 
     synth = sub.add_parser("synth", help="write a synthetic video (moving shapes and a clock)")
     synth.add_argument("out", help="output file, e.g. clip.mp4")

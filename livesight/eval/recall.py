@@ -143,7 +143,8 @@ def markdown(result: dict) -> str:
              f"{sum(result['questions'].values())} four-option questions ("
              + ", ".join(f"{n}: {result['questions'][n]}" for n in names) + "); narration "
              f"{'on' if c['narrate'] else 'off'}; window {c['window']:g} s. Accuracy by the fact's age (robust: the "
-             f"option the reply names, by letter or text; strict scores are in recall.json; chance: 0.25).", "", "| policy | compression | " + " | ".join(names) + " | errors |",
+             f"option the reply names, by letter or text; strict scores are in recall.json; chance: 0.25).", "",
+             "| policy | compression | " + " | ".join(names) + " | errors |",
              "|---|---|" + "---|" * (len(names) + 1)]
     for r in result["runs"]:
         if not r["fits"]:

@@ -5,6 +5,7 @@ task is accuracy by age; the file's rows also carry `age_s`, `fact_second` and w
 
     python -m livesight.eval.recall_set OUT --videos 4 --seconds 600 --per-video 40 [--seed 0]
     livesight eval vqa --data OUT/questions.jsonl --videos OUT/videos --out OUT/results --model …
+    livesight eval streamingbench --data OUT/streamingbench.json --videos OUT/videos …  (the same questions)
 """
 
 import argparse
@@ -50,10 +51,26 @@ def write_set(folder: str, videos: int = 4, seconds: int = 600, per_video: int =
                              "age_s": q["age_s"], "fact_second": q["fact_second"], "asked": q["task"]})
     with open(os.path.join(folder, "questions.jsonl"), "w") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)
+    with open(os.path.join(folder, "streamingbench.json"), "w") as f:
+        json.dump(streamingbench_entries(rows), f, indent=1)
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["task"]] = counts.get(row["task"], 0) + 1
     return counts
+
+
+def streamingbench_entries(rows: list[dict]) -> list[dict]:
+    """The same questions in StreamingBench's GitHub JSON layout (an entry per video, its questions with
+    task_type, time_stamp HH:MM:SS, lettered options and the answer's letter), for `livesight eval
+    streamingbench`."""
+    entries: dict[str, list] = {}
+    for row in rows:
+        h, rest = divmod(int(row["time"]), 3600)
+        entries.setdefault(row["video"], []).append({
+            "task_type": row["task"], "question": row["question"],
+            "time_stamp": f"{h:02d}:{rest // 60:02d}:{rest % 60:02d}",
+            "options": [f"{letter}. {o}" for letter, o in zip("ABCD", row["options"])], "answer": row["answer"]})
+    return [{"video_path": video, "questions": questions} for video, questions in entries.items()]
 
 
 def main() -> None:

@@ -111,13 +111,21 @@ def check_fits(config, device: str, dtype: torch.dtype, name: str) -> None:
 @contextlib.contextmanager
 def loading(name: str, device: str):
     """Say on stderr that a model is loading and when it is done: a 7B model takes a while, and the
-    first thing a user sees should not be silence. tiny-random loads in a second, quietly."""
-    if name == "tiny-random":
-        yield
-        return
-    with progress(1, f"loading {name} on {device}", unit="model", every_s=math.inf) as shown:
-        yield
-        shown.update()
+    first thing a user sees should not be silence. tiny-random and toy-vlm load in a second, quietly.
+    transformers' own per-tensor progress bar stays off meanwhile (this line says it once)."""
+    from transformers.utils import logging as hf_logging
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        if name in ("tiny-random", TOY_VLM):
+            yield
+            return
+        with progress(1, f"loading {name} on {device}", unit="model", every_s=math.inf) as shown:
+            yield
+            shown.update()
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
 def _random_model(name: str, device: str, dtype: torch.dtype) -> LoadedModel:
@@ -130,11 +138,12 @@ def _random_model(name: str, device: str, dtype: torch.dtype) -> LoadedModel:
     return LoadedModel(model.eval(), build_byte_tokenizer(), name, max_pixels=max_pixels)
 
 
-OFFLINE_OPTIONS = ("Offline options: --model toy-vlm | tiny-random | random-3b | random-7b, or --model PATH to a local folder "
+OFFLINE_OPTIONS = ("Offline options: --model toy-vlm | tiny-random | random-3b | random-7b, or --model PATH to a local "
+                   "folder "
                    "with a Qwen2.5-VL checkpoint (config.json, *.safetensors, tokenizer files)")
 
 
-def _pretrained(spec: str, device: str, dtype: torch.dtype) -> LoadedModel:
+def _pretrained(spec: str, device: str, dtype: torch.dtype, name: str | None = None) -> LoadedModel:
     local = os.path.isdir(spec)
     try:
         try:  # a folder, or a hub id already in the local cache: no network
@@ -144,7 +153,7 @@ def _pretrained(spec: str, device: str, dtype: torch.dtype) -> LoadedModel:
             log.warning("downloading %s from the model hub", spec)
             config = AutoConfig.from_pretrained(spec)
         check_fits(config, device, dtype, spec)
-        with loading(spec, device):
+        with loading(name or spec, device):
             model = Qwen2_5_VLForConditionalGeneration.from_pretrained(spec, dtype=dtype, device_map=device)
         tokenizer = AutoTokenizer.from_pretrained(spec)
     except (OSError, ValueError) as err:
@@ -218,7 +227,7 @@ def load_model(spec: str, device: str = "cpu", dtype: torch.dtype | None = None)
         if not os.path.exists(os.path.join(TOY_VLM_FOLDER, "model.safetensors")):
             raise InputError(f"toy-vlm's weights are not in {TOY_VLM_FOLDER}: train them with `livesight train toy` "
                              f"(on a GPU), or use --model tiny-random")
-        return _pretrained(TOY_VLM_FOLDER, device, dtype)
+        return _pretrained(TOY_VLM_FOLDER, device, dtype, TOY_VLM)
     if os.path.isdir(spec) or ("/" in spec and not os.path.exists(spec) and not spec.startswith((".", "/"))):
         return _pretrained(spec, device, dtype)
     raise InputError(f"unknown model '{spec}': use toy-vlm, tiny-random, random-3b, random-7b, a folder with a "

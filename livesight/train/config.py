@@ -55,7 +55,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--init", default=None, metavar="FOLDER",
                         help="start from this saved model (an earlier stage's --out), not from --seed's initialization "
                              "(default: from the seed)")
-    parser.add_argument("--device", default="auto", help="cuda, cpu or auto (default %(default)s: a GPU if there is one)")
+    parser.add_argument("--device", default="auto",
+                        help="cuda, cpu or auto (default %(default)s: a GPU if there is one)")
     for name, kind, text in (("seed", int, "the initialization's and the data's seed"), ("steps", int, "steps in all"),
                              ("batch", int, "samples per step"), ("lr", float, "peak learning rate"),
                              ("warmup", int, "warm-up steps"), ("minutes", float, "this run's time budget; "

@@ -49,7 +49,8 @@ def render_bank(seeds: list[int], seconds: int, device: str, max_pixels: int, so
     per = int(fps)
     frames = torch.empty(len(seeds), seconds * per, 3, *size, dtype=torch.uint8, device=device)
     changed = torch.empty(len(seeds), seconds, (size[0] // cell) * (size[1] // cell), dtype=torch.bool)
-    tasks = [(i, s, start, min(SPAN_S, seconds - start)) for i, s in enumerate(seeds) for start in range(0, seconds, SPAN_S)]
+    tasks = [(i, s, start, min(SPAN_S, seconds - start))
+             for i, s in enumerate(seeds) for start in range(0, seconds, SPAN_S)]
     with ThreadPoolExecutor(workers) as pool:
         # each span but the first starts a chunk early: the chunk before its first, to tell what changed
         spans = pool.map(lambda task: _render(task[1], max(task[2] - 1, 0), task[3] + (task[2] > 0), fps, source),

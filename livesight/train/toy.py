@@ -75,7 +75,8 @@ class Trainer:
     def save_checkpoint(self) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(self.cfg.checkpoint)), exist_ok=True)
         staging = self.cfg.checkpoint + ".part"
-        torch.save({"model": self.model.state_dict(), "probes": self.probes.state_dict(), "optimizer": self.opt.state_dict(), "log_tau": self.log_tau,
+        torch.save({"model": self.model.state_dict(), "probes": self.probes.state_dict(),
+                    "optimizer": self.opt.state_dict(), "log_tau": self.log_tau,
                     "step": self.step, "history": self.history, "config": asdict(self.cfg)}, staging)
         os.replace(staging, self.cfg.checkpoint)
 

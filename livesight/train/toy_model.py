@@ -1,8 +1,8 @@
 """toy-vlm: a Qwen2.5-VL of a few million parameters that LiveSight trains on its synthetic world.
 
 Same architecture as the real models (so the same adapter, kernels and tests serve it), with the
-byte tokenizer of tiny-random and a small frame size (168 x 308 from a 16:9 source: 66 tokens per 1-s chunk) at which the
-world's clock, shapes and large print stay readable. Every vision block attends fully within its
+byte tokenizer of tiny-random and a small frame size (168 x 308 from a 16:9 source: 66 tokens per 1-s
+chunk) at which the world's clock, shapes and large print stay readable. Every vision block attends fully within its
 frame pair (no window attention), which training runs as one batched attention over equal chunks.
 """
 

@@ -51,3 +51,30 @@ def test_settings_are_the_matrix_cells():
 def test_unknown_settings_are_named(tmp_path, capsys):
     assert main(["bench", "recall", "--policies", "window,everything", "--out", str(tmp_path)]) == 2
     assert "--policies window,everything: use some of dense" in capsys.readouterr().err
+
+
+def test_bench_recall_scores_a_scripted_model_exactly(tmp_path, monkeypatch):
+    """The engine runs; its answers are replaced by a script that knows the set: the right option's text
+    for the questions inside the window, a wrong letter for the older ones. The bench reports exactly
+    that: robust 1 and strict 0 inside, 0 and 0 outside."""
+    import re
+
+    from livesight.eval import engine as eval_engine
+    out, real_ask = tmp_path / "recall", eval_engine.VideoPass.ask
+
+    def scripted(self, prompt, max_tokens):
+        reply = real_ask(self, prompt, max_tokens)
+        rows = [json.loads(line) for line in (out / "set" / "questions.jsonl").read_text().splitlines()]
+        row = {r["question"]: r for r in rows}[re.search(r"Question: (.*)\n\nOptions:", prompt).group(1)]
+        inside = row["task"] == "age 0-16 s"
+        reply["text"] = row["options"]["ABCD".index(row["answer"])] if inside else \
+            next(letter for letter in "ABCD" if letter != row["answer"])
+        return reply
+
+    monkeypatch.setattr(eval_engine.VideoPass, "ask", scripted)
+    assert main(["bench", "recall", "--device", "cpu", "--model", "tiny-random", "--videos", "1", "--seconds", "60",
+                 "--per-video", "8", "--policies", "window", "--compression", "off", "--out", str(out)]) == 0
+    buckets = json.loads((out / "recall.json").read_text())["runs"][0]["buckets"]
+    assert set(buckets) == {"age 0-16 s", "age 16 s-2 min"}
+    assert (buckets["age 0-16 s"]["accuracy"], buckets["age 0-16 s"]["strict"]) == (1.0, 0.0)
+    assert (buckets["age 16 s-2 min"]["accuracy"], buckets["age 16 s-2 min"]["strict"]) == (0.0, 0.0)

@@ -71,16 +71,20 @@ def build_byte_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def random_config(name: str) -> Qwen2_5_VLConfig:
-    """The config of a random-weight model; special token ids match `build_byte_tokenizer`."""
-    ids = {t: 256 + i for i, t in enumerate(SPECIAL_TOKENS)}
+    """The config of a random-weight model."""
     text = _TINY_TEXT if name == "tiny-random" else _TEXT_REAL[name]
-    vision = _TINY_VISION if name == "tiny-random" else _VISION_REAL
+    return qwen_vl_config(text, _TINY_VISION if name == "tiny-random" else _VISION_REAL, 128000)
+
+
+def qwen_vl_config(text: dict, vision: dict, max_positions: int) -> Qwen2_5_VLConfig:
+    """A Qwen2.5-VL config from its text and vision sizes; special token ids match `build_byte_tokenizer`."""
+    ids = {t: 256 + i for i, t in enumerate(SPECIAL_TOKENS)}
     head_dim = text["hidden_size"] // text["num_attention_heads"]
     section = [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]  # [16, 24, 24] at head_dim 128
     section[0] += head_dim // 2 - sum(section)
     return Qwen2_5_VLConfig(
         text_config=dict(text, rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": section},
-                         max_position_embeddings=128000, rms_norm_eps=1e-6, bos_token_id=ids["<|endoftext|>"],
+                         max_position_embeddings=max_positions, rms_norm_eps=1e-6, bos_token_id=ids["<|endoftext|>"],
                          eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
         vision_config=dict(vision, out_hidden_size=text["hidden_size"]),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],

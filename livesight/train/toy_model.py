@@ -14,7 +14,7 @@ from transformers import AttentionInterface, Qwen2_5_VLConfig, Qwen2_5_VLForCond
 
 from livesight.kernels.attention import segment_attention
 from livesight.kernels.varlen_attention import segments_of
-from livesight.streaming.models import CLIP_MEAN, CLIP_STD, SPECIAL_TOKENS, build_byte_tokenizer
+from livesight.streaming.models import CLIP_MEAN, CLIP_STD, build_byte_tokenizer, qwen_vl_config
 
 MAX_PIXELS = 168 * 336  # a 640 x 360 source is fit into 168 x 308: 6 x 11 = 66 tokens per chunk
 SOURCE_SIZE = (360, 640)  # (height, width) of the world's frames in training, as `livesight synth` writes them
@@ -27,19 +27,7 @@ TRAIN_VISION_ATTENTION = "livesight_flash_train"  # "flash" in the name: the tow
 
 
 def toy_config() -> Qwen2_5_VLConfig:
-    ids = {t: 256 + i for i, t in enumerate(SPECIAL_TOKENS)}
-    head_dim = TEXT["hidden_size"] // TEXT["num_attention_heads"]
-    section = [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]
-    section[0] += head_dim // 2 - sum(section)
-    return Qwen2_5_VLConfig(
-        text_config=dict(TEXT, rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": section},
-                         max_position_embeddings=32768, rms_norm_eps=1e-6, bos_token_id=ids["<|endoftext|>"],
-                         eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
-        vision_config=dict(VISION, out_hidden_size=TEXT["hidden_size"]),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
-    )
+    return qwen_vl_config(TEXT, VISION, 32768)
 
 
 def new_model(seed: int) -> Qwen2_5_VLForConditionalGeneration:

@@ -30,7 +30,6 @@ class Batch:
     ids: torch.Tensor  # (B, L): vision tokens as -(1 + slot * grid_tokens + row), slots over the whole batch
     pos: torch.Tensor  # (3, B, L)
     weight: torch.Tensor  # (B, L)
-    mask: torch.Tensor  # (B, L) 1 where a token is
     chunks: torch.Tensor  # (slots, 2): (world index, second)
     spans: list[list[tuple[int, int]]]  # per sample, its slots' token spans, in the batch's slot order
     probes: list[tuple[int, int] | None]
@@ -62,18 +61,17 @@ def collate(layouts: list[Layout], grid_tokens: int, pad_id: int, worlds: list[W
     ids = torch.full((len(layouts), n), pad_id, dtype=torch.int64)
     pos = torch.zeros(3, len(layouts), n, dtype=torch.int64)
     weight = torch.zeros(len(layouts), n)
-    mask = torch.zeros(len(layouts), n, dtype=torch.int64)
     answer_at = torch.full((len(layouts),), -1)
     chunks, offset = [], 0
     for b, lay in enumerate(layouts):
         k = len(lay.ids)
         ids[b, :k] = torch.where(lay.ids < 0, lay.ids - offset * grid_tokens, lay.ids)
-        pos[:, b, :k], weight[b, :k], mask[b, :k] = lay.pos, lay.weight, 1
+        pos[:, b, :k], weight[b, :k] = lay.pos, lay.weight
         if lay.probe is not None:
             answer_at[b] = lay.probe[1]
         chunks += lay.chunks
         offset += len(lay.chunks)
-    return Batch(ids, pos, weight, mask, torch.tensor(chunks, dtype=torch.int64),
+    return Batch(ids, pos, weight, torch.tensor(chunks, dtype=torch.int64),
                  [lay.spans for lay in layouts], [lay.probe for lay in layouts], [lay.target for lay in layouts],
                  answer_at, torch.tensor([labels(worlds[w], s) for w, s in chunks], dtype=torch.int64))
 

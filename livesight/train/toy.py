@@ -1,10 +1,13 @@
 """`livesight train toy`: train toy-vlm on the synthetic world, in runs that resume from a checkpoint.
 
-Each step draws a batch of samples (plans.py says what a sample holds) from the training worlds
+Each step draws a batch of samples (batches.py says what a sample holds) from the training worlds
 (seeds TRAIN_SEED_BASE and up; evaluation sets use seeds below it), lays each out as the engine would
 (layouts.py), runs the tower on every chunk's frames and the language model over the sequences, and
 minimizes, with AdamW:
-- the cross-entropy of the narrations and answers (answer letters weighted up);
+- the cross-entropy of the narrations and answers (answers weighted up);
+- a linear read-out of each chunk's tower tokens predicting what it shows (batches.labels), training
+  only, and a bound on the tokens' scale: without them the tower's tokens grew a thousandfold and all
+  looked alike to the language model;
 - a retrieval loss: for a question about a past second, the engine scores every offloaded block by
   its mean key against the question's mean query (kernels/retrieval.py); the block of that second
   must score highest among the sample's blocks, in every layer.
@@ -28,6 +31,7 @@ from livesight.train.config import TRAIN_SEED_BASE, TrainConfig
 from livesight.train.frames import render_bank
 from livesight.train.toy_model import MAX_PIXELS, SOURCE_SIZE, new_model, save
 from livesight.vision.preprocess import fit_size, to_patches
+
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
     """Linear warm-up, then a cosine down to a tenth."""
@@ -110,14 +114,14 @@ class Trainer:
         text_loss = (losses * weight[where]).sum() / weight[where].sum()
         answers = batch.answer_at.to(device)  # (B,) the first answer's first token, -1: none
         asked = answers >= 0
-        letter_right = torch.zeros(())
+        first_right = torch.zeros(())
         if bool(asked.any()):
             at = answers[asked]
             predicted = model.lm_head(hidden[asked.nonzero().squeeze(1), at - 1]).argmax(-1)
-            letter_right = (predicted == ids[asked.nonzero().squeeze(1), at]).float().mean()
+            first_right = (predicted == ids[asked.nonzero().squeeze(1), at]).float().mean()
         retrieval, top1 = self.retrieval_loss(batch)
         return {"loss": text_loss + self.cfg.retrieval_weight * retrieval + label_loss + scale_loss, "text": text_loss,
-                "retrieval": retrieval, "labels": label_loss, "vision_rms": scale.mean(), "answer_acc": letter_right,
+                "retrieval": retrieval, "labels": label_loss, "vision_rms": scale.mean(), "answer_acc": first_right,
                 "retrieval_top1": top1}
 
     def retrieval_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -62,11 +62,13 @@ def run_lockstep(tiny, config, num_chunks, questions=()):
     reference = Reference(tiny)
     real_forward = adapter.forward
     log = {"steps": 0, "max_err": 0.0, "moved": 0, "answers": [], "max_retrieved": 0, "logits": []}
+    stream = {}  # the session, once built: its stepper numbers the step's tokens
 
     def checked_forward(embeds, positions, cache, all_logits=False):
         table = cache.table
         kept_seq, kept_pos = table.seq.clone(), table.pos.clone()
-        seq0 = int(table.seq.max()) + 1 if len(table) else 0
+        # not the table's last index + 1: tokens decoded past a stop token are taken back, their indices not
+        seq0 = stream["session"].stepper.next_seq if stream else 0
         new_seq = torch.arange(seq0, seq0 + embeds.shape[0])
         expected = reference.step(kept_seq, kept_pos, embeds.float(), new_seq, positions)
         got = real_forward(embeds, positions, cache, all_logits=True)
@@ -78,7 +80,7 @@ def run_lockstep(tiny, config, num_chunks, questions=()):
         return got if all_logits else got[-1]
 
     adapter.forward = checked_forward
-    session = Session(adapter, config, (180, 320))
+    session = stream["session"] = Session(adapter, config, (180, 320))
     first_pos = {}
     for chunk in make_chunks(num_chunks):
         session.add_chunk(chunk)

@@ -24,6 +24,12 @@ class CacheStepper:
         self.static: StaticStep | None = StaticStep(adapter, self.cache, graphs=True) if use_graphs else None
         self._pos = self._seq = self._group = 0
 
+    @property
+    def next_seq(self) -> int:
+        """The stream index the next step's first token gets: indices only grow, also past tokens taken
+        back (a truncation) or a pass rolled back (a probe reuses the indices of the step after it)."""
+        return self._seq
+
     def builder(self) -> StepBuilder:
         """A builder whose positions, stream indices and groups continue from the cache."""
         return StepBuilder(self._pos, self._seq, self._group)

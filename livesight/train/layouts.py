@@ -63,12 +63,12 @@ class LayoutMaker:
     def __init__(self, tokenizer, worlds: list[World], changed: torch.Tensor, config: SessionConfig,
                  grid: tuple[int, int, int], temporal_stride: int, answer_weight: float = 10.0,
                  choice_reply: str = "text"):
-        """choice_reply: what a question with options is answered with: "letter" (the option's letter, as
+        """changed: (worlds, seconds, cells) bool, the cells of each chunk that changed (frames.py).
+        choice_reply: what a question with options is answered with: "letter" (the option's letter, as
         StreamingBench asks) or "text" (the option's text, which the evaluator's robust score reads as
         its letter)."""
         assert choice_reply in ("letter", "text"), choice_reply
         self.choice_reply = choice_reply
-        """changed: (worlds, seconds, cells) bool, the cells of each chunk that changed (frames.py)."""
         self.tokenizer, self.worlds, self.changed, self.config = tokenizer, worlds, changed, config
         self.chat = qwen_chat_ids(tokenizer)
         self.system = self.chat.system(config.system_prompt)

@@ -19,6 +19,7 @@ from livesight.train.batches import LABELS, labels
 from livesight.train.config import TrainConfig
 from livesight.train.layouts import LayoutMaker, Plan
 from livesight.train.toy import run
+from livesight.train.toy_model import GRID, TEMPORAL_STRIDE
 from livesight.vision.world import World
 from livesight.vision.world_tasks import chunk_narration, question
 
@@ -62,7 +63,8 @@ def test_a_training_sequence_is_the_engine_cache_at_the_question():
     kept, step_pos = seen["question"]
     retrieved = [int(a) for a, _ in answer.data["retrieved"]]
     assert len(retrieved) == 2
-    maker = LayoutMaker(loaded.tokenizer, [world], torch.zeros(1, 60, 66, dtype=torch.bool), config, (1, 6, 11), 2)
+    maker = LayoutMaker(loaded.tokenizer, [world], torch.zeros(1, 60, 66, dtype=torch.bool), config, GRID,
+                        TEMPORAL_STRIDE)
     q["open"] = False
     layout = maker.make(Plan(0, now, False, retrieved, q, None), np.random.default_rng(0))
     end = layout.probe[1]

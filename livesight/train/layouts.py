@@ -69,7 +69,7 @@ class LayoutMaker:
         its letter)."""
         assert choice_reply in ("letter", "text"), choice_reply
         self.choice_reply = choice_reply
-        self.tokenizer, self.worlds, self.changed, self.config = tokenizer, worlds, changed, config
+        self.worlds, self.changed, self.config = worlds, changed, config
         self.chat = qwen_chat_ids(tokenizer)
         self.system = self.chat.system(config.system_prompt)
         self.grid, self.stride, self.grid_tokens = grid, temporal_stride, int(np.prod(grid))

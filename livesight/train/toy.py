@@ -29,8 +29,8 @@ from livesight.streaming.models import CLIP_MEAN, CLIP_STD, build_byte_tokenizer
 from livesight.train.batches import LABELS, Batch, BatchStream
 from livesight.train.config import TRAIN_SEED_BASE, TrainConfig
 from livesight.train.frames import render_bank
-from livesight.train.toy_model import MAX_PIXELS, SOURCE_SIZE, new_model, save
-from livesight.vision.preprocess import fit_size, to_patches
+from livesight.train.toy_model import GRID, MAX_PIXELS, SOURCE_SIZE, TEMPORAL_STRIDE, new_model, save
+from livesight.vision.preprocess import to_patches
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -52,8 +52,7 @@ class Trainer:
         self.log_tau = torch.zeros((), device=cfg.device, requires_grad=True)  # the retrieval loss's temperature
         # training only (not saved with the model): one linear read-out per label of each chunk's tokens, which
         # teaches the tower what the world shows from the first step on
-        height, width = fit_size(*SOURCE_SIZE, MAX_PIXELS, 28)
-        grid_tokens, hidden = (height // 28) * (width // 28), self.model.config.text_config.hidden_size
+        grid_tokens, hidden = math.prod(GRID), self.model.config.text_config.hidden_size
         self.probes = torch.nn.ModuleList([torch.nn.Linear(grid_tokens * hidden, n) for n in LABELS]).to(cfg.device)
         self.opt = torch.optim.AdamW([*self.model.parameters(), *self.probes.parameters(), self.log_tau], lr=cfg.lr,
                                      betas=(0.9, 0.95), weight_decay=0.01)
@@ -219,7 +218,8 @@ def run(cfg: TrainConfig, command: str) -> int:
         bank = render_bank(seeds, cfg.seconds, cfg.device, MAX_PIXELS, SOURCE_SIZE, workers=max(cfg.workers, 1))
         print(f"rendered {len(seeds)} worlds x {cfg.seconds} s in {time.perf_counter() - t0:.1f} s", flush=True)
         stream = BatchStream(build_byte_tokenizer(), seeds, bank.changed, SessionConfig(), cfg.seed, cfg.batch,
-                             cfg.steps, cfg.workers, cfg.questions, cfg.choice_reply, cfg.raw_share)
+                             cfg.steps, cfg.workers, GRID, TEMPORAL_STRIDE, cfg.questions, cfg.choice_reply,
+                             cfg.raw_share)
         finished = trainer.train(stream, bank)
     record = trainer.finish(command)
     print(f"wrote {cfg.out} at step {trainer.step} of {cfg.steps} (model.safetensors sha256 {record['sha256'][:16]}…)")

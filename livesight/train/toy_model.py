@@ -15,9 +15,14 @@ from transformers import AttentionInterface, Qwen2_5_VLConfig, Qwen2_5_VLForCond
 from livesight.kernels.attention import segment_attention
 from livesight.kernels.varlen_attention import segments_of
 from livesight.streaming.models import CLIP_MEAN, CLIP_STD, build_byte_tokenizer, qwen_vl_config
+from livesight.vision.preprocess import fit_size
 
 MAX_PIXELS = 168 * 336  # a 640 x 360 source is fit into 168 x 308: 6 x 11 = 66 tokens per chunk
 SOURCE_SIZE = (360, 640)  # (height, width) of the world's frames in training, as `livesight synth` writes them
+MERGED = 28  # pixels per language-model token's side: patch 14 x spatial merge 2
+FRAME_SIZE = fit_size(*SOURCE_SIZE, MAX_PIXELS, MERGED)  # (168, 308)
+GRID = (1, FRAME_SIZE[0] // MERGED, FRAME_SIZE[1] // MERGED)  # one 1-s chunk at 2 fps: (1, 6, 11) tokens
+TEMPORAL_STRIDE = 2  # M-RoPE temporal positions between chunks at 2 fps (tokens_per_second 2 x temporal patch 2 / 2)
 TEXT = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
             num_key_value_heads=2, vocab_size=288, tie_word_embeddings=False)
 VISION = dict(depth=4, hidden_size=128, intermediate_size=384, num_heads=4, patch_size=14, spatial_merge_size=2,

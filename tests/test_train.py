@@ -109,3 +109,21 @@ def test_labels_are_what_both_frames_show():
     row = labels(world, 754)
     assert len(row) == len(LABELS) and all(-100 <= v < n for v, n in zip(row, LABELS))
     assert row[1:5] == [1, 2, 3, 4]  # the clock reads 12:34 on both frames
+
+
+def test_bad_paths_are_named_before_any_work(tmp_path, capsys):
+    """Every path is checked first (a run must not train for minutes, then fail to save), and a file that
+    is not this command's checkpoint is refused, never unpickled."""
+    from livesight.app.cli import main
+    stranger = tmp_path / "not-a-checkpoint.pt"
+    stranger.write_bytes(b"not a torch file")
+    (tmp_path / "file").write_text("")
+    cases = [(["--init", str(tmp_path / "nothing")], "--init"), (["--out", str(tmp_path / "file" / "x")], "--out"),
+             (["--checkpoint", str(stranger)], "is not a checkpoint"),
+             (["--checkpoint", str(tmp_path / "file" / "ck.pt")], "--checkpoint's folder")]
+    for flags, named in cases:
+        assert main(["train", "toy", "--device", "cpu", "--steps", "1", "--worlds", "1", "--seconds", "30",
+                     "--out", str(tmp_path / "out"), *flags]) == 2
+        err = capsys.readouterr().err
+        assert named in err and "Traceback" not in err, err
+    assert not (tmp_path / "out" / "model.safetensors").exists()

@@ -24,6 +24,8 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
+from livesight.errors import InputError
+from livesight.eval.output import writable_folder
 from livesight.streaming.config import SessionConfig
 from livesight.streaming.models import CLIP_MEAN, CLIP_STD, build_byte_tokenizer
 from livesight.train.batches import LABELS, Batch, BatchStream
@@ -58,9 +60,10 @@ class Trainer:
                                      betas=(0.9, 0.95), weight_decay=0.01)
         self.step, self.history = 0, []
         if os.path.exists(cfg.checkpoint):
-            state = torch.load(cfg.checkpoint, map_location=cfg.device, weights_only=False)
+            state = _checkpoint(cfg.checkpoint, cfg.device)
             if state["config"] != asdict(cfg) | {"minutes": state["config"]["minutes"]}:
-                raise ValueError(f"{cfg.checkpoint} was made with other settings: remove it or run with those")
+                raise InputError(f"--checkpoint {cfg.checkpoint} was made with other settings: remove it, give "
+                                 f"another path, or run with those")
             self.model.load_state_dict(state["model"])
             self.probes.load_state_dict(state["probes"])
             self.opt.load_state_dict(state["optimizer"])
@@ -229,7 +232,22 @@ def run(cfg: TrainConfig, command: str) -> int:
     return 0
 
 
+def _checkpoint(path: str, device: str) -> dict:
+    """A checkpoint this command wrote (tensors and plain values only: nothing in it runs), else InputError."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - unreadable, not a torch file, or holding other objects
+        raise InputError(f"--checkpoint {path} is not a checkpoint of `livesight train toy` ({type(err).__name__}): "
+                         f"remove it or give another path") from None
+    if not isinstance(state, dict) or not {"model", "probes", "optimizer", "log_tau", "step", "history",
+                                           "config"} <= set(state):
+        raise InputError(f"--checkpoint {path} is not a checkpoint of `livesight train toy`: remove it or give "
+                         f"another path")
+    return state
+
+
 def main(args) -> int:
+    """The command: every path checked before any work (a run must not train for minutes, then fail to save)."""
     import shlex
     import sys
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -239,6 +257,10 @@ def main(args) -> int:
                           questions=args.questions, init=args.init, choice_reply=args.choice_reply,
                           raw_share=args.raw_share)
     except ValueError as err:
-        from livesight.errors import InputError
         raise InputError(str(err)) from None
+    if cfg.init is not None and not os.path.isfile(os.path.join(cfg.init, "config.json")):
+        raise InputError(f"--init {cfg.init} is not a saved model's folder (config.json, model.safetensors): give "
+                         f"an earlier stage's --out")
+    writable_folder(cfg.out, "--out")
+    writable_folder(os.path.dirname(os.path.abspath(cfg.checkpoint)), "--checkpoint's folder")
     return run(cfg, "livesight " + " ".join(shlex.quote(a) for a in sys.argv[1:]))

@@ -13,13 +13,13 @@ from livesight.eval.streamingbench import CHOICE
 from livesight.kvcache import Segment
 from livesight.streaming.adapter import QwenVLAdapter
 from livesight.streaming.config import CompressionConfig, RetrievalConfig, SessionConfig
-from livesight.streaming.models import load_model
+from livesight.streaming.models import build_byte_tokenizer, load_model
 from livesight.streaming.session import Session
 from livesight.train.batches import LABELS, labels
 from livesight.train.config import TrainConfig
 from livesight.train.layouts import LayoutMaker, Plan
 from livesight.train.toy import run
-from livesight.train.toy_model import GRID, TEMPORAL_STRIDE
+from livesight.train.toy_model import GRID, TEMPORAL_STRIDE, WORDS, adopt_words, new_model, toy_tokenizer
 from livesight.vision.world import World
 from livesight.vision.world_tasks import chunk_narration, question
 
@@ -127,3 +127,27 @@ def test_bad_paths_are_named_before_any_work(tmp_path, capsys):
         err = capsys.readouterr().err
         assert named in err and "Traceback" not in err, err
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_answer_words_are_one_token_each_and_start_from_their_spelling():
+    """toy-vlm's tokenizer: each multi-byte answer word is one token, matched as a whole word only, and
+    text round-trips; a model trained on bytes alone gets those rows from the words' spelling, and no
+    other row changes."""
+    tokenizer, spell = toy_tokenizer(), build_byte_tokenizer()
+    text = "What colour? A. green\nB. maroon, considered steal STAR start 7"
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert tokenizer.decode(ids) == text
+    assert [tokenizer.decode([i]) for i in ids if i >= len(spell)] == ["green", "maroon", "STAR"]
+    assert len(ids) == len(spell.encode(text, add_special_tokens=False)) - (5 + 6 + 4) + 3
+    assert load_model("toy-vlm").tokenizer.encode(text, add_special_tokens=False) == ids  # shipped with it
+    model = new_model(0)
+    embed, head = model.get_input_embeddings().weight, model.lm_head.weight
+    before = embed.detach().clone(), head.detach().clone()
+    adopt_words(model)
+    rows = [tokenizer.convert_tokens_to_ids(w) for w in WORDS]
+    for word, row in zip(WORDS, rows):
+        letters = spell.encode(word, add_special_tokens=False)
+        assert torch.allclose(embed[row], before[0][letters].mean(0)) and torch.equal(head[row], before[1][letters[0]])
+    others = torch.ones(len(embed), dtype=torch.bool)
+    others[rows] = False
+    assert torch.equal(embed[others], before[0][others]) and torch.equal(head[others], before[1][others])

@@ -27,11 +27,12 @@ import torch
 from livesight.errors import InputError
 from livesight.eval.output import writable_folder
 from livesight.streaming.config import SessionConfig
-from livesight.streaming.models import CLIP_MEAN, CLIP_STD, build_byte_tokenizer
+from livesight.streaming.models import CLIP_MEAN, CLIP_STD
 from livesight.train.batches import LABELS, Batch, BatchStream
 from livesight.train.config import TRAIN_SEED_BASE, TrainConfig
 from livesight.train.frames import render_bank
-from livesight.train.toy_model import GRID, MAX_PIXELS, SOURCE_SIZE, TEMPORAL_STRIDE, new_model, save
+from livesight.train.toy_model import (GRID, MAX_PIXELS, SOURCE_SIZE, TEMPORAL_STRIDE, WORDS, adopt_words, new_model,
+                                       save, toy_tokenizer)
 from livesight.vision.preprocess import to_patches
 
 
@@ -48,9 +49,11 @@ class Trainer:
         self.cfg = cfg
         self.model = new_model(cfg.seed).to(cfg.device)
         if cfg.init is not None:  # transformers' loader reads a saved folder's names into the model's
-            from transformers import Qwen2_5_VLForConditionalGeneration
+            from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
             saved = Qwen2_5_VLForConditionalGeneration.from_pretrained(cfg.init, dtype=torch.float32)
             self.model.load_state_dict(saved.state_dict())
+            if WORDS[0] not in AutoTokenizer.from_pretrained(cfg.init).get_vocab():  # trained on bytes alone
+                adopt_words(self.model)
         self.log_tau = torch.zeros((), device=cfg.device, requires_grad=True)  # the retrieval loss's temperature
         # training only (not saved with the model): one linear read-out per label of each chunk's tokens, which
         # teaches the tower what the world shows from the first step on
@@ -220,7 +223,7 @@ def run(cfg: TrainConfig, command: str) -> int:
         seeds = list(range(TRAIN_SEED_BASE, TRAIN_SEED_BASE + cfg.worlds))
         bank = render_bank(seeds, cfg.seconds, cfg.device, MAX_PIXELS, SOURCE_SIZE, workers=max(cfg.workers, 1))
         print(f"rendered {len(seeds)} worlds x {cfg.seconds} s in {time.perf_counter() - t0:.1f} s", flush=True)
-        stream = BatchStream(build_byte_tokenizer(), seeds, bank.changed, SessionConfig(), cfg.seed, cfg.batch,
+        stream = BatchStream(toy_tokenizer(), seeds, bank.changed, SessionConfig(), cfg.seed, cfg.batch,
                              cfg.steps, cfg.workers, GRID, TEMPORAL_STRIDE, cfg.questions, cfg.choice_reply,
                              cfg.raw_share)
         finished = trainer.train(stream, bank)

@@ -1,21 +1,24 @@
 """toy-vlm: a Qwen2.5-VL of a few million parameters that LiveSight trains on its synthetic world.
 
 Same architecture as the real models (so the same adapter, kernels and tests serve it), with the
-byte tokenizer of tiny-random and a small frame size (168 x 308 from a 16:9 source: 66 tokens per 1-s
-chunk) at which the world's clock, shapes and large print stay readable. Every vision block attends fully within its
-frame pair (no window attention), which training runs as one batched attention over equal chunks.
+byte tokenizer of tiny-random plus a token for each of the world's answer words, and a small frame
+size (168 x 308 from a 16:9 source: 66 tokens per 1-s chunk) at which the world's clock, shapes and
+large print stay readable. Every vision block attends fully within its frame pair (no window
+attention), which training runs as one batched attention over equal chunks.
 """
 
 import json
 import os
 
 import torch
+from tokenizers import AddedToken
 from transformers import AttentionInterface, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from livesight.kernels.attention import segment_attention
 from livesight.kernels.varlen_attention import segments_of
 from livesight.streaming.models import CLIP_MEAN, CLIP_STD, build_byte_tokenizer, qwen_vl_config
 from livesight.vision.preprocess import fit_size
+from livesight.vision.world import BACKGROUNDS, COLOURS, TEXTS
 
 MAX_PIXELS = 168 * 336  # a 640 x 360 source is fit into 168 x 308: 6 x 11 = 66 tokens per chunk
 SOURCE_SIZE = (360, 640)  # (height, width) of the world's frames in training, as `livesight synth` writes them
@@ -28,11 +31,36 @@ TEXT = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_att
 VISION = dict(depth=4, hidden_size=128, intermediate_size=384, num_heads=4, patch_size=14, spatial_merge_size=2,
               temporal_patch_size=2, window_size=112, tokens_per_second=2, fullatt_block_indexes=[0, 1, 2, 3],
               hidden_act="silu")
+WORDS = tuple(w for w in (*COLOURS, *BACKGROUNDS, *TEXTS) if len(w) > 1)  # answers longer than a byte
 TRAIN_VISION_ATTENTION = "livesight_flash_train"  # "flash" in the name: the tower passes its varlen metadata
 
 
 def toy_config() -> Qwen2_5_VLConfig:
     return qwen_vl_config(TEXT, VISION, 32768)
+
+
+def toy_tokenizer():
+    """tiny-random's byte tokenizer plus one token per answer word of the world (WORDS, matched as whole
+    words only), in the vocabulary's spare rows: an answer is one decision, not a spelling that can go
+    wrong half-way ("oreen")."""
+    tokenizer = build_byte_tokenizer()
+    tokenizer.add_tokens([AddedToken(w, single_word=True) for w in WORDS])
+    if len(tokenizer) > TEXT["vocab_size"]:
+        raise AssertionError(f"{len(tokenizer)} tokens do not fit toy-vlm's vocabulary of {TEXT['vocab_size']}")
+    return tokenizer
+
+
+def adopt_words(model: Qwen2_5_VLForConditionalGeneration) -> None:
+    """Start the word tokens of a model trained on bytes alone from their spelling: a word's input
+    embedding is the mean of its bytes', its output row its first byte's (so it is first as likely as
+    the spelling it replaces)."""
+    tokenizer, spell = toy_tokenizer(), build_byte_tokenizer()
+    embed, head = model.get_input_embeddings().weight, model.lm_head.weight
+    with torch.no_grad():
+        for word in WORDS:
+            row, letters = tokenizer.convert_tokens_to_ids(word), spell.encode(word, add_special_tokens=False)
+            embed[row] = embed[letters].mean(0)
+            head[row] = head[letters[0]]
 
 
 def new_model(seed: int) -> Qwen2_5_VLForConditionalGeneration:
@@ -66,7 +94,7 @@ def save(model: Qwen2_5_VLForConditionalGeneration, folder: str) -> None:
     os.makedirs(folder, exist_ok=True)
     model.config.dtype = torch.bfloat16
     model.save_pretrained(folder, state_dict={k: v.to(torch.bfloat16) for k, v in model.state_dict().items()})
-    build_byte_tokenizer().save_pretrained(folder)
+    toy_tokenizer().save_pretrained(folder)
     with open(os.path.join(folder, "preprocessor_config.json"), "w") as f:
         json.dump({"image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD),
                    "max_pixels": MAX_PIXELS}, f, indent=1)

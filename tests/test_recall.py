@@ -1,7 +1,7 @@
 """`livesight bench recall` (a CPU smoke run on 2 minutes of the world with toy-vlm): per setting, the
 accuracy by age bucket is what `livesight eval vqa` reports for the same settings on the same set, and
 `livesight eval streamingbench` on the same questions in StreamingBench's layout (the bench measures the
-evaluator's engine, nothing else); every cell of the matrix is run or says why not; the outputs are
+evaluator's engine, nothing else), run one setting after another or several at once; every cell of the matrix is run or says why not; the outputs are
 written."""
 
 import json
@@ -12,10 +12,13 @@ from livesight.eval.recall import setting
 
 def test_bench_recall_equals_the_evaluator_on_its_own_set(tmp_path, capsys):
     out = tmp_path / "recall"
-    assert main(["bench", "recall", "--device", "cpu", "--videos", "1", "--seconds", "120", "--per-video", "6",
-                 "--window", "4", "--policies", "window,retrieval-4", "--compression", "off,prune-0.5",
-                 "--out", str(out)]) == 0
+    flags = ["bench", "recall", "--device", "cpu", "--videos", "1", "--seconds", "120", "--per-video", "6",
+             "--window", "4", "--policies", "window,retrieval-4", "--compression", "off,prune-0.5"]
+    assert main(flags + ["--out", str(out)]) == 0
     result = json.loads((out / "recall.json").read_text())
+    # the settings run in two processes at once: the same rows, in the same order
+    assert main(flags + ["--jobs", "2", "--out", str(tmp_path / "at-once")]) == 0
+    assert json.loads((tmp_path / "at-once" / "recall.json").read_text())["runs"] == result["runs"]
     assert result["finished"] and [(r["policy"], r["compression"]) for r in result["runs"]] == [
         ("window", "off"), ("window", "prune-0.5"), ("retrieval-4", "off"), ("retrieval-4", "prune-0.5")]
     assert all(r["fits"] and r["errors"] == 0 for r in result["runs"])

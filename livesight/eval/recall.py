@@ -9,13 +9,19 @@ Policies: dense (the window holds the whole video; only while it fits), sink + w
 retrieval (top-k 4, 8, 16). Compression: off, reuse, reuse + pruning at keep ratios 1.0, 0.5, 0.25.
 Narration is off by default, so kept text cannot answer for the vision path (--narrate turns it on).
 
-    livesight bench recall [--model toy-vlm] [--videos 2] [--seconds 120] [--per-video 16] [--out DIR]
+    livesight bench recall [--model toy-vlm] [--videos 2] [--seconds 120] [--per-video 16] [--jobs 1] [--out DIR]
+
+With --jobs N the cells run in N processes at once (each loads the model once): a small model leaves
+the GPU idle, and one process per cell keeps the machine's cores busy instead.
 """
 
 import argparse
 import dataclasses
+import functools
+import multiprocessing
 import os
 import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 from livesight.errors import InputError
 from livesight.eval import report
@@ -47,6 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compression", default=",".join(COMPRESSIONS),
                         help=f"comma-separated, of {', '.join(COMPRESSIONS)} (default: all)")
     parser.add_argument("--narrate", action="store_true", help="narrate each chunk (default: off)")
+    parser.add_argument("--jobs", type=Bound(int, 1, 256), default=1,
+                        help="settings run at once, each in a process of its own (default %(default)s)")
     parser.add_argument("--out", default="out/recall",
                         help="folder for the set and the results (default %(default)s)")
 
@@ -81,46 +89,72 @@ def main(args) -> int:
 
 def measure(args, policies, compressions) -> dict:
     from livesight.eval import vqa
-    from livesight.eval.engine import VideoEngine
-    from livesight.eval.runner import evaluate
-    from livesight.streaming.adapter import load_adapter
-    from livesight.streaming.options import resolve_device
     folder = os.path.join(args.out, "set")
     counts = write_set(folder, args.videos, args.seconds, args.per_video, args.seed)
     questions = vqa.load(os.path.join(folder, "questions.jsonl"))
-    adapter = load_adapter(args.model, resolve_device(args.device))
-    longest = max(len(adapter.tokenizer.encode(q.prompt, add_special_tokens=False)) for q in questions)
     result = {"config": {k: v for k, v in vars(args).items() if k in ("model", "videos", "seconds", "per_video",
                                                                       "seed", "window", "narrate")},
               "questions": counts, "runs": [], "finished": False}
     cells = [(p, c) for p in policies for c in compressions]
     with progress(len(cells), "bench recall", unit="settings", every_s=0) as bar:
-        for policy, compression in cells:
-            bar.describe(f"{policy}, compression {compression}")
-            config = setting(policy, compression, args.seconds, args.window, args.narrate)
-            config = dataclasses.replace(config, max_question_tokens=max(config.max_question_tokens, longest))
-            run = {"policy": policy, "compression": compression}
-            try:  # dense: the whole video in one window must fit the device (the engine checks)
-                engine = VideoEngine(adapter, config, 1)
-            except InputError as err:
-                result["runs"].append(run | {"fits": False, "error": str(err).splitlines()[0]})
-                bar.update()
-                continue
-            records: list[dict] = []
-            try:
-                evaluate(questions, engine, os.path.join(folder, "videos"), records.append, "stream", None,
-                         ANSWER_TOKENS)
-            finally:
-                engine.close()
-            result["runs"].append(run | {"fits": True} | accuracy(records))
-            print(f"{policy}, compression {compression}: " + ", ".join(
-                f"{name} {a['accuracy']}" for name, a in result["runs"][-1]["buckets"].items()), file=sys.stderr)
+        def done(run: dict) -> None:
+            result["runs"] = sorted(result["runs"] + [run], key=lambda r: cells.index((r["policy"], r["compression"])))
+            if run["fits"]:
+                print(f"{run['policy']}, compression {run['compression']}: " + ", ".join(
+                    f"{name} {a['accuracy']}" for name, a in run["buckets"].items()), file=sys.stderr)
             report.save(args.out, "recall", result, markdown(result))
             bar.update()
+
+        if args.jobs == 1:
+            for policy, compression in cells:
+                bar.describe(f"{policy}, compression {compression}")
+                done(run_cell(args, questions, policy, compression))
+        else:
+            threads = max(1, (os.cpu_count() or 1) // args.jobs)
+            with ProcessPoolExecutor(min(args.jobs, len(cells)), multiprocessing.get_context("spawn"),
+                                     initializer=_worker, initargs=(threads,)) as pool:
+                running = [pool.submit(run_cell, args, questions, p, c) for p, c in cells]
+                for future in as_completed(running):
+                    done(future.result())
     result["finished"] = True
     report.save(args.out, "recall", result, markdown(result))
     plot(result, os.path.join(args.out, "recall.png"))
     return result
+
+
+def _worker(threads: int) -> None:
+    import torch
+    torch.set_num_threads(threads)
+
+
+@functools.lru_cache(maxsize=1)
+def _adapter(model: str, device: str):
+    """The model, loaded once per process."""
+    from livesight.streaming.adapter import load_adapter
+    from livesight.streaming.options import resolve_device
+    return load_adapter(model, resolve_device(device))
+
+
+def run_cell(args, questions, policy: str, compression: str) -> dict:
+    """One setting over the whole set -> its row of recall.json."""
+    from livesight.eval.engine import VideoEngine
+    from livesight.eval.runner import evaluate
+    adapter = _adapter(args.model, args.device)
+    longest = max(len(adapter.tokenizer.encode(q.prompt, add_special_tokens=False)) for q in questions)
+    config = setting(policy, compression, args.seconds, args.window, args.narrate)
+    config = dataclasses.replace(config, max_question_tokens=max(config.max_question_tokens, longest))
+    run = {"policy": policy, "compression": compression}
+    try:  # dense: the whole video in one window must fit the device (the engine checks)
+        engine = VideoEngine(adapter, config, 1)
+    except InputError as err:
+        return run | {"fits": False, "error": str(err).splitlines()[0]}
+    records: list[dict] = []
+    try:
+        evaluate(questions, engine, os.path.join(args.out, "set", "videos"), records.append, "stream", None,
+                 ANSWER_TOKENS)
+    finally:
+        engine.close()
+    return run | {"fits": True} | accuracy(records)
 
 
 def accuracy(records: list[dict]) -> dict:

@@ -1,8 +1,8 @@
 """`livesight bench recall` (a CPU smoke run on 2 minutes of the world with toy-vlm): per setting, the
 accuracy by age bucket is what `livesight eval vqa` reports for the same settings on the same set, and
 `livesight eval streamingbench` on the same questions in StreamingBench's layout (the bench measures the
-evaluator's engine, nothing else), run one setting after another or several at once; every cell of the matrix is run or says why not; the outputs are
-written."""
+evaluator's engine, nothing else), whether settings run one after another or several at once; every
+cell of the matrix is run or says why not; the outputs are written."""
 
 import json
 

@@ -3,14 +3,21 @@
 # worlds (2 videos x 60 questions, seed 10), every policy x compression setting, JOBS settings at once per length
 # (a small model leaves the GPU mostly idle; the cells' own work is what takes the time).
 #   bash scripts/gpu_bench_recall.sh      (MODEL=toy-vlm JOBS=8 LIMIT=480: seconds before what is done is returned)
+# The machine lacks decord (the evaluator reads videos with it): carry its wheel, which scripts/device_wheels.sh
+# puts in .whl/, and the script installs it.
 # Returns $OUT/recall-10min.tgz and $OUT/recall-60min.tgz (recall.json, .md, .png and the question sets, no videos)
 # and $OUT/bench-*.log; a length that ran out of time returns the settings it finished (recall.json "finished": false).
 set -uo pipefail
 PY=${PY:-python3}; JOBS=${JOBS:-8}; LIMIT=${LIMIT:-480}; MODEL=${MODEL:-toy-vlm}; DEVICE=${DEVICE:-cuda}
 OUT=${OUT:-out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH=$PWD OMP_NUM_THREADS=1
+if ls .whl/decord-*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/decord-*.whl || exit
+  export PYTHONPATH=/tmp/site
+fi
+$PY -c "import decord" || { echo "decord is missing: carry .whl/decord-*.whl (bash scripts/device_wheels.sh)"; exit 2; }
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} OMP_NUM_THREADS=1
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
-  echo "cores $(nproc)"
+  echo "cores $(nproc --all)"
   $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 } | tee "$OUT/gpu.txt"
 bench() {  # NAME VIDEOS SECONDS PER_VIDEO SEED

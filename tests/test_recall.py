@@ -81,3 +81,18 @@ def test_bench_recall_scores_a_scripted_model_exactly(tmp_path, monkeypatch):
     assert set(buckets) == {"age 0-16 s", "age 16 s-2 min"}
     assert (buckets["age 0-16 s"]["accuracy"], buckets["age 0-16 s"]["strict"]) == (1.0, 0.0)
     assert (buckets["age 16 s-2 min"]["accuracy"], buckets["age 16 s-2 min"]["strict"]) == (0.0, 0.0)
+
+
+def test_a_setting_whose_questions_failed_says_why():
+    """Errors are counted and the first one is named, in recall.json and under the table."""
+    from livesight.eval.recall import accuracy, markdown
+    failed = {"id": "w0-1", "benchmark": "vqa", "task": "age 0-16 s", "question": "What colour?", "options": ["A. red"],
+              "answer": "A", "error": "cannot read world_0.mp4: No module named 'decord'", "error_kind": "video"}
+    answered = {k: v for k, v in failed.items() if not k.startswith("error")} | {
+        "id": "w0-2", "group": "recall", "reply": "red", "score_strict": 0.0, "score_robust": 1.0, "latency_ms": 5.0}
+    row = accuracy([answered, failed, dict(failed, id="w0-3")])
+    assert row["errors"] == 2 and row["first_error"] == "video: cannot read world_0.mp4: No module named 'decord'"
+    result = {"config": {"model": "m", "videos": 1, "seconds": 60, "seed": 0, "window": 16.0, "narrate": False},
+              "questions": {"age 0-16 s": 3}, "runs": [{"policy": "window", "compression": "off", "fits": True} | row]}
+    assert "First error (window, off): video: cannot read world_0.mp4: No module named 'decord'" in markdown(result)
+    assert "first_error" not in accuracy([answered])

@@ -166,7 +166,13 @@ def accuracy(records: list[dict]) -> dict:
     ranked = sorted(tasks, key=lambda b: order.index(b) if b in order else len(order))
     return {"buckets": {name: {"n": tasks[name]["n"], "accuracy": round(tasks[name]["robust"] / 100, 3),
                                "strict": round(tasks[name]["strict"] / 100, 3)} for name in ranked},
-            "errors": sum(scores["errors"].values())}
+            "errors": sum(scores["errors"].values())} | _first_error(records)
+
+
+def _first_error(records: list[dict]) -> dict:
+    """The first failed question's error (kind: message), so a run whose every question failed says why."""
+    failed = next((r for r in records if r.get("error")), None)
+    return {} if failed is None else {"first_error": f"{failed['error_kind']}: {failed['error']}"}
 
 
 def markdown(result: dict) -> str:
@@ -187,6 +193,9 @@ def markdown(result: dict) -> str:
             continue
         cells = [str(r["buckets"][n]["accuracy"]) if n in r["buckets"] else "-" for n in names]
         lines.append(f"| {r['policy']} | {r['compression']} | " + " | ".join(cells) + f" | {r['errors']} |")
+    failed = next((r for r in result["runs"] if r.get("first_error")), None)
+    if failed is not None:
+        lines += ["", f"First error ({failed['policy']}, {failed['compression']}): {failed['first_error'][:300]}"]
     return "\n".join(lines) + "\n"
 
 

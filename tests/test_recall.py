@@ -96,3 +96,21 @@ def test_a_setting_whose_questions_failed_says_why():
               "questions": {"age 0-16 s": 3}, "runs": [{"policy": "window", "compression": "off", "fits": True} | row]}
     assert "First error (window, off): video: cannot read world_0.mp4: No module named 'decord'" in markdown(result)
     assert "first_error" not in accuracy([answered])
+
+
+def test_a_stopped_bench_goes_on_where_it_stopped(tmp_path, monkeypatch):
+    """Settings an earlier run into the same folder finished on the same set are kept and not run again;
+    a different set starts afresh."""
+    from livesight.eval import recall
+    ran, real = [], recall.run_cell
+    monkeypatch.setattr(recall, "run_cell", lambda args, qs, p, c: ran.append((p, c)) or real(args, qs, p, c))
+    flags = ["bench", "recall", "--device", "cpu", "--model", "tiny-random", "--videos", "1", "--seconds", "20",
+             "--per-video", "2", "--window", "4", "--out", str(tmp_path)]
+    assert main(flags + ["--policies", "window", "--compression", "off"]) == 0
+    first = json.loads((tmp_path / "recall.json").read_text())["runs"]
+    assert main(flags + ["--policies", "retrieval-4,window", "--compression", "off"]) == 0
+    runs = json.loads((tmp_path / "recall.json").read_text())["runs"]
+    assert ran == [("window", "off"), ("retrieval-4", "off")] and runs[0] == first[0]
+    assert [(r["policy"], r["compression"]) for r in runs] == [("window", "off"), ("retrieval-4", "off")]
+    assert main(flags + ["--policies", "window", "--compression", "off", "--per-video", "3"]) == 0
+    assert ran[-1] == ("window", "off")  # another set: run again

@@ -18,6 +18,7 @@ the GPU idle, and one process per cell keeps the machine's cores busy instead.
 import argparse
 import dataclasses
 import functools
+import json
 import multiprocessing
 import os
 import sys
@@ -95,17 +96,23 @@ def measure(args, policies, compressions) -> dict:
     result = {"config": {k: v for k, v in vars(args).items() if k in ("model", "videos", "seconds", "per_video",
                                                                       "seed", "window", "narrate")},
               "questions": counts, "runs": [], "finished": False}
-    cells = [(p, c) for p in policies for c in compressions]
+    result["runs"] = _finished_runs(args.out, result)
+    kept = {(r["policy"], r["compression"]) for r in result["runs"]}
+    if kept:
+        print(f"bench recall: {len(kept)} settings already in {args.out}/recall.json for this set: kept, not run again",
+              file=sys.stderr)
+    cells = [(p, c) for p in policies for c in compressions if (p, c) not in kept]
     with progress(len(cells), "bench recall", unit="settings", every_s=0) as bar:
         def done(run: dict) -> None:
-            result["runs"] = sorted(result["runs"] + [run], key=lambda r: cells.index((r["policy"], r["compression"])))
+            result["runs"] = sorted(result["runs"] + [run], key=lambda r: (POLICIES.index(r["policy"]),
+                                                                          COMPRESSIONS.index(r["compression"])))
             if run["fits"]:
                 print(f"{run['policy']}, compression {run['compression']}: " + ", ".join(
                     f"{name} {a['accuracy']}" for name, a in run["buckets"].items()), file=sys.stderr)
             report.save(args.out, "recall", result, markdown(result))
             bar.update()
 
-        if args.jobs == 1:
+        if args.jobs == 1 or len(cells) < 2:
             for policy, compression in cells:
                 bar.describe(f"{policy}, compression {compression}")
                 done(run_cell(args, questions, policy, compression))
@@ -120,6 +127,18 @@ def measure(args, policies, compressions) -> dict:
     report.save(args.out, "recall", result, markdown(result))
     plot(result, os.path.join(args.out, "recall.png"))
     return result
+
+
+def _finished_runs(out: str, result: dict) -> list[dict]:
+    """The settings an earlier run into `out` finished on this very set (same config and questions): a run
+    stopped by a time limit goes on where it stopped, and more settings can be added to a table."""
+    try:
+        with open(os.path.join(out, "recall.json")) as f:
+            earlier = json.load(f)
+    except (OSError, ValueError):
+        return []
+    same = earlier.get("config") == result["config"] and earlier.get("questions") == result["questions"]
+    return earlier.get("runs", []) if same else []
 
 
 def _worker(threads: int) -> None:

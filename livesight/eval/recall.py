@@ -224,10 +224,12 @@ def plot(result: dict, path: str) -> None:
     import matplotlib.pyplot as plt
     names = [name for _, _, name in BUCKETS if name in result["questions"]]
     fig, ax = plt.subplots(figsize=(9, 5))
+    colours, styles = plt.get_cmap("tab10").colors, ("-", "--", ":", "-.", (0, (1, 4)))  # by policy, by compression
     for r in result["runs"]:
         if r["fits"]:
             ax.plot(range(len(names)), [r["buckets"].get(n, {}).get("accuracy") for n in names], marker="o",
-                    label=f"{r['policy']}, {r['compression']}")
+                    color=colours[POLICIES.index(r["policy"])], markersize=4,
+                    linestyle=styles[COMPRESSIONS.index(r["compression"])], label=f"{r['policy']}, {r['compression']}")
     ax.axhline(0.25, color="gray", linewidth=0.8, linestyle="--")
     ax.set_xticks(range(len(names)), [n.removeprefix("age ") for n in names])
     ax.set_xlabel("age of the fact asked about")

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from livesight.streaming.adapter import load_adapter
+from livesight.models.registry import load_adapter
 from livesight.streaming.chunker import Chunk
 from livesight.streaming.config import CompressionConfig, RetrievalConfig, SessionConfig
 from livesight.streaming.engine import Engine
@@ -49,7 +49,7 @@ def sync(device) -> None:
 
 
 PHASES = {  # (module, owner, attribute): what --phases times, the device synchronized before and after each
-    "to_pixels": ("livesight.streaming.adapter", "QwenVLAdapter", "to_pixels"),
+    "to_pixels": ("livesight.models.qwen2_5_vl", "QwenVLAdapter", "to_pixels"),
     "reuse_plan": ("livesight.vision.encoder", "VisionEncoder", "plan"),
     "tower_pass": ("livesight.vision.encoder", None, "_full_outputs"),
     "after_full": ("livesight.vision.encoder", "VisionEncoder", "_after_full"),

@@ -6,9 +6,9 @@ import tempfile
 import time
 
 from livesight.app.live import LiveRun, RunRegistry
-from livesight.streaming.adapter import QwenVLAdapter
+from livesight.models.qwen2_5_vl import QwenVLAdapter
 from livesight.streaming.config import SessionConfig
-from livesight.streaming.models import load_model
+from livesight.models.loader import load_model
 from livesight.streaming.config import RetrievalConfig
 from livesight.vision.synthetic import write_video
 

@@ -11,10 +11,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from livesight.eval.speed import SpeedConfig
-from livesight.streaming.adapter import QwenVLAdapter
+from livesight.models.qwen2_5_vl import QwenVLAdapter
 from livesight.streaming.chunker import chunk_frames
 from livesight.streaming.config import CompressionConfig, SessionConfig
-from livesight.streaming.models import load_model
+from livesight.models.loader import load_model
 from livesight.streaming.config import RetrievalConfig
 from livesight.streaming.session import Session
 from livesight.vision.sources import SyntheticSource

@@ -13,8 +13,8 @@ import statistics
 import numpy as np
 import torch
 
-from livesight.streaming.adapter import QwenVLAdapter
-from livesight.streaming.models import load_model
+from livesight.models.qwen2_5_vl import QwenVLAdapter
+from livesight.models.loader import load_model
 from livesight.vision.encoder import VisionEncoder, _full_outputs
 from livesight.vision.synthetic import render
 

@@ -18,7 +18,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # a test's 
 
 @pytest.fixture(scope="session")
 def tiny():
-    from livesight.streaming.models import load_model
+    from livesight.models.loader import load_model
     return load_model("tiny-random")
 
 

@@ -6,7 +6,7 @@ import queue
 
 import psutil
 
-from livesight.streaming.adapter import QwenVLAdapter
+from livesight.models.qwen2_5_vl import QwenVLAdapter
 from livesight.streaming.chunker import chunk_frames
 from livesight.streaming.config import CompressionConfig, RetrievalConfig, SessionConfig
 from livesight.streaming.engine import Engine

@@ -204,7 +204,7 @@ def test_text_lines_name_their_stream_when_there_are_several(capsys):
 
 def test_a_bad_second_source_is_refused_before_anything_runs(capsys, monkeypatch):
     from livesight.app.cli import main
-    from livesight.streaming import adapter
+    from livesight.models import registry as adapter
     monkeypatch.setattr(adapter, "load_adapter", lambda *a: pytest.fail("the model loaded before the sources opened"))
     assert main(["run", "--source", "synthetic", "--source", "/nonexistent/clip.mp4"]) == 2
     out, err = capsys.readouterr()

@@ -9,7 +9,7 @@ from livesight.kernels import (chunk_attention, chunk_attention_reference, segme
                                segment_attention_reference, token_change, token_change_reference, token_novelty,
                                token_novelty_reference)
 from livesight.kvcache import Segment
-from livesight.streaming.adapter import QwenVLAdapter
+from livesight.models.qwen2_5_vl import QwenVLAdapter
 from livesight.streaming.config import CompressionConfig, SessionConfig
 from livesight.streaming.config import RetrievalConfig
 from livesight.streaming.session import Session

@@ -11,10 +11,10 @@ import torch
 
 from conftest import DEVICES, make_chunks
 from livesight.errors import InputError
-from livesight.streaming.adapter import QwenVLAdapter
+from livesight.models.qwen2_5_vl import QwenVLAdapter
 from livesight.streaming.config import CompressionConfig, RetrievalConfig, SessionConfig
 from livesight.streaming.engine import Engine
-from livesight.streaming.models import load_model
+from livesight.models.loader import load_model
 from livesight.streaming.session import Session
 from livesight.streaming.tokens import StepBuilder
 

@@ -14,7 +14,7 @@ from transformers import DynamicCache
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
 
 from conftest import make_chunks
-from livesight.streaming.adapter import QwenVLAdapter
+from livesight.models.qwen2_5_vl import QwenVLAdapter
 from livesight.streaming.config import SessionConfig
 from livesight.streaming.config import RetrievalConfig
 from livesight.streaming.session import Session
@@ -116,7 +116,7 @@ def test_no_narration_still_matches(tiny):
 def test_toy_vlm_loads_offline_and_matches_plain_forward(monkeypatch):
     """toy-vlm, the model trained here, ships in the package and loads with no network; through slides,
     narration and a question, the engine's logits equal the stock forward over what the policy kept."""
-    from livesight.streaming.models import TOY_VLM, load_model
+    from livesight.models.loader import TOY_VLM, load_model
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     toy = load_model(TOY_VLM)
     assert toy.name == TOY_VLM and toy.max_pixels == 168 * 336 and toy.model.dtype == torch.float32

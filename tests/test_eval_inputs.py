@@ -38,7 +38,7 @@ ARTICLE = {"streamingbench": "a StreamingBench", "ovobench": "an OVO-Bench", "vq
 @pytest.fixture
 def no_model(monkeypatch):
     """Fails the test if the evaluator gets as far as loading a model."""
-    from livesight.streaming import adapter
+    from livesight.models import registry as adapter
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded")

@@ -21,7 +21,7 @@ COMMANDS = {
 def no_work(monkeypatch):
     """Any model load or measurement fails the test: the check must come first."""
     from livesight.eval import compression_measure
-    from livesight.streaming import adapter, models
+    from livesight.models import loader as models, registry as adapter
 
     def refuse(*args, **kwargs):
         raise AssertionError("work started before --out was checked")

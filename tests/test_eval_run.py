@@ -171,7 +171,7 @@ def test_an_answer_that_is_not_remembered_leaves_the_session_as_it_was(tiny):
     tokens are bit for bit what they were; reset() gives a fresh session's state."""
     import torch
     from conftest import make_chunks
-    from livesight.streaming.adapter import QwenVLAdapter
+    from livesight.models.qwen2_5_vl import QwenVLAdapter
     from livesight.streaming.config import SessionConfig
     from livesight.streaming.session import Session
     adapter = QwenVLAdapter(tiny)

@@ -7,12 +7,12 @@ import torch
 
 from livesight.eval.corpus import passkey_prompt, passkey_trials, python_docs_text
 from livesight.eval.fidelity import FidelityConfig, perplexity, recompute_nll, stream_nll
-from livesight.streaming.adapter import TextAdapter
+from livesight.models.text import TextAdapter
 
 
 @pytest.fixture(scope="module")
 def smol():
-    from livesight.streaming.models import load_smollm2
+    from livesight.models.loader import load_smollm2
     loaded = load_smollm2()
     stock = copy.deepcopy(loaded.model)  # keeps transformers' own attention
     return TextAdapter(loaded), stock

@@ -104,7 +104,7 @@ def build_session(tiny, monkeypatch, free: int, **values):
     """A Session on a machine that pretends to have `free` bytes of memory; -> (session or None, error or None)."""
     import psutil
 
-    from livesight.streaming.adapter import QwenVLAdapter
+    from livesight.models.qwen2_5_vl import QwenVLAdapter
     from livesight.streaming.session import Session
     real = psutil.virtual_memory()
     monkeypatch.setattr(psutil, "virtual_memory", lambda: real._replace(available=free))

@@ -7,9 +7,10 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "livesight"
 FORBIDDEN = {
-    "kernels": {"kvcache", "vision", "streaming", "app", "eval"},
-    "kvcache": {"vision", "streaming", "app", "eval"},
-    "vision": {"streaming", "app", "eval"},
+    "kernels": {"kvcache", "vision", "models", "streaming", "app", "eval"},
+    "kvcache": {"vision", "models", "streaming", "app", "eval"},
+    "vision": {"models", "streaming", "app", "eval"},
+    "models": {"streaming", "app", "eval"},
     "streaming": {"app", "eval"},
     "eval": {"app"},
 }

@@ -82,7 +82,7 @@ def test_no_stray_files_after_a_signal_and_a_restart(tmp_path, places, command, 
 def test_sessions_sharing_an_offload_dir_keep_their_blocks_apart(tiny, tmp_path):
     from conftest import make_chunks
 
-    from livesight.streaming.adapter import QwenVLAdapter
+    from livesight.models.qwen2_5_vl import QwenVLAdapter
     from livesight.streaming.options import build_config
     from livesight.streaming.session import Session
     config = build_config({"vision_window": 1.0, "offload_ram_gb": 0.0, "offload_dir": str(tmp_path),

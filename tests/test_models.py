@@ -8,8 +8,10 @@ import torch
 import pytest
 
 from livesight.errors import InputError
-from livesight.streaming.adapter import QwenVLAdapter, TextAdapter, load_adapter
-from livesight.streaming.models import SMOLLM2, load_model, save_model
+from livesight.models.qwen2_5_vl import QwenVLAdapter
+from livesight.models.registry import load_adapter
+from livesight.models.text import TextAdapter
+from livesight.models.loader import SMOLLM2, load_model, save_model
 
 
 def test_checkpoint_folder_round_trip(tiny, tmp_path):
@@ -38,7 +40,7 @@ def test_unknown_model_name():
 
 
 def test_random_real_size_configs_have_the_real_architecture():
-    from livesight.streaming.models import random_config
+    from livesight.models.configs import random_config
     seven = random_config("random-7b")
     assert (seven.text_config.hidden_size, seven.text_config.num_hidden_layers, seven.text_config.num_key_value_heads) == (3584, 28, 4)
     assert seven.text_config.rope_parameters["mrope_section"] == [16, 24, 24]
@@ -77,7 +79,7 @@ def test_load_adapter_picks_the_text_adapter_for_a_text_only_model():
 
 
 def test_a_video_command_refuses_a_text_only_model_before_loading_it(monkeypatch):
-    import livesight.streaming.adapter as adapter_module
-    monkeypatch.setattr(adapter_module, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    import livesight.models.registry as registry
+    monkeypatch.setattr(registry, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(InputError, match="text-only model: watching video needs a vision-language model"):
         load_adapter(SMOLLM2, "cpu")

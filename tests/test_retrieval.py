@@ -10,7 +10,7 @@ from livesight.kernels import rope_angles, score_blocks, select_blocks
 from livesight.kernels.rope import rotate_by_angles_reference
 from livesight.kvcache import TokenTable
 from livesight.kvcache.offload import OffloadStore
-from livesight.streaming.adapter import QwenVLAdapter
+from livesight.models.qwen2_5_vl import QwenVLAdapter
 from livesight.streaming.config import SessionConfig
 from livesight.streaming.config import RetrievalConfig
 from livesight.streaming.retrieval import probe

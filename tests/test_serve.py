@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from livesight.errors import InputError
 from livesight.serve.cli import make_app, read_token
-from livesight.streaming.adapter import QwenVLAdapter
+from livesight.models.qwen2_5_vl import QwenVLAdapter
 from livesight.streaming.engine import Engine
 from livesight.streaming.options import DEFAULTS, build_config
 

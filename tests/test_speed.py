@@ -12,7 +12,7 @@ from conftest import DEVICES, make_chunks
 from livesight.eval import speed_report
 from livesight.eval.baselines import PlainStream
 from livesight.eval.speed import SpeedConfig, summarize
-from livesight.streaming.adapter import QwenVLAdapter
+from livesight.models.qwen2_5_vl import QwenVLAdapter
 from livesight.streaming.config import DEFAULT_SYSTEM_PROMPT, CompressionConfig, SessionConfig
 from livesight.streaming.config import RetrievalConfig
 from livesight.streaming.session import Session
@@ -74,7 +74,7 @@ def test_stage_times_add_up_to_the_chunk(tiny, device):
     """The stages are timed without waiting for the device between them (events on a GPU): each is
     positive, and together they are the chunk's wall time but for the host work outside them."""
     from livesight.streaming.events import CHUNK_PARTS, chunk_ms
-    from livesight.streaming.models import load_model
+    from livesight.models.loader import load_model
     loaded = tiny if device == "cpu" else load_model("tiny-random", device)
     config = SessionConfig(vision_window_s=2.0, narrate_tokens=3, retrieval=RetrievalConfig(top_k=2))
     session = Session(QwenVLAdapter(loaded), config, (180, 320))

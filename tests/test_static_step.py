@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import make_chunks
-from livesight.streaming.adapter import QwenVLAdapter
+from livesight.models.qwen2_5_vl import QwenVLAdapter
 from livesight.streaming.config import CompressionConfig, SessionConfig
 from livesight.streaming.config import RetrievalConfig
 from livesight.streaming.session import Session
@@ -75,7 +75,7 @@ def test_static_step_equals_the_dynamic_forward(tiny, retrieval):
 def test_cuda_graph_steps_equal_the_dynamic_forward(retrieval):
     """With retrieval, a question after chunk 6 brings back pruned blocks of unequal size: the
     steps after it replay graphs that add the padding's key bias."""
-    from livesight.streaming.models import load_model
+    from livesight.models.loader import load_model
     loaded = load_model("tiny-random", "cuda")
     config = SessionConfig(vision_window_s=3.0, text_sink=6, text_window=10, narrate_tokens=4, answer_tokens=5,
                            system_prompt="sys", retrieval=RetrievalConfig(enabled=retrieval, top_k=2),

@@ -11,9 +11,9 @@ import torch
 from livesight.eval.questions import lettered
 from livesight.eval.streamingbench import CHOICE
 from livesight.kvcache import Segment
-from livesight.streaming.adapter import QwenVLAdapter
+from livesight.models.qwen2_5_vl import QwenVLAdapter
 from livesight.streaming.config import CompressionConfig, RetrievalConfig, SessionConfig
-from livesight.streaming.models import build_byte_tokenizer, load_model
+from livesight.models.loader import build_byte_tokenizer, load_model
 from livesight.streaming.session import Session
 from livesight.train.batches import LABELS, labels
 from livesight.train.config import TrainConfig

@@ -141,7 +141,7 @@ def test_vision_tower_through_the_registered_varlen_attention_equals_sdpa(tiny):
     what its SDPA path gives; our encoder's full pass gives the same."""
     from conftest import make_chunks
     from livesight.eval.baselines import plain_attention
-    from livesight.streaming.adapter import QwenVLAdapter
+    from livesight.models.qwen2_5_vl import QwenVLAdapter
     adapter = QwenVLAdapter(tiny)
     assert adapter.visual.config._attn_implementation == VISION_ATTENTION_NAME
     size = (224, 336)  # 6 windows of 8 x 8 patches
@@ -199,7 +199,7 @@ def test_fused_ops_are_switched_on_for_the_engine_and_off_for_the_baselines(tiny
     from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl
     from livesight.eval.baselines import plain_attention
     from livesight.kernels.fused import rotary
-    from livesight.streaming.adapter import QwenVLAdapter
+    from livesight.models.qwen2_5_vl import QwenVLAdapter
     adapter = QwenVLAdapter(tiny)
     norms = [m for m in tiny.model.modules() if type(m).__name__.endswith("RMSNorm")]
     assert norms and all("forward" in m.__dict__ for m in norms)

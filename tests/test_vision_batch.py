@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from livesight.streaming.adapter import QwenVLAdapter
+from livesight.models.qwen2_5_vl import QwenVLAdapter
 from livesight.vision.encoder import encode_batch
 from livesight.vision.synthetic import render
 

@@ -3,7 +3,7 @@
 import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 
-from livesight.streaming.models import random_config
+from livesight.models.configs import random_config
 from livesight.vision.encoder import VisionEncoder, _full_outputs
 from livesight.vision.tower import ALIGN, PatchLinear, align_tower
 

@@ -17,7 +17,7 @@ from livesight.app.live import LiveRun
 from livesight.app.registry import RunRegistry
 from livesight.app.transcript import to_jsonl, to_srt, to_vtt
 from livesight.errors import InputError
-from livesight.streaming.adapter import QwenVLAdapter
+from livesight.models.qwen2_5_vl import QwenVLAdapter
 from livesight.streaming.config import RetrievalConfig, SessionConfig
 from livesight.streaming.engine import Engine
 from livesight.streaming.events import Event

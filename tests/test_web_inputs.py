@@ -133,7 +133,7 @@ def test_the_page_offers_each_server_its_flags_and_nothing_its_slabs_cannot_hold
     """The engine's slabs are sized from the server's flags: a run left at the page's defaults is the
     server's own config, the largest the page offers needs no more cache, and a value beyond the
     server's is refused naming the flag to raise."""
-    from livesight.streaming.adapter import QwenVLAdapter
+    from livesight.models.qwen2_5_vl import QwenVLAdapter
     from livesight.streaming.stream import slab_tokens
     adapter, server = QwenVLAdapter(tiny), server_values(flags, str(tmp_path))
     slab, _ = slab_tokens(adapter, build_config(server))

@@ -163,7 +163,7 @@ def print_event(event, as_json: bool, name_width: int = 0) -> None:
 def run(args) -> int:
     """Every --source into one engine, a stream each, until every stream has ended. A source that
     failed on the way exits 2 with its error once all output is printed."""
-    from livesight.streaming.adapter import load_adapter
+    from livesight.models.registry import load_adapter
     from livesight.streaming.engine import Engine
 
     config = session_config(args)

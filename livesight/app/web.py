@@ -92,7 +92,7 @@ def serve(args, policy: SourcePolicy, upload_dir: str, export_dir: str, offload_
     from livesight.app.web_handlers import PageHandlers
     from livesight.app.web_inputs import server_values
     from livesight.app.web_page import CSS, build
-    from livesight.streaming.adapter import load_adapter
+    from livesight.models.registry import load_adapter
     from livesight.streaming.engine import Engine
     from livesight.streaming.options import build_config, resolve_device
     if args.share:

@@ -18,7 +18,7 @@ import torch
 from transformers import DynamicCache
 
 from livesight.kvcache import Segment
-from livesight.streaming.adapter import QwenVLAdapter
+from livesight.models.qwen2_5_vl import QwenVLAdapter
 from livesight.streaming.chunker import Chunk
 from livesight.streaming.tokens import StepBuilder
 

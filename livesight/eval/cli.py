@@ -167,7 +167,7 @@ def _shard(todo: list, rank: int, world: int) -> list:
 
 def _run(args, config, questions: list, everything: list, results: ResultsLog, process: str = "") -> RunStats:
     from livesight.eval.engine import VideoEngine
-    from livesight.streaming.adapter import load_adapter
+    from livesight.models.registry import load_adapter
 
     device = resolve_device(args.device)
     if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one GPU per process, shared past the count

@@ -9,7 +9,8 @@ import torch
 
 from livesight.eval.compression import SETTINGS, WARMUP_CHUNKS
 from livesight.eval.config import CompressionBenchConfig
-from livesight.streaming.adapter import QwenVLAdapter, load_adapter
+from livesight.models.qwen2_5_vl import QwenVLAdapter
+from livesight.models.registry import load_adapter
 from livesight.streaming.chunker import chunk_frames
 from livesight.streaming.config import CompressionConfig, RetrievalConfig, SessionConfig
 from livesight.streaming.session import Session

@@ -14,7 +14,7 @@ import threading
 import time
 
 from livesight.eval.runner import StreamFailed
-from livesight.streaming.adapter import QwenVLAdapter
+from livesight.models.qwen2_5_vl import QwenVLAdapter
 from livesight.streaming.chunker import chunk_frames
 from livesight.streaming.config import SessionConfig
 from livesight.streaming.engine import Engine

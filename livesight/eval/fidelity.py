@@ -17,7 +17,7 @@ import torch
 from livesight.errors import InputError
 from livesight.eval.config import POLICIES, RECALL_POLICIES, FidelityConfig
 from livesight.kvcache import KeepAll, Segment, TokenTable, WindowPolicy
-from livesight.streaming.adapter import TextAdapter
+from livesight.models.text import TextAdapter
 from livesight.kvcache.blocks import OffloadedBlocks
 from livesight.streaming.config import GB
 from livesight.streaming.retrieval import probe

@@ -93,8 +93,8 @@ def main(args) -> int:
         raise InputError(str(err)) from None
     writable_folder(args.out)
     from livesight.eval.fidelity import num_phases, run_fidelity  # torch: once the flags are known to be good
-    from livesight.streaming.adapter import load_adapter
-    from livesight.streaming.models import SMOLLM2, load_smollm2
+    from livesight.models.registry import load_adapter
+    from livesight.models.loader import SMOLLM2, load_smollm2
     adapter = load_adapter(SMOLLM2, "cpu", video=False)
     oracle_model = load_smollm2().model  # stock attention: the oracle shares no code with the cache
     with progress(num_phases(), "bench fidelity", unit="phases") as bar:

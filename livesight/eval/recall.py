@@ -149,7 +149,7 @@ def _worker(threads: int) -> None:
 @functools.lru_cache(maxsize=1)
 def _adapter(model: str, device: str):
     """The model, loaded once per process."""
-    from livesight.streaming.adapter import load_adapter
+    from livesight.models.registry import load_adapter
     from livesight.streaming.options import resolve_device
     return load_adapter(model, resolve_device(device))
 

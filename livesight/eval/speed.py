@@ -18,7 +18,7 @@ import torch
 
 from livesight.eval.baselines import PlainStream
 from livesight.eval.config import SpeedConfig
-from livesight.streaming.adapter import QwenVLAdapter
+from livesight.models.qwen2_5_vl import QwenVLAdapter
 from livesight.streaming.chunker import chunk_frames
 from livesight.streaming.config import DEFAULT_SYSTEM_PROMPT, CompressionConfig, SessionConfig
 from livesight.streaming.events import CHUNK_PARTS, chunk_ms

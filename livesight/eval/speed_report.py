@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args) -> int:
     from livesight.eval.speed import run_baseline, run_engine, summarize
-    from livesight.streaming.adapter import load_adapter
+    from livesight.models.registry import load_adapter
     cfg = SpeedConfig(args.model, resolve_device(args.device), args.seconds, args.baseline_seconds, args.fps,
                       args.window, args.narrate_tokens, args.compression, args.retrieval, args.ask_every, args.scene,
                       peak_tflops=args.peak_tflops)

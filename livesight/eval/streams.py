@@ -17,7 +17,7 @@ from livesight.errors import InputError
 from livesight.eval.config import SHORTENED_MAX, StreamsConfig
 from livesight.eval.streams_load import ChunkPool, EventLog, Pacer
 from livesight.eval.streams_ways import EngineWay, SessionsWay, release
-from livesight.streaming.adapter import QwenVLAdapter
+from livesight.models.qwen2_5_vl import QwenVLAdapter
 from livesight.streaming.config import CompressionConfig, RetrievalConfig, SessionConfig
 from livesight.streaming.events import CHUNK_PARTS
 

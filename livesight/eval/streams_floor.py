@@ -15,7 +15,7 @@ import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from livesight.streaming.adapter import QwenVLAdapter
+    from livesight.models.qwen2_5_vl import QwenVLAdapter
 
 
 def model_facts(adapter: "QwenVLAdapter", size: tuple[int, int], frames_per_chunk: int) -> dict:

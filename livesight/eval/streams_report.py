@@ -129,7 +129,7 @@ def measure(cfg: StreamsConfig, out: str) -> dict:
     from livesight.eval.streams import run_count
     from livesight.eval.streams_floor import model_facts
     from livesight.eval.streams_load import ChunkPool
-    from livesight.streaming.adapter import load_adapter
+    from livesight.models.registry import load_adapter
     from livesight.vision.preprocess import fit_size
     adapter = load_adapter(cfg.model, cfg.device)
     size = fit_size(cfg.height, cfg.width, adapter.loaded.max_pixels, adapter.patch * adapter.merge)  # as a Stream

@@ -21,7 +21,7 @@ import torch
 from livesight.eval.step_times import StepTimes
 from livesight.eval.streams_load import EventLog
 from livesight.kvcache.pool import KVPool
-from livesight.streaming.adapter import QwenVLAdapter
+from livesight.models.qwen2_5_vl import QwenVLAdapter
 from livesight.streaming.chunker import Chunk
 from livesight.streaming.config import SessionConfig
 from livesight.streaming.engine import MAX_PENDING, Engine

@@ -141,7 +141,7 @@ def _serve(args, token: str | None, folder: str) -> int:
         return _serve_cluster(args, token, folder)
     from livesight.app.web import gradio_temp_dir
     from livesight.app.web_inputs import server_values
-    from livesight.streaming.adapter import load_adapter
+    from livesight.models.registry import load_adapter
     from livesight.streaming.engine import Engine
     from livesight.streaming.options import build_config, resolve_device
     offload_dir, runs_dir = os.path.join(folder, "offload"), os.path.join(folder, "runs")

@@ -32,7 +32,7 @@ class EngineReplica:
         the camera URL policy."""
         from livesight.serve.cli import make_streams
         from livesight.serve.metrics import ApiMetrics
-        from livesight.streaming.adapter import load_adapter
+        from livesight.models.registry import load_adapter
         from livesight.streaming.engine import Engine
         from livesight.streaming.options import build_config
         self.folder = tempfile.mkdtemp(prefix="livesight-replica-")

@@ -18,7 +18,7 @@ from livesight.kernels.graphs import GraphReplay
 from livesight.kernels.slab_attention import slab_plan, slab_plan_blocks
 from livesight.kvcache.cache import CacheFullError
 from livesight.kvcache.pool import KVPool
-from livesight.streaming.adapter import TextAdapter
+from livesight.models.text import TextAdapter
 from livesight.streaming.static_step import row_bucket
 from livesight.streaming.step_output import StepResult, step_results
 from livesight.streaming.stepper import CacheStepper

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from livesight.errors import InputError
 from livesight.kernels.graphs import on_device
 from livesight.kvcache.pool import KVPool
-from livesight.streaming.adapter import QwenVLAdapter
+from livesight.models.qwen2_5_vl import QwenVLAdapter
 from livesight.streaming.batch_step import BatchStep
 from livesight.streaming.chunker import Chunk
 from livesight.streaming.config import SessionConfig

@@ -5,7 +5,7 @@ import torch
 
 from livesight.kernels import unrotate
 from livesight.kvcache import Segment
-from livesight.streaming.adapter import capture_queries
+from livesight.models.text import capture_queries
 from livesight.streaming.stepper import CacheStepper
 
 

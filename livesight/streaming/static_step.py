@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from livesight.kernels.dispatch import report
 from livesight.kernels.graphs import GraphReplay
 from livesight.kvcache import StreamCache
-from livesight.streaming.adapter import TextAdapter
+from livesight.models.text import TextAdapter
 
 ROW_STEP = 64
 KEY_BLOCK = 512

@@ -6,7 +6,7 @@ import time
 import torch
 
 from livesight.kvcache import StreamCache, TokenTable
-from livesight.streaming.adapter import TextAdapter
+from livesight.models.text import TextAdapter
 from livesight.streaming.static_step import StaticStep
 from livesight.streaming.tokens import StepBuilder
 

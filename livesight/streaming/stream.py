@@ -25,11 +25,12 @@ import torch
 from livesight.errors import InputError
 from livesight.kvcache import Segment, StreamCache, TokenTable, WindowPolicy
 from livesight.kvcache.blocks import OffloadedBlocks, vision_blocks
-from livesight.streaming.adapter import ChatIds, QwenVLAdapter
+from livesight.models.chat import ChatIds
+from livesight.models.qwen2_5_vl import QwenVLAdapter
 from livesight.streaming.chunker import Chunk
 from livesight.streaming.config import GB, SessionConfig
 from livesight.streaming.events import Event
-from livesight.streaming.models import free_bytes
+from livesight.models.loader import free_bytes
 from livesight.streaming.retrieval import probe
 from livesight.streaming.step_output import StepResult, StepTokens
 from livesight.streaming.stepper import CacheStepper, StageClock

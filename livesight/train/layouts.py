@@ -28,7 +28,7 @@ import torch
 from livesight.eval.questions import LETTERS, lettered
 from livesight.eval.streamingbench import CHOICE, OPEN
 from livesight.kvcache import Segment
-from livesight.streaming.adapter import qwen_chat_ids
+from livesight.models.chat import qwen_chat_ids
 from livesight.streaming.config import SessionConfig
 from livesight.streaming.tokens import StepBuilder
 from livesight.vision.world import World

@@ -27,7 +27,7 @@ import torch
 from livesight.errors import InputError
 from livesight.eval.output import writable_folder
 from livesight.streaming.config import SessionConfig
-from livesight.streaming.models import CLIP_MEAN, CLIP_STD
+from livesight.models.loader import CLIP_MEAN, CLIP_STD
 from livesight.train.batches import LABELS, Batch, BatchStream
 from livesight.train.config import TRAIN_SEED_BASE, TrainConfig
 from livesight.train.frames import render_bank

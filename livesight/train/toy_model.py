@@ -16,7 +16,8 @@ from transformers import AttentionInterface, Qwen2_5_VLConfig, Qwen2_5_VLForCond
 
 from livesight.kernels.attention import segment_attention
 from livesight.kernels.varlen_attention import segments_of
-from livesight.streaming.models import CLIP_MEAN, CLIP_STD, build_byte_tokenizer, qwen_vl_config
+from livesight.models.configs import qwen_vl_config
+from livesight.models.loader import CLIP_MEAN, CLIP_STD, build_byte_tokenizer
 from livesight.vision.preprocess import fit_size
 from livesight.vision.world import BACKGROUNDS, COLOURS, TEXTS
 

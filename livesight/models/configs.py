@@ -1,0 +1,47 @@
+"""The configs of the models LiveSight builds itself: tiny ones with random weights for tests, the real
+published sizes with random weights for speed work on a GPU, and toy-vlm's. Special token ids match the
+locally built byte tokenizer (loader.build_byte_tokenizer)."""
+
+from transformers import Qwen2_5_VLConfig
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                  "<|image_pad|>", "<|video_pad|>"]
+
+# The real Qwen2.5-VL architectures (from their released config.json files).
+_VISION_REAL = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14,
+                    spatial_merge_size=2, temporal_patch_size=2, window_size=112, tokens_per_second=2,
+                    fullatt_block_indexes=[7, 15, 23, 31], hidden_act="silu")
+_TEXT_REAL = {
+    "random-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                      num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+    "random-3b": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+                      num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+}
+_TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=288, tie_word_embeddings=False)
+_TINY_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
+                    temporal_patch_size=2, window_size=56, tokens_per_second=2, fullatt_block_indexes=[1],
+                    hidden_act="silu")
+
+
+def random_config(name: str) -> Qwen2_5_VLConfig:
+    """The config of a random-weight model."""
+    text = _TINY_TEXT if name == "tiny-random" else _TEXT_REAL[name]
+    return qwen_vl_config(text, _TINY_VISION if name == "tiny-random" else _VISION_REAL, 128000)
+
+
+def qwen_vl_config(text: dict, vision: dict, max_positions: int) -> Qwen2_5_VLConfig:
+    """A Qwen2.5-VL config from its text and vision sizes; special token ids match `build_byte_tokenizer`."""
+    ids = {t: 256 + i for i, t in enumerate(SPECIAL_TOKENS)}
+    head_dim = text["hidden_size"] // text["num_attention_heads"]
+    section = [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]  # [16, 24, 24] at head_dim 128
+    section[0] += head_dim // 2 - sum(section)
+    return Qwen2_5_VLConfig(
+        text_config=dict(text, rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": section},
+                         max_position_embeddings=max_positions, rms_norm_eps=1e-6, bos_token_id=ids["<|endoftext|>"],
+                         eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
+        vision_config=dict(vision, out_hidden_size=text["hidden_size"]),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=text["tie_word_embeddings"],
+    )

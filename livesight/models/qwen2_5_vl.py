@@ -1,0 +1,109 @@
+"""Qwen2.5-VL: the text adapter with 3-D M-RoPE positions, plus the vision tower."""
+
+import functools
+
+import torch
+from transformers import AttentionInterface
+from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl
+
+from livesight.kernels import VISION_ATTENTION_NAME, vision_attention
+from livesight.kernels.fused import rotary, rotary_reference
+from livesight.models.chat import ChatIds, qwen_chat_ids
+from livesight.models.loader import LoadedModel
+from livesight.models.text import TextAdapter, fused_norm_forward
+from livesight.vision.encoder import EncodeStats, VisionEncoder, encode_batch
+from livesight.vision.preprocess import resize_frames, to_patches
+from livesight.vision.tower import align_tower
+
+
+class QwenVLAdapter(TextAdapter):
+    """Qwen2.5-VL: the text model above with 3-D M-RoPE positions, plus the vision tower."""
+
+    def __init__(self, loaded: LoadedModel):
+        super().__init__(loaded)
+        model = loaded.model
+        self.visual = model.model.visual
+        AttentionInterface.register(VISION_ATTENTION_NAME, vision_attention)
+        self.visual.config._attn_implementation = VISION_ATTENTION_NAME  # the tower's own forward, if called
+        vision = model.config.vision_config
+        self.patch, self.merge, self.temporal = vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size
+        self.tokens_per_second = vision.tokens_per_second
+        self.video_token_id = model.config.video_token_id
+        if self.device.type == "cuda":  # same outputs, GEMM shapes the GPU runs at full speed (vision/tower.py)
+            align_tower(self.visual)
+        self.fuse(True)
+
+    def fuse(self, on: bool) -> None:
+        """Route the model's RMSNorms and the text rotary through livesight.kernels.fused (on), or back
+        to transformers' own (off: the plain baselines). The rotary is a module-level function of
+        transformers' Qwen2.5-VL code, so this holds for every such model in the process."""
+        for module in self.loaded.model.modules():
+            if type(module).__name__.endswith("RMSNorm"):
+                if on:
+                    module.forward = functools.partial(fused_norm_forward, module)
+                else:
+                    module.__dict__.pop("forward", None)
+        modeling_qwen2_5_vl.apply_rotary_pos_emb = rotary if on else rotary_reference
+
+    @staticmethod
+    def _modules(model):
+        return model.model.language_model, model.lm_head
+
+    @staticmethod
+    def _position_ids(positions: torch.Tensor) -> torch.Tensor:
+        return positions[:, None]  # (3, 1, n)
+
+    def chat_ids(self) -> ChatIds:
+        return qwen_chat_ids(self.tokenizer)
+
+    def patch_grid(self, size: tuple[int, int], num_frames: int) -> tuple[int, int, int]:
+        """The vision tower's patch grid (t, h, w) of one chunk of `num_frames` frames of `size`."""
+        return (-(-num_frames // self.temporal), size[0] // self.patch, size[1] // self.patch)
+
+    def temporal_stride(self, fps: float) -> int:
+        """M-RoPE temporal positions between consecutive chunks' frame pairs at `fps`."""
+        return max(1, round(self.tokens_per_second * self.temporal / fps))
+
+    def merged_grid(self, size: tuple[int, int], num_frames: int) -> tuple[int, int, int]:
+        """The language-model token grid (t, h, w) of one chunk of `num_frames` frames of `size`."""
+        t, h, w = self.patch_grid(size, num_frames)
+        return (t, h // self.merge, w // self.merge)
+
+    def vision_encoder(self, size: tuple[int, int], num_frames: int, reuse_threshold: float | None,
+                       graphs: bool | None = None, partial: bool = True) -> VisionEncoder:
+        """The encoder for chunks of `num_frames` frames of `size`; reuse_threshold None: no reuse;
+        graphs: replay CUDA graphs (None: on a GPU); partial: re-encode only changed regions."""
+        return VisionEncoder(self.visual, self.patch_grid(size, num_frames), reuse_threshold, graphs, partial)
+
+    @torch.inference_mode()
+    def to_pixels(self, frames: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """frames: (T, H, W, 3) uint8 -> the frames resized, (T', 3, h, w) in [0, 1] with T' a multiple
+        of the tower's temporal patch (the last frame repeated), and their patch rows in model dtype."""
+        x = resize_frames(frames.to(self.device, non_blocking=True), size)
+        if x.shape[0] % self.temporal:
+            x = torch.cat([x, x[-1:].expand(self.temporal - x.shape[0] % self.temporal, -1, -1, -1)])
+        pixels, _ = to_patches(x, self.loaded.image_mean, self.loaded.image_std, self.patch, self.merge, self.temporal)
+        return x, pixels.to(self.dtype)
+
+    def encode_frames(self, frames: torch.Tensor, size: tuple[int, int],
+                      encoder: VisionEncoder) -> tuple[torch.Tensor, EncodeStats]:
+        """frames: (T, H, W, 3) uint8 -> visual tokens (t * h * w, hidden) row-major for one chunk."""
+        return encoder.encode(*self.to_pixels(frames, size))
+
+    def encode_frames_batch(self, items: list[tuple[torch.Tensor, tuple[int, int], VisionEncoder]]
+                            ) -> list[tuple[torch.Tensor, EncodeStats]]:
+        """encode_frames for the chunks of many streams, (frames, size, encoder) each, the full passes
+        in one tower pass (vision/encoder.py: encode_batch)."""
+        inputs = [None] * len(items)
+        groups: dict[tuple, list[int]] = {}  # chunks of one shape and size are resized and cut together
+        for i, (frames, size, _) in enumerate(items):
+            groups.setdefault((tuple(frames.shape), tuple(size)), []).append(i)
+        for (shape, size), members in groups.items():
+            if len(members) == 1 or shape[0] % self.temporal:
+                for i in members:
+                    inputs[i] = self.to_pixels(items[i][0], size)
+                continue
+            frames, pixels = self.to_pixels(torch.cat([items[i][0] for i in members]), size)
+            for i, x, rows in zip(members, frames.chunk(len(members)), pixels.chunk(len(members))):
+                inputs[i] = (x, rows)
+        return encode_batch([(encoder, *pair) for (_, _, encoder), pair in zip(items, inputs)])

@@ -1,0 +1,28 @@
+"""Which adapter serves a loaded model: read off its config's model_type, so entry points never name a
+family."""
+
+from livesight.errors import InputError
+from livesight.models.loader import SMOLLM2, load_model
+from livesight.models.qwen2_5_vl import QwenVLAdapter
+from livesight.models.text import TextAdapter
+
+# The adapter of each model family, by the loaded config's model_type: a new family is one more entry.
+ADAPTERS: dict[str, type[TextAdapter]] = {"qwen2_5_vl": QwenVLAdapter, "llama": TextAdapter}
+
+
+def load_adapter(spec: str, device: str, video: bool = True) -> TextAdapter:
+    """The model `spec` names (see load_model: same specs, same InputError) on `device`, in its
+    family's adapter. The family is read off what was loaded, not chosen by the caller, so entry
+    points never name one. video: the caller streams video, so a text-only model is refused (before
+    loading it, where the spec says so)."""
+    text_only = (f"--model {spec} is a text-only model: watching video needs a vision-language model "
+                 f"(tiny-random, random-3b, random-7b, a Qwen2.5-VL folder or hub id)")
+    if video and spec == SMOLLM2:
+        raise InputError(text_only)
+    loaded = load_model(spec, device)
+    model_type = loaded.model.config.model_type
+    assert model_type in ADAPTERS, f"load_model gave a {model_type} model, which has no entry in ADAPTERS"
+    adapter = ADAPTERS[model_type](loaded)
+    if video and not isinstance(adapter, QwenVLAdapter):
+        raise InputError(text_only)
+    return adapter

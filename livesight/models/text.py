@@ -1,0 +1,179 @@
+"""A decoder-only language model (Llama family, 1-D RoPE) through transformers, on LiveSight's cache and
+attention: the base of every family's adapter. The adapter is the only place that knows a model's
+module names. It speaks tensors: embeddings in, logits out, positions built by the caller.
+"""
+
+from contextlib import contextmanager
+
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface
+
+from livesight.kernels import chunk_attention, slab_attention, span_attention
+from livesight.kernels.fused import rms_norm
+from livesight.kvcache import StreamCache
+from livesight.kvcache.pool import KVPool
+from livesight.models.loader import LoadedModel
+
+ATTENTION_NAME = "livesight"
+
+
+_captured_queries: dict[int, torch.Tensor] | None = None
+
+
+@contextmanager
+def capture_queries():
+    """Within the block, every layer's attention records its queries (Hq, n, D), rotary applied,
+    in the yielded dict by layer index: the question's query vectors that score offloaded blocks."""
+    global _captured_queries
+    _captured_queries = {}
+    try:
+        yield _captured_queries
+    finally:
+        _captured_queries = None
+
+
+def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers' attention signature: q (B, Hq, Lq, D), k/v (B, Hkv, Lk, D) -> (B, Lq, Hq, D).
+
+    The mask is ignored on purpose: the adapter passes none, and chunk_attention aligns the causal
+    part bottom-right over the compact cache."""
+    if _captured_queries is not None:
+        _captured_queries[module.layer_idx] = query[0]
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    start, key_valid, plan = kwargs.get("livesight_start"), kwargs.get("livesight_key_valid"), kwargs.get("livesight_plan")
+    if plan is not None:  # a batched step: packed rows of many streams, each over its own slab of the pool
+        key_bias = kwargs.get("livesight_key_bias")  # (L, S + 1, C): padding in retrieved slots
+        out = slab_attention(query, key, value, scale, plan, None if key_bias is None else key_bias[module.layer_idx])
+    elif start is not None:  # a static step: fixed key span, rows written from slot `start` on
+        key_bias = kwargs.get("livesight_key_bias")  # (L, capacity): padding in retrieved slots
+        out = span_attention(query, key, value, scale, start,
+                             None if key_bias is None else key_bias[module.layer_idx, :key.shape[-2]])
+    else:
+        out = chunk_attention(query, key, value, scale,
+                              None if key_valid is None else key_valid[module.layer_idx, :key.shape[-2]])
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _no_mask(*args, **kwargs):
+    """Mask builder for our attention: none is needed, causality is bottom-right inside the kernel.
+    Registered so transformers' mask factory does not build (and then discard) a dense mask."""
+    return None
+
+
+def fused_norm_forward(module, hidden_states: torch.Tensor) -> torch.Tensor:
+    return rms_norm(hidden_states, module.weight, module.variance_epsilon)
+
+
+class TextAdapter:
+    """A decoder-only language model (Llama family, 1-D RoPE) on LiveSight's cache and attention.
+
+    Positions arrive as (3, n) like every row of the cache's TokenTable; a 1-D model reads row 0."""
+
+    def __init__(self, loaded: LoadedModel):
+        AttentionInterface.register(ATTENTION_NAME, _attention)
+        AttentionMaskInterface.register(ATTENTION_NAME, _no_mask)
+        self.loaded, self.tokenizer = loaded, loaded.tokenizer
+        self.language_model, self.lm_head = self._modules(loaded.model)
+        self.language_model.config._attn_implementation = ATTENTION_NAME
+        text = self.language_model.config
+        self.num_layers, self.num_kv_heads = text.num_hidden_layers, text.num_key_value_heads
+        self.head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        self.dtype, self.device = loaded.model.dtype, loaded.model.device
+
+    @staticmethod
+    def _modules(model):
+        return model.model, model.lm_head
+
+    @staticmethod
+    def _position_ids(positions: torch.Tensor) -> torch.Tensor:
+        return positions[:1]  # (1, n)
+
+    @property
+    def inv_freq(self) -> torch.Tensor:
+        return self.language_model.rotary_emb.inv_freq
+
+    def new_cache(self, capacity: int) -> StreamCache:
+        return StreamCache(self.num_layers, self.num_kv_heads, self.head_dim, capacity, self.inv_freq,
+                           self.dtype, self.device, self.mrope_section)
+
+    @property
+    def mrope_section(self) -> list[int] | None:
+        """Which position axis each rotary frequency reads (None: 1-D rotary)."""
+        return getattr(self.language_model.rotary_emb, "mrope_section", None)
+
+    def decode(self, ids: list[int]) -> str:
+        """Token ids to text. Ids the tokenizer does not know (a random-weight model at real size has a
+        larger vocabulary than the locally built tokenizer) show as <id> rather than vanishing."""
+        known = len(self.tokenizer)
+        parts, run = [], []
+        for i in ids + [-1]:
+            if 0 <= i < known:
+                run.append(i)
+                continue
+            if run:
+                parts.append(self.tokenizer.decode(run, skip_special_tokens=True))
+                run = []
+            if i >= known:
+                parts.append(f"<{i}>")
+        return "".join(parts).strip()
+
+    @torch.inference_mode()
+    def embed_ids(self, ids: list[int]) -> torch.Tensor:
+        """ids -> (n, hidden)."""
+        return self.embed_tokens(torch.tensor(ids).to(self.device, non_blocking=True))
+
+    @torch.inference_mode()
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (n,) on the device -> (n, hidden), with no wait on the GPU."""
+        return self.language_model.embed_tokens(ids)
+
+    def _hidden(self, embeds: torch.Tensor, positions: torch.Tensor, cache: StreamCache, **kwargs) -> torch.Tensor:
+        """embeds: (n, hidden); positions: (3, n) -> last hidden states (n, hidden); appends to `cache`."""
+        out = self.language_model(inputs_embeds=embeds[None].to(self.dtype),
+                                  position_ids=self._position_ids(positions).to(self.device, non_blocking=True),
+                                  past_key_values=cache, use_cache=True, **kwargs)
+        return out.last_hidden_state[0]
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden (..., hidden) -> float logits (..., vocab)."""
+        return self.lm_head(hidden).float()
+
+    @torch.inference_mode()
+    def forward(self, embeds: torch.Tensor, positions: torch.Tensor, cache: StreamCache,
+                all_logits: bool = False) -> torch.Tensor:
+        """embeds: (n, hidden); positions: (3, n) -> logits (vocab,) of the last token, or (n, vocab).
+
+        Appends the step's keys and values to `cache`."""
+        hidden = self._hidden(embeds, positions, cache, livesight_key_valid=cache.key_valid)
+        return self.logits(hidden if all_logits else hidden[-1])
+
+    def static_hidden(self, embeds: torch.Tensor, positions: torch.Tensor, start: torch.Tensor,
+                      cache: StreamCache, num_keys: int, padded: bool = False) -> torch.Tensor:
+        """The step at fixed shapes (streaming/static_step.py): embeds (n, hidden) and positions
+        (3, n) are written to cache slots start .. start + n - 1 (start: (1,) on the device), and
+        attend to cache slots 0 .. num_keys - 1, causally. Shapes depend only on (n, num_keys).
+        padded: retrieved slots hold padding, which cache.key_bias hides layer by layer.
+        -> last hidden states (n, hidden). The cache's length is left to the caller."""
+        slots = start + torch.arange(embeds.shape[0], device=start.device)
+        cache.static_write = (slots, num_keys)
+        try:
+            return self._hidden(embeds, positions, cache, livesight_start=start,
+                                livesight_key_bias=cache.key_bias if padded else None)
+        finally:
+            cache.static_write = None
+
+
+    def pool_hidden(self, embeds: torch.Tensor, positions: torch.Tensor, pool: KVPool, slabs: torch.Tensor,
+                    slots: torch.Tensor, plan, padded: bool = False) -> torch.Tensor:
+        """A batched step (streaming/batch_step.py): the packed tokens of many streams, embeds (N, hidden)
+        and positions (3, N), token i written to slot slots[i] of slab slabs[i] of `pool` and attending to
+        its own slab as the slab plan says (kernels/slab_attention.py). padded: some slab's retrieved slots
+        hold padding, which pool.key_bias hides. -> last hidden states (N, hidden)."""
+        pool.write = (slabs, slots)
+        try:
+            return self._hidden(embeds, positions, pool, livesight_plan=plan,
+                                livesight_key_bias=pool.key_bias if padded else None)
+        finally:
+            pool.write = None

@@ -75,7 +75,7 @@ def test_load_adapter_refuses_a_bad_spec_as_load_model_does(spec):
 def test_load_adapter_picks_the_text_adapter_for_a_text_only_model():
     adapter = load_adapter(SMOLLM2, "cpu", video=False)
     assert type(adapter) is TextAdapter
-    assert adapter.mrope_section is None  # 1-D rotary, not M-RoPE
+    assert adapter.rope_axes is None  # 1-D rotary, not M-RoPE
 
 
 def test_a_video_command_refuses_a_text_only_model_before_loading_it(monkeypatch):

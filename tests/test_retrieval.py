@@ -111,7 +111,7 @@ def test_ranking_puts_the_block_built_from_the_question_first(tiny):
     rows = offloaded.store.blocks[0].rows
     rows = TokenTable(rows.segment, rows.seq + 10**6, rows.group + 10**6, rows.pos, rows.t)
     keys_pre = (5 * target)[:, :, None, :].expand(-1, -1, len(rows), -1)
-    keys = rotate_by_angles_reference(keys_pre, rope_angles(rows.pos, session.cache.inv_freq, session.cache.mrope_section))
+    keys = rotate_by_angles_reference(keys_pre, rope_angles(rows.pos, session.cache.inv_freq, session.cache.rope_axes))
     offloaded.store.put(keys, torch.randn_like(keys), rows, session.cache.representative(keys, rows.pos), (99.0, 100.0))
     scores = score_blocks(queries, offloaded.store.live_representatives())
     assert bool((scores.argmax(dim=1) == len(offloaded.store) - 1).all())  # first in every layer

@@ -15,11 +15,22 @@ from livesight.kernels.triton_support import check_device, on_gpu
 use_reference = False  # switch: route every call through the plain-torch reference
 
 
-def rope_angles(positions: torch.Tensor, inv_freq: torch.Tensor, mrope_section: list[int] | None) -> torch.Tensor:
-    """positions: (3, n) t/h/w; inv_freq: (D/2,) -> (n, D/2) float64 angles. Frequency j of M-RoPE
-    section i reads axis i; without sections (1-D rotary) every frequency reads axis 0."""
-    section = mrope_section or [inv_freq.numel()]
-    axis = torch.cat([torch.full((size,), i % 3) for i, size in enumerate(section)]).to(positions.device)
+def sectioned_axes(section: list[int]) -> tuple[int, ...]:
+    """Qwen2-VL / Qwen2.5-VL M-RoPE: the frequencies in contiguous runs, `section[i]` of them reading
+    axis i (t, h, w) -> the axis of each frequency."""
+    return tuple(i % 3 for i, size in enumerate(section) for _ in range(size))
+
+
+def interleaved_axes(section: list[int], num_freqs: int) -> tuple[int, ...]:
+    """Qwen3-VL's interleaved M-RoPE: frequency j reads h where j % 3 == 1 and j < 3 * section[1], w
+    where j % 3 == 2 and j < 3 * section[2], else t -> the axis of each frequency."""
+    return tuple(j % 3 if j % 3 and j < 3 * section[j % 3] else 0 for j in range(num_freqs))
+
+
+def rope_angles(positions: torch.Tensor, inv_freq: torch.Tensor, axes: tuple[int, ...] | None) -> torch.Tensor:
+    """positions: (3, n) t/h/w; inv_freq: (D/2,); axes: the position axis each frequency reads (None:
+    1-D rotary, every frequency reads axis 0) -> (n, D/2) float64 angles."""
+    axis = torch.tensor(axes if axes is not None else [0] * inv_freq.numel(), device=positions.device)
     return positions.to(torch.float64)[axis].T * inv_freq.to(positions.device, torch.float64)[None, :]
 
 
@@ -84,7 +95,7 @@ def rotate_keys(keys: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor)
 
 
 def unrotate(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor,
-             mrope_section: list[int] | None) -> torch.Tensor:
+             axes: tuple[int, ...] | None) -> torch.Tensor:
     """x: (..., n, D) rotated at `positions` (3, n) -> x before rotary embedding."""
     report("unrotate", "torch")
-    return rotate_by_angles_reference(x, -rope_angles(positions, inv_freq, mrope_section))
+    return rotate_by_angles_reference(x, -rope_angles(positions, inv_freq, axes))

@@ -70,7 +70,7 @@ class StreamCache(Cache):
 
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, capacity: int,
                  inv_freq: torch.Tensor, dtype: torch.dtype, device: torch.device | str,
-                 mrope_section: list[int] | None = None,
+                 rope_axes: tuple[int, ...] | None = None,
                  buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None):
         """buffers: (keys, values, key_bias) to use instead of allocating: a slab of a KVPool, views of
         shapes (num_layers, 1, num_kv_heads, capacity, head_dim) twice and (num_layers, capacity)."""
@@ -82,7 +82,7 @@ class StreamCache(Cache):
         assert self.key_buffer.shape == shape and self.key_bias.shape == (num_layers, capacity)
         self.num_layers, self.capacity, self.length = num_layers, capacity, 0
         self.inv_freq = inv_freq.float().to(device)
-        self.mrope_section = mrope_section
+        self.rope_axes = rope_axes
         self.table = TokenTable.empty()
         self.key_valid: torch.Tensor | None = None  # (L, capacity) bool while retrieved slots hold padding
         # key_bias: the same as an additive bias, 0 or -inf, in a buffer that lives as long as the cache
@@ -141,7 +141,7 @@ class StreamCache(Cache):
 
     def representative(self, keys: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """keys (L, Hkv, n, D) rotated at positions (3, n) -> (L, Hkv, D): their mean before rotary."""
-        return unrotate(keys, positions, self.inv_freq, self.mrope_section).float().mean(dim=2)
+        return unrotate(keys, positions, self.inv_freq, self.rope_axes).float().mean(dim=2)
 
     def rollback(self, length: int) -> None:
         """Forget what a forward pass appended past `length` (a probe that must leave no trace)."""

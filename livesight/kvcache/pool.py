@@ -54,13 +54,13 @@ class KVPool(Cache):
 
     def __init__(self, num_slabs: int, num_layers: int, num_kv_heads: int, head_dim: int, slab_capacity: int,
                  inv_freq: torch.Tensor, dtype: torch.dtype, device: torch.device | str,
-                 mrope_section: list[int] | None = None):
+                 rope_axes: tuple[int, ...] | None = None):
         shape = (num_layers, num_slabs + 1, num_kv_heads, slab_capacity, head_dim)
         self.key_buffer = torch.zeros(shape, dtype=dtype, device=device)
         self.value_buffer = torch.zeros(shape, dtype=dtype, device=device)
         self.key_bias = torch.zeros(num_layers, num_slabs + 1, slab_capacity, dtype=dtype, device=device)
         self.num_slabs, self.slab_capacity, self.num_layers = num_slabs, slab_capacity, num_layers
-        self.spec = (num_layers, num_kv_heads, head_dim, inv_freq, dtype, device, mrope_section)
+        self.spec = (num_layers, num_kv_heads, head_dim, inv_freq, dtype, device, rope_axes)
         self.free = list(range(num_slabs))
         self.write: tuple[torch.Tensor, torch.Tensor] | None = None  # (slabs (N,), slots (N,)) during a step
         super().__init__(layers=[PoolLayer(self, i) for i in range(num_layers)])

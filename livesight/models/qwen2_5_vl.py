@@ -8,6 +8,7 @@ from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl
 
 from livesight.kernels import VISION_ATTENTION_NAME, vision_attention
 from livesight.kernels.fused import rotary, rotary_reference
+from livesight.kernels.rope import sectioned_axes
 from livesight.models.chat import ChatIds, qwen_chat_ids
 from livesight.models.loader import LoadedModel
 from livesight.models.text import TextAdapter, fused_norm_forward
@@ -52,6 +53,11 @@ class QwenVLAdapter(TextAdapter):
     @staticmethod
     def _position_ids(positions: torch.Tensor) -> torch.Tensor:
         return positions[:, None]  # (3, 1, n)
+
+    @property
+    def rope_axes(self) -> tuple[int, ...]:
+        """M-RoPE in contiguous sections: [16, 24, 24] frequencies read t, h, w at head_dim 128."""
+        return sectioned_axes(self.language_model.rotary_emb.mrope_section)
 
     def chat_ids(self) -> ChatIds:
         return qwen_chat_ids(self.tokenizer)

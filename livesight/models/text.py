@@ -96,12 +96,12 @@ class TextAdapter:
 
     def new_cache(self, capacity: int) -> StreamCache:
         return StreamCache(self.num_layers, self.num_kv_heads, self.head_dim, capacity, self.inv_freq,
-                           self.dtype, self.device, self.mrope_section)
+                           self.dtype, self.device, self.rope_axes)
 
     @property
-    def mrope_section(self) -> list[int] | None:
-        """Which position axis each rotary frequency reads (None: 1-D rotary)."""
-        return getattr(self.language_model.rotary_emb, "mrope_section", None)
+    def rope_axes(self) -> tuple[int, ...] | None:
+        """The position axis (t, h, w) each rotary frequency reads; None: 1-D rotary."""
+        return None
 
     def decode(self, ids: list[int]) -> str:
         """Token ids to text. Ids the tokenizer does not know (a random-weight model at real size has a

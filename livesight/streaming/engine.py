@@ -69,7 +69,7 @@ class Engine:
         check_fits(adapter, self.slab_capacity, tokens_per_chunk, config, num_streams=max_streams)
         check_host_memory(config, max_streams)
         self.pool = KVPool(max_streams, adapter.num_layers, adapter.num_kv_heads, adapter.head_dim, self.slab_capacity,
-                           adapter.inv_freq, adapter.dtype, adapter.device, adapter.mrope_section)
+                           adapter.inv_freq, adapter.dtype, adapter.device, adapter.rope_axes)
         self.batch = BatchStep(adapter, self.pool, config.cuda_graphs)
         self.lanes: dict[str, Lane] = {}
         self._ids = itertools.count()

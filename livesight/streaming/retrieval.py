@@ -21,4 +21,4 @@ def probe(stepper: CacheStepper, question: torch.Tensor) -> torch.Tensor:
         stepper.adapter.forward(embeds, table.pos, cache)
     cache.rollback(length)
     queries = torch.stack([captured[layer] for layer in range(len(captured))])
-    return unrotate(queries, table.pos, cache.inv_freq, cache.mrope_section)
+    return unrotate(queries, table.pos, cache.inv_freq, cache.rope_axes)

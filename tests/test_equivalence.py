@@ -25,6 +25,7 @@ class Reference:
         model = copy.deepcopy(loaded.model)
         model.model.language_model.config._attn_implementation = "eager"
         self.lm, self.head = model.model.language_model, model.lm_head
+        self.hidden = self.lm.config.hidden_size
         self.keys: dict[int, list[torch.Tensor]] = {}  # seq -> per-layer key (Hkv, D) before rotary
         self.values: dict[int, list[torch.Tensor]] = {}
 
@@ -43,7 +44,14 @@ class Reference:
                 k_rot, _ = apply_rotary_pos_emb(k, k, cos, sin)
                 cache.update(k_rot, v, layer)
         past = cache.get_seq_length()
-        out = self.lm(inputs_embeds=embeds[None], position_ids=new_pos[:, None], past_key_values=cache, use_cache=True)
+        deepstack = {}
+        if embeds.shape[-1] > self.hidden:  # Qwen3-VL's rows [embedding | DeepStack levels]: transformers' own
+            levels = embeds[:, self.hidden:].reshape(embeds.shape[0], -1, self.hidden)  # way, at the visual rows
+            visual = levels.abs().sum(dim=(1, 2)) > 0
+            deepstack = dict(visual_pos_masks=visual[None], deepstack_visual_embeds=list(levels[visual].unbind(1)))
+            embeds = embeds[:, :self.hidden]
+        out = self.lm(inputs_embeds=embeds[None], position_ids=new_pos[:, None], past_key_values=cache, use_cache=True,
+                      **deepstack)
         cos, sin = self.rotary(new_pos)
         layers = range(self.lm.config.num_hidden_layers)
         keys, values = [], []
@@ -57,11 +65,11 @@ class Reference:
         return self.head(out.last_hidden_state[0]).float()
 
 
-def run_lockstep(tiny, config, num_chunks, questions=()):
-    adapter = QwenVLAdapter(tiny)
+def run_lockstep(tiny, config, num_chunks, questions=(), adapter_class=QwenVLAdapter):
+    adapter = adapter_class(tiny)
     reference = Reference(tiny)
     real_forward = adapter.forward
-    log = {"steps": 0, "max_err": 0.0, "moved": 0, "answers": [], "max_retrieved": 0, "logits": []}
+    log = {"steps": 0, "max_err": 0.0, "moved": 0, "answers": [], "max_retrieved": 0, "logits": [], "visual_steps": 0}
     stream = {}  # the session, once built: its stepper numbers the step's tokens
 
     def checked_forward(embeds, positions, cache, all_logits=False):
@@ -75,6 +83,7 @@ def run_lockstep(tiny, config, num_chunks, questions=()):
         err = float((got - expected).abs().max() / expected.abs().max())
         log["max_err"] = max(log["max_err"], err)
         log["steps"] += 1
+        log["visual_steps"] += int(embeds.shape[-1] > reference.hidden and bool(embeds[:, reference.hidden:].any()))
         log["max_retrieved"] = max(log["max_retrieved"], table.counts()["retrieved"])
         log["logits"].append(got[-1])
         return got if all_logits else got[-1]
@@ -126,3 +135,22 @@ def test_toy_vlm_loads_offline_and_matches_plain_forward(monkeypatch):
     assert session.grid == (1, 6, 11)  # a 180 x 320 source fit into toy-vlm's 168 x 308 frames
     assert log["moved"] > 0 and log["steps"] > 6 * 3
     assert log["max_err"] < 2e-5, log
+
+
+def test_qwen3_vl_matches_plain_forward_with_deepstack_retrieval_and_pruning():
+    """Qwen3-VL (tiny, random): interleaved M-RoPE and DeepStack. Through slides, text eviction,
+    narration, pruning and a question that retrieves past chunks, the engine's logits equal the stock
+    model's, which adds the DeepStack features at the visual rows its own way."""
+    from livesight.models.loader import load_model
+    from livesight.models.qwen3_vl import Qwen3VLAdapter
+    from livesight.streaming.config import CompressionConfig
+    loaded = load_model("tiny-random-qwen3-vl")
+    config = SessionConfig(vision_window_s=3.0, text_sink=6, text_window=10, narrate_tokens=4, answer_tokens=4,
+                           system_prompt="sys", retrieval=RetrievalConfig(top_k=2, scope="global"),
+                           compression=CompressionConfig(keep_ratio=0.5))
+    session, log = run_lockstep(loaded, config, num_chunks=9, questions=[(7, "what moved?")],
+                                adapter_class=Qwen3VLAdapter)
+    assert log["moved"] > 0 and log["visual_steps"] >= 9  # slides re-rotated kept keys; every chunk had DeepStack
+    assert log["max_retrieved"] > 0 and len(log["answers"][-1].data["retrieved"]) == 2
+    assert session.cache.table.counts()["vision"] < 3 * session.tokens_per_chunk  # pruning dropped tokens
+    assert log["max_err"] < 2e-5, log["max_err"]

@@ -83,3 +83,29 @@ def test_a_video_command_refuses_a_text_only_model_before_loading_it(monkeypatch
     monkeypatch.setattr(registry, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(InputError, match="text-only model: watching video needs a vision-language model"):
         load_adapter(SMOLLM2, "cpu")
+
+
+def test_a_qwen3_vl_checkpoint_folder_loads_into_its_own_adapter(tmp_path):
+    """A Qwen3-VL saved to a folder loads back by path: the same weights, Qwen3-VL's image mean and std,
+    and the registry picks its adapter from the config alone."""
+    from livesight.models.qwen3_vl import Qwen3VLAdapter
+    tiny3 = load_model("tiny-random-qwen3-vl")
+    save_model(tiny3, str(tmp_path))
+    adapter = load_adapter(str(tmp_path), "cpu")
+    assert type(adapter) is Qwen3VLAdapter and adapter.loaded.image_mean == (0.5, 0.5, 0.5)
+    ids = torch.tensor([[257, 10, 20, 30, 258]])
+    with torch.no_grad():
+        assert torch.equal(tiny3.model(input_ids=ids).logits, adapter.loaded.model(input_ids=ids).logits)
+
+
+def test_random_qwen3_vl_8b_has_the_published_architecture():
+    from transformers import Qwen3VLForConditionalGeneration
+    from livesight.models.configs import random_config
+    config = random_config("random-qwen3-vl-8b")
+    text, vision = config.text_config, config.vision_config
+    sizes = (text.hidden_size, text.num_hidden_layers, text.num_attention_heads, text.num_key_value_heads)
+    assert sizes == (4096, 36, 32, 8)
+    assert text.rope_parameters["mrope_section"] == [24, 20, 20] and vision.deepstack_visual_indexes == [8, 16, 24]
+    with torch.device("meta"):
+        model = Qwen3VLForConditionalGeneration._from_config(config)
+    assert round(sum(p.numel() for p in model.parameters()) / 1e9, 2) == 8.77  # Qwen3-VL-8B-Instruct: 8.77B

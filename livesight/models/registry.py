@@ -4,10 +4,12 @@ family."""
 from livesight.errors import InputError
 from livesight.models.loader import SMOLLM2, load_model
 from livesight.models.qwen2_5_vl import QwenVLAdapter
+from livesight.models.qwen3_vl import Qwen3VLAdapter
 from livesight.models.text import TextAdapter
 
 # The adapter of each model family, by the loaded config's model_type: a new family is one more entry.
-ADAPTERS: dict[str, type[TextAdapter]] = {"qwen2_5_vl": QwenVLAdapter, "llama": TextAdapter}
+ADAPTERS: dict[str, type[TextAdapter]] = {"qwen2_5_vl": QwenVLAdapter, "qwen3_vl": Qwen3VLAdapter,
+                                          "llama": TextAdapter}
 
 
 def load_adapter(spec: str, device: str, video: bool = True) -> TextAdapter:
@@ -16,7 +18,7 @@ def load_adapter(spec: str, device: str, video: bool = True) -> TextAdapter:
     points never name one. video: the caller streams video, so a text-only model is refused (before
     loading it, where the spec says so)."""
     text_only = (f"--model {spec} is a text-only model: watching video needs a vision-language model "
-                 f"(tiny-random, random-3b, random-7b, a Qwen2.5-VL folder or hub id)")
+                 f"(toy-vlm, tiny-random, random-7b, random-qwen3-vl-8b, a Qwen2.5-VL or Qwen3-VL folder or hub id)")
     if video and spec == SMOLLM2:
         raise InputError(text_only)
     loaded = load_model(spec, device)

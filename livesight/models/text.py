@@ -42,7 +42,8 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     if _captured_queries is not None:
         _captured_queries[module.layer_idx] = query[0]
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    start, key_valid, plan = kwargs.get("livesight_start"), kwargs.get("livesight_key_valid"), kwargs.get("livesight_plan")
+    start, key_valid = kwargs.get("livesight_start"), kwargs.get("livesight_key_valid")
+    plan = kwargs.get("livesight_plan")
     if plan is not None:  # a batched step: packed rows of many streams, each over its own slab of the pool
         key_bias = kwargs.get("livesight_key_bias")  # (L, S + 1, C): padding in retrieved slots
         out = slab_attention(query, key, value, scale, plan, None if key_bias is None else key_bias[module.layer_idx])

@@ -107,7 +107,16 @@ def _run_alone(adapter, config, name):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_each_stream_in_the_engine_equals_the_stream_alone(tiny, device):
-    adapter = QwenVLAdapter(tiny if device == "cpu" else load_model("tiny-random", device))
+    _check_engine_equals_alone(QwenVLAdapter(tiny if device == "cpu" else load_model("tiny-random", device)))
+
+
+def test_qwen3_vl_streams_in_the_engine_equal_each_stream_alone():
+    """The batched pass carries Qwen3-VL's wide rows (DeepStack) for every stream of a step."""
+    from livesight.models.registry import load_adapter
+    _check_engine_equals_alone(load_adapter("tiny-random-qwen3-vl", "cpu"))
+
+
+def _check_engine_equals_alone(adapter):
     config = _config()
     engine, logs, events, ids = _run_engine(adapter, config)
     assert engine.pool.free == [2], "the stream closed early gave its slab back; the others hold theirs"

@@ -47,7 +47,7 @@ class PlainStream:
                  system_prompt: str, narrate_tokens: int, window_chunks: int | None = None):
         self.adapter, self.size, self.narrate_tokens = adapter, size, narrate_tokens
         self.grid = adapter.merged_grid(size, frames_per_chunk)
-        self.grid_thw = torch.tensor([adapter.patch_grid(size, frames_per_chunk)], device=adapter.device)
+        self.patch_grid = adapter.patch_grid(size, frames_per_chunk)
         self.stride, self.window_chunks = temporal_stride, window_chunks
         enc = lambda text: adapter.embed_ids(adapter.tokenizer.encode(text, add_special_tokens=False))  # noqa: E731
         self.sink = enc(f"<|im_start|>system\n{system_prompt}<|im_end|>\n")
@@ -76,11 +76,7 @@ class PlainStream:
         return self._forward(embeds, table.pos)
 
     def _forward(self, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        lm = self.adapter.language_model
-        adapter = self.adapter
-        out = lm(inputs_embeds=embeds[None].to(adapter.dtype), position_ids=positions[:, None].to(adapter.device),
-                 past_key_values=self.cache, use_cache=True)
-        return self.adapter.logits(out.last_hidden_state[0, -1])
+        return self.adapter.logits(self.adapter.run_layers(embeds, positions, self.cache)[-1])
 
     @torch.inference_mode()
     def step(self, chunk: Chunk) -> dict:
@@ -90,7 +86,7 @@ class PlainStream:
             self._sync()
             t0 = time.perf_counter()
             _, pixels = adapter.to_pixels(torch.from_numpy(chunk.frames), self.size)
-            visual = adapter.visual(pixels, grid_thw=self.grid_thw).pooler_output
+            visual = adapter.tower(pixels, self.patch_grid)
             self._sync()
             t1 = time.perf_counter()
             if self.window_chunks is None:

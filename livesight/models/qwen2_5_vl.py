@@ -75,6 +75,10 @@ class QwenVLAdapter(TextAdapter):
         t, h, w = self.patch_grid(size, num_frames)
         return (t, h // self.merge, w // self.merge)
 
+    def tower(self, pixels: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """transformers' own tower on a chunk's patch rows -> its visual rows (tokens, hidden)."""
+        return self.visual(pixels, grid_thw=torch.tensor([grid], device=pixels.device)).pooler_output
+
     def vision_encoder(self, size: tuple[int, int], num_frames: int, reuse_threshold: float | None,
                        graphs: bool | None = None, partial: bool = True) -> VisionEncoder:
         """The encoder for chunks of `num_frames` frames of `size`; reuse_threshold None: no reuse;

@@ -77,11 +77,11 @@ class Qwen3VLAdapter(QwenVLAdapter):
         embeds = self.language_model.embed_tokens(ids)
         return torch.nn.functional.pad(embeds, (0, self.row_width - self.hidden_size))
 
-    def _hidden(self, embeds: torch.Tensor, positions: torch.Tensor, cache, **kwargs) -> torch.Tensor:
+    def run_layers(self, embeds: torch.Tensor, positions: torch.Tensor, cache, **kwargs) -> torch.Tensor:
         assert embeds.shape[-1] == self.row_width, (embeds.shape, self.row_width)
         n, hidden = embeds.shape[0], self.hidden_size
         stacked = embeds[:, hidden:].reshape(n, self.num_deepstack, hidden).to(self.dtype)
-        return super()._hidden(embeds[:, :hidden], positions, cache, visual_pos_masks=torch.ones(
+        return super().run_layers(embeds[:, :hidden], positions, cache, visual_pos_masks=torch.ones(
             1, n, dtype=torch.bool, device=embeds.device), deepstack_visual_embeds=list(stacked.unbind(1)), **kwargs)
 
     def tower(self, pixels: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:

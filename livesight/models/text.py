@@ -130,8 +130,9 @@ class TextAdapter:
         """ids (n,) on the device -> (n, hidden), with no wait on the GPU."""
         return self.language_model.embed_tokens(ids)
 
-    def _hidden(self, embeds: torch.Tensor, positions: torch.Tensor, cache: StreamCache, **kwargs) -> torch.Tensor:
-        """embeds: (n, hidden); positions: (3, n) -> last hidden states (n, hidden); appends to `cache`."""
+    def run_layers(self, embeds: torch.Tensor, positions: torch.Tensor, cache, **kwargs) -> torch.Tensor:
+        """embeds: (n, row width); positions: (3, n) -> last hidden states (n, hidden); appends to `cache`
+        (LiveSight's, or transformers' DynamicCache for the plain baselines)."""
         out = self.language_model(inputs_embeds=embeds[None].to(self.dtype),
                                   position_ids=self._position_ids(positions).to(self.device, non_blocking=True),
                                   past_key_values=cache, use_cache=True, **kwargs)
@@ -147,7 +148,7 @@ class TextAdapter:
         """embeds: (n, hidden); positions: (3, n) -> logits (vocab,) of the last token, or (n, vocab).
 
         Appends the step's keys and values to `cache`."""
-        hidden = self._hidden(embeds, positions, cache, livesight_key_valid=cache.key_valid)
+        hidden = self.run_layers(embeds, positions, cache, livesight_key_valid=cache.key_valid)
         return self.logits(hidden if all_logits else hidden[-1])
 
     def static_hidden(self, embeds: torch.Tensor, positions: torch.Tensor, start: torch.Tensor,
@@ -160,7 +161,7 @@ class TextAdapter:
         slots = start + torch.arange(embeds.shape[0], device=start.device)
         cache.static_write = (slots, num_keys)
         try:
-            return self._hidden(embeds, positions, cache, livesight_start=start,
+            return self.run_layers(embeds, positions, cache, livesight_start=start,
                                 livesight_key_bias=cache.key_bias if padded else None)
         finally:
             cache.static_write = None
@@ -174,7 +175,7 @@ class TextAdapter:
         hold padding, which pool.key_bias hides. -> last hidden states (N, hidden)."""
         pool.write = (slabs, slots)
         try:
-            return self._hidden(embeds, positions, pool, livesight_plan=plan,
+            return self.run_layers(embeds, positions, pool, livesight_plan=plan,
                                 livesight_key_bias=pool.key_bias if padded else None)
         finally:
             pool.write = None

@@ -21,17 +21,21 @@ from livesight.streaming.session import Session
 
 
 class Reference:
-    def __init__(self, loaded):
+    def __init__(self, loaded, adapter_class=QwenVLAdapter):
         model = copy.deepcopy(loaded.model)
-        model.model.language_model.config._attn_implementation = "eager"
-        self.lm, self.head = model.model.language_model, model.lm_head
+        self.lm, self.head = adapter_class._modules(model)
+        self.lm.config._attn_implementation = "eager"
         self.hidden = self.lm.config.hidden_size
+        self.one_d = adapter_class.flat_positions  # 1-D rotary reads the first row of the positions
         self.keys: dict[int, list[torch.Tensor]] = {}  # seq -> per-layer key (Hkv, D) before rotary
         self.values: dict[int, list[torch.Tensor]] = {}
 
+    def position_ids(self, pos: torch.Tensor) -> torch.Tensor:
+        return pos[:1] if self.one_d else pos[:, None]
+
     def rotary(self, pos: torch.Tensor):
         dummy = torch.zeros(1, dtype=torch.float32)
-        return self.lm.rotary_emb(dummy, pos[:, None])  # cos, sin: (1, n, D)
+        return self.lm.rotary_emb(dummy, self.position_ids(pos))  # cos, sin: (1, n, D)
 
     @torch.no_grad()
     def step(self, kept_seq, kept_pos, embeds, new_seq, new_pos) -> torch.Tensor:
@@ -50,8 +54,8 @@ class Reference:
             visual = levels.abs().sum(dim=(1, 2)) > 0
             deepstack = dict(visual_pos_masks=visual[None], deepstack_visual_embeds=list(levels[visual].unbind(1)))
             embeds = embeds[:, :self.hidden]
-        out = self.lm(inputs_embeds=embeds[None], position_ids=new_pos[:, None], past_key_values=cache, use_cache=True,
-                      **deepstack)
+        out = self.lm(inputs_embeds=embeds[None], position_ids=self.position_ids(new_pos), past_key_values=cache,
+                      use_cache=True, **deepstack)
         cos, sin = self.rotary(new_pos)
         layers = range(self.lm.config.num_hidden_layers)
         keys, values = [], []
@@ -67,7 +71,7 @@ class Reference:
 
 def run_lockstep(tiny, config, num_chunks, questions=(), adapter_class=QwenVLAdapter):
     adapter = adapter_class(tiny)
-    reference = Reference(tiny)
+    reference = Reference(tiny, adapter_class)
     real_forward = adapter.forward
     log = {"steps": 0, "max_err": 0.0, "moved": 0, "answers": [], "max_retrieved": 0, "logits": [], "visual_steps": 0}
     stream = {}  # the session, once built: its stepper numbers the step's tokens
@@ -153,4 +157,25 @@ def test_qwen3_vl_matches_plain_forward_with_deepstack_retrieval_and_pruning():
     assert log["moved"] > 0 and log["visual_steps"] >= 9  # slides re-rotated kept keys; every chunk had DeepStack
     assert log["max_retrieved"] > 0 and len(log["answers"][-1].data["retrieved"]) == 2
     assert session.cache.table.counts()["vision"] < 3 * session.tokens_per_chunk  # pruning dropped tokens
+    assert log["max_err"] < 2e-5, log["max_err"]
+
+
+def test_smolvlm2_matches_plain_forward_with_1d_positions_retrieval_and_pruning():
+    """SmolVLM2 (tiny, random): 1-D RoPE, so a chunk's visual tokens take consecutive positions. Through
+    slides, text eviction, narration, pruning and a question that retrieves past chunks, the engine's
+    logits equal the stock Llama-family forward's over the kept tokens."""
+    from livesight.models.loader import load_model
+    from livesight.models.smolvlm import SmolVLMAdapter
+    from livesight.streaming.config import CompressionConfig
+    loaded = load_model("tiny-random-smolvlm2")
+    config = SessionConfig(vision_window_s=3.0, text_sink=6, text_window=10, narrate_tokens=4, answer_tokens=4,
+                           system_prompt="sys", retrieval=RetrievalConfig(top_k=2, scope="global"),
+                           compression=CompressionConfig(keep_ratio=0.5))
+    session, log = run_lockstep(loaded, config, num_chunks=9, questions=[(7, "what moved?")],
+                                adapter_class=SmolVLMAdapter)
+    table = session.cache.table
+    assert log["moved"] > 0 and bool((table.pos[0] == table.pos[1]).all())  # 1-D: every axis the same
+    assert table.pos[0].unique().numel() == len(table)  # and every kept token a position of its own
+    assert log["max_retrieved"] > 0 and len(log["answers"][-1].data["retrieved"]) == 2
+    assert table.counts()["vision"] < 3 * session.tokens_per_chunk
     assert log["max_err"] < 2e-5, log["max_err"]

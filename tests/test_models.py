@@ -85,17 +85,23 @@ def test_a_video_command_refuses_a_text_only_model_before_loading_it(monkeypatch
         load_adapter(SMOLLM2, "cpu")
 
 
-def test_a_qwen3_vl_checkpoint_folder_loads_into_its_own_adapter(tmp_path):
-    """A Qwen3-VL saved to a folder loads back by path: the same weights, Qwen3-VL's image mean and std,
-    and the registry picks its adapter from the config alone."""
+@pytest.mark.parametrize("name", ["tiny-random-qwen3-vl", "tiny-random-smolvlm2"])
+def test_a_checkpoint_folder_of_another_family_loads_into_its_own_adapter(tmp_path, name):
+    """A Qwen3-VL or SmolVLM2 saved to a folder loads back by path: the same weights and tokenizer (its
+    special tokens too), the family's image mean and std, and the registry picks its adapter from the
+    config alone."""
     from livesight.models.qwen3_vl import Qwen3VLAdapter
-    tiny3 = load_model("tiny-random-qwen3-vl")
-    save_model(tiny3, str(tmp_path))
+    from livesight.models.smolvlm import SmolVLMAdapter
+    tiny = load_model(name)
+    save_model(tiny, str(tmp_path))
     adapter = load_adapter(str(tmp_path), "cpu")
-    assert type(adapter) is Qwen3VLAdapter and adapter.loaded.image_mean == (0.5, 0.5, 0.5)
+    assert type(adapter) is {"tiny-random-qwen3-vl": Qwen3VLAdapter, "tiny-random-smolvlm2": SmolVLMAdapter}[name]
+    assert adapter.loaded.image_mean == (0.5, 0.5, 0.5)
     ids = torch.tensor([[257, 10, 20, 30, 258]])
     with torch.no_grad():
-        assert torch.equal(tiny3.model(input_ids=ids).logits, adapter.loaded.model(input_ids=ids).logits)
+        assert torch.equal(tiny.model(input_ids=ids).logits, adapter.loaded.model(input_ids=ids).logits)
+    text = "<|im_start|>System: hi<end_of_utterance>\nUser:<fake_token_around_image>"
+    assert adapter.tokenizer.encode(text) == tiny.tokenizer.encode(text)
 
 
 def test_random_qwen3_vl_8b_has_the_published_architecture():
@@ -109,3 +115,15 @@ def test_random_qwen3_vl_8b_has_the_published_architecture():
     with torch.device("meta"):
         model = Qwen3VLForConditionalGeneration._from_config(config)
     assert round(sum(p.numel() for p in model.parameters()) / 1e9, 2) == 8.77  # Qwen3-VL-8B-Instruct: 8.77B
+
+
+def test_random_smolvlm2_2_2b_has_the_published_architecture():
+    from transformers import SmolVLMForConditionalGeneration
+    from livesight.models.configs import random_config
+    config = random_config("random-smolvlm2-2.2b")
+    text, vision = config.text_config, config.vision_config
+    assert (text.hidden_size, text.num_hidden_layers, vision.image_size, vision.patch_size, config.scale_factor) == \
+        (2048, 24, 384, 14, 3)
+    with torch.device("meta"):
+        model = SmolVLMForConditionalGeneration._from_config(config)
+    assert round(sum(p.numel() for p in model.parameters()) / 1e9, 1) == 2.2

@@ -55,7 +55,7 @@ class PlainStream:
         self.assistant = enc("<|im_start|>assistant\n")
         self.chunks: deque = deque(maxlen=window_chunks)  # the window's visual tokens
         self.cache = DynamicCache()
-        self.builder = StepBuilder(0, 0, 0)
+        self.builder = StepBuilder(0, 0, 0, adapter.flat_positions)
         self._prefill([], with_sink=True)
 
     def _sync(self) -> None:
@@ -93,7 +93,7 @@ class PlainStream:
                 logits = self._prefill([visual], with_sink=False)
             else:
                 self.chunks.append(visual)
-                self.cache, self.builder = DynamicCache(), StepBuilder(0, 0, 0)
+                self.cache, self.builder = DynamicCache(), StepBuilder(0, 0, 0, adapter.flat_positions)
                 logits = self._prefill(list(self.chunks), with_sink=True)
             context, self.last_logits = self.cache.get_seq_length(), logits
             self._sync()

@@ -4,6 +4,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
+
 @dataclass(frozen=True)
 class ChatIds:
     """The chat template's pieces a stream is built of, as token ids, and the ids that end a turn."""
@@ -29,3 +30,15 @@ def qwen_chat_ids(tok) -> ChatIds:
     return ChatIds(enc("<|im_start|>system\n"), enc("<|im_end|>\n"), enc("<|im_start|>user\n<|vision_start|>"),
                    enc("<|vision_end|><|im_end|>\n"), enc("<|im_start|>user\n"), enc("<|im_end|>\n"),
                    enc("<|im_start|>assistant\n"), frozenset(i for i in stop if i is not None), enc)
+
+
+def smolvlm_chat_ids(tok) -> ChatIds:
+    """SmolVLM2's template: "<|im_start|>" opens the conversation, each turn is "Role: ...<end_of_utterance>\\n",
+    a frame's tokens sit between <fake_token_around_image><global-img> and <fake_token_around_image>."""
+    enc = functools.partial(tok.encode, add_special_tokens=False)
+    stop = {tok.convert_tokens_to_ids("<end_of_utterance>"), tok.eos_token_id}
+    image_open, image_close = "<fake_token_around_image><global-img>", "<fake_token_around_image>"
+    return ChatIds(enc("<|im_start|>System: "), enc("<end_of_utterance>\n"),
+                   enc(f"User:{image_open}"), enc(f"{image_close}<end_of_utterance>\n"),
+                   enc("User: "), enc("<end_of_utterance>\n"), enc("Assistant:"),
+                   frozenset(i for i in stop if i is not None), enc)

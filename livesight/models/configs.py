@@ -2,10 +2,11 @@
 published sizes with random weights for speed work on a GPU, and toy-vlm's. Special token ids match the
 locally built byte tokenizer (loader.build_byte_tokenizer)."""
 
-from transformers import PretrainedConfig, Qwen2_5_VLConfig, Qwen3VLConfig
+from transformers import PretrainedConfig, Qwen2_5_VLConfig, Qwen3VLConfig, SmolVLMConfig
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|image_pad|>", "<|video_pad|>"]
+SMOLVLM_TOKENS = ["<fake_token_around_image>", "<global-img>", "<end_of_utterance>"]  # after SPECIAL_TOKENS
 
 # The real Qwen2.5-VL architectures (from their released config.json files).
 _VISION_REAL = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14,
@@ -35,12 +36,23 @@ _QWEN3_VL_TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_lay
 _QWEN3_VL_TINY_VISION = dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
                              spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
                              deepstack_visual_indexes=[0, 1], hidden_act="gelu_pytorch_tanh")
+# SmolVLM2-2.2B-Instruct's architecture: SmolLM2-1.7B, SigLIP-so400m at 384 px, 3 x 3 pixel shuffle (81 tokens a frame)
+_SMOLVLM2_TEXT = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=32,
+                      num_key_value_heads=32, vocab_size=49280, tie_word_embeddings=False, rope_theta=273768.0)
+_SMOLVLM2_VISION = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                        patch_size=14, image_size=384)
+_SMOLVLM2_TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                           num_key_value_heads=2, vocab_size=288, tie_word_embeddings=False, rope_theta=1e5)
+_SMOLVLM2_TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                             patch_size=8, image_size=64)
 RANDOM = {  # name -> the config of a model with random weights
     "tiny-random": lambda: qwen_vl_config(_TINY_TEXT, _TINY_VISION, 128000),
     "random-3b": lambda: qwen_vl_config(_TEXT_REAL["random-3b"], _VISION_REAL, 128000),
     "random-7b": lambda: qwen_vl_config(_TEXT_REAL["random-7b"], _VISION_REAL, 128000),
     "tiny-random-qwen3-vl": lambda: qwen3_vl_config(_QWEN3_VL_TINY_TEXT, _QWEN3_VL_TINY_VISION),
     "random-qwen3-vl-8b": lambda: qwen3_vl_config(_QWEN3_VL_8B_TEXT, _QWEN3_VL_8B_VISION),
+    "tiny-random-smolvlm2": lambda: smolvlm_config(_SMOLVLM2_TINY_TEXT, _SMOLVLM2_TINY_VISION, 2),
+    "random-smolvlm2-2.2b": lambda: smolvlm_config(_SMOLVLM2_TEXT, _SMOLVLM2_VISION, 3),
 }
 
 
@@ -51,6 +63,19 @@ def random_config(name: str) -> PretrainedConfig:
 
 def _token_ids() -> dict[str, int]:
     return {t: 256 + i for i, t in enumerate(SPECIAL_TOKENS)}
+
+
+def smolvlm_config(text: dict, vision: dict, scale_factor: int, max_positions: int = 16384) -> SmolVLMConfig:
+    """A SmolVLM (Idefics3 architecture) config: a Llama-family text model with 1-D RoPE, a SigLIP tower,
+    a pixel-shuffle connector; token ids match the byte tokenizer with SMOLVLM_TOKENS added."""
+    ids = _token_ids()
+    text = {k: v for k, v in text.items() if k != "rope_theta"} | dict(
+        model_type="llama", rope_parameters={"rope_type": "default", "rope_theta": text["rope_theta"]},
+        max_position_embeddings=max_positions, rms_norm_eps=1e-5, bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=256 + len(SPECIAL_TOKENS) + 2, pad_token_id=ids["<|endoftext|>"])
+    return SmolVLMConfig(text_config=text, vision_config=vision, scale_factor=scale_factor,
+                         image_token_id=ids["<|image_pad|>"], pad_token_id=ids["<|endoftext|>"],
+                         tie_word_embeddings=text["tie_word_embeddings"])
 
 
 def qwen3_vl_config(text: dict, vision: dict, max_positions: int = 262144) -> Qwen3VLConfig:

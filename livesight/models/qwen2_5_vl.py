@@ -13,7 +13,7 @@ from livesight.models.chat import ChatIds, qwen_chat_ids
 from livesight.models.loader import LoadedModel
 from livesight.models.text import TextAdapter, fused_norm_forward
 from livesight.vision.encoder import EncodeStats, VisionEncoder, encode_batch
-from livesight.vision.preprocess import resize_frames, to_patches
+from livesight.vision.preprocess import fit_size, resize_frames, to_patches
 from livesight.vision.tower import align_tower
 
 
@@ -54,6 +54,9 @@ class QwenVLAdapter(TextAdapter):
     def _position_ids(positions: torch.Tensor) -> torch.Tensor:
         return positions[:, None]  # (3, 1, n)
 
+    sees_video = True
+    flat_positions = False  # M-RoPE: a grid's tokens at (t, h, w)
+
     @property
     def rope_axes(self) -> tuple[int, ...]:
         """M-RoPE in contiguous sections: [16, 24, 24] frequencies read t, h, w at head_dim 128."""
@@ -61,6 +64,11 @@ class QwenVLAdapter(TextAdapter):
 
     def chat_ids(self) -> ChatIds:
         return qwen_chat_ids(self.tokenizer)
+
+    def frame_size(self, source: tuple[int, int], max_pixels: int) -> tuple[int, int]:
+        """The (height, width) a source's frames are resized to: its aspect kept, within max_pixels,
+        sides a multiple of a language-model token's."""
+        return fit_size(*source, max_pixels, self.patch * self.merge)
 
     def patch_grid(self, size: tuple[int, int], num_frames: int) -> tuple[int, int, int]:
         """The vision tower's patch grid (t, h, w) of one chunk of `num_frames` frames of `size`."""

@@ -99,6 +99,9 @@ class TextAdapter:
         return StreamCache(self.num_layers, self.num_kv_heads, self.head_dim, capacity, self.inv_freq,
                            self.dtype, self.device, self.rope_axes)
 
+    sees_video = False  # a vision-language family's adapter takes chunks of video (vision_encoder, ...)
+    flat_positions = True  # 1-D rotary: a vision grid's tokens take consecutive positions (StepBuilder)
+
     @property
     def rope_axes(self) -> tuple[int, ...] | None:
         """The position axis (t, h, w) each rotary frequency reads; None: 1-D rotary."""

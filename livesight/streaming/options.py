@@ -128,8 +128,9 @@ def add_engine_args(p: argparse.ArgumentParser, narrate: bool = True, answer_tok
     offload_dir: offer --offload-dir (a server that keeps all it writes in a folder of its own does not)."""
     d = DEFAULTS
     p.add_argument("--model", default="tiny-random",
-                   help="toy-vlm | tiny-random | random-3b | random-7b | tiny-random-qwen3-vl | random-qwen3-vl-8b | a "
-                        "local checkpoint folder | a hub id (default %(default)s)")
+                   help="toy-vlm | tiny-random | random-3b | random-7b | tiny-random-qwen3-vl | random-qwen3-vl-8b | "
+                        "tiny-random-smolvlm2 | random-smolvlm2-2.2b | a local checkpoint folder | a hub id "
+                        "(default %(default)s)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default %(default)s)")
     p.add_argument("--fps", type=ENGINE["fps"], default=d["fps"],
                    help="frames sampled per second of video; fps x chunk seconds must be even (default %(default)s)")

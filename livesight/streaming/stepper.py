@@ -32,7 +32,7 @@ class CacheStepper:
 
     def builder(self) -> StepBuilder:
         """A builder whose positions, stream indices and groups continue from the cache."""
-        return StepBuilder(self._pos, self._seq, self._group)
+        return StepBuilder(self._pos, self._seq, self._group, self.adapter.flat_positions)
 
     def forward(self, builder: StepBuilder, all_logits: bool = False) -> torch.Tensor:
         """Run the step; -> logits of its last token (vocab,), or of every token (n, vocab)."""

@@ -35,7 +35,6 @@ from livesight.streaming.retrieval import probe
 from livesight.streaming.step_output import StepResult, StepTokens
 from livesight.streaming.stepper import CacheStepper, StageClock
 from livesight.streaming.tokens import StepBuilder
-from livesight.vision.preprocess import fit_size
 from livesight.vision.prune import TokenPruner
 
 PENDING_MAX = 8  # the last generated token plus the closing "<|im_end|>\n"
@@ -109,7 +108,8 @@ def slab_tokens(adapter: QwenVLAdapter, config: SessionConfig,
     if max_frame is None:
         grid_tokens = -(-config.frames_per_chunk // adapter.temporal) * (max_pixels // unit ** 2)
     else:
-        grid_tokens = int(np.prod(adapter.merged_grid(fit_size(*max_frame, max_pixels, unit), config.frames_per_chunk)))
+        size = adapter.frame_size(max_frame, max_pixels)
+        grid_tokens = int(np.prod(adapter.merged_grid(size, config.frames_per_chunk)))
     tokens = len(chat.chunk_open) + len(chat.chunk_close) + grid_tokens
     return cache_capacity(config, tokens, chat), tokens
 
@@ -136,7 +136,7 @@ class Stream:
         self.adapter, self.config = adapter, config
         self.policy = WindowPolicy(config.vision_window_s, config.text_sink, config.text_window)
         max_pixels = config.max_pixels or adapter.loaded.max_pixels
-        self.size = fit_size(*frame_size, max_pixels, adapter.patch * adapter.merge)
+        self.size = adapter.frame_size(frame_size, max_pixels)
         self.grid = adapter.merged_grid(self.size, config.frames_per_chunk)
         compress = config.compression
         self.encoder = adapter.vision_encoder(self.size, config.frames_per_chunk,

@@ -2,7 +2,8 @@
 
 Text tokens each form their own position group (t = h = w = p). A vision chunk is one group:
 its wrapper text, then the token grid at (s + k * stride, s + row, s + col), then the closing text
-at the grid's largest position + 1, as Qwen2.5-VL's get_rope_index lays out a video.
+at the grid's largest position + 1, as Qwen2.5-VL's get_rope_index lays out a video. A model with
+1-D positions (`flat`) numbers the grid's tokens one after another instead.
 """
 
 from collections.abc import Callable
@@ -20,6 +21,7 @@ class StepBuilder:
     next_pos: int
     next_seq: int
     next_group: int
+    flat: bool = False  # 1-D positions: the grid's tokens take consecutive positions
     embeds: list[torch.Tensor] = field(default_factory=list)  # (n, hidden) embeddings, or (n,) token ids
     rows: list[TokenTable] = field(default_factory=list)
 
@@ -64,8 +66,12 @@ class StepBuilder:
         assert grid_embeds.shape[0] == num_rows, (grid_embeds.shape, grid, num_rows)
         s = self.next_pos + before.shape[0]
         lead = torch.arange(self.next_pos, s).expand(3, before.shape[0])
-        tt, hh, ww = torch.meshgrid(torch.arange(gt) * temporal_stride, torch.arange(gh), torch.arange(gw), indexing="ij")
-        body = torch.stack([tt, hh, ww]).reshape(3, -1) + s
+        if self.flat:
+            body = torch.arange(gt * gh * gw).expand(3, -1) + s
+        else:
+            tt, hh, ww = torch.meshgrid(torch.arange(gt) * temporal_stride, torch.arange(gh), torch.arange(gw),
+                                        indexing="ij")
+            body = torch.stack([tt, hh, ww]).reshape(3, -1) + s
         end = int(body.max()) + 1
         if kept is not None:
             body = body[:, kept.cpu()]

@@ -141,41 +141,35 @@ def test_toy_vlm_loads_offline_and_matches_plain_forward(monkeypatch):
     assert log["max_err"] < 2e-5, log
 
 
-def test_qwen3_vl_matches_plain_forward_with_deepstack_retrieval_and_pruning():
-    """Qwen3-VL (tiny, random): interleaved M-RoPE and DeepStack. Through slides, text eviction,
-    narration, pruning and a question that retrieves past chunks, the engine's logits equal the stock
-    model's, which adds the DeepStack features at the visual rows its own way."""
+def _family_run(name: str, adapter_class):
+    """A tiny model of another family through slides, text eviction, narration, pruning at keep ratio
+    0.5 and a question at chunk 7 that retrieves two past chunks, in lockstep with the stock forward."""
     from livesight.models.loader import load_model
-    from livesight.models.qwen3_vl import Qwen3VLAdapter
     from livesight.streaming.config import CompressionConfig
-    loaded = load_model("tiny-random-qwen3-vl")
     config = SessionConfig(vision_window_s=3.0, text_sink=6, text_window=10, narrate_tokens=4, answer_tokens=4,
                            system_prompt="sys", retrieval=RetrievalConfig(top_k=2, scope="global"),
                            compression=CompressionConfig(keep_ratio=0.5))
-    session, log = run_lockstep(loaded, config, num_chunks=9, questions=[(7, "what moved?")],
-                                adapter_class=Qwen3VLAdapter)
-    assert log["moved"] > 0 and log["visual_steps"] >= 9  # slides re-rotated kept keys; every chunk had DeepStack
+    session, log = run_lockstep(load_model(name), config, num_chunks=9, questions=[(7, "what moved?")],
+                                adapter_class=adapter_class)
+    assert log["moved"] > 0  # slides re-rotated kept keys
     assert log["max_retrieved"] > 0 and len(log["answers"][-1].data["retrieved"]) == 2
     assert session.cache.table.counts()["vision"] < 3 * session.tokens_per_chunk  # pruning dropped tokens
     assert log["max_err"] < 2e-5, log["max_err"]
+    return session, log
+
+
+def test_qwen3_vl_matches_plain_forward_with_deepstack_retrieval_and_pruning():
+    """Qwen3-VL (tiny, random): interleaved M-RoPE and DeepStack; the stock model adds the DeepStack
+    features at the visual rows its own way."""
+    from livesight.models.qwen3_vl import Qwen3VLAdapter
+    _, log = _family_run("tiny-random-qwen3-vl", Qwen3VLAdapter)
+    assert log["visual_steps"] >= 9  # every chunk's step carried DeepStack features
 
 
 def test_smolvlm2_matches_plain_forward_with_1d_positions_retrieval_and_pruning():
-    """SmolVLM2 (tiny, random): 1-D RoPE, so a chunk's visual tokens take consecutive positions. Through
-    slides, text eviction, narration, pruning and a question that retrieves past chunks, the engine's
-    logits equal the stock Llama-family forward's over the kept tokens."""
-    from livesight.models.loader import load_model
+    """SmolVLM2 (tiny, random): 1-D RoPE, so a chunk's visual tokens take consecutive positions."""
     from livesight.models.smolvlm import SmolVLMAdapter
-    from livesight.streaming.config import CompressionConfig
-    loaded = load_model("tiny-random-smolvlm2")
-    config = SessionConfig(vision_window_s=3.0, text_sink=6, text_window=10, narrate_tokens=4, answer_tokens=4,
-                           system_prompt="sys", retrieval=RetrievalConfig(top_k=2, scope="global"),
-                           compression=CompressionConfig(keep_ratio=0.5))
-    session, log = run_lockstep(loaded, config, num_chunks=9, questions=[(7, "what moved?")],
-                                adapter_class=SmolVLMAdapter)
+    session, _ = _family_run("tiny-random-smolvlm2", SmolVLMAdapter)
     table = session.cache.table
-    assert log["moved"] > 0 and bool((table.pos[0] == table.pos[1]).all())  # 1-D: every axis the same
+    assert bool((table.pos[0] == table.pos[1]).all())  # 1-D: every axis the same
     assert table.pos[0].unique().numel() == len(table)  # and every kept token a position of its own
-    assert log["max_retrieved"] > 0 and len(log["answers"][-1].data["retrieved"]) == 2
-    assert table.counts()["vision"] < 3 * session.tokens_per_chunk
-    assert log["max_err"] < 2e-5, log["max_err"]

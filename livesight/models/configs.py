@@ -81,32 +81,29 @@ def smolvlm_config(text: dict, vision: dict, scale_factor: int, max_positions: i
 def qwen3_vl_config(text: dict, vision: dict, max_positions: int = 262144) -> Qwen3VLConfig:
     """A Qwen3-VL config from its text and vision sizes: interleaved M-RoPE [24, 20, 20] of a 128-wide head
     (scaled to the head), DeepStack from the vision layers `deepstack_visual_indexes`."""
-    ids, half = _token_ids(), text["head_dim"] // 2
+    half = text["head_dim"] // 2
     section = [half - 2 * (half * 5 // 16), half * 5 // 16, half * 5 // 16]  # [24, 20, 20] at head_dim 128
-    return Qwen3VLConfig(
-        text_config=dict(text, rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": section,
-                                                "mrope_interleaved": True},
-                         max_position_embeddings=max_positions, rms_norm_eps=1e-6, bos_token_id=ids["<|endoftext|>"],
-                         eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
-        vision_config=dict(vision, out_hidden_size=text["hidden_size"]),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=text["tie_word_embeddings"],
-    )
+    rope = {"rope_type": "default", "rope_theta": 5e6, "mrope_section": section, "mrope_interleaved": True}
+    return Qwen3VLConfig(**_qwen_parts(text, vision, rope, max_positions))
 
 
 def qwen_vl_config(text: dict, vision: dict, max_positions: int) -> Qwen2_5_VLConfig:
     """A Qwen2.5-VL config from its text and vision sizes; special token ids match `build_byte_tokenizer`."""
-    ids = _token_ids()
     head_dim = text["hidden_size"] // text["num_attention_heads"]
     section = [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]  # [16, 24, 24] at head_dim 128
     section[0] += head_dim // 2 - sum(section)
-    return Qwen2_5_VLConfig(
-        text_config=dict(text, rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": section},
-                         max_position_embeddings=max_positions, rms_norm_eps=1e-6, bos_token_id=ids["<|endoftext|>"],
-                         eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
+    rope = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": section}
+    return Qwen2_5_VLConfig(**_qwen_parts(text, vision, rope, max_positions))
+
+
+def _qwen_parts(text: dict, vision: dict, rope: dict, max_positions: int) -> dict:
+    """What a Qwen VL config is made of, for the byte tokenizer's special token ids."""
+    ids = _token_ids()
+    return dict(
+        text_config=dict(text, rope_parameters=rope, max_position_embeddings=max_positions, rms_norm_eps=1e-6,
+                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                         pad_token_id=ids["<|endoftext|>"]),
         vision_config=dict(vision, out_hidden_size=text["hidden_size"]),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=text["tie_word_embeddings"],
-    )
+        tie_word_embeddings=text["tie_word_embeddings"])

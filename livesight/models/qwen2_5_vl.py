@@ -1,6 +1,5 @@
 """Qwen2.5-VL: the text adapter with 3-D M-RoPE positions, plus the vision tower."""
 
-import functools
 
 import torch
 from transformers import AttentionInterface
@@ -11,7 +10,7 @@ from livesight.kernels.fused import rotary, rotary_reference
 from livesight.kernels.rope import sectioned_axes
 from livesight.models.chat import ChatIds, qwen_chat_ids
 from livesight.models.loader import LoadedModel
-from livesight.models.text import TextAdapter, fused_norm_forward
+from livesight.models.text import TextAdapter, fuse_norms
 from livesight.vision.encoder import EncodeStats, VisionEncoder, encode_batch
 from livesight.vision.preprocess import fit_size, resize_frames, to_patches
 from livesight.vision.tower import align_tower
@@ -38,12 +37,7 @@ class QwenVLAdapter(TextAdapter):
         """Route the model's RMSNorms and the text rotary through livesight.kernels.fused (on), or back
         to transformers' own (off: the plain baselines). The rotary is a module-level function of
         transformers' Qwen2.5-VL code, so this holds for every such model in the process."""
-        for module in self.loaded.model.modules():
-            if type(module).__name__.endswith("RMSNorm"):
-                if on:
-                    module.forward = functools.partial(fused_norm_forward, module)
-                else:
-                    module.__dict__.pop("forward", None)
+        fuse_norms(self.loaded.model, on)
         modeling_qwen2_5_vl.apply_rotary_pos_emb = rotary if on else rotary_reference
 
     @staticmethod

@@ -25,7 +25,7 @@ from livesight.errors import InputError
 from livesight.kernels.rope import interleaved_axes
 from livesight.models.loader import LoadedModel
 from livesight.models.qwen2_5_vl import QwenVLAdapter
-from livesight.models.text import TextAdapter, fused_norm_forward
+from livesight.models.text import TextAdapter, fuse_norms
 from livesight.vision.encoder import EncodeStats
 from livesight.vision.frame_encoder import FrameEncoder
 
@@ -45,12 +45,7 @@ class Qwen3VLAdapter(QwenVLAdapter):
     def fuse(self, on: bool) -> None:
         """The RMSNorms (the layers' and the query/key norms) through livesight.kernels.fused (on) or
         transformers' own (off), swapped on this model's modules only."""
-        for module in self.loaded.model.modules():
-            if type(module).__name__.endswith("RMSNorm"):
-                if on:
-                    module.forward = functools.partial(fused_norm_forward, module)
-                else:
-                    module.__dict__.pop("forward", None)
+        fuse_norms(self.loaded.model, on)
 
     @property
     def rope_axes(self) -> tuple[int, ...]:

@@ -15,13 +15,12 @@ Stated, not hidden:
 - reuse is whole-chunk (vision/frame_encoder.py): the tower attends over the whole frame.
 """
 
-import functools
 
 import torch
 
 from livesight.models.chat import ChatIds, smolvlm_chat_ids
 from livesight.models.loader import LoadedModel
-from livesight.models.text import TextAdapter, fused_norm_forward
+from livesight.models.text import TextAdapter, fuse_norms
 from livesight.vision.encoder import EncodeStats
 from livesight.vision.frame_encoder import FrameEncoder
 from livesight.vision.preprocess import resize_frames
@@ -47,12 +46,7 @@ class SmolVLMAdapter(TextAdapter):
 
     def fuse(self, on: bool) -> None:
         """The language model's RMSNorms through livesight.kernels.fused (on) or its own (off)."""
-        for module in self.language_model.modules():
-            if type(module).__name__.endswith("RMSNorm"):
-                if on:
-                    module.forward = functools.partial(fused_norm_forward, module)
-                else:
-                    module.__dict__.pop("forward", None)
+        fuse_norms(self.language_model, on)
 
     def chat_ids(self) -> ChatIds:
         return smolvlm_chat_ids(self.tokenizer)

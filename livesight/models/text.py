@@ -3,6 +3,7 @@ attention: the base of every family's adapter. The adapter is the only place tha
 module names. It speaks tensors: embeddings in, logits out, positions built by the caller.
 """
 
+import functools
 from contextlib import contextmanager
 
 
@@ -65,6 +66,17 @@ def _no_mask(*args, **kwargs):
 
 def fused_norm_forward(module, hidden_states: torch.Tensor) -> torch.Tensor:
     return rms_norm(hidden_states, module.weight, module.variance_epsilon)
+
+
+def fuse_norms(model: torch.nn.Module, on: bool) -> None:
+    """Route the RMSNorms of `model` (this instance's modules only) through livesight.kernels.fused (on),
+    or back to transformers' own (off: the plain baselines)."""
+    for module in model.modules():
+        if type(module).__name__.endswith("RMSNorm"):
+            if on:
+                module.forward = functools.partial(fused_norm_forward, module)
+            else:
+                module.__dict__.pop("forward", None)
 
 
 class TextAdapter:

@@ -14,7 +14,6 @@ from livesight.models.registry import load_adapter
 from livesight.streaming.chunker import chunk_frames
 from livesight.streaming.config import CompressionConfig, RetrievalConfig, SessionConfig
 from livesight.streaming.session import Session
-from livesight.vision.preprocess import fit_size
 from livesight.vision.sources import SyntheticSource
 
 
@@ -122,7 +121,7 @@ def num_phases(bench: CompressionBenchConfig) -> int:
 def run(bench: CompressionBenchConfig, bar) -> dict:
     """Every measurement; `bar` (livesight.progress) advances once per phase, `num_phases` in all."""
     adapter = load_adapter(bench.model, bench.device)
-    size = fit_size(bench.height, bench.width, adapter.loaded.max_pixels, adapter.patch * adapter.merge)  # as Session
+    size = adapter.frame_size((bench.height, bench.width), adapter.loaded.max_pixels)  # as Session
     bar.describe("vision tower timing")
     result = {"settings": {**bench.__dict__, "scenes": list(bench.scenes), "device": str(adapter.device),
                            "gpu": torch.cuda.get_device_name() if adapter.device.type == "cuda" else None,

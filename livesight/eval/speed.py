@@ -25,7 +25,6 @@ from livesight.streaming.events import CHUNK_PARTS, chunk_ms
 from livesight.streaming.config import RetrievalConfig
 from livesight.streaming.session import Session
 from livesight.vision.ingest import Ingest
-from livesight.vision.preprocess import fit_size
 from livesight.vision.sources import SyntheticSource
 
 QUESTION = "What has happened in the video so far?"
@@ -81,7 +80,7 @@ def run_engine(adapter: QwenVLAdapter, cfg: SpeedConfig) -> dict:
 
 def run_baseline(adapter: QwenVLAdapter, cfg: SpeedConfig, window: bool) -> dict:
     session_config = SessionConfig(fps=cfg.fps)
-    size = fit_size(cfg.height, cfg.width, adapter.loaded.max_pixels, adapter.patch * adapter.merge)  # as Session
+    size = adapter.frame_size((cfg.height, cfg.width), adapter.loaded.max_pixels)  # as Session
     stream = PlainStream(adapter, size, session_config.frames_per_chunk, adapter.temporal_stride(cfg.fps),
                          DEFAULT_SYSTEM_PROMPT, cfg.narrate_tokens, round(cfg.window_s) if window else None)
     source = Ingest(SyntheticSource(cfg.fps, cfg.baseline_seconds, cfg.width, cfg.height, cfg.scene))

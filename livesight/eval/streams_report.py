@@ -130,9 +130,8 @@ def measure(cfg: StreamsConfig, out: str) -> dict:
     from livesight.eval.streams_floor import model_facts
     from livesight.eval.streams_load import ChunkPool
     from livesight.models.registry import load_adapter
-    from livesight.vision.preprocess import fit_size
     adapter = load_adapter(cfg.model, cfg.device)
-    size = fit_size(cfg.height, cfg.width, adapter.loaded.max_pixels, adapter.patch * adapter.merge)  # as a Stream
+    size = adapter.frame_size((cfg.height, cfg.width), adapter.loaded.max_pixels)  # as a Stream
     frames_per_chunk = round(cfg.fps * cfg.chunk_s)
     pool = ChunkPool(size, frames_per_chunk, cfg.fps, cfg.chunk_s)
     result = {"config": asdict(cfg) | {"chunk_s": cfg.chunk_s}, "hardware": hardware(), "frame_size": list(size),

@@ -23,15 +23,20 @@ class QwenVLAdapter(TextAdapter):
         super().__init__(loaded)
         model = loaded.model
         self.visual = model.model.visual
-        AttentionInterface.register(VISION_ATTENTION_NAME, vision_attention)
-        self.visual.config._attn_implementation = VISION_ATTENTION_NAME  # the tower's own forward, if called
         vision = model.config.vision_config
         self.patch, self.merge, self.temporal = vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size
-        self.tokens_per_second = vision.tokens_per_second
         self.video_token_id = model.config.video_token_id
-        if self.device.type == "cuda":  # same outputs, GEMM shapes the GPU runs at full speed (vision/tower.py)
-            align_tower(self.visual)
+        self._prepare_tower(vision)
         self.fuse(True)
+
+    def _prepare_tower(self, vision) -> None:
+        """The tower's attention through livesight's kernels, its M-RoPE time scale, and on a GPU its
+        GEMM shapes aligned (vision/tower.py: same outputs, full speed)."""
+        AttentionInterface.register(VISION_ATTENTION_NAME, vision_attention)
+        self.visual.config._attn_implementation = VISION_ATTENTION_NAME  # the tower's own forward, if called
+        self.tokens_per_second = vision.tokens_per_second
+        if self.device.type == "cuda":
+            align_tower(self.visual)
 
     def fuse(self, on: bool) -> None:
         """Route the model's RMSNorms and the text rotary through livesight.kernels.fused (on), or back

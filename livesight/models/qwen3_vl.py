@@ -23,24 +23,17 @@ import torch
 
 from livesight.errors import InputError
 from livesight.kernels.rope import interleaved_axes
-from livesight.models.loader import LoadedModel
 from livesight.models.qwen2_5_vl import QwenVLAdapter
-from livesight.models.text import TextAdapter, fuse_norms
+from livesight.models.text import fuse_norms
 from livesight.vision.encoder import EncodeStats
 from livesight.vision.frame_encoder import FrameEncoder
 
 
 class Qwen3VLAdapter(QwenVLAdapter):
-    def __init__(self, loaded: LoadedModel):
-        TextAdapter.__init__(self, loaded)
-        model = loaded.model
-        self.visual = model.model.visual
-        vision = model.config.vision_config
-        self.patch, self.merge, self.temporal = vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size
-        self.video_token_id = model.config.video_token_id
-        self.hidden_size = model.config.text_config.hidden_size
+    def _prepare_tower(self, vision) -> None:
+        """The tower runs as transformers has it; its DeepStack levels widen each visual row."""
+        self.hidden_size = self.loaded.model.config.text_config.hidden_size
         self.num_deepstack = len(vision.deepstack_visual_indexes)
-        self.fuse(True)
 
     def fuse(self, on: bool) -> None:
         """The RMSNorms (the layers' and the query/key norms) through livesight.kernels.fused (on) or

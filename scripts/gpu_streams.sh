@@ -2,10 +2,11 @@
 # Many live streams on one H200 (results/streams/h200/), through the device tool from the repo root, in ONE
 # command (carry .whl: transformers 5.23.0 and decord 0.6.0 wheels for Python 3.12), timeout_s 600:
 #   bash scripts/gpu_streams.sh
+# MODEL picks the model (default random-7b; e.g. MODEL=random-qwen3-vl-8b SKIP_TESTS=1 for another family).
 # Stages, each time-boxed (worst case 150 + 400 + 80 + 80 s):
 #   tests    (≤ 150 s; SKIP_TESTS=1 skips): the slab kernel and the engine-equals-alone tests on the GPU.
 #   (SKIP_STREAMS=1 skips the streams stage; STOP= measures every count; BASELINE=1,4 today's way's counts.)
-#   streams  (≤ STREAMS_LIMIT, default 400 s): livesight bench streams on random-7b, counts STREAMS (default
+#   streams  (≤ STREAMS_LIMIT, default 400 s): livesight bench streams on $MODEL, counts STREAMS (default
 #            1 … 256), with 20 narrated tokens and without, compression (--no-partial) and retrieval on, 2 fps,
 #            16-s window, mixed scenes, chunks spread over each second, a question every second to a random
 #            stream; 16 s of warm-up and 6 s measured per count; each mode stops at its first count that
@@ -18,9 +19,10 @@
 #   mkdir -p results/streams/h200 && cp -r <files_at>/* results/streams/h200/
 #   python -m livesight.eval.streams_report --render results/streams/h200     # if streams.png is missing
 # GPU memory over a long run at the headline count is a separate run, e.g.:
-#   python3 -m livesight bench streams --model random-7b --streams N --narration on --baseline-streams none \
+#   python3 -m livesight bench streams --model $MODEL --streams N --narration on --baseline-streams none \
 #     --seconds 6 --memory-seconds 1800 --out /tmp/memory
 set -uo pipefail
+MODEL=${MODEL:-random-7b}
 started=$SECONDS
 stamp() { echo "[$((SECONDS - started)) s] $*"; }
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -35,8 +37,8 @@ if [ -z "${SKIP_TESTS:-}" ]; then
   timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_engine.py tests/test_slab_attention.py 2>&1 | tail -3
 fi
 if [ -z "${SKIP_STREAMS:-}" ]; then
-  stamp "streams: bench streams on random-7b (at most ${STREAMS_LIMIT:-400} s); a line per run"
-  timeout ${STREAMS_LIMIT:-400} python3 -m livesight bench streams --model random-7b \
+  stamp "streams: bench streams on $MODEL (at most ${STREAMS_LIMIT:-400} s); a line per run"
+  timeout ${STREAMS_LIMIT:-400} python3 -m livesight bench streams --model $MODEL \
     --streams ${STREAMS:-1,8,16,32,64,128,192,256} --narration both --narrate-tokens 20 --seconds 6 --warmup-seconds 16 \
     --ask-every 1 --baseline-streams ${BASELINE:-1,4} ${STOP---stop-at-miss} --out "$OUT" 2>&1 \
     | tee "$OUT/streams.log" | grep -v "^|"  # written after every run: a cut keeps them
@@ -49,7 +51,7 @@ speed() {  # name, then bench speed's arguments
   local name=$1; shift
   stamp "speed $name (at most 80 s)"
   mkdir -p "$OUT/speed_$name"
-  timeout 80 python3 -m livesight bench speed --model random-7b --baseline-seconds 0 --out "/tmp/speed_$name" "$@" \
+  timeout 80 python3 -m livesight bench speed --model $MODEL --baseline-seconds 0 --out "/tmp/speed_$name" "$@" \
     > "/tmp/speed_$name.md" 2>> /tmp/speed.log
   stamp "speed $name: exit $?"
   cp "/tmp/speed_$name/speed.json" "$OUT/speed_$name/"

@@ -110,10 +110,10 @@ def test_each_stream_in_the_engine_equals_the_stream_alone(tiny, device):
     _check_engine_equals_alone(QwenVLAdapter(tiny if device == "cpu" else load_model("tiny-random", device)))
 
 
-@pytest.mark.parametrize("name", ["tiny-random-qwen3-vl", "tiny-random-smolvlm2"])
+@pytest.mark.parametrize("name", ["tiny-random-qwen3-vl", "tiny-random-smolvlm2", "tiny-random-qwen3.5"])
 def test_other_families_streams_in_the_engine_equal_each_stream_alone(name):
     """The batched pass carries Qwen3-VL's wide rows (DeepStack) and SmolVLM2's 1-D positions for every
-    stream of a step."""
+    stream of a step, and runs Qwen3.5's linear layers on each stream's rows with that stream's state."""
     from livesight.models.registry import load_adapter
     _check_engine_equals_alone(load_adapter(name, "cpu"))
 

@@ -5,13 +5,18 @@ The reference is stepped in lockstep with the engine. For every forward pass it 
 DynamicCache from its own record of each kept token's keys (taken from its own earlier forward
 passes and rotated to the token's current position with the model's own rotary code) and runs the
 stock model with eager attention. Nothing of the engine's buffer, re-rotation or attention is used.
+
+A hybrid model's linear-attention layers (Qwen3.5) cannot be rebuilt from kept tokens: their state has
+seen every token. The reference carries transformers' own linear cache layers from step to step, each
+step continuing from the state after the latest earlier token it still counts; the harness tells it
+which tokens the engine took back (decode steps past a stop, an answer that must leave no trace).
 """
 
 import copy
+import sys
 
 import torch
 from transformers import DynamicCache
-from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
 
 from conftest import make_chunks
 from livesight.models.qwen2_5_vl import QwenVLAdapter
@@ -23,9 +28,16 @@ from livesight.streaming.session import Session
 class Reference:
     def __init__(self, loaded, adapter_class=QwenVLAdapter):
         model = copy.deepcopy(loaded.model)
+        for module in model.modules():  # the stock forward of every module, not an adapter's replacement
+            module.__dict__.pop("forward", None)
         self.lm, self.head = adapter_class._modules(model)
         self.lm.config._attn_implementation = "eager"
+        self.apply_rotary = sys.modules[type(self.lm).__module__].apply_rotary_pos_emb  # the family's own
         self.hidden = self.lm.config.hidden_size
+        kinds = getattr(self.lm.config, "layer_types", None) or ["full_attention"] * self.lm.config.num_hidden_layers
+        self.full = [i for i, kind in enumerate(kinds) if kind == "full_attention"]
+        self.linear = [i for i, kind in enumerate(kinds) if kind == "linear_attention"]
+        self.after: dict[int, dict] = {}  # a step's last token -> the linear layers' cache after the step
         self.one_d = adapter_class.flat_positions  # 1-D rotary reads the first row of the positions
         self.keys: dict[int, list[torch.Tensor]] = {}  # seq -> per-layer key (Hkv, D) before rotary
         self.values: dict[int, list[torch.Tensor]] = {}
@@ -37,17 +49,26 @@ class Reference:
         dummy = torch.zeros(1, dtype=torch.float32)
         return self.lm.rotary_emb(dummy, self.position_ids(pos))  # cos, sin: (1, n, D)
 
+    def forget(self, seqs) -> None:
+        """The engine took these tokens back: later steps do not continue from a state that saw them."""
+        for s in seqs:
+            self.after.pop(int(s), None)
+
     @torch.no_grad()
     def step(self, kept_seq, kept_pos, embeds, new_seq, new_pos) -> torch.Tensor:
         cache = DynamicCache(config=self.lm.config)
         if len(kept_seq):
             cos, sin = self.rotary(kept_pos)
-            for layer in range(self.lm.config.num_hidden_layers):
-                k = torch.stack([self.keys[int(s)][layer] for s in kept_seq], dim=1)[None]  # (1, Hkv, n, D)
-                v = torch.stack([self.values[int(s)][layer] for s in kept_seq], dim=1)[None]
-                k_rot, _ = apply_rotary_pos_emb(k, k, cos, sin)
+            for i, layer in enumerate(self.full):
+                k = torch.stack([self.keys[int(s)][i] for s in kept_seq], dim=1)[None]  # (1, Hkv, n, D)
+                v = torch.stack([self.values[int(s)][i] for s in kept_seq], dim=1)[None]
+                k_rot, _ = self.apply_rotary(k, k, cos, sin)
                 cache.update(k_rot, v, layer)
-        past = cache.get_seq_length()
+        earlier = [s for s in self.after if s < int(new_seq[0])]
+        if self.linear and earlier:
+            for layer, state in self.after[max(earlier)].items():
+                cache.layers[layer] = copy.deepcopy(state)
+        past = cache.get_seq_length(self.full[0])
         deepstack = {}
         if embeds.shape[-1] > self.hidden:  # Qwen3-VL's rows [embedding | DeepStack levels]: transformers' own
             levels = embeds[:, self.hidden:].reshape(embeds.shape[0], -1, self.hidden)  # way, at the visual rows
@@ -57,23 +78,24 @@ class Reference:
         out = self.lm(inputs_embeds=embeds[None], position_ids=self.position_ids(new_pos), past_key_values=cache,
                       use_cache=True, **deepstack)
         cos, sin = self.rotary(new_pos)
-        layers = range(self.lm.config.num_hidden_layers)
         keys, values = [], []
-        for layer in layers:
+        for layer in self.full:
             k_rot = cache.layers[layer].keys[:, :, past:]
-            keys.append(apply_rotary_pos_emb(k_rot, k_rot, cos, -sin)[0])  # undo the rotation
+            keys.append(self.apply_rotary(k_rot, k_rot, cos, -sin)[0])  # undo the rotation
             values.append(cache.layers[layer].values[:, :, past:])
         for i, s in enumerate(new_seq.tolist()):  # replaces the records of a rolled-back probe pass
-            self.keys[s] = [keys[layer][0, :, i] for layer in layers]
-            self.values[s] = [values[layer][0, :, i] for layer in layers]
+            self.keys[s] = [k[0, :, i] for k in keys]
+            self.values[s] = [v[0, :, i] for v in values]
+        self.after[int(new_seq[-1])] = {layer: copy.deepcopy(cache.layers[layer]) for layer in self.linear}
         return self.head(out.last_hidden_state[0]).float()
 
 
-def run_lockstep(tiny, config, num_chunks, questions=(), adapter_class=QwenVLAdapter):
+def run_lockstep(tiny, config, num_chunks, questions=(), adapter_class=QwenVLAdapter, stop_ids=None):
     adapter = adapter_class(tiny)
     reference = Reference(tiny, adapter_class)
     real_forward = adapter.forward
-    log = {"steps": 0, "max_err": 0.0, "moved": 0, "answers": [], "max_retrieved": 0, "logits": [], "visual_steps": 0}
+    log = {"steps": 0, "max_err": 0.0, "moved": 0, "answers": [], "max_retrieved": 0, "logits": [], "visual_steps": 0,
+           "taken_back": 0}
     stream = {}  # the session, once built: its stepper numbers the step's tokens
 
     def checked_forward(embeds, positions, cache, all_logits=False):
@@ -94,6 +116,21 @@ def run_lockstep(tiny, config, num_chunks, questions=(), adapter_class=QwenVLAda
 
     adapter.forward = checked_forward
     session = stream["session"] = Session(adapter, config, (180, 320))
+    stepper = session.stepper
+    truncate, restore = stepper.truncate, stepper.restore
+
+    def truncated(length):  # decode steps past a stop token, taken back
+        reference.forget(stepper.cache.table.seq[length:].tolist())
+        log["taken_back"] += len(stepper.cache.table) - length
+        truncate(length)
+
+    def restored(snapshot):  # an answer that leaves no trace: the stream indices after the snapshot's
+        reference.forget([s for s in reference.after if s >= snapshot[1][1]])
+        restore(snapshot)
+
+    stepper.truncate, stepper.restore = truncated, restored
+    if stop_ids is not None:
+        session.stop_ids = stop_ids
     first_pos = {}
     for chunk in make_chunks(num_chunks):
         session.add_chunk(chunk)
@@ -101,8 +138,9 @@ def run_lockstep(tiny, config, num_chunks, questions=(), adapter_class=QwenVLAda
             if s in first_pos and first_pos[s] != p:
                 log["moved"] += 1
             first_pos.setdefault(s, p)
-        if chunk.index in dict(questions):
-            log["answers"] += session.ask(dict(questions)[chunk.index])
+        for index, question, *remember in questions:  # (chunk, question[, remember])
+            if chunk.index == index:
+                log["answers"] += session.ask(question, remember=remember[0] if remember else True)
     return session, log
 
 
@@ -173,3 +211,25 @@ def test_smolvlm2_matches_plain_forward_with_1d_positions_retrieval_and_pruning(
     table = session.cache.table
     assert bool((table.pos[0] == table.pos[1]).all())  # 1-D: every axis the same
     assert table.pos[0].unique().numel() == len(table)  # and every kept token a position of its own
+
+
+def test_qwen3_5_matches_plain_forward_with_linear_state_carried_and_taken_back():
+    """Qwen3.5 (tiny, random): linear and full layers in turn, partial rotary. The full layers' cache
+    slides, prunes and retrieves; the linear layers' state follows every token the engine kept in its
+    history, and none that it took back: a probe pass, decode steps past a stop, and an answer asked
+    without a trace (remember=False) at chunk 5."""
+    from livesight.models.loader import load_model
+    from livesight.models.qwen3_5 import Qwen3_5Adapter
+    from livesight.streaming.config import CompressionConfig
+    config = SessionConfig(vision_window_s=3.0, text_sink=6, text_window=10, narrate_tokens=4, answer_tokens=4,
+                           system_prompt="sys", retrieval=RetrievalConfig(top_k=2, scope="global"),
+                           compression=CompressionConfig(keep_ratio=0.5))
+    # a random model rarely says its stop token: odd ids stop it, so decode steps are taken back
+    session, log = run_lockstep(load_model("tiny-random-qwen3.5"), config, num_chunks=9,
+                                questions=[(5, "what is here?", False), (7, "what moved?")],
+                                adapter_class=Qwen3_5Adapter, stop_ids=frozenset(range(1, 288, 2)))
+    assert log["taken_back"] >= 5, log["taken_back"]
+    assert log["moved"] > 0 and log["max_retrieved"] > 0
+    assert len(log["answers"][-1].data["retrieved"]) == 2
+    assert session.cache.table.counts()["vision"] < 3 * session.tokens_per_chunk
+    assert log["max_err"] < 2e-5, log["max_err"]

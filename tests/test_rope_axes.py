@@ -60,7 +60,7 @@ def test_each_adapter_undoes_its_own_models_rotary():
     """The axes an adapter gives the cache reproduce its model's own rotary embedding."""
     from livesight.models.registry import load_adapter
     pos = positions()
-    for name in ("tiny-random", "tiny-random-qwen3-vl"):
+    for name in ("tiny-random", "tiny-random-qwen3-vl", "tiny-random-qwen3.5"):  # the last: partial rotary
         adapter = load_adapter(name, "cpu")
         angles = rope_angles(pos, adapter.inv_freq, adapter.rope_axes)
         assert torch.allclose(angles.cos(), rotary_cos(adapter.language_model.rotary_emb, pos), atol=1e-4), name

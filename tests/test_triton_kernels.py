@@ -114,6 +114,23 @@ def test_rotate_keys_kernel_matches_reference(dtype):
             assert float((got.float() - ref.float()).abs().max()) <= float(ref.float().abs().max()) * 2 ** -7
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rotate_keys_kernel_turns_only_the_rotary_part_of_a_partial_rotary_head(dtype):
+    """Qwen3.5's heads: 64 of 256 dims rotary; the other 192 come back bit for bit."""
+    inv_freq = 1.0 / (1e7 ** (torch.arange(0, 64, 2).float() / 64))
+    keys = _randn(2, 1, 2, 13, 256, dtype=dtype, seed=11)
+    delta = torch.randint(-30_000, 30_000, (13,), generator=torch.Generator().manual_seed(12))
+    ref = rotate_keys_reference(keys, delta.to(DEVICE), inv_freq.to(DEVICE))
+    got = rotate_keys_triton(keys, delta, inv_freq)
+    assert torch.equal(got[..., 64:], keys[..., 64:]) and torch.equal(ref[..., 64:], keys[..., 64:])
+    assert not torch.allclose(got[..., :64], keys[..., :64])
+    tolerance = 1e-6 if dtype == torch.float32 else float(ref.float().abs().max()) * 2 ** -7
+    assert float((got.float() - ref.float()).abs().max()) <= tolerance
+    back = rotate_keys_reference(ref, -delta.to(DEVICE), inv_freq.to(DEVICE))
+    if dtype == torch.float32:
+        torch.testing.assert_close(back, keys, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_varlen_attention_kernel_matches_reference(dtype):
     cu = torch.tensor([0, 50, 64, 130, 131, 200], dtype=torch.int32, device=DEVICE)  # one segment of 1, one > 64

@@ -3,6 +3,8 @@
 Shifting all three M-RoPE axes of a token by the same delta is one ordinary 1-D rotary rotation
 by that delta (every frequency sees the same shift), so a slide moves kept keys with one pass.
 Undoing the rotary of a token at 3-D positions needs each frequency's own axis (`rope_angles`).
+Partial rotary (Qwen3.5 rotates the first quarter of each head): a head's first 2 x len(inv_freq) dims
+turn, the rest pass through unchanged.
 """
 
 import torch
@@ -35,13 +37,15 @@ def rope_angles(positions: torch.Tensor, inv_freq: torch.Tensor, axes: tuple[int
 
 
 def rotate_by_angles_reference(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """x: (..., n, D); angles: (n, D/2) -> x rotated (rotate-half layout), computed in float32."""
+    """x: (..., n, D); angles: (n, R/2) -> x with its first R dims rotated (rotate-half layout), computed
+    in float32; dims R .. D - 1 (partial rotary) unchanged."""
+    half = angles.shape[-1]
     angles = torch.cat([angles, angles], dim=-1).to(x.device)
     cos, sin = angles.cos().float(), angles.sin().float()
-    k = x.float()
-    half = k.shape[-1] // 2
+    k = x[..., :2 * half].float()
     rotated_half = torch.cat([-k[..., half:], k[..., :half]], dim=-1)
-    return (k * cos + rotated_half * sin).to(x.dtype)
+    turned = (k * cos + rotated_half * sin).to(x.dtype)
+    return turned if 2 * half == x.shape[-1] else torch.cat([turned, x[..., 2 * half:]], dim=-1)
 
 
 def rotate_keys_reference(keys: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
@@ -52,20 +56,21 @@ def rotate_keys_reference(keys: torch.Tensor, delta: torch.Tensor, inv_freq: tor
 
 
 @triton.jit
-def _rotate_kernel(X, Out, Delta, InvFreq, num_rows, HALF: tl.constexpr, BLOCK_R: tl.constexpr,
+def _rotate_kernel(X, Out, Delta, InvFreq, num_rows, HALF: tl.constexpr, ROW: tl.constexpr, BLOCK_R: tl.constexpr,
                    BLOCK_H: tl.constexpr):
-    """Rows of x (rotate-half layout) turned by delta[row] * inv_freq, angles and their cosines in
-    float64 as in the reference (positions reach 1e4, where float32 angles lose 1e-3 rad)."""
+    """Rows of x (rotate-half layout; ROW elements apart, the first 2 x HALF rotary) turned by
+    delta[row] * inv_freq, angles and their cosines in float64 as in the reference (positions reach 1e4,
+    where float32 angles lose 1e-3 rad)."""
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     j = tl.arange(0, BLOCK_H)
     mask = (r < num_rows)[:, None] & (j < HALF)[None, :]
     delta = tl.load(Delta + r, mask=r < num_rows, other=0).to(tl.float64)
     angle = delta[:, None] * tl.load(InvFreq + j, mask=j < HALF, other=0.0).to(tl.float64)[None, :]
     cos, sin = tl.cos(angle).to(tl.float32), tl.sin(angle).to(tl.float32)
-    first = X + r[:, None] * (2 * HALF) + j[None, :]
+    first = X + r[:, None] * ROW + j[None, :]
     x1 = tl.load(first, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(first + HALF, mask=mask, other=0.0).to(tl.float32)
-    out = Out + r[:, None] * (2 * HALF) + j[None, :]
+    out = Out + r[:, None] * ROW + j[None, :]
     tl.store(out, (x1 * cos - x2 * sin).to(Out.dtype.element_ty), mask=mask)
     tl.store(out + HALF, (x2 * cos + x1 * sin).to(Out.dtype.element_ty), mask=mask)
 
@@ -74,13 +79,13 @@ def rotate_keys_triton(keys: torch.Tensor, delta: torch.Tensor, inv_freq: torch.
     """rotate_keys_reference's result in one pass over the keys (the reference makes about eight)."""
     check_device(keys)
     keys = keys.contiguous()
-    out = torch.empty_like(keys)
+    half = inv_freq.numel()
+    out = torch.empty_like(keys) if 2 * half == keys.shape[-1] else keys.clone()  # partial: the rest passes
     rows_delta = delta.to(keys.device, torch.int64).expand(keys.shape[:-1]).reshape(-1).contiguous()
-    half = keys.shape[-1] // 2
     num_rows = rows_delta.numel()
     block_r = 32
     _rotate_kernel[(-(-num_rows // block_r),)](keys, out, rows_delta, inv_freq.to(keys.device, torch.float32),
-                                               num_rows, HALF=half, BLOCK_R=block_r,
+                                               num_rows, HALF=half, ROW=keys.shape[-1], BLOCK_R=block_r,
                                                BLOCK_H=triton.next_power_of_2(half))
     return out
 

@@ -10,6 +10,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from livesight.kernels import rotate_keys, unrotate
+from livesight.kvcache.linear import LinearState
 from livesight.kvcache.table import Segment, TokenTable, compaction_shift
 
 
@@ -66,12 +67,17 @@ class StreamCache(Cache):
     """Preallocated K/V for `num_layers` layers plus the `TokenTable` describing each slot.
 
     key_buffer, value_buffer: (num_layers, 1, num_kv_heads, capacity, head_dim).
+
+    A hybrid model (Qwen3.5) keeps here its full-attention layers only: `layer_of` maps the model's
+    index of each to its index here, and `linear` holds its linear-attention layers' state, which every
+    rollback, truncation, snapshot and restore below takes along.
     """
 
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, capacity: int,
                  inv_freq: torch.Tensor, dtype: torch.dtype, device: torch.device | str,
                  rope_axes: tuple[int, ...] | None = None,
-                 buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None):
+                 buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                 layer_of: dict[int, int] | None = None, linear: LinearState | None = None):
         """buffers: (keys, values, key_bias) to use instead of allocating: a slab of a KVPool, views of
         shapes (num_layers, 1, num_kv_heads, capacity, head_dim) twice and (num_layers, capacity)."""
         shape = (num_layers, 1, num_kv_heads, capacity, head_dim)
@@ -89,7 +95,17 @@ class StreamCache(Cache):
         # (CUDA graphs read it)
         self.static_write: tuple[torch.Tensor, int] | None = None  # set only during a static step
         self.slab: int | None = None  # which slab of a KVPool the buffers are, if they are one
+        self.layer_of, self.linear = layer_of, linear
         super().__init__(layers=[StreamLayer(self, i) for i in range(num_layers)])
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        """A layer's step, by the model's layer index (mapped to this cache's own for a hybrid model)."""
+        index = layer_idx if self.layer_of is None else self.layer_of[layer_idx]
+        return self.layers[index].update(key_states, value_states, *args, **kwargs)
+
+    def linear_segments(self) -> list[tuple[int, int, LinearState]]:
+        """(first row, rows, state) of each stream in a step: here the one stream, every row."""
+        return [(0, -1, self.linear)]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.length
@@ -126,6 +142,8 @@ class StreamCache(Cache):
         if n == self.length and moved == 0 and bool((kept == torch.arange(n)).all()):
             self.table = table
             return 0
+        if self.linear is not None:
+            self.linear.forget_checkpoints()
         keys = self.key_buffer[:, :, :, index]
         if moved:
             keys = rotate_keys(keys, -delta.to(keys.device, non_blocking=True), self.inv_freq)
@@ -147,11 +165,15 @@ class StreamCache(Cache):
         """Forget what a forward pass appended past `length` (a probe that must leave no trace)."""
         assert length <= self.length and len(self.table) == length
         self.length = length
+        if self.linear is not None:
+            self.linear.back_to(length)
 
     def truncate(self, length: int) -> None:
         """Forget the recorded tokens past `length`; their slots are overwritten by the next step."""
         assert length <= self.length
         self.table = self.table.select(torch.arange(length))
+        if self.linear is not None and length < self.length:
+            self.linear.back_to(length)
         self.length = length
 
     def snapshot(self) -> tuple:
@@ -159,19 +181,23 @@ class StreamCache(Cache):
         no trace: retrieval moves keys, so a rollback of the length alone would not do)."""
         n = self.length
         return (n, self.table, self.key_buffer[:, :, :, :n].clone(), self.value_buffer[:, :, :, :n].clone(),
-                self.key_valid)
+                self.key_valid, None if self.linear is None else self.linear.snapshot())
 
     def restore(self, snapshot: tuple) -> None:
-        n, self.table, keys, values, key_valid = snapshot
+        n, self.table, keys, values, key_valid, linear = snapshot
         self.key_buffer[:, :, :, :n] = keys
         self.value_buffer[:, :, :, :n] = values
         self.length = n
         self._set_key_valid(key_valid)
+        if self.linear is not None:
+            self.linear.restore(linear)
 
     def clear(self) -> None:
         """Empty, for a new stream; the buffers (and graphs captured over them) stay."""
         self.length, self.table = 0, TokenTable.empty()
         self._set_key_valid(None)
+        if self.linear is not None:
+            self.linear.clear()
 
     def _set_key_valid(self, key_valid: torch.Tensor | None) -> None:
         self.key_valid = key_valid
@@ -211,6 +237,8 @@ class StreamCache(Cache):
         rest.pos = rest.pos + extent
         self.table = self.table.select(torch.arange(num_sink)).cat(rows).cat(rest)
         self.length = end + num
+        if self.linear is not None:
+            self.linear.forget_checkpoints()
         if valid is not None and not bool(valid.all()):
             key_valid = torch.ones(self.key_buffer.shape[0], self.capacity, dtype=torch.bool,
                                    device=self.key_buffer.device)

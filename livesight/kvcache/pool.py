@@ -8,10 +8,13 @@ the slab attention kernel keeps each token to its own slab. One extra slab past 
 the padding rows of fixed-shape (graph-captured) steps, so they never touch a stream's slots.
 """
 
+from typing import Callable
+
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from livesight.kvcache.cache import StreamCache
+from livesight.kvcache.linear import LinearState
 
 
 class PoolFullError(RuntimeError):
@@ -54,7 +57,11 @@ class KVPool(Cache):
 
     def __init__(self, num_slabs: int, num_layers: int, num_kv_heads: int, head_dim: int, slab_capacity: int,
                  inv_freq: torch.Tensor, dtype: torch.dtype, device: torch.device | str,
-                 rope_axes: tuple[int, ...] | None = None):
+                 rope_axes: tuple[int, ...] | None = None, layer_of: dict[int, int] | None = None,
+                 linear_state: Callable[[], LinearState] | None = None):
+        """layer_of, linear_state: a hybrid model's (StreamCache): the model's index of each full-attention
+        layer -> its index here, and a maker of one stream's linear-attention state, which each cache taken
+        gets its own of."""
         shape = (num_layers, num_slabs + 1, num_kv_heads, slab_capacity, head_dim)
         self.key_buffer = torch.zeros(shape, dtype=dtype, device=device)
         self.value_buffer = torch.zeros(shape, dtype=dtype, device=device)
@@ -63,7 +70,18 @@ class KVPool(Cache):
         self.spec = (num_layers, num_kv_heads, head_dim, inv_freq, dtype, device, rope_axes)
         self.free = list(range(num_slabs))
         self.write: tuple[torch.Tensor, torch.Tensor] | None = None  # (slabs (N,), slots (N,)) during a step
+        self.layer_of, self.linear_state = layer_of, linear_state
+        self.caches: dict[int, StreamCache] = {}  # slab -> the cache over it
+        self.segments: list[tuple[int, int, int, int]] = []  # (slab, first row, rows, start) during a step
         super().__init__(layers=[PoolLayer(self, i) for i in range(num_layers)])
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        index = layer_idx if self.layer_of is None else self.layer_of[layer_idx]
+        return self.layers[index].update(key_states, value_states, *args, **kwargs)
+
+    def linear_segments(self) -> list[tuple[int, int, LinearState]]:
+        """(first row, rows, state) of each stream of the step running."""
+        return [(row, n, self.caches[slab].linear) for slab, row, n, _ in self.segments]
 
     @property
     def dump_slab(self) -> int:
@@ -89,12 +107,15 @@ class KVPool(Cache):
         view = (self.key_buffer[:, slab:slab + 1, :, :capacity], self.value_buffer[:, slab:slab + 1, :, :capacity],
                 self.key_bias[:, slab, :capacity])
         view[2].zero_()
-        cache = StreamCache(num_layers, num_kv_heads, head_dim, capacity, inv_freq, dtype, device, mrope, view)
+        cache = StreamCache(num_layers, num_kv_heads, head_dim, capacity, inv_freq, dtype, device, mrope, view,
+                            self.layer_of, None if self.linear_state is None else self.linear_state())
         cache.slab = slab
+        self.caches[slab] = cache
         return cache
 
     def give_back(self, cache: StreamCache) -> None:
         slab = cache.slab
         assert 0 <= slab < self.num_slabs and slab not in self.free, f"slab {slab} is not in use"
         self.key_bias[:, slab].zero_()
+        self.caches.pop(slab, None)
         self.free.append(slab)

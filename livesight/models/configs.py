@@ -2,7 +2,7 @@
 published sizes with random weights for speed work on a GPU, and toy-vlm's. Special token ids match the
 locally built byte tokenizer (loader.build_byte_tokenizer)."""
 
-from transformers import PretrainedConfig, Qwen2_5_VLConfig, Qwen3VLConfig, SmolVLMConfig
+from transformers import PretrainedConfig, Qwen2_5_VLConfig, Qwen3_5Config, Qwen3VLConfig, SmolVLMConfig
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|image_pad|>", "<|video_pad|>"]
@@ -45,6 +45,25 @@ _SMOLVLM2_TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_lay
                            num_key_value_heads=2, vocab_size=288, tie_word_embeddings=False, rope_theta=1e5)
 _SMOLVLM2_TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                              patch_size=8, image_size=64)
+# Qwen3.5-9B's architecture (transformers' Qwen3_5Config defaults): 32 layers, 3 Gated DeltaNet to 1 full attention,
+# full attention 16 query / 4 KV heads of 256 (a quarter of each rotary), Qwen3-VL's tower without DeepStack
+_QWEN3_5_9B_TEXT = dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=32, num_attention_heads=16,
+                        num_key_value_heads=4, head_dim=256, linear_num_key_heads=16, linear_num_value_heads=32,
+                        linear_key_head_dim=128, linear_value_head_dim=128, linear_conv_kernel_dim=4,
+                        vocab_size=248320, tie_word_embeddings=False)
+_QWEN3_5_VISION = dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, patch_size=16,
+                       spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=2304,
+                       hidden_act="gelu_pytorch_tanh")
+# tiny: linear and full layers in turn (two of each, so the cache's compact indices differ from the model's),
+# grouped value heads (4 value heads over 2 key heads) as at full size
+_QWEN3_5_TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                          num_key_value_heads=2, head_dim=32, linear_num_key_heads=2, linear_num_value_heads=4,
+                          linear_key_head_dim=16, linear_value_head_dim=16, linear_conv_kernel_dim=4,
+                          layer_types=["linear_attention", "full_attention"] * 2, vocab_size=288,
+                          tie_word_embeddings=False)
+_QWEN3_5_TINY_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
+                            spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
+                            hidden_act="gelu_pytorch_tanh")
 RANDOM = {  # name -> the config of a model with random weights
     "tiny-random": lambda: qwen_vl_config(_TINY_TEXT, _TINY_VISION, 128000),
     "random-3b": lambda: qwen_vl_config(_TEXT_REAL["random-3b"], _VISION_REAL, 128000),
@@ -53,6 +72,8 @@ RANDOM = {  # name -> the config of a model with random weights
     "random-qwen3-vl-8b": lambda: qwen3_vl_config(_QWEN3_VL_8B_TEXT, _QWEN3_VL_8B_VISION),
     "tiny-random-smolvlm2": lambda: smolvlm_config(_SMOLVLM2_TINY_TEXT, _SMOLVLM2_TINY_VISION, 2),
     "random-smolvlm2-2.2b": lambda: smolvlm_config(_SMOLVLM2_TEXT, _SMOLVLM2_VISION, 3),
+    "tiny-random-qwen3.5": lambda: qwen3_5_config(_QWEN3_5_TINY_TEXT, _QWEN3_5_TINY_VISION),
+    "random-qwen3.5-9b": lambda: qwen3_5_config(_QWEN3_5_9B_TEXT, _QWEN3_5_VISION),
 }
 
 
@@ -85,6 +106,16 @@ def qwen3_vl_config(text: dict, vision: dict, max_positions: int = 262144) -> Qw
     section = [half - 2 * (half * 5 // 16), half * 5 // 16, half * 5 // 16]  # [24, 20, 20] at head_dim 128
     rope = {"rope_type": "default", "rope_theta": 5e6, "mrope_section": section, "mrope_interleaved": True}
     return Qwen3VLConfig(**_qwen_parts(text, vision, rope, max_positions))
+
+
+def qwen3_5_config(text: dict, vision: dict, max_positions: int = 262144) -> Qwen3_5Config:
+    """A Qwen3.5 config: a quarter of each head rotary, interleaved M-RoPE [11, 11, 10] over it (at head_dim
+    256), theta 1e7."""
+    freqs = text["head_dim"] // 8  # rotary frequencies: a quarter of the head's dims, halved
+    section = [freqs * 11 // 32, freqs * 11 // 32, freqs - 2 * (freqs * 11 // 32)]  # [11, 11, 10] at 32
+    rope = {"rope_type": "default", "rope_theta": 1e7, "mrope_section": section, "mrope_interleaved": True,
+            "partial_rotary_factor": 0.25}
+    return Qwen3_5Config(**_qwen_parts(text, vision, rope, max_positions))
 
 
 def qwen_vl_config(text: dict, vision: dict, max_positions: int) -> Qwen2_5_VLConfig:

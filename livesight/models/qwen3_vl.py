@@ -33,7 +33,7 @@ class Qwen3VLAdapter(QwenVLAdapter):
     def _prepare_tower(self, vision) -> None:
         """The tower runs as transformers has it; its DeepStack levels widen each visual row."""
         self.hidden_size = self.loaded.model.config.text_config.hidden_size
-        self.num_deepstack = len(vision.deepstack_visual_indexes)
+        self.num_deepstack = len(getattr(vision, "deepstack_visual_indexes", []))
 
     def fuse(self, on: bool) -> None:
         """The RMSNorms (the layers' and the query/key norms) through livesight.kernels.fused (on) or
@@ -67,6 +67,8 @@ class Qwen3VLAdapter(QwenVLAdapter):
 
     def run_layers(self, embeds: torch.Tensor, positions: torch.Tensor, cache, **kwargs) -> torch.Tensor:
         assert embeds.shape[-1] == self.row_width, (embeds.shape, self.row_width)
+        if not self.num_deepstack:
+            return super().run_layers(embeds, positions, cache, **kwargs)
         n, hidden = embeds.shape[0], self.hidden_size
         stacked = embeds[:, hidden:].reshape(n, self.num_deepstack, hidden).to(self.dtype)
         return super().run_layers(embeds[:, :hidden], positions, cache, visual_pos_masks=torch.ones(
@@ -75,7 +77,7 @@ class Qwen3VLAdapter(QwenVLAdapter):
     def tower(self, pixels: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """A chunk's patch rows -> its visual tokens as rows [merged | deepstack ...] (tokens, row_width)."""
         out = self.visual(pixels, grid_thw=torch.tensor([grid], device=pixels.device))
-        return torch.cat([out.pooler_output, *out.deepstack_features], dim=-1)
+        return torch.cat([out.pooler_output, *(out.deepstack_features if self.num_deepstack else [])], dim=-1)
 
     def vision_encoder(self, size: tuple[int, int], num_frames: int, reuse_threshold: float | None,
                        graphs: bool | None = None, partial: bool = True) -> FrameEncoder:

@@ -4,13 +4,14 @@ family."""
 from livesight.errors import InputError
 from livesight.models.loader import SMOLLM2, load_model
 from livesight.models.qwen2_5_vl import QwenVLAdapter
+from livesight.models.qwen3_5 import Qwen3_5Adapter
 from livesight.models.qwen3_vl import Qwen3VLAdapter
 from livesight.models.smolvlm import SmolVLMAdapter
 from livesight.models.text import TextAdapter
 
 # The adapter of each model family, by the loaded config's model_type: a new family is one more entry.
 ADAPTERS: dict[str, type[TextAdapter]] = {"qwen2_5_vl": QwenVLAdapter, "qwen3_vl": Qwen3VLAdapter,
-                                          "smolvlm": SmolVLMAdapter, "llama": TextAdapter}
+                                          "qwen3_5": Qwen3_5Adapter, "smolvlm": SmolVLMAdapter, "llama": TextAdapter}
 
 
 def load_adapter(spec: str, device: str, video: bool = True) -> TextAdapter:
@@ -19,8 +20,8 @@ def load_adapter(spec: str, device: str, video: bool = True) -> TextAdapter:
     points never name one. video: the caller streams video, so a text-only model is refused (before
     loading it, where the spec says so)."""
     text_only = (f"--model {spec} is a text-only model: watching video needs a vision-language model "
-                 f"(toy-vlm, tiny-random, random-7b, random-qwen3-vl-8b, random-smolvlm2-2.2b, or a folder or hub "
-                 f"id of a Qwen2.5-VL, Qwen3-VL or SmolVLM2 checkpoint)")
+                 f"(toy-vlm, tiny-random, random-7b, random-qwen3-vl-8b, random-qwen3.5-9b, random-smolvlm2-2.2b, "
+                 f"or a folder or hub id of a Qwen2.5-VL, Qwen3-VL, Qwen3.5 or SmolVLM2 checkpoint)")
     if video and spec == SMOLLM2:
         raise InputError(text_only)
     loaded = load_model(spec, device)

@@ -39,22 +39,25 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     """transformers' attention signature: q (B, Hq, Lq, D), k/v (B, Hkv, Lk, D) -> (B, Lq, Hq, D).
 
     The mask is ignored on purpose: the adapter passes none, and chunk_attention aligns the causal
-    part bottom-right over the compact cache."""
+    part bottom-right over the compact cache. A hybrid model's cache holds its full-attention layers
+    only, under the indices livesight_layer_of gives."""
+    layer_of = kwargs.get("livesight_layer_of")
+    layer = module.layer_idx if layer_of is None else layer_of[module.layer_idx]
     if _captured_queries is not None:
-        _captured_queries[module.layer_idx] = query[0]
+        _captured_queries[layer] = query[0]
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     start, key_valid = kwargs.get("livesight_start"), kwargs.get("livesight_key_valid")
     plan = kwargs.get("livesight_plan")
     if plan is not None:  # a batched step: packed rows of many streams, each over its own slab of the pool
         key_bias = kwargs.get("livesight_key_bias")  # (L, S + 1, C): padding in retrieved slots
-        out = slab_attention(query, key, value, scale, plan, None if key_bias is None else key_bias[module.layer_idx])
+        out = slab_attention(query, key, value, scale, plan, None if key_bias is None else key_bias[layer])
     elif start is not None:  # a static step: fixed key span, rows written from slot `start` on
         key_bias = kwargs.get("livesight_key_bias")  # (L, capacity): padding in retrieved slots
         out = span_attention(query, key, value, scale, start,
-                             None if key_bias is None else key_bias[module.layer_idx, :key.shape[-2]])
+                             None if key_bias is None else key_bias[layer, :key.shape[-2]])
     else:
         out = chunk_attention(query, key, value, scale,
-                              None if key_valid is None else key_valid[module.layer_idx, :key.shape[-2]])
+                              None if key_valid is None else key_valid[layer, :key.shape[-2]])
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -111,6 +114,13 @@ class TextAdapter:
         return StreamCache(self.num_layers, self.num_kv_heads, self.head_dim, capacity, self.inv_freq,
                            self.dtype, self.device, self.rope_axes)
 
+    def new_pool(self, num_slabs: int, slab_capacity: int) -> KVPool:
+        """The batched engine's pool: a cache slab for each of `num_slabs` streams."""
+        return KVPool(num_slabs, self.num_layers, self.num_kv_heads, self.head_dim, slab_capacity, self.inv_freq,
+                      self.dtype, self.device, self.rope_axes)
+
+    linear_state_bytes = 0  # a hybrid model's linear-attention state per stream (qwen3_5.py)
+    step_graphs = True  # language-model steps may be captured in CUDA graphs
     sees_video = False  # a vision-language family's adapter takes chunks of video (vision_encoder, ...)
     flat_positions = True  # 1-D rotary: a vision grid's tokens take consecutive positions (StepBuilder)
 

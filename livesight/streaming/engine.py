@@ -30,7 +30,6 @@ from collections.abc import Callable
 
 from livesight.errors import InputError
 from livesight.kernels.graphs import on_device
-from livesight.kvcache.pool import KVPool
 from livesight.models.qwen2_5_vl import QwenVLAdapter
 from livesight.streaming.batch_step import BatchStep
 from livesight.streaming.chunker import Chunk
@@ -68,8 +67,7 @@ class Engine:
         self.slab_capacity, tokens_per_chunk = slab_tokens(adapter, config, max_frame)
         check_fits(adapter, self.slab_capacity, tokens_per_chunk, config, num_streams=max_streams)
         check_host_memory(config, max_streams)
-        self.pool = KVPool(max_streams, adapter.num_layers, adapter.num_kv_heads, adapter.head_dim, self.slab_capacity,
-                           adapter.inv_freq, adapter.dtype, adapter.device, adapter.rope_axes)
+        self.pool = adapter.new_pool(max_streams, self.slab_capacity)
         self.batch = BatchStep(adapter, self.pool, config.cuda_graphs)
         self.lanes: dict[str, Lane] = {}
         self._ids = itertools.count()

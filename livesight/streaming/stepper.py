@@ -20,7 +20,7 @@ class CacheStepper:
         cache: the cache to fill (a slab of an engine's pool), else one of `capacity` is allocated."""
         self.adapter, self.policy, self.offload = adapter, policy, offload
         self.cache: StreamCache = adapter.new_cache(capacity) if cache is None else cache
-        use_graphs = graphs and self.cache.key_buffer.is_cuda
+        use_graphs = graphs and self.cache.key_buffer.is_cuda and adapter.step_graphs
         self.static: StaticStep | None = StaticStep(adapter, self.cache, graphs=True) if use_graphs else None
         self._pos = self._seq = self._group = 0
 

@@ -58,7 +58,8 @@ def stream_bytes(adapter: QwenVLAdapter, capacity: int, tokens_per_chunk: int, c
     element = adapter.dtype.itemsize
     retrieval = config.retrieval
     budget = (retrieval.ram_gb + retrieval.disk_gb) * GB if retrieval.enabled else 0
-    return {"cache": capacity * (2 * width + adapter.num_layers) * element,  # keys, values, key bias
+    return {"cache": capacity * (2 * width + adapter.num_layers) * element  # keys, values, key bias
+            + adapter.linear_state_bytes,  # and a hybrid model's linear-attention state
             "representatives": int(budget // (2 * width * tokens_per_chunk * element) * width * 4)}  # float32
 
 

@@ -1,0 +1,70 @@
+"""The fixed-size state of a hybrid model's linear-attention layers (Qwen3.5's Gated DeltaNet) for one
+stream: each layer's causal-convolution tail (the last K - 1 inputs) and its recurrent state.
+
+Unlike keys and values, this state cannot forget one token or move one: every token ever fed is folded
+into it. So the sink + window policy, compaction and retrieval act on the full-attention layers alone,
+and going back is done by copies:
+- `snapshot` / `restore`: an answer that must leave no trace (ask with remember=False);
+- `checkpoint(length)` before every step, `back_to(length)` after: a probe pass rolled back, or decode
+  steps taken past a stop token. The last `keep` checkpoints are kept (a decode reads its tokens every
+  STOP_CHECK_EVERY steps, so at most that many steps are ever taken back).
+Its size does not grow with the stream: the recurrent state is (heads, key dim, value dim) per layer.
+"""
+
+import torch
+
+
+class LinearState:
+    """conv: (layers, channels, K - 1) in the model's dtype; recurrent: (layers, heads, key dim, value dim)
+    in float32, as transformers keeps them."""
+
+    def __init__(self, conv: torch.Tensor, recurrent: torch.Tensor, keep: int):
+        self.conv, self.recurrent, self.keep = conv, recurrent, keep
+        self._checkpoints: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # cache length -> copies, oldest first
+
+    @classmethod
+    def allocate(cls, num_layers: int, channels: int, tail: int, heads: int, key_dim: int, value_dim: int,
+                 dtype: torch.dtype, device: torch.device | str, keep: int) -> "LinearState":
+        return cls(torch.zeros(num_layers, channels, tail, dtype=dtype, device=device),
+                   torch.zeros(num_layers, heads, key_dim, value_dim, dtype=torch.float32, device=device), keep)
+
+    @property
+    def nbytes(self) -> int:
+        """The state itself and the copies its checkpoints hold at most."""
+        return (self.conv.nbytes + self.recurrent.nbytes) * (1 + self.keep)
+
+    def snapshot(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.conv.clone(), self.recurrent.clone()
+
+    def restore(self, snapshot: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self.conv.copy_(snapshot[0])
+        self.recurrent.copy_(snapshot[1])
+        self._checkpoints.clear()
+
+    def checkpoint(self, length: int) -> None:
+        """The state as it is before a step that starts at cache length `length`."""
+        self._checkpoints.pop(length, None)
+        self._checkpoints[length] = self.snapshot()
+        while len(self._checkpoints) > self.keep:
+            self._checkpoints.pop(next(iter(self._checkpoints)))
+
+    def back_to(self, length: int) -> None:
+        """The state as it was before the step that started at cache length `length`; later checkpoints
+        are dropped. Raises if that step is older than the last `keep`."""
+        if length not in self._checkpoints:
+            raise RuntimeError(f"no linear-attention state kept for cache length {length} "
+                               f"(kept: {sorted(self._checkpoints)})")
+        conv, recurrent = self._checkpoints[length]
+        self.conv.copy_(conv)
+        self.recurrent.copy_(recurrent)
+        for later in [n for n in self._checkpoints if n >= length]:
+            del self._checkpoints[later]
+
+    def forget_checkpoints(self) -> None:
+        """The cache was rearranged (compaction, retrieval): its old lengths no longer name steps."""
+        self._checkpoints.clear()
+
+    def clear(self) -> None:
+        self.conv.zero_()
+        self.recurrent.zero_()
+        self._checkpoints.clear()

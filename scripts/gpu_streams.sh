@@ -13,7 +13,8 @@
 #            misses real time (--stop-at-miss); today's way (Sessions under one lock) at 1 and 4 streams,
 #            last. streams.json and streams.md go to $OUT after every run, so a cut keeps what finished.
 #   speed    (≤ 80 s each; SKIP_SPEED=1 skips): livesight bench speed, one stream, shorter than
-#            results/speed/ was measured: 300 s without narration, 120 s with 20 narrated tokens.
+#            results/speed/ was measured: 300 s without narration, 120 s with 20 narrated tokens
+#            (SPEED_SECONDS, NARRATE_SECONDS).
 # What comes back ($OUT): gpu.txt, streams.json, streams.md, streams.png, streams.log, speed.log,
 # speed_nonarrate/speed.json, speed_narrate/speed.json. Here, afterwards:
 #   mkdir -p results/streams/h200 && cp -r <files_at>/* results/streams/h200/
@@ -57,7 +58,7 @@ speed() {  # name, then bench speed's arguments
   cp "/tmp/speed_$name/speed.json" "$OUT/speed_$name/"
   grep -E "real-time factor|chunk latency|decode per token|time to first token" "/tmp/speed_$name.md"
 }
-speed nonarrate --seconds 300 --ask-every 150
-speed narrate --seconds 120 --narrate-tokens 20 --ask-every 60
+speed nonarrate --seconds ${SPEED_SECONDS:-300} --ask-every 150
+speed narrate --seconds ${NARRATE_SECONDS:-120} --narrate-tokens 20 --ask-every 60
 cp /tmp/speed.log "$OUT/"
 stamp "done"

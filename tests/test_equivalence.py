@@ -28,8 +28,9 @@ from livesight.streaming.session import Session
 class Reference:
     def __init__(self, loaded, adapter_class=QwenVLAdapter):
         model = copy.deepcopy(loaded.model)
-        for module in model.modules():  # the stock forward of every module, not an adapter's replacement
+        for module in model.modules():  # the stock code of every module, not an adapter's replacement
             module.__dict__.pop("forward", None)
+            module.__dict__.pop("_deepstack_process", None)
         self.lm, self.head = adapter_class._modules(model)
         self.lm.config._attn_implementation = "eager"
         self.apply_rotary = sys.modules[type(self.lm).__module__].apply_rotary_pos_emb  # the family's own

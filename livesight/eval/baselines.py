@@ -6,7 +6,8 @@ vision tower, its SDPA attention and DynamicCache, no CUDA graphs.
 - window: StreamingVLM's comparison: every chunk, the system prompt and the last W seconds of
   video are prefilled again from scratch (each chunk's vision tower runs once).
 
-Both narrate greedily after each chunk like the engine, the narration left out of the context.
+Both narrate greedily after each chunk like the engine, the narration left out of the context (a
+hybrid model's linear-attention layers, which cannot be cut back, by a copy of their state taken before).
 Positions are the engine's (StepBuilder), contiguous from 0.
 """
 
@@ -16,6 +17,7 @@ from contextlib import contextmanager
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import LinearAttentionCacheLayerMixin
 
 from livesight.kvcache import Segment
 from livesight.models.qwen2_5_vl import QwenVLAdapter
@@ -54,9 +56,12 @@ class PlainStream:
         self.open, self.close = enc("<|im_start|>user\n<|vision_start|>"), enc("<|vision_end|><|im_end|>\n")
         self.assistant = enc("<|im_start|>assistant\n")
         self.chunks: deque = deque(maxlen=window_chunks)  # the window's visual tokens
-        self.cache = DynamicCache()
+        self.cache = self._new_cache()
         self.builder = StepBuilder(0, 0, 0, adapter.flat_positions)
         self._prefill([], with_sink=True)
+
+    def _new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.adapter.language_model.config)  # a hybrid model's linear layers too
 
     def _sync(self) -> None:
         if self.adapter.device.type == "cuda":
@@ -93,7 +98,7 @@ class PlainStream:
                 logits = self._prefill([visual], with_sink=False)
             else:
                 self.chunks.append(visual)
-                self.cache, self.builder = DynamicCache(), StepBuilder(0, 0, 0, adapter.flat_positions)
+                self.cache, self.builder = self._new_cache(), StepBuilder(0, 0, 0, adapter.flat_positions)
                 logits = self._prefill(list(self.chunks), with_sink=True)
             context, self.last_logits = self.cache.get_seq_length(), logits
             self._sync()
@@ -109,9 +114,17 @@ class PlainStream:
         if not self.narrate_tokens:
             return
         length, next_pos = self.cache.get_seq_length(), self.builder.next_pos
+        linear = {layer: [{k: x.clone() for k, x in states.items() if x is not None}
+                          for states in (layer.conv_states, layer.recurrent_states)]
+                  for layer in self.cache.layers if isinstance(layer, LinearAttentionCacheLayerMixin)}
         for _ in range(self.narrate_tokens):
             token = self.adapter.embed_ids([int(logits.argmax())])
             logits = self._forward(token, torch.full((3, 1), self.builder.next_pos, dtype=torch.int64))
             self.builder.next_pos += 1
-        self.cache.crop(length - self.cache.get_seq_length())  # a negative count: tokens to drop
+        for layer in self.cache.layers:
+            if layer in linear:
+                layer.conv_states.update(linear[layer][0])
+                layer.recurrent_states.update(linear[layer][1])
+            else:
+                layer.crop(length - layer.get_seq_length())  # a negative count: tokens to drop
         self.builder.next_pos = next_pos

@@ -29,11 +29,20 @@ from livesight.vision.encoder import EncodeStats
 from livesight.vision.frame_encoder import FrameEncoder
 
 
+def add_deepstack(hidden_states: torch.Tensor, visual_pos_masks: torch.Tensor, visual_embeds: torch.Tensor):
+    """A DeepStack level added at every row of the step (zeros at text rows): transformers selects the
+    visual rows by a boolean mask, whose size is known only once the GPU has run, which a CUDA graph
+    cannot capture. The sums are the same."""
+    return hidden_states + visual_embeds.to(hidden_states.dtype)
+
+
 class Qwen3VLAdapter(QwenVLAdapter):
     def _prepare_tower(self, vision) -> None:
         """The tower runs as transformers has it; its DeepStack levels widen each visual row."""
         self.hidden_size = self.loaded.model.config.text_config.hidden_size
         self.num_deepstack = len(getattr(vision, "deepstack_visual_indexes", []))
+        if self.num_deepstack:  # this model's language model only
+            self.language_model._deepstack_process = add_deepstack
 
     def fuse(self, on: bool) -> None:
         """The RMSNorms (the layers' and the query/key norms) through livesight.kernels.fused (on) or
@@ -71,8 +80,8 @@ class Qwen3VLAdapter(QwenVLAdapter):
             return super().run_layers(embeds, positions, cache, **kwargs)
         n, hidden = embeds.shape[0], self.hidden_size
         stacked = embeds[:, hidden:].reshape(n, self.num_deepstack, hidden).to(self.dtype)
-        return super().run_layers(embeds[:, :hidden], positions, cache, visual_pos_masks=torch.ones(
-            1, n, dtype=torch.bool, device=embeds.device), deepstack_visual_embeds=list(stacked.unbind(1)), **kwargs)
+        return super().run_layers(embeds[:, :hidden], positions, cache, visual_pos_masks=None,  # every row: add_deepstack
+                                  deepstack_visual_embeds=list(stacked.unbind(1)), **kwargs)
 
     def tower(self, pixels: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """A chunk's patch rows -> its visual tokens as rows [merged | deepstack ...] (tokens, row_width)."""

@@ -85,17 +85,19 @@ def test_a_video_command_refuses_a_text_only_model_before_loading_it(monkeypatch
         load_adapter(SMOLLM2, "cpu")
 
 
-@pytest.mark.parametrize("name", ["tiny-random-qwen3-vl", "tiny-random-smolvlm2"])
+@pytest.mark.parametrize("name", ["tiny-random-qwen3-vl", "tiny-random-smolvlm2", "tiny-random-qwen3.5"])
 def test_a_checkpoint_folder_of_another_family_loads_into_its_own_adapter(tmp_path, name):
-    """A Qwen3-VL or SmolVLM2 saved to a folder loads back by path: the same weights and tokenizer (its
-    special tokens too), the family's image mean and std, and the registry picks its adapter from the
+    """A Qwen3-VL, SmolVLM2 or Qwen3.5 saved to a folder loads back by path: the same weights and tokenizer
+    (its special tokens too), the family's image mean and std, and the registry picks its adapter from the
     config alone."""
+    from livesight.models.qwen3_5 import Qwen3_5Adapter
     from livesight.models.qwen3_vl import Qwen3VLAdapter
     from livesight.models.smolvlm import SmolVLMAdapter
     tiny = load_model(name)
     save_model(tiny, str(tmp_path))
     adapter = load_adapter(str(tmp_path), "cpu")
-    assert type(adapter) is {"tiny-random-qwen3-vl": Qwen3VLAdapter, "tiny-random-smolvlm2": SmolVLMAdapter}[name]
+    assert type(adapter) is {"tiny-random-qwen3-vl": Qwen3VLAdapter, "tiny-random-smolvlm2": SmolVLMAdapter,
+                             "tiny-random-qwen3.5": Qwen3_5Adapter}[name]
     assert adapter.loaded.image_mean == (0.5, 0.5, 0.5)
     ids = torch.tensor([[257, 10, 20, 30, 258]])
     with torch.no_grad():
@@ -115,6 +117,24 @@ def test_random_qwen3_vl_8b_has_the_published_architecture():
     with torch.device("meta"):
         model = Qwen3VLForConditionalGeneration._from_config(config)
     assert round(sum(p.numel() for p in model.parameters()) / 1e9, 2) == 8.77  # Qwen3-VL-8B-Instruct: 8.77B
+
+
+def test_random_qwen3_5_9b_has_the_architecture_transformers_gives_qwen3_5_9b():
+    """transformers' Qwen3_5Config defaults, which it documents as the Qwen3.5-9B style: 3 linear-attention
+    layers to 1 full, a quarter of each 256-wide head rotary; 9.41B parameters with the tower."""
+    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+    from livesight.models.configs import random_config
+    config = random_config("random-qwen3.5-9b")
+    text, default = config.text_config, Qwen3_5Config().text_config
+    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                "head_dim", "linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",
+                "linear_value_head_dim", "linear_conv_kernel_dim", "vocab_size", "layer_types"):
+        assert getattr(text, key) == getattr(default, key), key
+    assert text.layer_types.count("full_attention") == 8 and text.layer_types[3] == "full_attention"
+    assert text.rope_parameters["partial_rotary_factor"] == 0.25 and text.rope_parameters["mrope_section"] == [11, 11, 10]
+    with torch.device("meta"):
+        model = Qwen3_5ForConditionalGeneration._from_config(config)
+    assert round(sum(p.numel() for p in model.parameters()) / 1e9, 2) == 9.41
 
 
 def test_random_smolvlm2_2_2b_has_the_published_architecture():

@@ -65,3 +65,30 @@ def test_more_than_one_frame_pair_per_chunk_is_refused_by_name(qwen3):
     from livesight.errors import InputError
     with pytest.raises(InputError, match="Qwen3-VL takes one frame pair per chunk; 4 frames make 2"):
         qwen3.merged_grid((64, 128), 4)
+
+
+def test_each_chunk_opens_with_qwen3_vls_own_timestamp_of_its_frame_pair(qwen3):
+    """Qwen3-VL writes each frame pair's time before it, as its processor computes it (the mean of the
+    pair's frame times, one decimal); the cache is sized for the longest stamp the stream will write."""
+    from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
+    from livesight.streaming.config import RetrievalConfig, SessionConfig
+    from livesight.streaming.session import Session
+    config = SessionConfig(narrate=False, vision_window_s=2.0, text_window=4, retrieval=RetrievalConfig(enabled=False))
+    session = Session(qwen3, config, (64, 64))
+    chat, openings = session.chat, []
+    embed = qwen3.embed_ids
+    try:
+        qwen3.embed_ids = lambda ids: (openings.append(list(ids)), embed(ids))[1]
+        for chunk in make_chunks(25, size=(64, 64)):
+            session.add_chunk(chunk)
+    finally:
+        del qwen3.embed_ids
+    openings = [ids for ids in openings if ids[:len(chat.user_open)] == chat.user_open and ids != chat.user_open]
+    assert len(openings) == 25
+    for i, ids in enumerate(openings):  # chunk i: frames 2i and 2i + 1 at 2 fps
+        stamp = Qwen3VLProcessor._calculate_timestamps(None, [2 * i, 2 * i + 1], 2.0, 2)[0]
+        text = qwen3.tokenizer.decode(ids)
+        assert text == f"<|im_start|>user\n<{stamp:.1f} seconds><|vision_start|>", text
+    assert qwen3.tokenizer.decode(openings[24]).endswith("<24.2 seconds><|vision_start|>")  # (24 + 24.5) / 2
+    assert chat.chunk_open_bound == len(openings[0]) + 7  # "0.2" to "99999999.9": 7 more digits
+    assert max(len(ids) for ids in openings) <= chat.chunk_open_bound

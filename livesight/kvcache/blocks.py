@@ -8,6 +8,7 @@ at contiguous positions, and every later token moves up. The next compaction cle
 """
 
 import weakref
+from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
@@ -137,16 +138,16 @@ class OffloadedBlocks:
 
 
 
-def vision_blocks(evicted: TokenTable, index: torch.Tensor, min_tokens: int,
+def vision_blocks(evicted: TokenTable, index: torch.Tensor, wrapper_tokens: Callable[[float], int],
                   seconds: float) -> list[tuple[torch.Tensor, tuple[float, float]]]:
     """The evicted tokens (their rows and buffer slots `index`) -> each vision chunk among them as one
-    block: (its slots, its time range of `seconds`), unless pruning left it no more than `min_tokens`
-    (its delimiters: a block that shows nothing to retrieve)."""
+    block: (its slots, its time range of `seconds`), unless pruning left it no more tokens than its
+    delimiters, wrapper_tokens(its start time) (a block that shows nothing to retrieve)."""
     is_vision = evicted.segment == Segment.VISION
     out = []
     for group in evicted.group[is_vision].unique().tolist():
         mine = is_vision & (evicted.group == group)
-        if int(mine.sum()) > min_tokens:
-            t0 = float(evicted.t[mine].min())
+        t0 = float(evicted.t[mine].min())
+        if int(mine.sum()) > wrapper_tokens(t0):
             out.append((index[mine], (t0, t0 + seconds)))
     return out

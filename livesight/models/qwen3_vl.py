@@ -13,8 +13,10 @@
   the whole frame) runs as transformers has it, with whole-chunk reuse (vision/frame_encoder.py): a
   partial re-encode of changed patches, which Qwen2.5-VL's windowed tower gets, is not offered here.
 
-Left out for now: Qwen3-VL's text timestamps before each frame pair ("<0.2 seconds>"); chunks go in as
-Qwen2.5-VL's do, one frame pair each.
+- Time is text: before each frame pair its processor writes the pair's time ("<0.2 seconds>", the mean
+  of its two frames' times), and the temporal position does not advance with time. A chunk is one frame
+  pair, opened with its timestamp (chat.py: chunk_opening), so a chunk's wrapper grows by a token with
+  each digit of the stream's time; the cache is sized for times up to 10^8 s.
 """
 
 import functools
@@ -23,6 +25,7 @@ import torch
 
 from livesight.errors import InputError
 from livesight.kernels.rope import interleaved_axes
+from livesight.models.chat import ChatIds, qwen3_vl_stamp, qwen_chat_ids
 from livesight.models.qwen2_5_vl import QwenVLAdapter
 from livesight.models.text import fuse_norms
 from livesight.vision.encoder import EncodeStats
@@ -48,6 +51,10 @@ class Qwen3VLAdapter(QwenVLAdapter):
         """The RMSNorms (the layers' and the query/key norms) through livesight.kernels.fused (on) or
         transformers' own (off), swapped on this model's modules only."""
         fuse_norms(self.loaded.model, on)
+
+    def chat_ids(self) -> ChatIds:
+        """Qwen's ChatML with Qwen3-VL's timestamp before each frame pair ("<0.2 seconds>")."""
+        return qwen_chat_ids(self.tokenizer, qwen3_vl_stamp)
 
     @property
     def rope_axes(self) -> tuple[int, ...]:

@@ -111,7 +111,7 @@ def slab_tokens(adapter: QwenVLAdapter, config: SessionConfig,
     else:
         size = adapter.frame_size(max_frame, max_pixels)
         grid_tokens = int(np.prod(adapter.merged_grid(size, config.frames_per_chunk)))
-    tokens = len(chat.chunk_open) + len(chat.chunk_close) + grid_tokens
+    tokens = chat.chunk_open_bound + len(chat.chunk_close) + grid_tokens
     return cache_capacity(config, tokens, chat), tokens
 
 
@@ -145,8 +145,8 @@ class Stream:
                                               None if config.cuda_graphs else False, compress.partial)
         self.chat = adapter.chat_ids()
         self.stop_ids = self.chat.stop_ids
-        self.num_wrapper = len(self.chat.chunk_open) + len(self.chat.chunk_close)
-        self.tokens_per_chunk = self.num_wrapper + int(np.prod(self.grid))
+        # at most: a family's timestamps (Qwen3-VL) grow a digit at a time
+        self.tokens_per_chunk = self.chat.chunk_open_bound + len(self.chat.chunk_close) + int(np.prod(self.grid))
         self.capacity = cache_capacity(config, self.tokens_per_chunk, self.chat)
         if cache is None:
             check_fits(adapter, self.capacity, self.tokens_per_chunk, config)
@@ -182,8 +182,16 @@ class Stream:
 
     def _offload(self, evicted: TokenTable, index: torch.Tensor) -> None:
         """Each vision chunk leaving the window becomes one offloaded block."""
-        for slots, time_range in vision_blocks(evicted, index, self.num_wrapper, self.config.chunk_seconds):
+        for slots, time_range in vision_blocks(evicted, index, self._wrapper_tokens, self.config.chunk_seconds):
             self.offloaded.offload(slots, time_range)
+
+    def _chunk_opening(self, t_start: float) -> list[int]:
+        """The ids before a chunk's video: with the family's timestamp of the chunk starting at t_start
+        where it writes one (the mean of its first and last frame's times)."""
+        return self.chat.chunk_opening(t_start + (self.config.chunk_seconds - 1 / self.config.fps) / 2)
+
+    def _wrapper_tokens(self, t_start: float) -> int:
+        return len(self._chunk_opening(t_start)) + len(self.chat.chunk_close)
 
     def _store_errors(self) -> list[Event]:
         """Offload trouble (a deleted session folder, an unreadable block) as error events, once each."""
@@ -245,8 +253,8 @@ class Stream:
         if self.pending:
             builder.text(embed(self.pending), Segment.TEXT, self.now)
             self.pending = []
-        builder.vision(embed(self.chat.chunk_open), visual if kept is None else visual[kept], self.grid,
-                       embed(self.chat.chunk_close), chunk.t_start, self.temporal_stride, kept)
+        builder.vision(embed(self._chunk_opening(chunk.t_start)), visual if kept is None else visual[kept],
+                       self.grid, embed(self.chat.chunk_close), chunk.t_start, self.temporal_stride, kept)
         if self.config.narrate:
             builder.text(embed(self.chat.assistant), Segment.TEXT, chunk.t_start)
         num_new = builder.num_tokens

@@ -105,23 +105,29 @@ def test_checkpoints_return_to_the_state_before_a_step_and_refuse_older_ones():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flash-linear-attention's kernels need a GPU")
 def test_flash_linear_attention_equals_the_torch_reference_stream_by_stream():
     """One varlen fla call over several streams' rows against transformers' torch code run stream by stream:
-    outputs and every stream's final state. Prefill-sized, one-row and mixed segments."""
+    outputs and every stream's final state. Prefill-sized, one-row and mixed segments; the states as
+    tensors of their own, and as slabs of a pool (gathered and written back by index)."""
+    from livesight.kvcache.linear import LinearPool
     from livesight.models import qwen3_5
     if qwen3_5.fla_chunk is None:
         pytest.skip("fla-core is not installed")
     g = torch.Generator().manual_seed(0)
-    for lengths in ([70, 1, 33], [1, 1, 1], [129]):
+    for lengths, in_pool in (([70, 1, 33], False), ([1, 1, 1], False), ([129], False), ([1, 40, 1, 1], True)):
         n, hk, hv, d = sum(lengths), 2, 4, 64
         q, k = (torch.randn(n, hk, d, generator=g).cuda() for _ in range(2))
         v = torch.randn(n, hv, d, generator=g).cuda()
         gate = -torch.rand(n, hv, generator=g).cuda()
         beta = torch.rand(n, hv, generator=g).cuda()
-        states = [LinearState.allocate(1, 8, 3, hv, d, d, torch.float32, "cuda", 2) for _ in lengths]
+        pool = LinearPool(len(lengths) + 2, 1, 8, 3, hv, d, d, torch.float32, "cuda", 2)
+        slabs = list(range(len(lengths) + 1, 1, -1))  # out of order, as a batched step's streams come
+        states = ([pool.state(slab) for slab in slabs] if in_pool else
+                  [LinearState.allocate(1, 8, 3, hv, d, d, torch.float32, "cuda", 2) for _ in lengths])
         for s in states:
             s.recurrent.normal_(generator=None).mul_(0.1)
         twins = [LinearState(s.conv.clone(), s.recurrent.clone(), 2) for s in states]
         starts = [sum(lengths[:i]) for i in range(len(lengths))]
-        got = qwen3_5.delta_rule(q, k, v, gate, beta, list(zip(starts, lengths, states)), 0)
+        pooled = (pool, torch.tensor(slabs, device="cuda")) if in_pool else None
+        got = qwen3_5.delta_rule(q, k, v, gate, beta, list(zip(starts, lengths, states)), 0, pooled=pooled)
         fla = qwen3_5.fla_chunk
         qwen3_5.fla_chunk = None  # the torch reference
         try:

@@ -14,6 +14,25 @@ Its size does not grow with the stream: the recurrent state is (heads, key dim, 
 import torch
 
 
+class LinearPool:
+    """Every stream's linear-attention state in two tensors, (slabs, layers, ...), for the batched engine:
+    a step gathers the states of its streams with one index and writes them back with one. A stream's
+    LinearState is a view of its slab."""
+
+    def __init__(self, num_slabs: int, num_layers: int, channels: int, tail: int, heads: int, key_dim: int,
+                 value_dim: int, dtype: torch.dtype, device: torch.device | str, keep: int):
+        self.conv = torch.zeros(num_slabs, num_layers, channels, tail, dtype=dtype, device=device)
+        self.recurrent = torch.zeros(num_slabs, num_layers, heads, key_dim, value_dim, dtype=torch.float32,
+                                     device=device)
+        self.keep = keep
+
+    def state(self, slab: int) -> "LinearState":
+        """Slab `slab`'s state, zeroed: a new stream's."""
+        state = LinearState(self.conv[slab], self.recurrent[slab], self.keep)
+        state.clear()
+        return state
+
+
 class LinearState:
     """conv: (layers, channels, K - 1) in the model's dtype; recurrent: (layers, heads, key dim, value dim)
     in float32, as transformers keeps them."""

@@ -8,13 +8,11 @@ the slab attention kernel keeps each token to its own slab. One extra slab past 
 the padding rows of fixed-shape (graph-captured) steps, so they never touch a stream's slots.
 """
 
-from typing import Callable
-
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from livesight.kvcache.cache import StreamCache
-from livesight.kvcache.linear import LinearState
+from livesight.kvcache.linear import LinearPool, LinearState
 
 
 class PoolFullError(RuntimeError):
@@ -58,10 +56,9 @@ class KVPool(Cache):
     def __init__(self, num_slabs: int, num_layers: int, num_kv_heads: int, head_dim: int, slab_capacity: int,
                  inv_freq: torch.Tensor, dtype: torch.dtype, device: torch.device | str,
                  rope_axes: tuple[int, ...] | None = None, layer_of: dict[int, int] | None = None,
-                 linear_state: Callable[[], LinearState] | None = None):
-        """layer_of, linear_state: a hybrid model's (StreamCache): the model's index of each full-attention
-        layer -> its index here, and a maker of one stream's linear-attention state, which each cache taken
-        gets its own of."""
+                 linear_pool: LinearPool | None = None):
+        """layer_of, linear_pool: a hybrid model's (StreamCache): the model's index of each full-attention
+        layer -> its index here, and every stream's linear-attention state, a slab of it per cache taken."""
         shape = (num_layers, num_slabs + 1, num_kv_heads, slab_capacity, head_dim)
         self.key_buffer = torch.zeros(shape, dtype=dtype, device=device)
         self.value_buffer = torch.zeros(shape, dtype=dtype, device=device)
@@ -70,7 +67,7 @@ class KVPool(Cache):
         self.spec = (num_layers, num_kv_heads, head_dim, inv_freq, dtype, device, rope_axes)
         self.free = list(range(num_slabs))
         self.write: tuple[torch.Tensor, torch.Tensor] | None = None  # (slabs (N,), slots (N,)) during a step
-        self.layer_of, self.linear_state = layer_of, linear_state
+        self.layer_of, self.linear_pool = layer_of, linear_pool
         self.caches: dict[int, StreamCache] = {}  # slab -> the cache over it
         self.segments: list[tuple[int, int, int, int]] = []  # (slab, first row, rows, start) during a step
         super().__init__(layers=[PoolLayer(self, i) for i in range(num_layers)])
@@ -82,6 +79,10 @@ class KVPool(Cache):
     def linear_segments(self) -> list[tuple[int, int, LinearState]]:
         """(first row, rows, state) of each stream of the step running."""
         return [(row, n, self.caches[slab].linear) for slab, row, n, _ in self.segments]
+
+    def linear_slabs(self) -> list[int]:
+        """Each stream's slab of linear_pool, in linear_segments' order."""
+        return [slab for slab, _, _, _ in self.segments]
 
     @property
     def dump_slab(self) -> int:
@@ -108,7 +109,7 @@ class KVPool(Cache):
                 self.key_bias[:, slab, :capacity])
         view[2].zero_()
         cache = StreamCache(num_layers, num_kv_heads, head_dim, capacity, inv_freq, dtype, device, mrope, view,
-                            self.layer_of, None if self.linear_state is None else self.linear_state())
+                            self.layer_of, None if self.linear_pool is None else self.linear_pool.state(slab))
         cache.slab = slab
         self.caches[slab] = cache
         return cache

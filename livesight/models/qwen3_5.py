@@ -23,6 +23,7 @@ the CPU's path).
 """
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,7 @@ from transformers.models.qwen3_5 import modeling_qwen3_5
 
 from livesight.kernels.dispatch import report
 from livesight.kvcache import StreamCache
-from livesight.kvcache.linear import LinearState
+from livesight.kvcache.linear import LinearPool, LinearState
 from livesight.kvcache.pool import KVPool
 from livesight.models.loader import LoadedModel
 from livesight.models.qwen3_vl import Qwen3VLAdapter
@@ -54,14 +55,55 @@ def causal_conv(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor) -> to
     return F.silu(F.conv1d(full[None].to(weight.dtype), weight[:, None], groups=weight.shape[0])[0].T).to(x.dtype)
 
 
-def delta_rule(q, k, v, g, beta, segments: list[tuple[int, int, LinearState]], index: int) -> torch.Tensor:
+@dataclass
+class OneRow:
+    """The streams of a batched step that bring one row each (decode steps), taken together: their rows
+    and their slabs of the pool's linear state, as index tensors on the device."""
+    rows: torch.Tensor
+    slabs: torch.Tensor
+    pool: LinearPool
+
+    @classmethod
+    def of(cls, segments, slabs: list[int] | None, pool: LinearPool | None) -> "OneRow | None":
+        ones = [(start, slab) for (start, n, _), slab in zip(segments, slabs or []) if n == 1]
+        if pool is None or len(ones) < 2:
+            return None
+        rows, slabs = (torch.tensor(x).to(pool.conv.device, non_blocking=True) for x in zip(*ones))
+        return cls(rows, slabs, pool)
+
+    def conv(self, mixed: torch.Tensor, index: int, weight: torch.Tensor) -> torch.Tensor:
+        """causal_conv for every one-row stream at once -> (m, C)."""
+        tails = self.pool.conv[self.slabs, index]  # (m, C, K - 1)
+        full = torch.cat([tails, mixed[self.rows, :, None].to(tails.dtype)], dim=-1)  # (m, C, K)
+        self.pool.conv[self.slabs, index] = full[:, :, 1:]
+        return F.silu((full.to(weight.dtype) * weight).sum(-1)).to(mixed.dtype)
+
+    def rule(self, q, k, v, g, beta, index: int) -> torch.Tensor:
+        """The recurrent delta rule for every one-row stream at once, each a batch entry -> (m, Hv, Dv)."""
+        r = self.rows
+        o, final = modeling_qwen3_5.torch_recurrent_gated_delta_rule(
+            q[r, None], k[r, None], v[r, None], g=g[r, None], beta=beta[r, None],
+            initial_state=self.pool.recurrent[self.slabs, index], output_final_state=True,
+            use_qk_l2norm_in_kernel=True)
+        self.pool.recurrent[self.slabs, index] = final
+        return o[:, 0]
+
+
+def delta_rule(q, k, v, g, beta, segments: list[tuple[int, int, LinearState]], index: int,
+               one_row: OneRow | None = None, pooled: tuple[LinearPool, torch.Tensor] | None = None) -> torch.Tensor:
     """q, k: (N, Hk, Dk); v: (N, Hv, Dv); g, beta: (N, Hv) of every stream's rows; each segment's rows
-    continue from its state's layer `index` and leave it updated -> (N, Hv, Dv)."""
+    continue from its state's layer `index` and leave it updated -> (N, Hv, Dv). one_row: the one-row
+    streams taken together (a batched step), the other segments one by one; pooled: the pool the states
+    are slabs of and each segment's slab, for flash-linear-attention's one call."""
     if fla_chunk is not None and q.is_cuda:
-        return _delta_rule_fla(q, k, v, g, beta, segments, index)
+        return _delta_rule_fla(q, k, v, g, beta, segments, index, pooled)
     report("gated_delta", "torch")
     out = torch.empty_like(v)
+    if one_row is not None:
+        out[one_row.rows] = one_row.rule(q, k, v, g, beta, index)
     for start, n, state in segments:
+        if one_row is not None and n == 1:
+            continue
         rows = slice(start, start + n)
         recurrent = state.recurrent[index]
         rule = (modeling_qwen3_5.torch_recurrent_gated_delta_rule if n == 1
@@ -73,19 +115,26 @@ def delta_rule(q, k, v, g, beta, segments: list[tuple[int, int, LinearState]], i
     return out
 
 
-def _delta_rule_fla(q, k, v, g, beta, segments, index) -> torch.Tensor:
-    """delta_rule in one flash-linear-attention call over all segments (cu_seqlens)."""
+def _delta_rule_fla(q, k, v, g, beta, segments, index, pooled) -> torch.Tensor:
+    """delta_rule in one flash-linear-attention call over all segments (cu_seqlens); the states gathered
+    from the pool and written back with one index each where they are its slabs."""
     report("gated_delta", "fla")
     groups = v.shape[1] // q.shape[1]
     q, k = q.repeat_interleave(groups, dim=1), k.repeat_interleave(groups, dim=1)
     bounds = [0] + [start + n for start, n, _ in segments]
     cu = torch.tensor(bounds, dtype=torch.int64).to(q.device, non_blocking=True)
-    initial = torch.stack([state.recurrent[index] for _, _, state in segments])
+    if pooled is not None:
+        initial = pooled[0].recurrent[pooled[1], index]
+    else:
+        initial = torch.stack([state.recurrent[index] for _, _, state in segments])
     rule = fla_recurrent if all(n == 1 for _, n, _ in segments) else fla_chunk
     out, final = rule(q[None], k[None], v[None], g=g[None], beta=beta[None], initial_state=initial,
                       output_final_state=True, use_qk_l2norm_in_kernel=True, cu_seqlens=cu)
-    for (_, _, state), f in zip(segments, final):
-        state.recurrent[index].copy_(f)
+    if pooled is not None:
+        pooled[0].recurrent[pooled[1], index] = final.to(torch.float32)
+    else:
+        for (_, _, state), f in zip(segments, final):
+            state.recurrent[index].copy_(f)
     return out[0]
 
 
@@ -100,16 +149,24 @@ def linear_attention(module, index: int, hidden_states: torch.Tensor, cache_para
     rows = hidden_states[0]
     segments = [(start, rows.shape[0] - start if n < 0 else n, state)
                 for start, n, state in cache_params.linear_segments()]
+    pool = getattr(cache_params, "linear_pool", None)
+    slabs = cache_params.linear_slabs() if pool is not None else None
+    one_row = OneRow.of(segments, slabs, pool)
+    pooled = None if pool is None else (pool, torch.tensor(slabs).to(pool.conv.device, non_blocking=True))
+    weight = module.conv1d.weight[:, 0]
     mixed = module.in_proj_qkv(rows)  # (N, 2 key_dim + value_dim)
     conv = torch.empty_like(mixed)
+    if one_row is not None:
+        conv[one_row.rows] = one_row.conv(mixed, index, weight)
     for start, n, state in segments:
-        conv[start:start + n] = causal_conv(mixed[start:start + n], state.conv[index], module.conv1d.weight[:, 0])
+        if one_row is None or n > 1:
+            conv[start:start + n] = causal_conv(mixed[start:start + n], state.conv[index], weight)
     q, k, v = conv.split([module.key_dim, module.key_dim, module.value_dim], dim=-1)
     q, k = q.unflatten(-1, (-1, module.head_k_dim)), k.unflatten(-1, (-1, module.head_k_dim))
     v = v.unflatten(-1, (-1, module.head_v_dim))
     beta = module.in_proj_b(rows).sigmoid()
     g = -module.A_log.float().exp() * F.softplus(module.in_proj_a(rows).float() + module.dt_bias)
-    core = delta_rule(q, k, v, g, beta, segments, index).to(rows.dtype)
+    core = delta_rule(q, k, v, g, beta, segments, index, one_row, pooled).to(rows.dtype)
     z = module.in_proj_z(rows)
     core = module.norm(core.reshape(-1, module.head_v_dim), z.reshape(-1, module.head_v_dim))
     return module.out_proj(core.reshape(1, rows.shape[0], -1))
@@ -151,7 +208,7 @@ class Qwen3_5Adapter(Qwen3VLAdapter):
     def new_pool(self, num_slabs: int, slab_capacity: int) -> KVPool:
         return KVPool(num_slabs, self.num_layers, self.num_kv_heads, self.head_dim, slab_capacity, self.inv_freq,
                       self.dtype, self.device, self.rope_axes, layer_of=self.layer_of,
-                      linear_state=self.new_linear_state)
+                      linear_pool=LinearPool(num_slabs, *self.linear_shape, self.dtype, self.device, CHECKPOINTS))
 
     def run_layers(self, embeds: torch.Tensor, positions: torch.Tensor, cache, **kwargs) -> torch.Tensor:
         """As every adapter's, after a checkpoint of each stream's linear state (a rollback returns to it)."""

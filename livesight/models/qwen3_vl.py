@@ -87,7 +87,7 @@ class Qwen3VLAdapter(QwenVLAdapter):
             return super().run_layers(embeds, positions, cache, **kwargs)
         n, hidden = embeds.shape[0], self.hidden_size
         stacked = embeds[:, hidden:].reshape(n, self.num_deepstack, hidden).to(self.dtype)
-        return super().run_layers(embeds[:, :hidden], positions, cache, visual_pos_masks=None,  # every row: add_deepstack
+        return super().run_layers(embeds[:, :hidden], positions, cache, visual_pos_masks=None,  # add_deepstack: all
                                   deepstack_visual_embeds=list(stacked.unbind(1)), **kwargs)
 
     def tower(self, pixels: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:

@@ -64,7 +64,8 @@ def test_thousands_of_chunks_leave_every_layers_state_bounded_and_a_traceless_an
             assert all(torch.equal(before[k], after[k]) for k in before), [k for k in before
                                                                            if not torch.equal(before[k], after[k])]
     assert (linear.conv.shape, linear.recurrent.shape) == shapes
-    assert max(lengths) == max(lengths[:100]) and max(lengths) <= session.cache.capacity  # bounded from the start
+    # bounded: the last chunks hold no more than chunks 1000-1100 (their timestamps as long: "<1999.2 seconds>")
+    assert max(lengths[1900:]) == max(lengths[1000:1100]) and max(lengths) <= session.cache.capacity
     assert all(torch.isfinite(torch.tensor(peaks))) and max(peaks[1000:]) <= 2 * max(peaks[:1000])
     assert int(session.cache.table.seq.max()) > 20 * len(session.cache.table)  # the stream is far longer than kept
 
@@ -138,3 +139,58 @@ def test_flash_linear_attention_equals_the_torch_reference_stream_by_stream():
         assert float((got - want).abs().max()) <= 2e-3 * scale, lengths
         for s, t in zip(states, twins):
             assert float((s.recurrent - t.recurrent).abs().max()) <= 2e-3 * float(t.recurrent.abs().max()), lengths
+
+
+def test_fixed_shape_steps_run_unpadded_and_equal_the_dynamic_forward(adapter):
+    """The fixed-shape step CUDA graphs capture, run eagerly here: for Qwen3.5 only steps that need no
+    padding row take it (decode steps above all), and a stream through narration and a traceless question
+    gives the same logits and leaves the same linear state with it as without."""
+    from livesight.streaming.static_step import StaticStep, row_bucket
+    config = SessionConfig(vision_window_s=2.0, narrate_tokens=4, answer_tokens=3, text_sink=4, text_window=8,
+                           system_prompt="s", retrieval=RetrievalConfig(top_k=1, scope="global"))
+
+    def run(static: bool):
+        session = Session(adapter, config, (32, 32))
+        sizes, logits, forward = [], [], session.stepper.forward
+        if static:
+            session.stepper.static = StaticStep(adapter, session.cache, graphs=False)
+            call = session.stepper.static.__call__
+            session.stepper.static = type("Counted", (), {"fits": session.stepper.static.fits, "__call__": staticmethod(
+                lambda e, p: sizes.append(e.shape[0]) or call(e, p))})()
+        session.stepper.forward = lambda *a, **k: logits.append(forward(*a, **k)) or logits[-1]
+        for chunk in make_chunks(8, size=(32, 32)):
+            session.add_chunk(chunk)
+            if chunk.index == 5:
+                session.ask("what is here?", remember=False)
+        return session, logits, sizes
+
+    dynamic, want, _ = run(False)
+    static, got, sizes = run(True)
+    assert sizes.count(1) > 10 and all(row_bucket(n) == n for n in sizes)
+    assert len(got) == len(want) > 30
+    assert max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(got, want)) < 1e-5
+    assert torch.allclose(static.cache.linear.recurrent, dynamic.cache.linear.recurrent, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (run on the device machine)")
+def test_cuda_graph_decode_steps_equal_the_eager_stream():
+    """On a GPU, Qwen3.5's unpadded steps (decodes) replay CUDA graphs: the capture's warm-up run must not
+    advance the linear state twice, so the graphed stream equals the eager one, logits and state."""
+    config = SessionConfig(vision_window_s=2.0, narrate_tokens=6, answer_tokens=4, text_sink=4, text_window=8,
+                           system_prompt="s", retrieval=RetrievalConfig(top_k=1, scope="global"))
+    gpu = load_adapter("tiny-random-qwen3.5", "cuda")
+    results = {}
+    for graphs in (True, False):
+        session = Session(gpu, SessionConfig(**{**config.__dict__, "cuda_graphs": graphs}), (32, 32))
+        logits, forward = [], session.stepper.forward
+        session.stepper.forward = lambda *a, **k: logits.append(forward(*a, **k)) or logits[-1]
+        for chunk in make_chunks(8, size=(32, 32)):
+            session.add_chunk(chunk)
+            if chunk.index == 5:
+                session.ask("what is here?", remember=False)
+        results[graphs] = (session, logits)
+    (graphed, got), (eager, want) = results[True], results[False]
+    assert 0 < graphed.stepper.static.num_graphs < len(got) / 2
+    assert len(got) == len(want)
+    assert max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(got, want)) < 1e-4
+    torch.testing.assert_close(graphed.cache.linear.recurrent, eager.cache.linear.recurrent, atol=1e-4, rtol=1e-3)

@@ -103,6 +103,12 @@ class StreamCache(Cache):
         index = layer_idx if self.layer_of is None else self.layer_of[layer_idx]
         return self.layers[index].update(key_states, value_states, *args, **kwargs)
 
+    def begin_step(self) -> None:
+        """Before a step's forward pass (on the host, outside any CUDA graph): a hybrid model's linear state
+        is checkpointed, so that a rollback or truncation back to this length can return to it."""
+        if self.linear is not None:
+            self.linear.checkpoint(self.length)
+
     def linear_segments(self) -> list[tuple[int, int, LinearState]]:
         """(first row, rows, state) of each stream in a step: here the one stream, every row."""
         return [(0, -1, self.linear)]

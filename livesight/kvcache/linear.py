@@ -56,9 +56,14 @@ class LinearState:
         return self.conv.clone(), self.recurrent.clone()
 
     def restore(self, snapshot: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Back to `snapshot`; the checkpoints taken since name steps no longer in the state."""
+        self.put(snapshot)
+        self._checkpoints.clear()
+
+    def put(self, snapshot: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """The state's values from `snapshot`, checkpoints kept (a CUDA graph's warm-up run undone)."""
         self.conv.copy_(snapshot[0])
         self.recurrent.copy_(snapshot[1])
-        self._checkpoints.clear()
 
     def checkpoint(self, length: int) -> None:
         """The state as it is before a step that starts at cache length `length`."""
@@ -73,9 +78,7 @@ class LinearState:
         if length not in self._checkpoints:
             raise RuntimeError(f"no linear-attention state kept for cache length {length} "
                                f"(kept: {sorted(self._checkpoints)})")
-        conv, recurrent = self._checkpoints[length]
-        self.conv.copy_(conv)
-        self.recurrent.copy_(recurrent)
+        self.put(self._checkpoints[length])
         for later in [n for n in self._checkpoints if n >= length]:
             del self._checkpoints[later]
 

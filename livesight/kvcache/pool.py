@@ -69,8 +69,18 @@ class KVPool(Cache):
         self.write: tuple[torch.Tensor, torch.Tensor] | None = None  # (slabs (N,), slots (N,)) during a step
         self.layer_of, self.linear_pool = layer_of, linear_pool
         self.caches: dict[int, StreamCache] = {}  # slab -> the cache over it
-        self.segments: list[tuple[int, int, int, int]] = []  # (slab, first row, rows, start) during a step
+        self._segments: list[tuple[int, int, int, int]] = []
+        self.step_memo: dict = {}  # what a step's layers derive from its segments once, for all layers
         super().__init__(layers=[PoolLayer(self, i) for i in range(num_layers)])
+
+    @property
+    def segments(self) -> list[tuple[int, int, int, int]]:
+        """(slab, first row, rows, start) of each stream during a step."""
+        return self._segments
+
+    @segments.setter
+    def segments(self, segments: list[tuple[int, int, int, int]]) -> None:
+        self._segments, self.step_memo = segments, {}
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         index = layer_idx if self.layer_of is None else self.layer_of[layer_idx]

@@ -121,8 +121,8 @@ def _delta_rule_fla(q, k, v, g, beta, segments, index, pooled) -> torch.Tensor:
     report("gated_delta", "fla")
     groups = v.shape[1] // q.shape[1]
     q, k = q.repeat_interleave(groups, dim=1), k.repeat_interleave(groups, dim=1)
-    bounds = [0] + [start + n for start, n, _ in segments]
-    cu = torch.tensor(bounds, dtype=torch.int64).to(q.device, non_blocking=True)
+    bounds = [0] + [start + n for start, n, _ in segments]  # one stream: none (a CUDA graph captures the step)
+    cu = None if len(segments) == 1 else torch.tensor(bounds, dtype=torch.int64).to(q.device, non_blocking=True)
     if pooled is not None:
         initial = pooled[0].recurrent[pooled[1], index]
     else:
@@ -138,6 +138,20 @@ def _delta_rule_fla(q, k, v, g, beta, segments, index, pooled) -> torch.Tensor:
     return out[0]
 
 
+def _step_index(cache_params, segments) -> tuple[OneRow | None, tuple[LinearPool, torch.Tensor] | None]:
+    """For a batched step over the pool: its one-row streams, and every stream's slab as a device tensor;
+    made once per step (the pool's step_memo), not once per layer."""
+    pool = getattr(cache_params, "linear_pool", None)
+    if pool is None:
+        return None, None
+    memo = cache_params.step_memo
+    if "linear" not in memo:
+        slabs = cache_params.linear_slabs()
+        memo["linear"] = (OneRow.of(segments, slabs, pool),
+                          (pool, torch.tensor(slabs).to(pool.conv.device, non_blocking=True)))
+    return memo["linear"]
+
+
 def linear_attention(module, index: int, hidden_states: torch.Tensor, cache_params=None, attention_mask=None,
                      **kwargs) -> torch.Tensor:
     """A Gated DeltaNet layer (`index` among the linear layers) over a step's rows, (1, N, hidden): each
@@ -149,10 +163,7 @@ def linear_attention(module, index: int, hidden_states: torch.Tensor, cache_para
     rows = hidden_states[0]
     segments = [(start, rows.shape[0] - start if n < 0 else n, state)
                 for start, n, state in cache_params.linear_segments()]
-    pool = getattr(cache_params, "linear_pool", None)
-    slabs = cache_params.linear_slabs() if pool is not None else None
-    one_row = OneRow.of(segments, slabs, pool)
-    pooled = None if pool is None else (pool, torch.tensor(slabs).to(pool.conv.device, non_blocking=True))
+    one_row, pooled = _step_index(cache_params, segments)
     weight = module.conv1d.weight[:, 0]
     mixed = module.in_proj_qkv(rows)  # (N, 2 key_dim + value_dim)
     conv = torch.empty_like(mixed)
@@ -187,7 +198,7 @@ class Qwen3_5Adapter(Qwen3VLAdapter):
         self.linear_shape = (len(linear), first.conv_dim, first.conv_kernel_size - 1, first.num_v_heads,
                              first.head_k_dim, first.head_v_dim)
 
-    step_graphs = False
+    pad_rows = False  # the linear layers would fold padding rows into the state
 
     def fuse(self, on: bool) -> None:
         """Qwen3.5's norms (1 + weight) run as transformers has them."""
@@ -211,10 +222,5 @@ class Qwen3_5Adapter(Qwen3VLAdapter):
                       linear_pool=LinearPool(num_slabs, *self.linear_shape, self.dtype, self.device, CHECKPOINTS))
 
     def run_layers(self, embeds: torch.Tensor, positions: torch.Tensor, cache, **kwargs) -> torch.Tensor:
-        """As every adapter's, after a checkpoint of each stream's linear state (a rollback returns to it)."""
-        if isinstance(cache, StreamCache):
-            cache.linear.checkpoint(cache.length)
-        elif isinstance(cache, KVPool):
-            for slab, _, _, start in cache.segments:
-                cache.caches[slab].linear.checkpoint(start)
+        """As every adapter's, the full-attention layers told their index in the cache."""
         return super().run_layers(embeds, positions, cache, livesight_layer_of=self.layer_of, **kwargs)

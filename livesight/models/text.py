@@ -120,7 +120,7 @@ class TextAdapter:
                       self.dtype, self.device, self.rope_axes)
 
     linear_state_bytes = 0  # a hybrid model's linear-attention state per stream (qwen3_5.py)
-    step_graphs = True  # language-model steps may be captured in CUDA graphs
+    pad_rows = True  # a step may carry padding rows (fixed-shape steps for CUDA graphs)
     sees_video = False  # a vision-language family's adapter takes chunks of video (vision_encoder, ...)
     flat_positions = True  # 1-D rotary: a vision grid's tokens take consecutive positions (StepBuilder)
 

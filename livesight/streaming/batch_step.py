@@ -34,8 +34,9 @@ class BatchStep:
     def __init__(self, adapter: TextAdapter, pool: KVPool, graphs: bool):
         self.adapter, self.pool = adapter, pool
         # graphs need the slab attention's Triton path (half precision on a GPU): the others sync
+        # and a model whose every layer may take padding rows (a hybrid model's linear state would fold them in)
         self.graphs = (graphs and pool.key_buffer.is_cuda and adapter.dtype in (torch.float16, torch.bfloat16)
-                       and adapter.step_graphs)
+                       and adapter.pad_rows)
         self.groups = adapter.language_model.config.num_attention_heads // adapter.num_kv_heads
         self._replays: dict[tuple, GraphReplay] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.graphs else None
@@ -60,6 +61,8 @@ class BatchStep:
         embeds = self._embeds([piece for _, builder in steps for piece in builder.embeds])
         positions = torch.cat([table.pos for table in tables], dim=1)
         padded = any(stepper.cache.key_valid is not None for stepper, _ in steps)
+        for stepper, _ in steps:
+            stepper.cache.begin_step()
         self.pool.segments = segments  # a hybrid model's linear layers run each stream's rows on its own state
         try:
             hidden = self._hidden(embeds, positions, segments, padded)

@@ -17,6 +17,7 @@ def probe(stepper: CacheStepper, question: torch.Tensor) -> torch.Tensor:
     builder.text(question, Segment.TEXT, 0.0)
     embeds, table = builder.build()
     length = cache.length
+    cache.begin_step()
     with capture_queries() as captured:
         stepper.adapter.forward(embeds, table.pos, cache)
     cache.rollback(length)

@@ -40,8 +40,11 @@ class StaticStep:
         return len(self._replays)
 
     def fits(self, num_tokens: int) -> bool:
-        """Whether a step of num_tokens can run here: its padding must fit in the cache."""
-        return self.cache.length + row_bucket(num_tokens) <= self.cache.capacity
+        """Whether a step of num_tokens can run here: its padding must fit in the cache, and a model whose
+        layers cannot take padding rows (a hybrid model's linear state folds in every row) runs only steps
+        that need none (a decode step's one row, and steps of a bucket's size)."""
+        rows = row_bucket(num_tokens)
+        return self.cache.length + rows <= self.cache.capacity and (self.adapter.pad_rows or rows == num_tokens)
 
     @torch.inference_mode()
     def __call__(self, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -61,7 +64,10 @@ class StaticStep:
             replay = self._replays.get((rows, num_keys, padded))
             if replay is None:
                 step = lambda e, p, s: self.adapter.static_hidden(e, p, s, cache, num_keys, padded)  # noqa: E731
+                linear = None if cache.linear is None else cache.linear.snapshot()
                 replay = GraphReplay(step, [embeds, positions, start_slot], self._pool)
+                if linear is not None:  # the capture's warm-up ran the step once: its state update undone
+                    cache.linear.put(linear)
                 self._replays[rows, num_keys, padded] = replay
             hidden = replay(embeds, positions, start_slot)
         else:

@@ -20,7 +20,7 @@ class CacheStepper:
         cache: the cache to fill (a slab of an engine's pool), else one of `capacity` is allocated."""
         self.adapter, self.policy, self.offload = adapter, policy, offload
         self.cache: StreamCache = adapter.new_cache(capacity) if cache is None else cache
-        use_graphs = graphs and self.cache.key_buffer.is_cuda and adapter.step_graphs
+        use_graphs = graphs and self.cache.key_buffer.is_cuda
         self.static: StaticStep | None = StaticStep(adapter, self.cache, graphs=True) if use_graphs else None
         self._pos = self._seq = self._group = 0
 
@@ -37,6 +37,7 @@ class CacheStepper:
     def forward(self, builder: StepBuilder, all_logits: bool = False) -> torch.Tensor:
         """Run the step; -> logits of its last token (vocab,), or of every token (n, vocab)."""
         embeds, table = builder.build(self.adapter.embed_tokens)
+        self.cache.begin_step()
         if self.static is not None and not all_logits and self.static.fits(len(table)):
             logits = self.static(embeds, table.pos)
         else:

@@ -49,10 +49,12 @@ except ImportError:  # fla-core is optional: the GPU's fast path
 
 def causal_conv(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x: (n, C) one stream's rows; tail: (C, K - 1) the inputs before them, updated in place; weight:
-    (C, K) depthwise -> silu(conv) (n, C)."""
+    (C, K) depthwise -> silu(conv) (n, C). As products summed, not cuDNN's convolution, whose algorithm
+    (and TF32 use) may differ between a CUDA graph's capture and an eager call."""
     full = torch.cat([tail, x.T.to(tail.dtype)], dim=-1)  # (C, K - 1 + n)
     tail.copy_(full[:, -tail.shape[-1]:])
-    return F.silu(F.conv1d(full[None].to(weight.dtype), weight[:, None], groups=weight.shape[0])[0].T).to(x.dtype)
+    windows = full.to(weight.dtype).unfold(-1, weight.shape[-1], 1)  # (C, n, K)
+    return F.silu((windows * weight[:, None]).sum(-1).T).to(x.dtype)
 
 
 @dataclass

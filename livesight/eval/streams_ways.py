@@ -64,10 +64,11 @@ class EngineWay:
         return {k: round(now[k] - self._stage0[k], 2) for k in now} | {"lm_by_kind": self.steps.read()}
 
     def stream_mb(self) -> dict:
-        """Device memory one stream holds: its slab of the pool, its offloaded blocks' representatives."""
+        """Device memory one stream holds: its slab of the pool (and a hybrid model's linear-attention state
+        with its checkpoints), its offloaded blocks' representatives."""
         engine, adapter = self.engine, self.engine.adapter
         slab = KVPool.slab_bytes(adapter.num_layers, adapter.num_kv_heads, adapter.head_dim, engine.slab_capacity,
-                                 adapter.dtype.itemsize)
+                                 adapter.dtype.itemsize) + adapter.linear_state_bytes
         _, tokens = slab_tokens(adapter, engine.config)
         reps = stream_bytes(adapter, engine.slab_capacity, tokens, engine.config)["representatives"]
         return {"cache_mb": round(slab / 2**20, 1), "representatives_mb": round(reps / 2**20, 1),

@@ -131,7 +131,8 @@ def test_random_qwen3_5_9b_has_the_architecture_transformers_gives_qwen3_5_9b():
                 "linear_value_head_dim", "linear_conv_kernel_dim", "vocab_size", "layer_types"):
         assert getattr(text, key) == getattr(default, key), key
     assert text.layer_types.count("full_attention") == 8 and text.layer_types[3] == "full_attention"
-    assert text.rope_parameters["partial_rotary_factor"] == 0.25 and text.rope_parameters["mrope_section"] == [11, 11, 10]
+    rope = text.rope_parameters
+    assert rope["partial_rotary_factor"] == 0.25 and rope["mrope_section"] == [11, 11, 10]
     with torch.device("meta"):
         model = Qwen3_5ForConditionalGeneration._from_config(config)
     assert round(sum(p.numel() for p in model.parameters()) / 1e9, 2) == 9.41

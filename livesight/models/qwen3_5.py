@@ -12,11 +12,12 @@ What the engine does with it:
   Going back is by copies: `ask(remember=False)` snapshots and restores them with the cache; a probe pass
   and decode steps taken past a stop token return to the checkpoint taken before their step.
 - A batched step packs many streams' rows; the linear layers run each stream's rows on its own state
-  (segments), so streams never mix.
+  (segments), so streams never mix; the one-row streams (decoding) together, by index into the pool.
 - Partial rotary: the first quarter of each head rotates (kernels/rope.py turns that part only); the
   positions are Qwen3-VL's interleaved M-RoPE. The tower is Qwen3-VL's without DeepStack.
-- Steps run eagerly (no CUDA graphs: the segments and checkpoints are host-side work), and the norms run
-  as transformers has them (Qwen3.5's RMSNorm scales by 1 + weight).
+- A step must not carry padding rows (pad_rows): the state would fold them in. So a stream alone replays
+  CUDA graphs only for steps of a bucket's exact size (decode steps), and batched steps run eagerly. The
+  norms run as transformers has them (Qwen3.5's RMSNorm scales by 1 + weight).
 The delta rule runs through flash-linear-attention's Triton kernels (PyPI fla-core) on a GPU where it is
 installed, one varlen call for all streams, else through transformers' own torch code (the reference, and
 the CPU's path).

@@ -8,6 +8,7 @@ from livesight.streaming.config import SessionConfig
 from livesight.vision.synthetic import SCENES
 
 POLICIES = ("dense", "window", "sink+window")
+KV_DTYPES = ("model", "fp8")  # how the cache stores keys and values
 RECALL_POLICIES = ("dense", "sink+window", "sink+window+retrieval")
 
 
@@ -27,6 +28,7 @@ class FidelityConfig:
     retrieve_top_k: int = 16  # blocks brought back for the question (16 x 16 = 256 tokens)
     retrieve_scope: str = "layer"
     seed: int = 0
+    kv_dtype: str = "model"  # keys and values as the model computes them, or "fp8" (kvcache/storage.py)
 
     def __post_init__(self) -> None:
         if not 0 < self.chunk < self.window:
@@ -38,6 +40,8 @@ class FidelityConfig:
             raise ValueError(f"--tokens ({self.tokens}) must exceed the window ({self.window}) to test eviction")
         if not 0 < self.passkey_chunk < self.window:
             raise ValueError(f"passkey chunk must be between 1 and the window - 1, got {self.passkey_chunk}")
+        if self.kv_dtype not in KV_DTYPES:
+            raise ValueError(f"--kv-dtype must be one of {', '.join(KV_DTYPES)}, got {self.kv_dtype!r}")
         if self.trials < 0 or self.oracle_targets < 1:
             raise ValueError("--trials must be >= 0 and --oracle-targets >= 1")
 

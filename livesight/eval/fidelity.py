@@ -39,7 +39,8 @@ class TextStream:
             capacity = config.window + self.chunk + (config.retrieve_top_k * config.retrieve_block if retrieve else 0)
         else:
             raise ValueError(f"unknown policy {policy}: one of {POLICIES + RECALL_POLICIES}")
-        self.stepper = CacheStepper(adapter, keep, capacity, self._offload if retrieve else None)
+        self.stepper = CacheStepper(adapter, keep, capacity, self._offload if retrieve else None,
+                                    kv_dtype=config.kv_dtype)
         self.offloaded = OffloadedBlocks(self.stepper.cache, config.retrieve_block, config.retrieve_top_k,
                                          config.retrieve_scope, GB, 0) if retrieve else None
         self.fed = 0

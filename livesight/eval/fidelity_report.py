@@ -5,7 +5,7 @@ import os
 
 from livesight.errors import InputError
 from livesight.eval import report
-from livesight.eval.config import POLICIES, FidelityConfig
+from livesight.eval.config import KV_DTYPES, POLICIES, FidelityConfig
 from livesight.eval.output import writable_folder
 from livesight.progress import progress
 from livesight.streaming.options import Bound
@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tokens scored by the sliding-window recompute oracle (default %(default)s)")
     parser.add_argument("--trials", type=Bound(int, 0, 1000), default=d.trials,
                         help="passkey trials per policy (default %(default)s)")
+    parser.add_argument("--kv-dtype", choices=KV_DTYPES, default=d.kv_dtype,
+                        help="how the cache stores keys and values: as the model computes them, or fp8 (e4m3 with "
+                             "a scale per head and token; the oracle stays the stock model) (default %(default)s)")
     parser.add_argument("--out", default="out/fidelity",
                         help="folder for fidelity.json, fidelity.md, fidelity.png, created if missing (default "
                              "%(default)s)")
@@ -56,7 +59,8 @@ def markdown(result: dict) -> str:
         f"tokens past the first W; passkey: {trials} trials, keys at depth {s['passkey_depths'][0]:g}–"
         f"{s['passkey_depths'][1]:g} of about {result['passkey']['dense'][0]['prompt_tokens'] if trials else 0} tokens, prefilled "
         f"{s['passkey_chunk']} tokens per step; retrieval brings back the top {s['retrieve_top_k']} blocks of "
-        f"{s['retrieve_block']} tokens ({s['retrieve_scope']} scope) for the question.",
+        f"{s['retrieve_block']} tokens ({s['retrieve_scope']} scope) for the question. Keys and values "
+        f"{'in fp8 (e4m3, a scale per head and token)' if s.get('kv_dtype') == 'fp8' else 'in the model dtype'}.",
         "", *rows, ""])
 
 
@@ -88,7 +92,7 @@ def plot(result: dict, path: str, bin_tokens: int = 256) -> None:
 def main(args) -> int:
     try:
         config = FidelityConfig(tokens=args.tokens, window=args.window, sink=args.sink, chunk=args.chunk,
-                                oracle_targets=args.oracle_targets, trials=args.trials)
+                                oracle_targets=args.oracle_targets, trials=args.trials, kv_dtype=args.kv_dtype)
     except ValueError as err:
         raise InputError(str(err)) from None
     writable_folder(args.out)

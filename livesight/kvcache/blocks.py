@@ -40,7 +40,7 @@ class OffloadedBlocks:
                              f"Give a writable folder, or leave the flag out") from None
         self.close = weakref.finalize(self, scratch.remove, self.folder)
         shape = cache.key_buffer.shape  # (L, 1, Hkv, capacity, D)
-        block_bytes = 2 * shape[0] * shape[2] * block_tokens * shape[4] * cache.key_buffer.element_size()
+        block_bytes = 2 * shape[0] * shape[2] * block_tokens * shape[4] * cache.dtype.itemsize  # as gathered
         self.store = OffloadStore(self.folder, ram_bytes, disk_bytes, block_bytes, (shape[0], shape[2], shape[4]),
                                   cache.key_buffer.device)
 

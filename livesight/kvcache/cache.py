@@ -9,8 +9,9 @@ tokens into that layout and re-rotates those whose position moved, in one pass o
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from livesight.kernels import rotate_keys, unrotate
+from livesight.kernels import unrotate
 from livesight.kvcache.linear import LinearState
+from livesight.kvcache.storage import Fp8KV, PlainKV
 from livesight.kvcache.table import Segment, TokenTable, compaction_shift
 
 
@@ -38,20 +39,20 @@ class StreamLayer(CacheLayerMixin):
 
         In a static step (owner.static_write = (slots (n,), num_keys)) they go to the given slots,
         the length is left to the caller, and the first num_keys slots come back, whatever they hold."""
+        kv = self.owner.kv
         if self.owner.static_write is not None:
             slots, num_keys = self.owner.static_write
-            self.keys.index_copy_(2, slots, key_states)
-            self.values.index_copy_(2, slots, value_states)
-            return self.keys[:, :, :num_keys], self.values[:, :, :num_keys]
+            kv.write(self.layer_idx, slots, key_states, value_states)
+            return kv.read(self.layer_idx, num_keys)
         start = self.owner.length
         end = start + key_states.shape[-2]
         if end > self.owner.capacity:
-            raise CacheFullError(f"step of {key_states.shape[-2]} tokens overflows the cache ({start}/{self.owner.capacity})")
-        self.keys[:, :, start:end] = key_states
-        self.values[:, :, start:end] = value_states
+            raise CacheFullError(f"step of {key_states.shape[-2]} tokens overflows the cache "
+                                 f"({start}/{self.owner.capacity})")
+        kv.write(self.layer_idx, slice(start, end), key_states, value_states)
         if self.layer_idx == self.owner.num_layers - 1:
             self.owner.length = end
-        return self.keys[:, :, :end], self.values[:, :, :end]
+        return kv.read(self.layer_idx, end)
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.owner.length + query_length, 0
@@ -71,23 +72,35 @@ class StreamCache(Cache):
     A hybrid model (Qwen3.5) keeps here its full-attention layers only: `layer_of` maps the model's
     index of each to its index here, and `linear` holds its linear-attention layers' state, which every
     rollback, truncation, snapshot and restore below takes along.
+
+    kv_dtype "fp8": keys and values in 8 bits with scales (storage.py: Fp8KV); key_buffer and value_buffer
+    then hold the codes. Not for a KVPool's slab (buffers).
     """
 
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, capacity: int,
                  inv_freq: torch.Tensor, dtype: torch.dtype, device: torch.device | str,
                  rope_axes: tuple[int, ...] | None = None,
                  buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-                 layer_of: dict[int, int] | None = None, linear: LinearState | None = None):
+                 layer_of: dict[int, int] | None = None, linear: LinearState | None = None, kv_dtype: str = "model"):
         """buffers: (keys, values, key_bias) to use instead of allocating: a slab of a KVPool, views of
         shapes (num_layers, 1, num_kv_heads, capacity, head_dim) twice and (num_layers, capacity)."""
         shape = (num_layers, 1, num_kv_heads, capacity, head_dim)
-        if buffers is None:
-            buffers = (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device),
-                       torch.zeros(num_layers, capacity, dtype=dtype, device=device))
-        self.key_buffer, self.value_buffer, self.key_bias = buffers
+        self.inv_freq = inv_freq.float().to(device)
+        if kv_dtype == "fp8":
+            assert buffers is None, "an fp8 cache allocates its own buffers"
+            self.kv = Fp8KV(shape, dtype, device, self.inv_freq)
+            self.key_bias = torch.zeros(num_layers, capacity, dtype=dtype, device=device)
+        else:
+            if buffers is None:
+                buffers = (torch.zeros(shape, dtype=dtype, device=device),
+                           torch.zeros(shape, dtype=dtype, device=device),
+                           torch.zeros(num_layers, capacity, dtype=dtype, device=device))
+            self.kv = PlainKV(buffers[0], buffers[1], self.inv_freq)
+            self.key_bias = buffers[2]
+        self.key_buffer, self.value_buffer = self.kv.keys, self.kv.values  # what is stored (fp8: the codes)
+        self.dtype = dtype  # what attention reads
         assert self.key_buffer.shape == shape and self.key_bias.shape == (num_layers, capacity)
         self.num_layers, self.capacity, self.length = num_layers, capacity, 0
-        self.inv_freq = inv_freq.float().to(device)
         self.rope_axes = rope_axes
         self.table = TokenTable.empty()
         self.key_valid: torch.Tensor | None = None  # (L, capacity) bool while retrieved slots hold padding
@@ -118,7 +131,7 @@ class StreamCache(Cache):
 
     @property
     def nbytes(self) -> int:
-        return self.key_buffer.nbytes + self.value_buffer.nbytes
+        return self.kv.nbytes
 
     def record(self, tokens: TokenTable) -> None:
         """Describe the tokens the last forward appended."""
@@ -150,18 +163,14 @@ class StreamCache(Cache):
             return 0
         if self.linear is not None:
             self.linear.forget_checkpoints()
-        keys = self.key_buffer[:, :, :, index]
-        if moved:
-            keys = rotate_keys(keys, -delta.to(keys.device, non_blocking=True), self.inv_freq)
-        self.key_buffer[:, :, :, :n] = keys
-        self.value_buffer[:, :, :, :n] = self.value_buffer[:, :, :, index]
+        self.kv.move(index, 0, -delta if moved else None)
         self.length, self.table = n, table
         return moved
 
     def gather(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Buffer slots `index` (n,) -> keys, values (L, Hkv, n, D), copies."""
-        index = index.to(self.key_buffer.device, non_blocking=True)
-        return self.key_buffer[:, 0, :, index], self.value_buffer[:, 0, :, index]
+        keys, values = self.kv.take(index.to(self.key_buffer.device, non_blocking=True))
+        return keys[:, 0], values[:, 0]
 
     def representative(self, keys: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """keys (L, Hkv, n, D) rotated at positions (3, n) -> (L, Hkv, D): their mean before rotary."""
@@ -186,13 +195,11 @@ class StreamCache(Cache):
         """The valid prefix and its description, copied, for `restore` (an answer that must leave
         no trace: retrieval moves keys, so a rollback of the length alone would not do)."""
         n = self.length
-        return (n, self.table, self.key_buffer[:, :, :, :n].clone(), self.value_buffer[:, :, :, :n].clone(),
-                self.key_valid, None if self.linear is None else self.linear.snapshot())
+        return (n, self.table, self.kv.copy(n), self.key_valid, None if self.linear is None else self.linear.snapshot())
 
     def restore(self, snapshot: tuple) -> None:
-        n, self.table, keys, values, key_valid, linear = snapshot
-        self.key_buffer[:, :, :, :n] = keys
-        self.value_buffer[:, :, :, :n] = values
+        n, self.table, copied, key_valid, linear = snapshot
+        self.kv.paste(copied)
         self.length = n
         self._set_key_valid(key_valid)
         if self.linear is not None:
@@ -232,13 +239,9 @@ class StreamCache(Cache):
         assert int(rows.pos.min()) == start, "retrieved slots must start right after the sink"
         extent = int(rows.pos.max()) + 1 - start
         end = self.length
-        shift = torch.full((end - num_sink,), extent, dtype=torch.int64)
-        rest_keys = rotate_keys(self.key_buffer[:, :, :, num_sink:end], shift, self.inv_freq)
-        rest_values = self.value_buffer[:, :, :, num_sink:end].clone()
-        self.key_buffer[:, :, :, num_sink + num:end + num] = rest_keys
-        self.value_buffer[:, :, :, num_sink + num:end + num] = rest_values
-        self.key_buffer[:, 0, :, num_sink:num_sink + num] = keys
-        self.value_buffer[:, 0, :, num_sink:num_sink + num] = values
+        rest = torch.arange(num_sink, end, device=self.key_buffer.device)
+        self.kv.move(rest, num_sink + num, torch.full((end - num_sink,), extent, dtype=torch.int64))
+        self.kv.put(num_sink, keys, values)
         rest = self.table.select(torch.arange(num_sink, end))
         rest.pos = rest.pos + extent
         self.table = self.table.select(torch.arange(num_sink)).cat(rows).cat(rest)

@@ -215,9 +215,10 @@ class Qwen3_5Adapter(Qwen3VLAdapter):
         once = layers * (channels * tail * self.dtype.itemsize + heads * key_dim * value_dim * 4)
         return once * (1 + CHECKPOINTS)
 
-    def new_cache(self, capacity: int) -> StreamCache:
+    def new_cache(self, capacity: int, kv_dtype: str = "model") -> StreamCache:
         return StreamCache(self.num_layers, self.num_kv_heads, self.head_dim, capacity, self.inv_freq, self.dtype,
-                           self.device, self.rope_axes, layer_of=self.layer_of, linear=self.new_linear_state())
+                           self.device, self.rope_axes, layer_of=self.layer_of, linear=self.new_linear_state(),
+                           kv_dtype=kv_dtype)
 
     def new_pool(self, num_slabs: int, slab_capacity: int) -> KVPool:
         return KVPool(num_slabs, self.num_layers, self.num_kv_heads, self.head_dim, slab_capacity, self.inv_freq,

@@ -110,9 +110,10 @@ class TextAdapter:
     def inv_freq(self) -> torch.Tensor:
         return self.language_model.rotary_emb.inv_freq
 
-    def new_cache(self, capacity: int) -> StreamCache:
+    def new_cache(self, capacity: int, kv_dtype: str = "model") -> StreamCache:
+        """A stream's cache of `capacity` slots; kv_dtype "fp8": keys and values in 8 bits (kvcache/storage.py)."""
         return StreamCache(self.num_layers, self.num_kv_heads, self.head_dim, capacity, self.inv_freq,
-                           self.dtype, self.device, self.rope_axes)
+                           self.dtype, self.device, self.rope_axes, kv_dtype=kv_dtype)
 
     def new_pool(self, num_slabs: int, slab_capacity: int) -> KVPool:
         """The batched engine's pool: a cache slab for each of `num_slabs` streams."""

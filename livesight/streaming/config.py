@@ -66,8 +66,13 @@ class SessionConfig:
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     cuda_graphs: bool = True  # on a GPU, replay vision passes and language-model steps from CUDA graphs
+    # how a stream's cache stores keys and values: as the model computes them, or "fp8" (kvcache/storage.py;
+    # a Session's own cache only, for now: the batched engine's pool keeps the model's dtype)
+    kv_dtype: str = "model"
 
     def __post_init__(self) -> None:
+        if self.kv_dtype not in ("model", "fp8"):
+            raise ValueError(f"--kv-dtype must be model or fp8, got {self.kv_dtype!r}")
         if self.fps <= 0 or self.chunk_seconds <= 0:
             raise ValueError(f"fps and chunk seconds must be positive, got {self.fps} and {self.chunk_seconds}")
         frames = self.fps * self.chunk_seconds

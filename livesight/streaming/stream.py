@@ -152,7 +152,8 @@ class Stream:
             check_fits(adapter, self.capacity, self.tokens_per_chunk, config)
         retrieval = config.retrieval
         self.stepper = CacheStepper(adapter, self.policy, self.capacity, self._offload if retrieval.enabled else None,
-                                    config.cuda_graphs and cache is None, None if cache is None else cache(self.capacity))
+                                    config.cuda_graphs and cache is None, None if cache is None else cache(self.capacity),
+                                    config.kv_dtype)
         self.cache = self.stepper.cache
         self.temporal_stride = adapter.temporal_stride(config.fps)
         self.offloaded = None

@@ -1,0 +1,110 @@
+"""8-bit keys and values (kernels/quant.py, kvcache/storage.py: Fp8KV): the rounding of one quantization,
+and no more however often a key moves; every cache operation (steps, slides, retrieval, snapshots) works on
+the codes as on plain keys; the bytes halve."""
+
+import pytest
+import torch
+
+from conftest import make_chunks
+from livesight.kernels.quant import dequantize, quantize
+from livesight.kvcache.storage import Fp8KV
+from livesight.models.qwen2_5_vl import QwenVLAdapter
+from livesight.streaming.config import RetrievalConfig, SessionConfig
+from livesight.streaming.session import Session
+
+
+def test_each_element_keeps_three_mantissa_bits_of_its_own_magnitude():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 50, 64, generator=g) * torch.logspace(-3, 3, 50)[:, None]  # rows of any scale
+    codes, scale = quantize(x)
+    assert codes.dtype == torch.uint8 and scale.shape == (4, 3, 50, 1)
+    back = dequantize(codes, scale, torch.float32)
+    amax = x.abs().amax(-1, keepdim=True)
+    assert bool(((back - x).abs() <= x.abs() * 2 ** -4 + amax * 2 ** -16).all())
+    torch.testing.assert_close(back.abs().amax(-1, keepdim=True), amax, rtol=1e-6, atol=0)  # the largest kept
+    again = dequantize(*quantize(back), torch.float32)
+    torch.testing.assert_close(again, back, rtol=1e-6, atol=0)  # decoded values are representable: no drift
+    zero_codes, zero_scale = quantize(torch.zeros(2, 8))
+    assert torch.equal(dequantize(zero_codes, zero_scale, torch.float32), torch.zeros(2, 8))
+
+
+def test_a_key_moved_many_times_is_rounded_once():
+    """Keys moved 32 times (a window's slides) decode to the exactly turned keys within one rounding: the
+    codes stay as written and only the slot's shift grows. Quantizing after each turn would drift."""
+    inv_freq = 1.0 / (1e4 ** (torch.arange(0, 32, 2).float() / 32))
+    keys = torch.randn(2, 1, 2, 40, 32, generator=torch.Generator().manual_seed(1))
+    values = torch.randn_like(keys)
+    store = Fp8KV(keys.shape, torch.float32, "cpu", inv_freq)
+    for layer in range(2):
+        store.write(layer, slice(0, 40), keys[layer], values[layer])
+    first = store.take(torch.arange(40))[0]
+    once = float(((first - keys).norm(dim=-1) / keys.norm(dim=-1)).mean())
+    from livesight.kernels import rotate_keys_reference
+    exact = keys
+    for _ in range(32):
+        store.move(torch.arange(40), 0, torch.full((40,), -3))
+        exact = rotate_keys_reference(exact, torch.full((40,), -3), inv_freq)
+    got, got_values = store.take(torch.arange(40))
+    err = float(((got - exact).norm(dim=-1) / exact.norm(dim=-1)).mean())
+    assert once < 0.04 and abs(err - once) < 1e-3, (once, err)  # 16 quantizations would give about 0.11
+    assert torch.equal(got_values, dequantize(*quantize(values), torch.float32))
+
+
+def _session(tiny, kv_dtype: str, **changes) -> Session:
+    config = SessionConfig(vision_window_s=3.0, text_sink=6, text_window=10, narrate_tokens=4, answer_tokens=4,
+                           system_prompt="sys", retrieval=RetrievalConfig(top_k=2, scope="global"),
+                           kv_dtype=kv_dtype, **changes)
+    return Session(QwenVLAdapter(tiny), config, (180, 320))
+
+
+def test_an_fp8_stream_slides_retrieves_and_answers_close_to_the_plain_one(tiny):
+    """The same chunks and question through an fp8 cache and a float32 one, without narration (so the
+    tokens are the same whatever the logits): the first layer's keys and values, which only rounding
+    separates, stay within one rounding through every slide and the retrieval; the logits stay close."""
+    caches, logits = {}, {}
+    for kv_dtype in ("model", "fp8"):
+        session = _session(tiny, kv_dtype, narrate=False)
+        seen, forward = [], session.stepper.forward
+        session.stepper.forward = lambda *a, **k: seen.append(forward(*a, **k)) or seen[-1]
+        for chunk in make_chunks(9):
+            session.add_chunk(chunk)
+            if chunk.index == 6:
+                answer = session.ask("what moved?", remember=False)[-1]
+                assert answer.data["retrieved"], "nothing was retrieved"
+        caches[kv_dtype], logits[kv_dtype] = session.cache, seen
+    plain, fp8 = caches["model"], caches["fp8"]
+    assert fp8.kv.shift.abs().max() > 0, "no slot moved"
+    assert torch.equal(plain.table.seq, fp8.table.seq) and torch.equal(plain.table.pos, fp8.table.pos)
+    index = torch.arange(plain.length)
+    (k0, v0), (k1, v1) = plain.kv.take(index), fp8.kv.take(index)
+    for want, got in ((k0[0], k1[0]), (v0[0], v1[0])):  # layer 0: no earlier layer's rounding in its input
+        assert float(((got - want).norm(dim=-1) / want.norm(dim=-1)).max()) < 0.045  # requantizing: 0.09
+    for a, b in zip(logits["fp8"], logits["model"]):
+        assert float((a - b).abs().max() / b.abs().max()) < 0.05
+
+
+def test_fp8_snapshot_and_restore_leave_the_cache_bit_for_bit(tiny):
+    session = _session(tiny, "fp8")
+    for chunk in make_chunks(5):
+        session.add_chunk(chunk)
+    kv = session.cache.kv
+    before = [t.clone() for t in (kv.keys, kv.key_scale, kv.values, kv.value_scale, kv.shift)]
+    n = session.cache.length
+    session.ask("what moved?", remember=False)
+    after = (kv.keys, kv.key_scale, kv.values, kv.value_scale, kv.shift)
+    assert session.cache.length == n
+    assert all(torch.equal(a[..., :n, :] if a.dim() > 1 else a[:n], b[..., :n, :] if b.dim() > 1 else b[:n])
+               for a, b in zip(after, before))
+
+
+def test_fp8_halves_the_bytes_and_the_engine_refuses_it_by_name(tiny):
+    from livesight.errors import InputError
+    from livesight.streaming.engine import Engine
+    adapter = QwenVLAdapter(tiny)
+    plain, fp8 = adapter.new_cache(1000), adapter.new_cache(1000, "fp8")
+    d = plain.key_buffer.shape[-1]  # 16 at tiny: 16 one-byte codes and a 4-byte scale against 16 floats of 4 bytes
+    assert fp8.nbytes == plain.nbytes * (d + 4) // (4 * d) + fp8.kv.shift.nbytes
+    with pytest.raises(InputError, match="kv dtype fp8: the engine's shared pool"):
+        Engine(adapter, SessionConfig(kv_dtype="fp8"), max_streams=2)
+    with pytest.raises(ValueError, match="--kv-dtype must be model or fp8"):
+        SessionConfig(kv_dtype="int4")

@@ -1,4 +1,4 @@
-"""`livesight run | web | serve | demo | synth | bench | eval | train`: the command-line front end.
+"""`livesight run | web | serve | demo | synth | bench | eval | train | calibrate`: the command-line front end.
 
 Bad input gets one line naming the input and the fix, and exit code 2; never a traceback.
 """
@@ -108,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     from livesight.train import config as train_config
     train_config.add_arguments(sub.add_parser(
         "train", help="train toy-vlm, LiveSight's own small VLM, on the synthetic world"))
+    from livesight.train import duo_config
+    calibrate = sub.add_parser("calibrate", help="calibrations of a model").add_subparsers(dest="calibrate",
+                                                                                           required=True)
+    duo_config.add_arguments(calibrate.add_parser(
+        "duo", help="DuoAttention: which KV heads need the whole context and which the sink and recent keys"))
 
     synth = sub.add_parser("synth", help="write a synthetic video (moving shapes and a clock)")
     synth.add_argument("out", help="output file, e.g. clip.mp4")
@@ -273,6 +278,11 @@ def train(args) -> int:
     return toy.main(args)
 
 
+def calibrate(args) -> int:
+    from livesight.train import duo_config
+    return duo_config.main(args)
+
+
 def evaluate(args) -> int:
     from livesight.eval import cli as eval_cli
     return eval_cli.main(args)
@@ -285,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     scratch.sweep()  # and those of livesight processes killed outright earlier go now
     try:
         return {"run": run, "web": web, "serve": serve, "demo": demo, "synth": synth, "bench": bench,
-                "eval": evaluate, "train": train}[args.command](args)
+                "eval": evaluate, "train": train, "calibrate": calibrate}[args.command](args)
     except InputError as err:
         print(f"livesight: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

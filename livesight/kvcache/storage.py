@@ -84,6 +84,7 @@ class Fp8KV(PlainKV):
         self.key_scale = torch.ones(*shape[:-1], 1, dtype=torch.float32, device=device)
         self.value_scale = torch.ones_like(self.key_scale)
         self.shift = torch.zeros(shape[3], dtype=torch.int64, device=device)
+        self.moved = False  # whether any slot's shift was ever set nonzero (else reads skip the turn)
 
     @property
     def nbytes(self) -> int:
@@ -100,7 +101,9 @@ class Fp8KV(PlainKV):
 
     def _decode(self, keys, key_scale, values, value_scale, shift) -> tuple[torch.Tensor, torch.Tensor]:
         keys = dequantize(keys, key_scale, self.dtype)
-        return rotate_keys(keys, shift, self.inv_freq), dequantize(values, value_scale, self.dtype)
+        if self.moved:
+            keys = rotate_keys(keys, shift, self.inv_freq)
+        return keys, dequantize(values, value_scale, self.dtype)
 
     def read(self, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self._decode(self.keys[layer, :, :, :end], self.key_scale[layer, :, :, :end],
@@ -118,6 +121,7 @@ class Fp8KV(PlainKV):
             buffer[:, :, :, start:start + n] = x
         shift = self.shift[index]
         self.shift[start:start + n] = shift if delta is None else shift + delta.to(shift.device, non_blocking=True)
+        self.moved = self.moved or delta is not None
 
     def put(self, start: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         for layer in range(keys.shape[0]):

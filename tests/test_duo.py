@@ -1,0 +1,70 @@
+"""DuoAttention's gate calibration (train/duo.py) on a tiny Llama: the gated attention is full attention at
+gate 1 and sink + recent attention at gate 0, calibration is reproducible from its seed and moves the
+gates within [0, 1], and the gates choose the streaming heads."""
+
+import pytest
+import torch
+from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
+
+from livesight.models.loader import LoadedModel, build_byte_tokenizer
+from livesight.train.duo import DUO_ATTENTION, DuoConfig, calibrate, duo_attention, streaming_heads, streaming_mask
+
+
+def tiny_llama() -> LoadedModel:
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=288, max_position_embeddings=4096)
+    return LoadedModel(LlamaForCausalLM(config).eval(), build_byte_tokenizer(), "tiny-llama")
+
+
+def _hidden(loaded, ids, implementation, **kwargs):
+    loaded.model.config._attn_implementation = implementation
+    with torch.no_grad():
+        return loaded.model.model(input_ids=ids, **kwargs).last_hidden_state
+
+
+def test_gate_one_is_full_attention_and_gate_zero_is_sink_plus_recent():
+    AttentionInterface.register(DUO_ATTENTION, duo_attention)
+    loaded = tiny_llama()
+    ids = torch.randint(0, 256, (1, 50), generator=torch.Generator().manual_seed(1))
+    full = _hidden(loaded, ids, "eager")
+    ones, zeros = torch.ones(3, 2), torch.zeros(3, 2)
+    torch.testing.assert_close(_hidden(loaded, ids, DUO_ATTENTION, duo_gates=ones, duo_sink=2, duo_recent=8), full)
+    mask = torch.zeros(1, 1, 50, 50).masked_fill(~streaming_mask(50, 2, 8), float("-inf"))
+    streaming = _hidden(loaded, ids, "eager", attention_mask=mask)
+    torch.testing.assert_close(_hidden(loaded, ids, DUO_ATTENTION, duo_gates=zeros, duo_sink=2, duo_recent=8),
+                               streaming)
+    assert not torch.allclose(streaming, full, atol=1e-3)  # 50 tokens past 2 + 8: the two differ
+    mixed = ones.clone()
+    mixed[1, 0] = 0.0  # one KV head of one layer streams: the first layer's output is still full attention's
+    assert not torch.allclose(_hidden(loaded, ids, DUO_ATTENTION, duo_gates=mixed, duo_sink=2, duo_recent=8), full,
+                              atol=1e-4)
+
+
+def test_streaming_mask_keeps_the_sink_and_the_recent_keys_causally():
+    mask = streaming_mask(10, 2, 3)
+    assert mask[9].tolist() == [True, True] + [False] * 5 + [True, True, True]
+    assert mask[1].tolist() == [True, True] + [False] * 8  # causal
+    assert bool((mask.sum(1) <= 5).all())
+
+
+def test_calibration_is_reproducible_and_keeps_gates_within_zero_and_one():
+    config = DuoConfig(steps=3, filler=2, sink=2, recent=16, closing=4, l1=0.5, lr=0.1, seed=3)
+    quiet = dict(log=lambda _: None)
+    first, second = calibrate(tiny_llama(), config, **quiet), calibrate(tiny_llama(), config, **quiet)
+    assert first["gates"] == second["gates"] and len(first["history"]) == 3
+    gates = torch.tensor(first["gates"])
+    assert gates.shape == (3, 2) and bool(((gates >= 0) & (gates <= 1)).all())
+    assert float(gates.mean()) < 1  # the L1 term moved them toward streaming
+    assert first["history"][0]["distill"] < 1e-10  # all gates start at 1: full attention exactly
+    other = calibrate(tiny_llama(), DuoConfig(**{**config.__dict__, "seed": 4}), log=lambda _: None)
+    assert other["gates"] != first["gates"]  # another seed, other prompts
+
+
+def test_the_lowest_gates_stream():
+    gates = torch.tensor([[0.9, 0.1], [0.5, 0.2], [0.3, 1.0]])
+    chosen = streaming_heads(gates, 0.5)
+    assert chosen.tolist() == [[False, True], [False, True], [True, False]]
+    assert int(streaming_heads(gates, 0.0).sum()) == 0 and bool(streaming_heads(gates, 1.0).all())
+    with pytest.raises(ValueError, match="--duo-sparsity must be within 0..1"):
+        streaming_heads(gates, 1.5)

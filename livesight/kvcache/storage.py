@@ -84,7 +84,9 @@ class Fp8KV(PlainKV):
         self.key_scale = torch.ones(*shape[:-1], 1, dtype=torch.float32, device=device)
         self.value_scale = torch.ones_like(self.key_scale)
         self.shift = torch.zeros(shape[3], dtype=torch.int64, device=device)
-        self.moved = False  # whether any slot's shift was ever set nonzero (else reads skip the turn)
+        # whether any slot's shift was ever set nonzero: until then a CPU read skips the turn (a GPU read always
+        # turns: a CUDA graph captured before the first move must still turn after it)
+        self.moved = False
 
     @property
     def nbytes(self) -> int:
@@ -101,7 +103,7 @@ class Fp8KV(PlainKV):
 
     def _decode(self, keys, key_scale, values, value_scale, shift) -> tuple[torch.Tensor, torch.Tensor]:
         keys = dequantize(keys, key_scale, self.dtype)
-        if self.moved:
+        if self.moved or keys.is_cuda:
             keys = rotate_keys(keys, shift, self.inv_freq)
         return keys, dequantize(values, value_scale, self.dtype)
 

@@ -99,10 +99,11 @@ def calibrate(loaded, config: DuoConfig, log=print) -> dict:
             optimizer.step()
             with torch.no_grad():
                 gates.clamp_(0, 1)
-            history.append({"step": step, "distill": round(float(distill), 6),
-                            "mean_gate": round(float(gates.mean()), 4), "tokens": ids.shape[1]})
+            mean_gate = float(gates.detach().mean())
+            history.append({"step": step, "distill": round(float(distill), 6), "mean_gate": round(mean_gate, 4),
+                            "tokens": ids.shape[1]})
             if step % 10 == 0 or step == config.steps - 1:
-                log(f"step {step}: distillation {float(distill):.5f}, mean gate {float(gates.mean()):.3f}, "
+                log(f"step {step}: distillation {float(distill):.5f}, mean gate {mean_gate:.3f}, "
                     f"{time.perf_counter() - started:.0f} s")
     finally:
         text._attn_implementation = original

@@ -26,6 +26,13 @@ class LinearPool:
                                      device=device)
         self.keep = keep
 
+    @staticmethod
+    def stream_bytes(num_layers: int, channels: int, tail: int, heads: int, key_dim: int, value_dim: int,
+                     dtype: torch.dtype, keep: int) -> int:
+        """One stream's state and the copies its `keep` checkpoints hold at most."""
+        once = num_layers * (channels * tail * dtype.itemsize + heads * key_dim * value_dim * 4)
+        return once * (1 + keep)
+
     def state(self, slab: int) -> "LinearState":
         """Slab `slab`'s state, zeroed: a new stream's."""
         state = LinearState(self.conv[slab], self.recurrent[slab], self.keep)
@@ -44,8 +51,8 @@ class LinearState:
     @classmethod
     def allocate(cls, num_layers: int, channels: int, tail: int, heads: int, key_dim: int, value_dim: int,
                  dtype: torch.dtype, device: torch.device | str, keep: int) -> "LinearState":
-        return cls(torch.zeros(num_layers, channels, tail, dtype=dtype, device=device),
-                   torch.zeros(num_layers, heads, key_dim, value_dim, dtype=torch.float32, device=device), keep)
+        """A stream's state of its own: a pool of one."""
+        return LinearPool(1, num_layers, channels, tail, heads, key_dim, value_dim, dtype, device, keep).state(0)
 
     @property
     def nbytes(self) -> int:

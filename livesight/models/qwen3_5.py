@@ -31,9 +31,7 @@ import torch.nn.functional as F
 from transformers.models.qwen3_5 import modeling_qwen3_5
 
 from livesight.kernels.dispatch import report
-from livesight.kvcache import StreamCache
 from livesight.kvcache.linear import LinearPool, LinearState
-from livesight.kvcache.pool import KVPool
 from livesight.models.loader import LoadedModel
 from livesight.models.qwen3_vl import Qwen3VLAdapter
 
@@ -67,9 +65,9 @@ class OneRow:
     pool: LinearPool
 
     @classmethod
-    def of(cls, segments, slabs: list[int] | None, pool: LinearPool | None) -> "OneRow | None":
-        ones = [(start, slab) for (start, n, _), slab in zip(segments, slabs or []) if n == 1]
-        if pool is None or len(ones) < 2:
+    def of(cls, segments, slabs: list[int], pool: LinearPool) -> "OneRow | None":
+        ones = [(start, slab) for (start, n, _), slab in zip(segments, slabs) if n == 1]
+        if len(ones) < 2:
             return None
         rows, slabs = (torch.tensor(x).to(pool.conv.device, non_blocking=True) for x in zip(*ones))
         return cls(rows, slabs, pool)
@@ -141,16 +139,17 @@ def _delta_rule_fla(q, k, v, g, beta, segments, index, pooled) -> torch.Tensor:
     return out[0]
 
 
-def _step_index(cache_params, segments) -> tuple[OneRow | None, tuple[LinearPool, torch.Tensor] | None]:
-    """For a batched step over the pool: its one-row streams, and every stream's slab as a device tensor;
-    made once per step (the pool's step_memo), not once per layer."""
+def _step_index(cache_params, num_rows: int) -> tuple[list, OneRow | None, tuple[LinearPool, torch.Tensor] | None]:
+    """A step's streams as (first row, rows, state); over the pool also its one-row streams and every stream's
+    slab as a device tensor, made once per step (the pool's step_memo), not once per layer."""
     pool = getattr(cache_params, "linear_pool", None)
-    if pool is None:
-        return None, None
+    if pool is None:  # a stream's own cache: one segment, every row
+        return [(start, num_rows - start if n < 0 else n, state)
+                for start, n, state in cache_params.linear_segments()], None, None
     memo = cache_params.step_memo
     if "linear" not in memo:
-        slabs = cache_params.linear_slabs()
-        memo["linear"] = (OneRow.of(segments, slabs, pool),
+        segments, slabs = cache_params.linear_segments(), cache_params.linear_slabs()
+        memo["linear"] = (segments, OneRow.of(segments, slabs, pool),
                           (pool, torch.tensor(slabs).to(pool.conv.device, non_blocking=True)))
     return memo["linear"]
 
@@ -164,9 +163,7 @@ def linear_attention(module, index: int, hidden_states: torch.Tensor, cache_para
         return type(module).forward(module, hidden_states, cache_params=cache_params, attention_mask=attention_mask,
                                     **kwargs)
     rows = hidden_states[0]
-    segments = [(start, rows.shape[0] - start if n < 0 else n, state)
-                for start, n, state in cache_params.linear_segments()]
-    one_row, pooled = _step_index(cache_params, segments)
+    segments, one_row, pooled = _step_index(cache_params, rows.shape[0])
     weight = module.conv1d.weight[:, 0]
     mixed = module.in_proj_qkv(rows)  # (N, 2 key_dim + value_dim)
     conv = torch.empty_like(mixed)
@@ -206,25 +203,12 @@ class Qwen3_5Adapter(Qwen3VLAdapter):
     def fuse(self, on: bool) -> None:
         """Qwen3.5's norms (1 + weight) run as transformers has them."""
 
+    def new_linear_pool(self, num_slabs: int) -> LinearPool:
+        return LinearPool(num_slabs, *self.linear_shape, self.dtype, self.device, CHECKPOINTS)
+
     def new_linear_state(self) -> LinearState:
-        return LinearState.allocate(*self.linear_shape, self.dtype, self.device, CHECKPOINTS)
+        return self.new_linear_pool(1).state(0)
 
     @property
     def linear_state_bytes(self) -> int:
-        layers, channels, tail, heads, key_dim, value_dim = self.linear_shape
-        once = layers * (channels * tail * self.dtype.itemsize + heads * key_dim * value_dim * 4)
-        return once * (1 + CHECKPOINTS)
-
-    def new_cache(self, capacity: int, kv_dtype: str = "model") -> StreamCache:
-        return StreamCache(self.num_layers, self.num_kv_heads, self.head_dim, capacity, self.inv_freq, self.dtype,
-                           self.device, self.rope_axes, layer_of=self.layer_of, linear=self.new_linear_state(),
-                           kv_dtype=kv_dtype)
-
-    def new_pool(self, num_slabs: int, slab_capacity: int) -> KVPool:
-        return KVPool(num_slabs, self.num_layers, self.num_kv_heads, self.head_dim, slab_capacity, self.inv_freq,
-                      self.dtype, self.device, self.rope_axes, layer_of=self.layer_of,
-                      linear_pool=LinearPool(num_slabs, *self.linear_shape, self.dtype, self.device, CHECKPOINTS))
-
-    def run_layers(self, embeds: torch.Tensor, positions: torch.Tensor, cache, **kwargs) -> torch.Tensor:
-        """As every adapter's, the full-attention layers told their index in the cache."""
-        return super().run_layers(embeds, positions, cache, livesight_layer_of=self.layer_of, **kwargs)
+        return LinearPool.stream_bytes(*self.linear_shape, self.dtype, CHECKPOINTS)

@@ -14,6 +14,7 @@ from transformers.masking_utils import AttentionMaskInterface
 from livesight.kernels import chunk_attention, slab_attention, span_attention
 from livesight.kernels.fused import rms_norm
 from livesight.kvcache import StreamCache
+from livesight.kvcache.linear import LinearPool, LinearState
 from livesight.kvcache.pool import KVPool
 from livesight.models.loader import LoadedModel
 
@@ -113,14 +114,26 @@ class TextAdapter:
     def new_cache(self, capacity: int, kv_dtype: str = "model") -> StreamCache:
         """A stream's cache of `capacity` slots; kv_dtype "fp8": keys and values in 8 bits (kvcache/storage.py)."""
         return StreamCache(self.num_layers, self.num_kv_heads, self.head_dim, capacity, self.inv_freq,
-                           self.dtype, self.device, self.rope_axes, kv_dtype=kv_dtype)
+                           self.dtype, self.device, self.rope_axes, layer_of=self.layer_of,
+                           linear=self.new_linear_state(), kv_dtype=kv_dtype)
 
     def new_pool(self, num_slabs: int, slab_capacity: int) -> KVPool:
         """The batched engine's pool: a cache slab for each of `num_slabs` streams."""
         return KVPool(num_slabs, self.num_layers, self.num_kv_heads, self.head_dim, slab_capacity, self.inv_freq,
-                      self.dtype, self.device, self.rope_axes)
+                      self.dtype, self.device, self.rope_axes, layer_of=self.layer_of,
+                      linear_pool=self.new_linear_pool(num_slabs))
 
-    linear_state_bytes = 0  # a hybrid model's linear-attention state per stream (qwen3_5.py)
+    # A hybrid model's (qwen3_5.py): the model's index of each full-attention layer -> the cache's, and the
+    # linear-attention layers' state per stream (a stream's own, a pool's for many, its bytes)
+    layer_of: dict[int, int] | None = None
+
+    def new_linear_state(self) -> LinearState | None:
+        return None
+
+    def new_linear_pool(self, num_slabs: int) -> LinearPool | None:
+        return None
+
+    linear_state_bytes = 0
     pad_rows = True  # a step may carry padding rows (fixed-shape steps for CUDA graphs)
     sees_video = False  # a vision-language family's adapter takes chunks of video (vision_encoder, ...)
     flat_positions = True  # 1-D rotary: a vision grid's tokens take consecutive positions (StepBuilder)
@@ -159,6 +172,8 @@ class TextAdapter:
     def run_layers(self, embeds: torch.Tensor, positions: torch.Tensor, cache, **kwargs) -> torch.Tensor:
         """embeds: (n, row width); positions: (3, n) -> last hidden states (n, hidden); appends to `cache`
         (LiveSight's, or transformers' DynamicCache for the plain baselines)."""
+        if self.layer_of is not None:  # the full-attention layers told their index in the cache
+            kwargs["livesight_layer_of"] = self.layer_of
         out = self.language_model(inputs_embeds=embeds[None].to(self.dtype),
                                   position_ids=self._position_ids(positions).to(self.device, non_blocking=True),
                                   past_key_values=cache, use_cache=True, **kwargs)

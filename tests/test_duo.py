@@ -68,3 +68,19 @@ def test_the_lowest_gates_stream():
     assert int(streaming_heads(gates, 0.0).sum()) == 0 and bool(streaming_heads(gates, 1.0).all())
     with pytest.raises(ValueError, match="--duo-sparsity must be within 0..1"):
         streaming_heads(gates, 1.5)
+
+
+def test_calibrate_refuses_bad_input_by_name_before_loading_a_model(tmp_path, capsys, monkeypatch):
+    import livesight.models.loader as loader
+    from livesight.app.cli import main
+    monkeypatch.setattr(loader, "load_smollm2", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert main(["calibrate", "duo", "--model", "toy-vlm", "--out", str(tmp_path)]) == 2
+    assert "--model toy-vlm: calibration runs on smollm2-135m" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["calibrate", "duo", "--out", str(blocker / "gates")]) == 2
+    assert f"--out {blocker / 'gates'}" in capsys.readouterr().err
+    for flag, value in (("--lr", "nan"), ("--steps", "0"), ("--recent", "0")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["calibrate", "duo", "--out", str(tmp_path), flag, value])
+        assert exit_.value.code == 2 and f"argument {flag}" in capsys.readouterr().err

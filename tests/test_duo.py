@@ -2,12 +2,15 @@
 gate 1 and sink + recent attention at gate 0, calibration is reproducible from its seed and moves the
 gates within [0, 1], and the gates choose the streaming heads."""
 
+import re
+
 import pytest
 import torch
 from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
 
+from livesight.eval.corpus import QUESTION
 from livesight.models.loader import LoadedModel, build_byte_tokenizer
-from livesight.train.duo import DUO_ATTENTION, DuoConfig, calibrate, duo_attention, streaming_heads, streaming_mask
+from livesight.train.duo import DUO_ATTENTION, DuoConfig, calibrate, duo_attention, prompts, streaming_heads, streaming_mask
 
 
 def tiny_llama() -> LoadedModel:
@@ -84,3 +87,13 @@ def test_calibrate_refuses_bad_input_by_name_before_loading_a_model(tmp_path, ca
         with pytest.raises(SystemExit) as exit_:
             main(["calibrate", "duo", "--out", str(tmp_path), flag, value])
         assert exit_.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
+
+
+def test_calibration_prompts_end_with_their_own_key_but_its_last_token():
+    """The closing hidden states must be the ones that recall the key: each prompt ends with the question
+    and the key it hid, less the last token (one byte with this tokenizer)."""
+    loaded = tiny_llama()
+    for ids in prompts(loaded.tokenizer, DuoConfig(steps=6, filler=3)):
+        head, tail = loaded.tokenizer.decode(ids).rsplit(QUESTION, 1)
+        key = re.search(r"The pass key is (\d{5})\.", head).group(1)
+        assert tail == " " + key[:-1]

@@ -61,11 +61,15 @@ def duo_attention(module, query, key, value, attention_mask, scaling=None, dropo
 
 
 def prompts(tokenizer, config: DuoConfig) -> list[list[int]]:
-    """config.steps passkey prompts, one per step, drawn from the seed (keys, depths)."""
+    """config.steps passkey prompts, one per step, drawn from the seed (keys, depths), each followed by its
+    own key but the key's last token: the closing hidden states are those that predict the key's digits."""
     rng = random.Random(SEED_OFFSET + config.seed)
-    return [tokenizer.encode(passkey_prompt(rng.randint(10000, 99999), config.filler, rng.uniform(0.05, 0.6))
-                             + f" {rng.randint(10000, 99999)}", add_special_tokens=False)[:-3]
-            for _ in range(config.steps)]
+    out = []
+    for _ in range(config.steps):
+        key = rng.randint(10000, 99999)
+        out.append(tokenizer.encode(passkey_prompt(key, config.filler, rng.uniform(0.05, 0.6)) + f" {key}",
+                                    add_special_tokens=False)[:-1])
+    return out
 
 
 def _hidden(model, ids: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -100,10 +104,11 @@ def calibrate(loaded, config: DuoConfig, log=print) -> dict:
             with torch.no_grad():
                 gates.clamp_(0, 1)
             mean_gate = float(gates.detach().mean())
-            history.append({"step": step, "distill": round(float(distill), 6), "mean_gate": round(mean_gate, 4),
+            error = float(distill.detach())
+            history.append({"step": step, "distill": round(error, 6), "mean_gate": round(mean_gate, 4),
                             "tokens": ids.shape[1]})
             if step % 10 == 0 or step == config.steps - 1:
-                log(f"step {step}: distillation {float(distill):.5f}, mean gate {mean_gate:.3f}, "
+                log(f"step {step}: distillation {error:.5f}, mean gate {mean_gate:.3f}, "
                     f"{time.perf_counter() - started:.0f} s")
     finally:
         text._attn_implementation = original

@@ -17,7 +17,8 @@ from transformers import AttentionInterface
 
 from livesight.eval.corpus import passkey_prompt, passkey_trials
 from livesight.models.loader import load_smollm2
-from livesight.train.duo import DUO_ATTENTION, duo_attention, streaming_heads
+from livesight.kvcache.duo import streaming_heads
+from livesight.train.duo import DUO_ATTENTION, duo_attention
 
 
 def score(loaded, gates: torch.Tensor, trials, sink: int, recent: int) -> int:

@@ -9,8 +9,9 @@ import torch
 from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
 
 from livesight.eval.corpus import QUESTION
+from livesight.kvcache.duo import streaming_heads
 from livesight.models.loader import LoadedModel, build_byte_tokenizer
-from livesight.train.duo import DUO_ATTENTION, DuoConfig, calibrate, duo_attention, prompts, streaming_heads, streaming_mask
+from livesight.train.duo import DUO_ATTENTION, DuoConfig, calibrate, duo_attention, prompts, streaming_mask
 
 
 def tiny_llama() -> LoadedModel:

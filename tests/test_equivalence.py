@@ -56,7 +56,8 @@ class Reference:
             self.after.pop(int(s), None)
 
     @torch.no_grad()
-    def step(self, kept_seq, kept_pos, embeds, new_seq, new_pos) -> torch.Tensor:
+    def step(self, kept_seq, kept_pos, embeds, new_seq, new_pos, **attention) -> torch.Tensor:
+        """attention: keyword arguments for the attention function (a head-wise reference's masks)."""
         cache = DynamicCache(config=self.lm.config)
         if len(kept_seq):
             cos, sin = self.rotary(kept_pos)
@@ -77,7 +78,7 @@ class Reference:
             deepstack = dict(visual_pos_masks=visual[None], deepstack_visual_embeds=list(levels[visual].unbind(1)))
             embeds = embeds[:, :self.hidden]
         out = self.lm(inputs_embeds=embeds[None], position_ids=self.position_ids(new_pos), past_key_values=cache,
-                      use_cache=True, **deepstack)
+                      use_cache=True, **deepstack, **attention)
         cos, sin = self.rotary(new_pos)
         keys, values = [], []
         for layer in self.full:
@@ -91,9 +92,14 @@ class Reference:
         return self.head(out.last_hidden_state[0]).float()
 
 
-def run_lockstep(tiny, config, num_chunks, questions=(), adapter_class=QwenVLAdapter, stop_ids=None):
+def run_lockstep(tiny, config, num_chunks, questions=(), adapter_class=QwenVLAdapter, stop_ids=None, heads=None,
+                 reference_attention="eager"):
+    """heads: what streaming heads see (test_headwise.py): masks(cache, new_seq) -> keyword arguments for the
+    reference's attention, `reference_attention`; recorded(new_seq) after each step, forget(seqs) for tokens
+    taken back."""
     adapter = adapter_class(tiny)
     reference = Reference(tiny, adapter_class)
+    reference.lm.config._attn_implementation = reference_attention
     real_forward = adapter.forward
     log = {"steps": 0, "max_err": 0.0, "moved": 0, "answers": [], "max_retrieved": 0, "logits": [], "visual_steps": 0,
            "taken_back": 0}
@@ -105,7 +111,10 @@ def run_lockstep(tiny, config, num_chunks, questions=(), adapter_class=QwenVLAda
         # not the table's last index + 1: tokens decoded past a stop token are taken back, their indices not
         seq0 = stream["session"].stepper.next_seq if stream else 0
         new_seq = torch.arange(seq0, seq0 + embeds.shape[0])
-        expected = reference.step(kept_seq, kept_pos, embeds.float(), new_seq, positions)
+        masks = {} if heads is None else heads.masks(cache, new_seq)
+        expected = reference.step(kept_seq, kept_pos, embeds.float(), new_seq, positions, **masks)
+        if heads is not None:
+            heads.recorded(new_seq)
         got = real_forward(embeds, positions, cache, all_logits=True)
         err = float((got - expected).abs().max() / expected.abs().max())
         log["max_err"] = max(log["max_err"], err)
@@ -122,11 +131,15 @@ def run_lockstep(tiny, config, num_chunks, questions=(), adapter_class=QwenVLAda
 
     def truncated(length):  # decode steps past a stop token, taken back
         reference.forget(stepper.cache.table.seq[length:].tolist())
+        if heads is not None:
+            heads.forget(stepper.cache.table.seq[length:].tolist())
         log["taken_back"] += len(stepper.cache.table) - length
         truncate(length)
 
     def restored(snapshot):  # an answer that leaves no trace: the stream indices after the snapshot's
         reference.forget([s for s in reference.after if s >= snapshot[1][1]])
+        if heads is not None:
+            heads.forget(range(snapshot[1][1], stepper.next_seq))
         restore(snapshot)
 
     stepper.truncate, stepper.restore = truncated, restored

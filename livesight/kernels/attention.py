@@ -61,6 +61,21 @@ def chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
     return _sdpa(q, k, v, scale)
 
 
+def headwise_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_s: torch.Tensor, v_s: torch.Tensor,
+                       retrieval_q: torch.Tensor, streaming_q: torch.Tensor, scale: float,
+                       key_valid: torch.Tensor | None = None) -> torch.Tensor:
+    """A head-wise cache's layer (kvcache/headwise.py): q (1, Hq, Lq, D); the query heads `retrieval_q` attend to
+    the retrieval heads' k, v (1, r, Lk, D), the query heads `streaming_q` to the streaming heads' k_s, v_s
+    (1, s, Ls, D), each as chunk_attention (key_valid: the retrieval heads' padding) -> (1, Hq, Lq, D). Each
+    head index lists a KV head's grouped query heads together, in the KV heads' order."""
+    out = torch.empty_like(q)
+    if retrieval_q.numel():
+        out[:, retrieval_q] = chunk_attention(q[:, retrieval_q], k, v, scale, key_valid)
+    if streaming_q.numel():
+        out[:, streaming_q] = chunk_attention(q[:, streaming_q], k_s, v_s, scale)
+    return out
+
+
 def segment_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_segment: torch.Tensor,
                                 k_segment: torch.Tensor, scale: float) -> torch.Tensor:
     """Non-causal attention within segments (the vision tower's windows or frames).

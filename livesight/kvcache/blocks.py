@@ -64,28 +64,44 @@ class OffloadedBlocks:
         if not self.can_retrieve:
             return []
         blocks = list(self.store.blocks)
-        chosen = select_blocks(score_blocks(queries, self.store.live_representatives()), self.top_k,
-                               self.scope).cpu()  # (L, k)
+        chosen = select_blocks(self._scores(queries), self.top_k, self.scope).cpu()  # (L, k)
         loaded = self._load(chosen, blocks)
         if loaded is None:
             return []  # a lost file: the store recorded the error; answer from the window alone
         self._insert(chosen, blocks, loaded)
         return sorted({blocks[b].time_range for b in chosen.unique().tolist()})
 
+    def _scores(self, queries: torch.Tensor) -> torch.Tensor:
+        """queries (L, Hq, n, D) -> (L, blocks). A head-wise cache's blocks hold its retrieval heads alone: each
+        layer scores with the query heads that read them (a layer with none scores 0)."""
+        representatives, layout = self.store.live_representatives(), self.cache.layout
+        if not layout.headwise:
+            return score_blocks(queries, representatives)
+        rows = []
+        for layer in range(layout.num_layers):
+            heads = layout.query_index(layer, queries.shape[1], queries.device)[0]
+            part = representatives[:, None, *layout.at(layer)]  # (B, 1, r, D)
+            rows.append(score_blocks(queries[layer:layer + 1, heads], part)[0] if heads.numel()
+                        else representatives.new_zeros(representatives.shape[0]))
+        return torch.stack(rows)
+
     def _load(self, chosen: torch.Tensor, blocks: list) -> dict | None:
-        """Each chosen (block, layer) on the device: {block: {layer: (keys, values)}}. On a GPU the
-        copies are queued on a side stream while the next blocks are read."""
+        """Each chosen (block, layer) on the device: {block: {layer: (keys, values)}}, a layer's (h, n, D). On a
+        GPU the copies are queued on a side stream while the next blocks are read."""
         device = self.cache.key_buffer.device
         side = torch.cuda.Stream(device) if device.type == "cuda" else None
         loaded: dict[int, dict] = {}
+        layout = self.cache.layout
         for b in chosen.unique().tolist():
             layers = (chosen == b).any(dim=1).nonzero().squeeze(1).tolist()
-            part = self.store.load(blocks[b], layers)
+            part = self.store.load(blocks[b], sorted({layout.at(layer)[0] for layer in layers}))
             if part is None:
                 return None
             with torch.cuda.stream(side) if side is not None else nullcontext():
-                loaded[b] = {layer: (k.to(device, non_blocking=True), v.to(device, non_blocking=True))
-                             for layer, (k, v) in part.items()}
+                on_device = {i: (k.to(device, non_blocking=True), v.to(device, non_blocking=True))
+                             for i, (k, v) in part.items()}
+                loaded[b] = {layer: tuple(x[layout.at(layer)[1]] for x in on_device[layout.at(layer)[0]])
+                             for layer in layers}
         if side is not None:
             main = torch.cuda.current_stream(device)
             main.wait_stream(side)
@@ -114,9 +130,10 @@ class OffloadedBlocks:
             parts = [loaded[b][layer] for b in row]
             keys.append(self._padded([k for k, _ in parts], int(pad[layer])))
             values.append(self._padded([v for _, v in parts], int(pad[layer])))
-        token_shift = torch.stack([torch.cat([s.repeat_interleave(n), torch.zeros(int(p), dtype=torch.int64)])
-                                   for s, n, p in zip(shift, sizes, pad)])[:, None, :]  # (L, 1, R)
-        keys = rotate_keys(torch.stack(keys), token_shift, cache.inv_freq)
+        token_shift = [torch.cat([s.repeat_interleave(n), torch.zeros(int(p), dtype=torch.int64)])
+                       for s, n, p in zip(shift, sizes, pad)]  # each layer's (R,)
+        keys = cache.layout.assemble([rotate_keys(k, s[None], cache.inv_freq) if k.numel() else k
+                                      for k, s in zip(keys, token_shift)])
         valid = torch.arange(total)[None, :] < (total - pad)[:, None]  # (L, R)
         rows = TokenTable.empty()
         for j, b in enumerate(chosen[0].tolist()):
@@ -127,7 +144,7 @@ class OffloadedBlocks:
         rows = rows.cat(TokenTable(torch.full((num_pad,), int(Segment.RETRIEVED)), torch.full((num_pad,), -1),
                                    torch.full((num_pad,), -1), torch.full((3, num_pad), start),
                                    torch.zeros(num_pad, dtype=torch.float64)))
-        cache.insert_retrieved(keys, torch.stack(values), rows, valid)
+        cache.insert_retrieved(keys, cache.layout.assemble(values), rows, valid)
 
     @staticmethod
     def _padded(parts: list[torch.Tensor], num_pad: int) -> torch.Tensor:

@@ -10,6 +10,8 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from livesight.kernels import unrotate
+from livesight.kvcache.duo import DuoHeads
+from livesight.kvcache.headwise import HeadLayout, StreamingWindow
 from livesight.kvcache.linear import LinearState
 from livesight.kvcache.storage import Fp8KV, PlainKV
 from livesight.kvcache.table import Segment, TokenTable, compaction_shift
@@ -27,8 +29,9 @@ class StreamLayer(CacheLayerMixin):
     def __init__(self, owner: "StreamCache", layer_idx: int):
         super().__init__()
         self.owner, self.layer_idx = owner, layer_idx
-        self.keys = owner.key_buffer[layer_idx]
-        self.values = owner.value_buffer[layer_idx]
+        self.at = owner.layout.at(layer_idx)  # (storage layer, heads): the layer's retrieval heads if head-wise
+        self.keys = owner.key_buffer[self.at[0], :, self.at[1]]
+        self.values = owner.value_buffer[self.at[0], :, self.at[1]]
         self.is_initialized = True
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -39,20 +42,27 @@ class StreamLayer(CacheLayerMixin):
 
         In a static step (owner.static_write = (slots (n,), num_keys)) they go to the given slots,
         the length is left to the caller, and the first num_keys slots come back, whatever they hold."""
-        kv = self.owner.kv
+        kv, (layer, heads), window = self.owner.kv, self.at, self.owner.window
         if self.owner.static_write is not None:
+            assert window is None, "a head-wise cache takes no static steps"
             slots, num_keys = self.owner.static_write
-            kv.write(self.layer_idx, slots, key_states, value_states)
-            return kv.read(self.layer_idx, num_keys)
+            kv.write(layer, slots, key_states, value_states)
+            return kv.read(layer, num_keys)
+        if window is not None:  # the streaming heads' share goes to their own storage
+            layout = self.owner.layout
+            window.write(self.layer_idx, key_states[:, layout.streaming[self.layer_idx]],
+                         value_states[:, layout.streaming[self.layer_idx]])
+            retrieval = layout.retrieval[self.layer_idx]
+            key_states, value_states = key_states[:, retrieval], value_states[:, retrieval]
         start = self.owner.length
         end = start + key_states.shape[-2]
         if end > self.owner.capacity:
             raise CacheFullError(f"step of {key_states.shape[-2]} tokens overflows the cache "
                                  f"({start}/{self.owner.capacity})")
-        kv.write(self.layer_idx, slice(start, end), key_states, value_states)
+        kv.write(layer, slice(start, end), key_states, value_states, heads)
         if self.layer_idx == self.owner.num_layers - 1:
             self.owner.length = end
-        return kv.read(self.layer_idx, end)
+        return kv.read(layer, end, heads)
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.owner.length + query_length, 0
@@ -75,17 +85,27 @@ class StreamCache(Cache):
 
     kv_dtype "fp8": keys and values in 8 bits with scales (storage.py: Fp8KV); key_buffer and value_buffer
     then hold the codes. Not for a KVPool's slab (buffers).
+
+    duo: DuoAttention's streaming heads (headwise.py): the buffers then hold the retrieval heads alone, as one
+    storage layer of all layers' (`layout`), and `window` the streaming heads' sink and recent tokens.
+    Not for a KVPool's slab.
     """
 
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, capacity: int,
                  inv_freq: torch.Tensor, dtype: torch.dtype, device: torch.device | str,
                  rope_axes: tuple[int, ...] | None = None,
                  buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-                 layer_of: dict[int, int] | None = None, linear: LinearState | None = None, kv_dtype: str = "model"):
+                 layer_of: dict[int, int] | None = None, linear: LinearState | None = None, kv_dtype: str = "model",
+                 duo: DuoHeads | None = None):
         """buffers: (keys, values, key_bias) to use instead of allocating: a slab of a KVPool, views of
         shapes (num_layers, 1, num_kv_heads, capacity, head_dim) twice and (num_layers, capacity)."""
-        shape = (num_layers, 1, num_kv_heads, capacity, head_dim)
+        self.layout = HeadLayout(num_layers, num_kv_heads, duo)
+        shape = self.layout.storage_shape(capacity, head_dim)
         self.inv_freq = inv_freq.float().to(device)
+        self.window = None
+        if self.layout.headwise:
+            assert buffers is None, "a head-wise cache allocates its own buffers"
+            self.window = StreamingWindow(self.layout, duo.sink, duo.recent, head_dim, dtype, device, self.inv_freq)
         if kv_dtype == "fp8":
             assert buffers is None, "an fp8 cache allocates its own buffers"
             self.kv = Fp8KV(shape, dtype, device, self.inv_freq)
@@ -97,7 +117,8 @@ class StreamCache(Cache):
                            torch.zeros(num_layers, capacity, dtype=dtype, device=device))
             self.kv = PlainKV(buffers[0], buffers[1], self.inv_freq)
             self.key_bias = buffers[2]
-        self.key_buffer, self.value_buffer = self.kv.keys, self.kv.values  # what is stored (fp8: the codes)
+        # what is stored (fp8: the codes; head-wise: the retrieval heads)
+        self.key_buffer, self.value_buffer = self.kv.keys, self.kv.values
         self.dtype = dtype  # what attention reads
         assert self.key_buffer.shape == shape and self.key_bias.shape == (num_layers, capacity)
         self.num_layers, self.capacity, self.length = num_layers, capacity, 0
@@ -121,6 +142,8 @@ class StreamCache(Cache):
         is checkpointed, so that a rollback or truncation back to this length can return to it."""
         if self.linear is not None:
             self.linear.checkpoint(self.length)
+        if self.window is not None:
+            self.window.checkpoint(self.length)
 
     def linear_segments(self) -> list[tuple[int, int, LinearState]]:
         """(first row, rows, state) of each stream in a step: here the one stream, every row."""
@@ -131,12 +154,14 @@ class StreamCache(Cache):
 
     @property
     def nbytes(self) -> int:
-        return self.kv.nbytes
+        return self.kv.nbytes + (0 if self.window is None else self.window.nbytes)
 
     def record(self, tokens: TokenTable) -> None:
         """Describe the tokens the last forward appended."""
         self.table = self.table.cat(tokens)
         assert len(self.table) == self.length, f"table has {len(self.table)} tokens, buffer {self.length}"
+        if self.window is not None:
+            self.window.record(tokens)
 
     def compact(self, keep: torch.Tensor) -> int:
         """Keep the tokens where `keep` (n,) is true, in segment layout, positions contiguous.
@@ -161,11 +186,18 @@ class StreamCache(Cache):
         if n == self.length and moved == 0 and bool((kept == torch.arange(n)).all()):
             self.table = table
             return 0
-        if self.linear is not None:
-            self.linear.forget_checkpoints()
+        self._forget_checkpoints()
         self.kv.move(index, 0, -delta if moved else None)
         self.length, self.table = n, table
+        if self.window is not None:
+            self.window.sync(table)
         return moved
+
+    def _forget_checkpoints(self) -> None:
+        """The cache was rearranged: its old lengths no longer name steps."""
+        for state in (self.linear, self.window):
+            if state is not None:
+                state.forget_checkpoints()
 
     def gather(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Buffer slots `index` (n,) -> keys, values (L, Hkv, n, D), copies."""
@@ -182,35 +214,41 @@ class StreamCache(Cache):
         self.length = length
         if self.linear is not None:
             self.linear.back_to(length)
+        if self.window is not None:
+            self.window.discard()
 
     def truncate(self, length: int) -> None:
         """Forget the recorded tokens past `length`; their slots are overwritten by the next step."""
         assert length <= self.length
         self.table = self.table.select(torch.arange(length))
-        if self.linear is not None and length < self.length:
-            self.linear.back_to(length)
+        for state in (self.linear, self.window):
+            if state is not None and length < self.length:
+                state.back_to(length)
         self.length = length
 
     def snapshot(self) -> tuple:
         """The valid prefix and its description, copied, for `restore` (an answer that must leave
         no trace: retrieval moves keys, so a rollback of the length alone would not do)."""
         n = self.length
-        return (n, self.table, self.kv.copy(n), self.key_valid, None if self.linear is None else self.linear.snapshot())
+        return (n, self.table, self.kv.copy(n), self.key_valid,
+                *(None if state is None else state.snapshot() for state in (self.linear, self.window)))
 
     def restore(self, snapshot: tuple) -> None:
-        n, self.table, copied, key_valid, linear = snapshot
+        n, self.table, copied, key_valid, *states = snapshot
         self.kv.paste(copied)
         self.length = n
         self._set_key_valid(key_valid)
-        if self.linear is not None:
-            self.linear.restore(linear)
+        for state, saved in zip((self.linear, self.window), states):
+            if state is not None:
+                state.restore(saved)
 
     def clear(self) -> None:
         """Empty, for a new stream; the buffers (and graphs captured over them) stay."""
         self.length, self.table = 0, TokenTable.empty()
         self._set_key_valid(None)
-        if self.linear is not None:
-            self.linear.clear()
+        for state in (self.linear, self.window):
+            if state is not None:
+                state.clear()
 
     def _set_key_valid(self, key_valid: torch.Tensor | None) -> None:
         self.key_valid = key_valid
@@ -229,7 +267,8 @@ class StreamCache(Cache):
                          valid: torch.Tensor | None = None) -> None:
         """Place retrieved tokens right after the sink; every later token moves up by their extent.
 
-        keys, values: (L, Hkv, R, D) already rotated to rows.pos, which start at the sink's end.
+        keys, values: (L, Hkv, R, D) already rotated to rows.pos, which start at the sink's end (in the
+        storage's layout: a head-wise cache's are (1, retrieval heads, R, D), `layout.assemble`)
         valid: (L, R) bool, False where a layer's slots are padding (its blocks were smaller);
         attention masks those keys until the next compaction clears the slots."""
         num = keys.shape[2]
@@ -246,10 +285,11 @@ class StreamCache(Cache):
         rest.pos = rest.pos + extent
         self.table = self.table.select(torch.arange(num_sink)).cat(rows).cat(rest)
         self.length = end + num
-        if self.linear is not None:
-            self.linear.forget_checkpoints()
+        self._forget_checkpoints()
+        if self.window is not None:
+            self.window.sync(self.table)
         if valid is not None and not bool(valid.all()):
-            key_valid = torch.ones(self.key_buffer.shape[0], self.capacity, dtype=torch.bool,
+            key_valid = torch.ones(self.num_layers, self.capacity, dtype=torch.bool,
                                    device=self.key_buffer.device)
             key_valid[:, num_sink:num_sink + num] = valid.to(self.key_buffer.device)
             self._set_key_valid(key_valid)

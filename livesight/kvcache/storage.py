@@ -36,14 +36,15 @@ class PlainKV:
     def nbytes(self) -> int:
         return self.keys.nbytes + self.values.nbytes
 
-    def write(self, layer: int, slots, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """A step's keys and values (1, heads, n, D) of one layer, at slots (a slice, or (n,) indices)."""
-        _put(self.keys[layer], slots, keys)
-        _put(self.values[layer], slots, values)
+    def write(self, layer: int, slots, keys: torch.Tensor, values: torch.Tensor, heads: slice = slice(None)) -> None:
+        """A step's keys and values (1, h, n, D) of one layer's `heads` (all of them, or a head-wise cache's
+        share of its flat heads: headwise.py), at slots (a slice, or (n,) indices)."""
+        _put(self.keys[layer, :, heads], slots, keys)
+        _put(self.values[layer, :, heads], slots, values)
 
-    def read(self, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer `layer`'s slots 0 .. end - 1 -> keys, values (1, heads, end, D), keys at current positions."""
-        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+    def read(self, layer: int, end: int, heads: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+        """Slots 0 .. end - 1 of layer `layer`'s `heads` -> keys, values (1, h, end, D), keys at current positions."""
+        return self.keys[layer, :, heads, :end], self.values[layer, :, heads, :end]
 
     def take(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Slots `index` (n,) of every layer -> keys, values (layers, 1, heads, n, D), copies."""
@@ -92,12 +93,12 @@ class Fp8KV(PlainKV):
     def nbytes(self) -> int:
         return super().nbytes + self.key_scale.nbytes + self.value_scale.nbytes + self.shift.nbytes
 
-    def write(self, layer: int, slots, keys: torch.Tensor, values: torch.Tensor) -> None:
+    def write(self, layer: int, slots, keys: torch.Tensor, values: torch.Tensor, heads: slice = slice(None)) -> None:
         for codes, scales, x in ((self.keys, self.key_scale, keys), (self.values, self.value_scale, values)):
             q, s = quantize(x)
-            _put(codes[layer], slots, q)
-            _put(scales[layer], slots, s)
-        if layer == 0:
+            _put(codes[layer, :, heads], slots, q)
+            _put(scales[layer, :, heads], slots, s)
+        if layer == 0 and heads.start in (None, 0):
             _put(self.shift[None, :, None], slots, torch.zeros(1, keys.shape[2], 1, dtype=torch.int64,
                                                                 device=self.shift.device))
 
@@ -107,9 +108,10 @@ class Fp8KV(PlainKV):
             keys = rotate_keys(keys, shift, self.inv_freq)
         return keys, dequantize(values, value_scale, self.dtype)
 
-    def read(self, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._decode(self.keys[layer, :, :, :end], self.key_scale[layer, :, :, :end],
-                            self.values[layer, :, :, :end], self.value_scale[layer, :, :, :end], self.shift[:end])
+    def read(self, layer: int, end: int, heads: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._decode(self.keys[layer, :, heads, :end], self.key_scale[layer, :, heads, :end],
+                            self.values[layer, :, heads, :end], self.value_scale[layer, :, heads, :end],
+                            self.shift[:end])
 
     def take(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._decode(self.keys[:, :, :, index], self.key_scale[:, :, :, index],

@@ -11,9 +11,10 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
-from livesight.kernels import chunk_attention, slab_attention, span_attention
+from livesight.kernels import chunk_attention, headwise_attention, slab_attention, span_attention
 from livesight.kernels.fused import rms_norm
 from livesight.kvcache import StreamCache
+from livesight.kvcache.duo import DuoHeads
 from livesight.kvcache.linear import LinearPool, LinearState
 from livesight.kvcache.pool import KVPool
 from livesight.models.loader import LoadedModel
@@ -57,8 +58,13 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
         out = span_attention(query, key, value, scale, start,
                              None if key_bias is None else key_bias[layer, :key.shape[-2]])
     else:
-        out = chunk_attention(query, key, value, scale,
-                              None if key_valid is None else key_valid[layer, :key.shape[-2]])
+        window = kwargs.get("livesight_window")  # a head-wise cache's streaming heads (kvcache/headwise.py)
+        key_valid = None if key_valid is None else key_valid[layer, :key.shape[-2]]
+        if window is not None:
+            out = headwise_attention(query, key, value, *window.attending[layer],
+                                     *window.layout.query_index(layer, query.shape[1], query.device), scale, key_valid)
+        else:
+            out = chunk_attention(query, key, value, scale, key_valid)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -111,11 +117,12 @@ class TextAdapter:
     def inv_freq(self) -> torch.Tensor:
         return self.language_model.rotary_emb.inv_freq
 
-    def new_cache(self, capacity: int, kv_dtype: str = "model") -> StreamCache:
-        """A stream's cache of `capacity` slots; kv_dtype "fp8": keys and values in 8 bits (kvcache/storage.py)."""
+    def new_cache(self, capacity: int, kv_dtype: str = "model", duo: DuoHeads | None = None) -> StreamCache:
+        """A stream's cache of `capacity` slots; kv_dtype "fp8": keys and values in 8 bits (kvcache/storage.py);
+        duo: which KV heads stream (kvcache/duo.py, headwise.py)."""
         return StreamCache(self.num_layers, self.num_kv_heads, self.head_dim, capacity, self.inv_freq,
                            self.dtype, self.device, self.rope_axes, layer_of=self.layer_of,
-                           linear=self.new_linear_state(), kv_dtype=kv_dtype)
+                           linear=self.new_linear_state(), kv_dtype=kv_dtype, duo=duo)
 
     def new_pool(self, num_slabs: int, slab_capacity: int) -> KVPool:
         """The batched engine's pool: a cache slab for each of `num_slabs` streams."""
@@ -189,7 +196,8 @@ class TextAdapter:
         """embeds: (n, hidden); positions: (3, n) -> logits (vocab,) of the last token, or (n, vocab).
 
         Appends the step's keys and values to `cache`."""
-        hidden = self.run_layers(embeds, positions, cache, livesight_key_valid=cache.key_valid)
+        hidden = self.run_layers(embeds, positions, cache, livesight_key_valid=cache.key_valid,
+                                 livesight_window=cache.window)
         return self.logits(hidden if all_logits else hidden[-1])
 
     def static_hidden(self, embeds: torch.Tensor, positions: torch.Tensor, start: torch.Tensor,

@@ -69,10 +69,16 @@ class SessionConfig:
     # how a stream's cache stores keys and values: as the model computes them, or "fp8" (kvcache/storage.py;
     # a Session's own cache only, for now: the batched engine's pool keeps the model's dtype)
     kv_dtype: str = "model"
+    # DuoAttention (kvcache/duo.py): a gates file from `livesight calibrate duo`, and the share of KV heads that
+    # stream (keep the sink and the latest tokens only); None: every head keeps the whole window
+    duo_gates: str | None = None
+    duo_sparsity: float = 0.5
 
     def __post_init__(self) -> None:
         if self.kv_dtype not in ("model", "fp8"):
             raise ValueError(f"--kv-dtype must be model or fp8, got {self.kv_dtype!r}")
+        if not 0 <= self.duo_sparsity <= 1:
+            raise ValueError(f"--duo-sparsity must be within 0..1, got {self.duo_sparsity}")
         if self.fps <= 0 or self.chunk_seconds <= 0:
             raise ValueError(f"fps and chunk seconds must be positive, got {self.fps} and {self.chunk_seconds}")
         frames = self.fps * self.chunk_seconds

@@ -6,6 +6,7 @@ import time
 import torch
 
 from livesight.kvcache import StreamCache, TokenTable
+from livesight.kvcache.duo import DuoHeads
 from livesight.models.text import TextAdapter
 from livesight.streaming.static_step import StaticStep
 from livesight.streaming.tokens import StepBuilder
@@ -13,15 +14,16 @@ from livesight.streaming.tokens import StepBuilder
 
 class CacheStepper:
     def __init__(self, adapter: TextAdapter, policy, capacity: int, offload=None, graphs: bool = True,
-                 cache: StreamCache | None = None, kv_dtype: str = "model"):
+                 cache: StreamCache | None = None, kv_dtype: str = "model", duo: DuoHeads | None = None):
         """policy: anything with keep(table, now_s) -> (n,) bool. offload(evicted: TokenTable,
         index: (n,) buffer slots) is called before eviction with the tokens about to leave.
         graphs: on a GPU, run steps at fixed shapes replayed from CUDA graphs (static_step.py).
         cache: the cache to fill (a slab of an engine's pool), else one of `capacity` is allocated, its keys
-        and values in kv_dtype ("model", or "fp8": kvcache/storage.py)."""
+        and values in kv_dtype ("model", or "fp8": kvcache/storage.py), its KV heads of the kinds `duo` says
+        (kvcache/duo.py; a head-wise cache runs its steps eagerly, for now)."""
         self.adapter, self.policy, self.offload = adapter, policy, offload
-        self.cache: StreamCache = adapter.new_cache(capacity, kv_dtype) if cache is None else cache
-        use_graphs = graphs and self.cache.key_buffer.is_cuda
+        self.cache: StreamCache = adapter.new_cache(capacity, kv_dtype, duo) if cache is None else cache
+        use_graphs = graphs and self.cache.key_buffer.is_cuda and self.cache.window is None
         self.static: StaticStep | None = StaticStep(adapter, self.cache, graphs=True) if use_graphs else None
         self._pos = self._seq = self._group = 0
 

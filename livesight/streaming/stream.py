@@ -25,6 +25,7 @@ import torch
 from livesight.errors import InputError
 from livesight.kvcache import Segment, StreamCache, TokenTable, WindowPolicy
 from livesight.kvcache.blocks import OffloadedBlocks, vision_blocks
+from livesight.kvcache.duo import load_duo
 from livesight.models.chat import ChatIds
 from livesight.models.qwen2_5_vl import QwenVLAdapter
 from livesight.streaming.chunker import Chunk
@@ -151,9 +152,11 @@ class Stream:
         if cache is None:
             check_fits(adapter, self.capacity, self.tokens_per_chunk, config)
         retrieval = config.retrieval
+        duo = None if config.duo_gates is None else load_duo(config.duo_gates, config.duo_sparsity, adapter.num_layers,
+                                                             adapter.num_kv_heads)
         self.stepper = CacheStepper(adapter, self.policy, self.capacity, self._offload if retrieval.enabled else None,
                                     config.cuda_graphs and cache is None, None if cache is None else cache(self.capacity),
-                                    config.kv_dtype)
+                                    config.kv_dtype, duo)
         self.cache = self.stepper.cache
         self.temporal_stride = adapter.temporal_stride(config.fps)
         self.offloaded = None

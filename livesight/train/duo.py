@@ -6,8 +6,8 @@ Each (layer, KV head) has a gate in [0, 1]; the head's attention output is gate 
 the gates are trained on synthetic passkey prompts to keep the last hidden states of the prompt's closing
 tokens (the question, where the key must be recalled) where full attention puts them (mean squared error,
 relative to their mean square), plus `l1` times the mean gate, which pushes every gate toward streaming.
-A head whose gate stays high is one whose distant keys the answer needs. `streaming_heads` turns the gates
-into a choice: the lowest `sparsity` share of them stream.
+A head whose gate stays high is one whose distant keys the answer needs. kvcache/duo.py turns the gates into
+a choice: the lowest `sparsity` share of them stream.
 
 The data: passkey prompts (eval/corpus.py's template) with 5-digit keys and depths drawn from `seed`; the
 passkey evaluation draws its trials from seed 0 and depths in a fixed grid, calibration from seed 1000 on.
@@ -126,13 +126,3 @@ def save_gates(result: dict, folder: str) -> str:
     os.replace(path + ".part", path)
     return path
 
-
-def streaming_heads(gates: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """gates (layers, KV heads) -> bool, True for the round(sparsity x heads) lowest gates (ties by index)."""
-    if not 0 <= sparsity <= 1:
-        raise ValueError(f"--duo-sparsity must be within 0..1, got {sparsity}")
-    flat = gates.flatten()
-    num = round(sparsity * flat.numel())
-    chosen = torch.zeros(flat.numel(), dtype=torch.bool)
-    chosen[torch.argsort(flat, stable=True)[:num]] = True
-    return chosen.view(gates.shape)

@@ -1,0 +1,140 @@
+"""The head-wise cache (DuoAttention: kvcache/duo.py, headwise.py). Streaming heads keep the first `sink` tokens of
+the stream and the `recent` latest in storage of their own; retrieval heads keep the window and retrieve.
+
+The proof is test_equivalence.py's lockstep harness with one change to the reference: its attention masks, per
+layer and head, what a streaming head no longer holds. The set is worked out here from the stream's history
+alone (which tokens were recorded and which were taken back), not from the engine's storage.
+"""
+
+import json
+
+import pytest
+import torch
+from transformers import AttentionInterface
+
+from conftest import make_chunks
+from livesight.errors import InputError
+from livesight.kvcache.duo import load_duo
+from livesight.kvcache.table import Segment
+from livesight.models.qwen2_5_vl import QwenVLAdapter
+from livesight.streaming.config import CompressionConfig, RetrievalConfig, SessionConfig
+from livesight.streaming.session import Session
+from test_equivalence import run_lockstep
+
+MASKED = "lockstep_headwise"
+
+
+def masked_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Eager attention with a (Hq, Lq, Lk) visibility mask per layer: kwargs head_masks[layer]."""
+    groups = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    scores = (query @ key.transpose(-1, -2)) * (scaling if scaling is not None else query.shape[-1] ** -0.5)
+    scores = scores.masked_fill(~kwargs["head_masks"][module.layer_idx], float("-inf"))
+    return (scores.float().softmax(-1).to(value.dtype) @ value).transpose(1, 2).contiguous(), None
+
+
+class StreamingSets:
+    """What each kind of head sees in the next step, from the stream's history: a retrieval head every kept key,
+    a streaming head the kept keys among the stream's first `sink` tokens and its `recent` latest recorded ones
+    (those taken back not counted), and the step's own tokens causally."""
+
+    def __init__(self, streaming: torch.Tensor, sink: int, recent: int, groups: int):
+        self.streaming, self.sink, self.recent = streaming.repeat_interleave(groups, dim=1), sink, recent  # (L, Hq)
+        self.history: set[int] = set()
+        self.steps = self.partial = 0  # steps checked; those where a streaming head saw less than a retrieval one
+
+    def masks(self, cache, new_seq: torch.Tensor) -> dict:
+        first = int(new_seq[0])
+        latest = sorted(s for s in self.history if self.sink <= s < first)[-self.recent:]
+        table, n = cache.table, len(new_seq)
+        held = (table.segment != Segment.RETRIEVED) & ((table.seq < self.sink) | torch.isin(table.seq,
+                                                                                            torch.tensor(latest)))
+        causal = torch.arange(n)[:, None] >= torch.arange(n)[None, :]
+        kept_all = torch.ones(n, len(table), dtype=torch.bool)
+        full = torch.cat([kept_all, causal], dim=1)  # (n, kept + n)
+        streaming = torch.cat([held[None, :].expand(n, -1), causal], dim=1)
+        self.steps += 1
+        self.partial += int(not bool(held.all()))
+        masks = {layer: torch.where(self.streaming[layer][:, None, None], streaming, full)
+                 for layer in range(self.streaming.shape[0])}
+        self.last_held = int(held.sum())
+        return {"head_masks": masks}
+
+    def recorded(self, new_seq: torch.Tensor) -> None:
+        self.history.update(new_seq.tolist())  # a probe's indices are the next step's: it records them again
+
+    def forget(self, seqs) -> None:
+        self.history.difference_update(int(s) for s in seqs)
+
+
+def _gates(tmp_path, tiny, sink: int, recent: int, seed: int = 0) -> str:
+    text = tiny.model.config.get_text_config()
+    gates = torch.rand(text.num_hidden_layers, text.num_key_value_heads, generator=torch.Generator().manual_seed(seed))
+    path = tmp_path / "duo_gates.json"
+    path.write_text(json.dumps({"gates": gates.tolist(), "settings": {"sink": sink, "recent": recent}}))
+    return str(path)
+
+
+def _config(gates: str, sparsity: float, **changes) -> SessionConfig:
+    settings = dict(vision_window_s=3.0, text_sink=6, text_window=10, narrate_tokens=4, answer_tokens=4,
+                    system_prompt="sys", retrieval=RetrievalConfig(top_k=2, scope="global"),
+                    compression=CompressionConfig(keep_ratio=0.5), duo_gates=gates, duo_sparsity=sparsity)
+    return SessionConfig(**(settings | changes))
+
+
+def test_streaming_heads_match_a_masked_plain_forward_through_slides_retrieval_and_take_backs(tiny, tmp_path):
+    """Half the KV heads streaming (sink 3, recent 20 of a window ~70 tokens long): slides re-rotate both kinds,
+    pruning, a question that retrieves two past chunks into the retrieval heads, an answer without a trace
+    (remember=False) and decode steps taken back past a stop; every step's logits equal the stock model's with
+    each streaming head masked to what it keeps."""
+    AttentionInterface.register(MASKED, masked_attention)
+    config = _config(_gates(tmp_path, tiny, sink=3, recent=20), 0.5, narrate_tokens=8, answer_tokens=8)
+    text = tiny.model.config.get_text_config()
+    duo = load_duo(config.duo_gates, 0.5, text.num_hidden_layers, text.num_key_value_heads)
+    sets = StreamingSets(duo.streaming, duo.sink, duo.recent, text.num_attention_heads // text.num_key_value_heads)
+    session, log = run_lockstep(tiny, config, num_chunks=9, heads=sets, stop_ids=frozenset(range(1, text.vocab_size, 2)),
+                                questions=[(5, "what is here?", False), (7, "what moved?")], reference_attention=MASKED)
+    cache = session.cache
+    assert cache.window is not None and 0 < duo.fraction < 1
+    assert log["moved"] > 0 and log["max_retrieved"] > 0 and log["taken_back"] >= 3, log
+    assert len(log["answers"][-1].data["retrieved"]) == 2
+    assert sets.partial > sets.steps // 2, (sets.partial, sets.steps)  # streaming heads really saw less, mostly
+    assert log["max_err"] < 2e-5, log["max_err"]
+
+
+def test_streaming_heads_take_less_memory_and_sparsity_zero_is_todays_cache_bit_for_bit(tiny, tmp_path):
+    gates = _gates(tmp_path, tiny, sink=3, recent=8)
+    chunks = make_chunks(5)
+    sessions = {}
+    for name, changes in (("plain", dict(duo_gates=None)), ("zero", dict(duo_sparsity=0.0)), ("half", {})):
+        session = Session(QwenVLAdapter(tiny), _config(gates, 0.5, **changes), (180, 320))
+        logits, forward = [], session.stepper.forward
+        session.stepper.forward = lambda *a, **k: logits.append(forward(*a, **k)) or logits[-1]
+        for chunk in chunks:
+            session.add_chunk(chunk)
+        session.ask("what moved?")
+        sessions[name] = (session, logits)
+    (plain, plain_logits), (zero, zero_logits), (half, _) = sessions.values()
+    assert zero.cache.window is None and len(zero_logits) == len(plain_logits)
+    assert all(torch.equal(a, b) for a, b in zip(zero_logits, plain_logits))
+    layout, capacity = half.cache.layout, half.cache.capacity
+    assert layout.num_retrieval + layout.num_streaming == layout.num_layers * layout.num_kv_heads
+    assert half.cache.key_buffer.shape[2] == layout.num_retrieval and half.cache.key_buffer.shape[3] == capacity
+    per_head_slot = 2 * half.cache.key_buffer.shape[-1] * 4  # keys and values, float32
+    assert half.cache.nbytes == per_head_slot * (layout.num_retrieval * capacity
+                                                 + layout.num_streaming * ((3 + 2 * 8) + (3 + 8) * 5))
+    assert half.cache.nbytes < 0.75 * plain.cache.nbytes
+
+
+def test_a_gates_file_is_checked_by_name(tiny, tmp_path):
+    text = tiny.model.config.get_text_config()
+    dims = (text.num_hidden_layers, text.num_key_value_heads)
+    with pytest.raises(InputError, match="--duo .*no gates file"):
+        load_duo(str(tmp_path / "none"), 0.5, *dims)
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(InputError, match="--duo .*not a gates file"):
+        load_duo(str(tmp_path / "bad.json"), 0.5, *dims)
+    (tmp_path / "other.json").write_text(json.dumps({"gates": [[0.5]], "settings": {"sink": 4, "recent": 8}}))
+    with pytest.raises(InputError, match=r"--duo .*\(1, 1\).*calibrate gates for this model"):
+        load_duo(str(tmp_path / "other.json"), 0.5, *dims)
+    assert load_duo(_gates(tmp_path, tiny, 4, 8), 1.0, *dims).fraction == 1.0

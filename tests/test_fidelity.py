@@ -77,3 +77,25 @@ def test_retrieval_brings_back_a_passkey_the_window_lost(smol):
     results = {p: passkey_trial(adapter, p, config, 52817, 0.1) for p in ("dense", "sink+window", "sink+window+retrieval")}
     assert results["dense"]["correct"] and results["sink+window+retrieval"]["correct"], results
     assert not results["sink+window"]["correct"], results
+
+
+def test_duo_rows_stream_the_chosen_heads(smol, text_ids, tmp_path):
+    """Every head streaming with sink + recent covering the window sees what sink + window keeps: the same
+    losses (but for the order of sums); with a short recent window the heads see less and the losses move, from
+    a cache a fraction of the size."""
+    import json
+    from livesight.eval.fidelity import cache_bytes
+    adapter, _ = smol
+    gates = torch.rand(adapter.num_layers, adapter.num_kv_heads, generator=torch.Generator().manual_seed(0))
+    nll = {}
+    for recent in (64, 8):
+        path = tmp_path / f"gates-{recent}.json"
+        path.write_text(json.dumps({"gates": gates.tolist(), "settings": {"sink": 4, "recent": recent}}))
+        config = FidelityConfig(tokens=480, window=64, sink=4, chunk=8, passkey_chunk=32, duo_gates=str(path),
+                                duo_sparsities=(1.0,))
+        nll[recent] = stream_nll(adapter, text_ids[:240], "sink+window, duo 1", config)
+    base = stream_nll(adapter, text_ids[:240], "sink+window", config)
+    assert torch.allclose(nll[64], base, atol=1e-4), (nll[64] - base).abs().max()
+    assert (nll[8] - base).abs().max() > 1e-2
+    assert cache_bytes(adapter, "sink+window, duo 1", config, 240) < 0.5 * cache_bytes(adapter, "sink+window",
+                                                                                         config, 240)

@@ -15,6 +15,7 @@ from transformers import AttentionInterface
 from conftest import make_chunks
 from livesight.errors import InputError
 from livesight.kvcache.duo import load_duo
+from livesight.kvcache.headwise import SLACK
 from livesight.kvcache.table import Segment
 from livesight.models.qwen2_5_vl import QwenVLAdapter
 from livesight.streaming.config import CompressionConfig, RetrievalConfig, SessionConfig
@@ -92,8 +93,9 @@ def test_streaming_heads_match_a_masked_plain_forward_through_slides_retrieval_a
     text = tiny.model.config.get_text_config()
     duo = load_duo(config.duo_gates, 0.5, text.num_hidden_layers, text.num_key_value_heads)
     sets = StreamingSets(duo.streaming, duo.sink, duo.recent, text.num_attention_heads // text.num_key_value_heads)
-    session, log = run_lockstep(tiny, config, num_chunks=9, heads=sets, stop_ids=frozenset(range(1, text.vocab_size, 2)),
-                                questions=[(5, "what is here?", False), (7, "what moved?")], reference_attention=MASKED)
+    odd = frozenset(range(1, text.vocab_size, 2))  # a random model rarely stops: odd ids do, and steps are taken back
+    session, log = run_lockstep(tiny, config, num_chunks=9, heads=sets, stop_ids=odd, reference_attention=MASKED,
+                                questions=[(5, "what is here?", False), (7, "what moved?")])
     cache = session.cache
     assert cache.window is not None and 0 < duo.fraction < 1
     assert log["moved"] > 0 and log["max_retrieved"] > 0 and log["taken_back"] >= 3, log
@@ -121,8 +123,7 @@ def test_streaming_heads_take_less_memory_and_sparsity_zero_is_todays_cache_bit_
     assert layout.num_retrieval + layout.num_streaming == layout.num_layers * layout.num_kv_heads
     assert half.cache.key_buffer.shape[2] == layout.num_retrieval and half.cache.key_buffer.shape[3] == capacity
     per_head_slot = 2 * half.cache.key_buffer.shape[-1] * 4  # keys and values, float32
-    assert half.cache.nbytes == per_head_slot * (layout.num_retrieval * capacity
-                                                 + layout.num_streaming * ((3 + 2 * 8) + (3 + 8) * 5))
+    assert half.cache.nbytes == per_head_slot * (layout.num_retrieval * capacity + layout.num_streaming * (3 + 8 + SLACK))
     assert half.cache.nbytes < 0.75 * plain.cache.nbytes
 
 

@@ -139,13 +139,14 @@ def test_bench_fidelity_advances_once_per_phase(monkeypatch):
         def update(self, n=1):
             self.events.append(n)
     monkeypatch.setattr(fidelity, "stream_nll", lambda adapter, ids, policy, config: torch.zeros(len(ids) - 1))
+    monkeypatch.setattr(fidelity, "cache_bytes", lambda *a: 0)
     monkeypatch.setattr(fidelity, "recompute_nll", lambda model, ids, window, targets: torch.zeros(len(targets)))
     monkeypatch.setattr(fidelity, "passkey_trial", lambda *a: {"correct": True, "prompt_tokens": 10})
     adapter = types.SimpleNamespace(tokenizer=types.SimpleNamespace(encode=lambda text, **k: list(range(400))),
                                     loaded=types.SimpleNamespace(name="stub"))
     bar = Recorder()
     fidelity.run_fidelity(adapter, None, FidelityConfig(tokens=300, window=128, trials=2), bar)
-    assert bar.events.count(1) == fidelity.num_phases() == 7
+    assert bar.events.count(1) == fidelity.num_phases(FidelityConfig()) == 7
     notes = [e for e in bar.events if isinstance(e, str)]
     assert len(notes) == 7 and notes[0].startswith("perplexity: dense") and notes[-1].startswith("passkey: sink")
     assert all(isinstance(a, str) and b == 1 for a, b in zip(bar.events[::2], bar.events[1::2]))  # note, then done

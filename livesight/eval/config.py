@@ -10,6 +10,7 @@ from livesight.vision.synthetic import SCENES
 POLICIES = ("dense", "window", "sink+window")
 KV_DTYPES = ("model", "fp8")  # how the cache stores keys and values
 RECALL_POLICIES = ("dense", "sink+window", "sink+window+retrieval")
+DUO = ", duo "  # a policy's name, this, and the share of KV heads that stream: "sink+window, duo 0.5"
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,12 @@ class FidelityConfig:
     retrieve_scope: str = "layer"
     seed: int = 0
     kv_dtype: str = "model"  # keys and values as the model computes them, or "fp8" (kvcache/storage.py)
+    duo_gates: str | None = None  # DuoAttention gates: sink + window rows with these shares of heads streaming
+    duo_sparsities: tuple[float, ...] = (0.25, 0.5, 0.75)
 
     def __post_init__(self) -> None:
+        if not all(0 < s <= 1 for s in self.duo_sparsities):
+            raise ValueError(f"--duo-sparsity: each share must be within 0..1 and above 0, got {self.duo_sparsities}")
         if not 0 < self.chunk < self.window:
             raise ValueError(f"--chunk must be between 1 and the window - 1, got {self.chunk} (window {self.window})")
         if not 0 <= self.sink < self.window - self.chunk:

@@ -15,20 +15,34 @@ import numpy as np
 import torch
 
 from livesight.errors import InputError
-from livesight.eval.config import POLICIES, RECALL_POLICIES, FidelityConfig
+from livesight.eval.config import DUO, POLICIES, RECALL_POLICIES, FidelityConfig
 from livesight.kvcache import KeepAll, Segment, TokenTable, WindowPolicy
+from livesight.kvcache.duo import load_duo
 from livesight.models.text import TextAdapter
 from livesight.kvcache.blocks import OffloadedBlocks
 from livesight.streaming.config import GB
 from livesight.streaming.retrieval import probe
 from livesight.streaming.stepper import CacheStepper
 
+def perplexity_policies(config: FidelityConfig) -> tuple[str, ...]:
+    """The policies whose perplexity is measured: POLICIES, and sink + window with each share of streaming heads."""
+    return POLICIES + tuple(f"sink+window{DUO}{s:g}" for s in config.duo_sparsities if config.duo_gates)
+
+
+def recall_policies(config: FidelityConfig) -> tuple[str, ...]:
+    return RECALL_POLICIES + tuple(f"sink+window+retrieval{DUO}{s:g}" for s in config.duo_sparsities
+                                   if config.duo_gates)
+
+
 class TextStream:
-    """Token ids through LiveSight's cache under one named policy, `chunk` tokens per step."""
+    """Token ids through LiveSight's cache under one named policy, `chunk` tokens per step. A name ending in
+    ", duo S" is the policy before it with the share S of KV heads streaming (config.duo_gates' lowest)."""
 
     def __init__(self, adapter: TextAdapter, policy: str, config: FidelityConfig, max_tokens: int,
                  chunk: int | None = None):
         self.adapter, self.config = adapter, config
+        policy, _, share = policy.partition(DUO)
+        duo = load_duo(config.duo_gates, float(share), adapter.num_layers, adapter.num_kv_heads) if share else None
         self.chunk = chunk or config.chunk
         self.num_sink = config.sink if policy.startswith("sink+window") else 0
         retrieve = policy == "sink+window+retrieval"
@@ -38,9 +52,9 @@ class TextStream:
             keep = WindowPolicy(text_sink=0, text_window=config.window - self.chunk - self.num_sink)
             capacity = config.window + self.chunk + (config.retrieve_top_k * config.retrieve_block if retrieve else 0)
         else:
-            raise ValueError(f"unknown policy {policy}: one of {POLICIES + RECALL_POLICIES}")
+            raise ValueError(f"unknown policy {policy}: one of {POLICIES + RECALL_POLICIES}, or one with {DUO!r}")
         self.stepper = CacheStepper(adapter, keep, capacity, self._offload if retrieve else None,
-                                    kv_dtype=config.kv_dtype)
+                                    kv_dtype=config.kv_dtype, duo=duo)
         self.offloaded = OffloadedBlocks(self.stepper.cache, config.retrieve_block, config.retrieve_top_k,
                                          config.retrieve_scope, GB, 0) if retrieve else None
         self.fed = 0
@@ -109,6 +123,13 @@ def stream_nll(adapter: TextAdapter, ids: list[int], policy: str, config: Fideli
     return torch.cat(out)
 
 
+def cache_bytes(adapter: TextAdapter, policy: str, config: FidelityConfig, max_tokens: int) -> int:
+    """The bytes the policy's cache allocates for a stream of `max_tokens` (fixed when it is made)."""
+    stream = TextStream(adapter, policy, config, max_tokens)
+    stream.close()
+    return stream.stepper.cache.nbytes
+
+
 @torch.inference_mode()
 def recompute_nll(model, ids: list[int], window: int, targets: list[int], batch: int = 16) -> torch.Tensor:
     """The oracle, with the stock model: ids[t] predicted from ids[t - window:t] encoded afresh."""
@@ -141,13 +162,22 @@ def passkey_trial(adapter: TextAdapter, policy: str, config: FidelityConfig, pas
             "correct": bool(found and int(found.group()) == passkey)}
 
 
+def _duo_settings(adapter: TextAdapter, config: FidelityConfig) -> dict:
+    """What the streaming heads keep, and which heads stream at each share (by layer)."""
+    out = {}
+    for share in config.duo_sparsities:
+        duo = load_duo(config.duo_gates, share, adapter.num_layers, adapter.num_kv_heads)
+        out |= {"sink": duo.sink, "recent": duo.recent, f"streaming {share:g}": duo.streaming.int().tolist()}
+    return out
+
+
 def perplexity(nll: torch.Tensor) -> float:
     return float(torch.exp(nll.double().mean()))
 
 
-def num_phases() -> int:
+def num_phases(config: FidelityConfig) -> int:
     """What run_fidelity reports progress in: each policy's perplexity, the oracle, each policy's passkey trials."""
-    return len(POLICIES) + 1 + len(RECALL_POLICIES)
+    return len(perplexity_policies(config)) + 1 + len(recall_policies(config))
 
 
 def run_fidelity(adapter: TextAdapter, oracle_model, config: FidelityConfig, bar) -> dict:
@@ -158,28 +188,31 @@ def run_fidelity(adapter: TextAdapter, oracle_model, config: FidelityConfig, bar
     if len(ids) < config.tokens:
         raise InputError(f"--tokens {config.tokens}: the text has only {len(ids)} tokens; ask for fewer")
     targets = np.linspace(config.window, len(ids) - 1, config.oracle_targets).round().astype(int).tolist()
-    nll = {}
-    for policy in POLICIES:
+    nll, kv_bytes = {}, {}
+    for policy in perplexity_policies(config):
         bar.describe(f"perplexity: {policy} over {len(ids)} tokens")
         nll[policy] = stream_nll(adapter, ids, policy, config)
+        kv_bytes[policy] = cache_bytes(adapter, policy, config, len(ids))
         bar.update()
     bar.describe(f"perplexity: sliding-window recompute on {len(targets)} targets")
     oracle = recompute_nll(oracle_model, ids, config.window, targets)
     bar.update()
-    at_targets = {p: perplexity(nll[p][torch.tensor(targets) - 1]) for p in POLICIES}
+    at_targets = {p: perplexity(nll[p][torch.tensor(targets) - 1]) for p in nll}
     at_targets["recompute"] = perplexity(oracle)
     trials = passkey_trials(config.trials, config.passkey_depths, config.seed)
     passkey = {}
-    for policy in RECALL_POLICIES:
+    for policy in recall_policies(config):
         bar.describe(f"passkey: {policy}, {len(trials)} trials")
         passkey[policy] = [passkey_trial(adapter, policy, config, key, depth) for key, depth in trials]
         bar.update()
     return {
         "settings": asdict(config) | {"model": adapter.loaded.name, "text": "pydoc_data.topics (CPython docs)"},
-        "perplexity_all_tokens": {p: perplexity(nll[p]) for p in POLICIES},
+        "perplexity_all_tokens": {p: perplexity(nll[p]) for p in nll},
+        "cache_bytes": kv_bytes,
+        "duo": None if config.duo_gates is None else _duo_settings(adapter, config),
         "perplexity_oracle_targets": at_targets,
         "oracle_targets": targets,
-        "nll_by_position": {p: nll[p].tolist() for p in POLICIES},
+        "nll_by_position": {p: nll[p].tolist() for p in nll},
         "oracle_nll": oracle.tolist(),
         "passkey": passkey,
         "passkey_accuracy": {p: sum(t["correct"] for t in passkey[p]) / max(1, len(trials)) for p in passkey},

@@ -1,17 +1,19 @@
 """A head-wise cache (DuoAttention, kvcache/duo.py): each layer's KV heads split into retrieval heads, which keep
 every slot of the cache, and streaming heads, which keep the first `sink` tokens of the stream and the `recent`
-latest ones in a small storage of their own, so a streaming head costs sink + 2 x recent slots, not the window.
+latest ones in a small storage of their own, so a streaming head costs sink + recent + SLACK slots, not the
+window.
 
 - HeadLayout: where a layer's heads live. Without streaming heads, today's layout: (layers, 1, KV heads, slots,
   D). With them, the retrieval heads of all layers side by side as one storage layer, (1, 1, R, slots, D), layer
   l's at flat heads offset[l] .. offset[l] + r[l]: compaction, re-rotation, offload and retrieval act on them
   as on any cache, while the streaming heads are left out of all of it.
-- StreamingWindow: the streaming heads' keys and values, (S, sink + 2 x recent, D), S the streaming heads of all
-  layers side by side. Slots 0 .. sink - 1 hold the sink, the next `recent` the latest tokens, the last
-  `recent` a step's newest tokens until the step is recorded. In a step a streaming head attends to its sink,
-  its recent tokens and the step's own tokens, causally (DuoAttention's chunked prefill); once the step is
-  recorded, the latest `recent` of those stay. Keys are rotated at their tokens' positions in the cache's table,
-  and turned when a compaction or a retrieval moves them (`sync`); a token the window evicted leaves here too.
+- StreamingWindow: the streaming heads' keys and values, (S, sink + recent + SLACK, D), S the streaming heads of
+  all layers side by side. Slots 0 .. sink - 1 hold the sink; the rest is a ring of the latest tokens. In a step
+  a streaming head attends to its sink, its `recent` latest tokens and the step's own tokens, causally
+  (DuoAttention's chunked prefill); once the step is recorded, the latest `recent` of those are the window. The
+  ring keeps SLACK more, so that decode steps taken back past a stop token (at most STOP_CHECK_EVERY) find the
+  tokens they pushed out still there. Keys are rotated at their tokens' positions in the cache's table, and
+  turned when a compaction or a retrieval moves them (`sync`); a token the cache evicted leaves here too.
 """
 
 import torch
@@ -19,6 +21,8 @@ import torch
 from livesight.kernels import rotate_keys
 from livesight.kvcache.duo import DuoHeads
 from livesight.kvcache.table import Segment, TokenTable
+
+SLACK = 8  # ring slots past the window: tokens a take-back can bring back
 
 
 class HeadLayout:
@@ -75,140 +79,134 @@ class HeadLayout:
 
 
 class StreamingWindow:
-    """The streaming heads' storage of one stream (see the module's note). Going back follows the cache: a step
-    rolled back before it was recorded leaves nothing here; decode steps taken back return to a copy taken before
-    the step (`checkpoint`, the last `keep` kept)."""
+    """The streaming heads' storage of one stream (see the module's note). Tokens past the sink are numbered in
+    the order they were recorded (since the last `sync`); number a sits in ring slot a % (recent + SLACK). A step
+    rolled back before it was recorded leaves nothing here: its keys wait in `attending` until `record`."""
 
     def __init__(self, layout: HeadLayout, sink: int, recent: int, head_dim: int, dtype: torch.dtype, device,
                  inv_freq: torch.Tensor, keep: int = 5):
         self.layout, self.sink, self.recent, self.keep, self.inv_freq = layout, sink, recent, keep, inv_freq
-        shape = (layout.num_streaming, sink + 2 * recent, head_dim)
+        self.ring = recent + SLACK
+        shape = (layout.num_streaming, sink + self.ring, head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
-        held = sink + recent
-        self.seq = torch.full((held,), -1, dtype=torch.int64)  # each held slot's token (stream index), -1: empty
-        self.pos = torch.zeros(held, dtype=torch.int64)  # the position its key is rotated at
-        self.num_sink = self.num_recent = 0
-        self._step: tuple[int, int, int] | None = None  # the unrecorded step: (tokens, to the sink, to recent)
+        self.seq = torch.full((sink + self.ring,), -1, dtype=torch.int64)  # each slot's token (stream index)
+        self.pos = torch.zeros(sink + self.ring, dtype=torch.int64)  # the position its key is rotated at
+        self.num_sink = 0
+        self.count = 0  # tokens recorded past the sink since the last sync: the next one's number
+        self.low = 0  # the oldest number the ring still holds
+        self._step: tuple[int, int, int] | None = None  # the unrecorded step: (tokens, to the sink, to the ring)
         self.attending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> its step's keys, values
-        self._checkpoints: dict[int, tuple] = {}
+        self._checkpoints: dict[int, tuple[int, int]] = {}  # cache length -> (num_sink, count) before that step
 
     @property
     def nbytes(self) -> int:
-        """The storage and the copies its checkpoints hold at most."""
-        per_slot = (self.keys.nbytes + self.values.nbytes) // max(1, self.keys.shape[1])
-        return per_slot * (self.keys.shape[1] + (self.sink + self.recent) * self.keep)
+        return self.keys.nbytes + self.values.nbytes
+
+    def _slots(self, first: int, end: int) -> torch.Tensor:
+        """The slots of numbers first .. end - 1."""
+        return self.sink + torch.arange(first, end) % self.ring
+
+    def _held(self) -> torch.Tensor:
+        """The slots a step sees: the sink, then the window (the latest `recent` numbers)."""
+        window = self._slots(max(self.low, self.count - self.recent), self.count)
+        return torch.cat([torch.arange(self.num_sink), window])
 
     def write(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """A step's keys and values (1, s, n, D) of layer `layer`'s streaming heads: what they attend to in this
-        step is left in `attending[layer]`; the sink's newcomers and the step's last `recent` tokens are put
-        aside until `record`."""
+        """A step's keys and values (1, s, n, D) of layer `layer`'s streaming heads -> `attending[layer]`: the
+        held ones and these, what the step attends to (and what `record` keeps of it)."""
         n = keys.shape[2]
         to_sink = min(n, self.sink - self.num_sink)
-        to_recent = min(n - to_sink, self.recent)
-        self._step = (n, to_sink, to_recent)
-        heads = self.layout.stream_heads(layer)
-        held = (torch.cat([self.keys[heads, :self.num_sink], self.keys[heads, self.sink:self.sink + self.num_recent]],
-                          dim=1),
-                torch.cat([self.values[heads, :self.num_sink],
-                           self.values[heads, self.sink:self.sink + self.num_recent]], dim=1))
-        self.attending[layer] = tuple(torch.cat([h[None], x], dim=2) for h, x in zip(held, (keys, values)))
-        aside = self.sink + self.recent
-        for buffer, x in ((self.keys, keys[0]), (self.values, values[0])):
-            buffer[heads, self.num_sink:self.num_sink + to_sink] = x[:, :to_sink]
-            buffer[heads, aside:aside + to_recent] = x[:, n - to_recent:]
+        self._step = (n, to_sink, min(n - to_sink, self.recent))
+        heads, held = self.layout.stream_heads(layer), self._held().to(self.keys.device)
+        self.attending[layer] = tuple(torch.cat([buffer[heads][:, held][None], x], dim=2)
+                                      for buffer, x in ((self.keys, keys), (self.values, values)))
 
     def record(self, rows: TokenTable) -> None:
-        """The written step's tokens are the cache's now (rows: theirs, in the order they were written)."""
-        self.attending.clear()
-        if self._step is None:
+        """The written step's tokens are the cache's now (rows: theirs, in the order they were written): the
+        sink's newcomers join it, the step's latest `recent` tokens the ring."""
+        step, self._step = self._step, None
+        if step is None:
             return
-        n, to_sink, to_recent = self._step
-        self._step = None
+        n, to_sink, to_ring = step
         assert len(rows) == n, f"recorded {len(rows)} tokens, the streaming heads saw {n}"
         sink = slice(self.num_sink, self.num_sink + to_sink)
+        ring = self._slots(self.count, self.count + to_ring)
+        for layer, pair in self.attending.items():
+            heads = self.layout.stream_heads(layer)
+            for buffer, x in zip((self.keys, self.values), pair):
+                new = x[0, :, x.shape[2] - n:]
+                buffer[heads, sink] = new[:, :to_sink]
+                buffer[heads].index_copy_(1, ring.to(buffer.device), new[:, n - to_ring:])
+        self.attending.clear()
         self.seq[sink], self.pos[sink] = rows.seq[:to_sink], rows.pos[0, :to_sink]
+        self.seq[ring], self.pos[ring] = rows.seq[n - to_ring:], rows.pos[0, n - to_ring:]
         self.num_sink += to_sink
-        drop = max(0, self.num_recent + to_recent - self.recent)
-        base, aside = self.sink, self.sink + self.recent
-        kept = self.num_recent - drop
-        for buffer in (self.keys, self.values):
-            buffer[:, base:base + kept] = buffer[:, base + drop:base + self.num_recent].clone()
-            buffer[:, base + kept:base + kept + to_recent] = buffer[:, aside:aside + to_recent]
-        self.seq[base:base + kept] = self.seq[base + drop:base + self.num_recent].clone()
-        self.pos[base:base + kept] = self.pos[base + drop:base + self.num_recent].clone()
-        self.seq[base + kept:base + kept + to_recent] = rows.seq[n - to_recent:]
-        self.pos[base + kept:base + kept + to_recent] = rows.pos[0, n - to_recent:]
-        self.num_recent = kept + to_recent
+        self.count += to_ring
+        self.low = max(self.low, self.count - self.ring)
 
     def sync(self, table: TokenTable) -> None:
         """The cache's table changed (compaction, retrieval): held keys turn to their tokens' new positions, and
-        tokens no longer in the window (retrieved copies aside) leave."""
-        self.attending.clear()
-        self._step = None
+        tokens no longer in the cache (retrieved copies aside) leave. The window is renumbered from 0."""
+        self.discard()
         live = torch.nonzero(table.segment != Segment.RETRIEVED).squeeze(1)
         order = torch.argsort(table.seq[live])
         seqs, positions = table.seq[live][order], table.pos[0, live][order]
-        if len(seqs) == 0:
-            self.num_sink = self.num_recent = 0
-            return
-        for start, count, attr in ((0, self.num_sink, "num_sink"), (self.sink, self.num_recent, "num_recent")):
-            if count == 0:
-                continue
-            held = self.seq[start:start + count]
-            where = torch.searchsorted(seqs, held).clamp(max=len(seqs) - 1)
-            found = seqs[where] == held
-            delta = torch.where(found, positions[where] - self.pos[start:start + count], 0)
-            index = torch.nonzero(found).squeeze(1)
-            slots = start + index.to(self.keys.device)
-            keys = self.keys[:, slots]
+        window = self._slots(max(self.low, self.count - self.recent), self.count)
+        kept = []
+        for slots, start in ((torch.arange(self.num_sink), 0), (window, self.sink)):
+            if len(seqs) and len(slots):
+                held = self.seq[slots]
+                where = torch.searchsorted(seqs, held).clamp(max=len(seqs) - 1)
+                found = torch.nonzero(seqs[where] == held).squeeze(1)
+                slots, delta = slots[found], positions[where[found]] - self.pos[slots[found]]
+            else:
+                slots, delta = slots[:0], torch.zeros(0, dtype=torch.int64)
+            index = slots.to(self.keys.device)
+            keys, values = self.keys[:, index], self.values[:, index]
             if bool((delta != 0).any()):
-                keys = rotate_keys(keys, delta[index].to(self.keys.device), self.inv_freq)
-            self.keys[:, start:start + len(index)] = keys
-            self.values[:, start:start + len(index)] = self.values[:, slots].clone()
-            self.seq[start:start + len(index)] = held[index].clone()
-            self.pos[start:start + len(index)] = self.pos[start:start + count][index] + delta[index]
-            setattr(self, attr, len(index))
+                keys = rotate_keys(keys, delta.to(self.keys.device), self.inv_freq)
+            to = slice(start, start + len(slots))
+            self.keys[:, to], self.values[:, to] = keys, values
+            self.seq[to], self.pos[to] = self.seq[slots].clone(), self.pos[slots] + delta
+            kept.append(len(slots))
+        self.num_sink, self.count = kept
+        self.low = 0
 
     def discard(self) -> None:
         """Forget a step written but not recorded (a probe rolled back)."""
         self._step = None
         self.attending.clear()
 
-    def _state(self) -> tuple:
-        held = self.sink + self.recent
-        return (self.keys[:, :held].clone(), self.values[:, :held].clone(), self.seq.clone(), self.pos.clone(),
-                self.num_sink, self.num_recent)
-
-    def _put(self, state: tuple) -> None:
-        keys, values, seq, pos, self.num_sink, self.num_recent = state
-        held = keys.shape[1]
-        self.keys[:, :held], self.values[:, :held] = keys, values
-        self.seq.copy_(seq)
-        self.pos.copy_(pos)
-        self._step = None
-        self.attending.clear()
-
     def snapshot(self) -> tuple:
-        return self._state()
+        return (self.keys.clone(), self.values.clone(), self.seq.clone(), self.pos.clone(), self.num_sink,
+                self.count, self.low)
 
     def restore(self, state: tuple) -> None:
-        self._put(state)
+        keys, values, seq, pos, self.num_sink, self.count, self.low = state
+        self.keys.copy_(keys)
+        self.values.copy_(values)
+        self.seq.copy_(seq)
+        self.pos.copy_(pos)
+        self.discard()
         self._checkpoints.clear()
 
     def checkpoint(self, length: int) -> None:
-        """The storage as it is before a step that starts at cache length `length`."""
+        """Before a step that starts at cache length `length`: two counts (the ring still holds what a few
+        steps push out)."""
         self._checkpoints.pop(length, None)
-        self._checkpoints[length] = self._state()
+        self._checkpoints[length] = (self.num_sink, self.count)
         while len(self._checkpoints) > self.keep:
             self._checkpoints.pop(next(iter(self._checkpoints)))
 
     def back_to(self, length: int) -> None:
         """As before the step that started at cache length `length` (decode steps taken back)."""
-        if length not in self._checkpoints:
-            raise RuntimeError(f"no streaming-head state kept for cache length {length} "
-                               f"(kept: {sorted(self._checkpoints)})")
-        self._put(self._checkpoints[length])
+        saved = self._checkpoints.get(length)
+        if saved is None or max(0, saved[1] - self.recent) < self.low:
+            raise RuntimeError(f"the streaming heads cannot go back to cache length {length}: more than {SLACK} "
+                               f"tokens were recorded since (kept: {sorted(self._checkpoints)})")
+        self.num_sink, self.count = saved
+        self.discard()
         for later in [n for n in self._checkpoints if n >= length]:
             del self._checkpoints[later]
 
@@ -217,7 +215,6 @@ class StreamingWindow:
 
     def clear(self) -> None:
         self.seq.fill_(-1)
-        self.num_sink = self.num_recent = 0
-        self._step = None
-        self.attending.clear()
+        self.num_sink = self.count = self.low = 0
+        self.discard()
         self._checkpoints.clear()

@@ -5,10 +5,10 @@ from dataclasses import dataclass
 
 from livesight.errors import InputError
 from livesight.streaming.config import SessionConfig
+from livesight.streaming.options import KV_DTYPES
 from livesight.vision.synthetic import SCENES
 
 POLICIES = ("dense", "window", "sink+window")
-KV_DTYPES = ("model", "fp8")  # how the cache stores keys and values
 RECALL_POLICIES = ("dense", "sink+window", "sink+window+retrieval")
 DUO = ", duo "  # a policy's name, this, and the share of KV heads that stream: "sink+window, duo 0.5"
 
@@ -67,6 +67,9 @@ class SpeedConfig:
     width: int = 640
     height: int = 360
     peak_tflops: float = 989.0  # H100 SXM dense bf16, the datasheet's figure
+    kv_dtype: str = "model"  # the stream's cache: keys and values as computed, or fp8 (kvcache/storage.py)
+    duo_gates: str | None = None  # DuoAttention gates: the streaming heads' share is duo_sparsity (kvcache/duo.py)
+    duo_sparsity: float = 0.5
 
     @property
     def warmup_s(self) -> float:

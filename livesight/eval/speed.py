@@ -48,8 +48,10 @@ def run_engine(adapter: QwenVLAdapter, cfg: SpeedConfig) -> dict:
     compress = CompressionConfig(reuse=cfg.compression, prune=cfg.compression)
     config = SessionConfig(fps=cfg.fps, vision_window_s=cfg.window_s, narrate=cfg.narrate_tokens > 0,
                            narrate_tokens=cfg.narrate_tokens, compression=compress,
-                           retrieval=RetrievalConfig(enabled=cfg.retrieval, ram_gb=32.0, disk_gb=0.0))
+                           retrieval=RetrievalConfig(enabled=cfg.retrieval, ram_gb=32.0, disk_gb=0.0),
+                           kv_dtype=cfg.kv_dtype, duo_gates=cfg.duo_gates, duo_sparsity=cfg.duo_sparsity)
     session = Session(adapter, config, (cfg.height, cfg.width))
+    kv_bytes = session.cache.nbytes
     source = Ingest(SyntheticSource(cfg.fps, cfg.seconds, cfg.width, cfg.height, cfg.scene))  # as the front ends
     rows, questions, asking = [], [], 0.0
     num_params = sum(p.numel() for p in adapter.language_model.layers.parameters())
@@ -75,7 +77,7 @@ def run_engine(adapter: QwenVLAdapter, cfg: SpeedConfig) -> dict:
     wall = last_done - start - asking
     session.close()
     return {"rows": rows, "questions": questions, "wall_s": round(wall, 2),
-            "realtime_factor": round(cfg.seconds / wall, 2)}
+            "realtime_factor": round(cfg.seconds / wall, 2), "kv_bytes": kv_bytes}
 
 
 def run_baseline(adapter: QwenVLAdapter, cfg: SpeedConfig, window: bool) -> dict:
@@ -111,6 +113,7 @@ def summarize(engine: dict, baselines: dict, cfg: SpeedConfig) -> dict:
         "split_ms_p50": {k: round(statistics.median(r[k] for r in steady), 2) for k in CHUNK_PARTS},
         "outside_chunk_ms_p50": round(statistics.median(r["wall_ms"] - r["chunk_ms"] for r in steady), 2),
         "decode_ms_per_token_p50": round(statistics.median(decode), 2) if decode else None,
+        "kv_bytes": engine.get("kv_bytes"),
         "prefill_mfu_p50": round(statistics.median(r["prefill_tflops"] for r in steady) / cfg.peak_tflops, 4),
         "mem_mb_min_max": [min(mem), max(mem)], "mem_spread": round((max(mem) - min(mem)) / max(mem), 5),
         "questions": engine["questions"],

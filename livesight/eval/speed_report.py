@@ -9,7 +9,7 @@ from livesight.eval import report
 from livesight.eval.config import SpeedConfig
 from livesight.eval.output import writable_folder
 from livesight.progress import progress
-from livesight.streaming.options import ENGINE, Bound, resolve_device
+from livesight.streaming.options import ENGINE, KV_DTYPES, Bound, resolve_device
 from livesight.vision.synthetic import SCENES
 
 
@@ -40,6 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scene", default=d.scene, choices=SCENES, help="the synthetic scene (default %(default)s)")
     parser.add_argument("--peak-tflops", type=Bound(float, 0, 1e5, low_open=True, why="an H100 SXM is 989 in bf16"),
                         default=d.peak_tflops, help="the GPU's dense peak TFLOP/s, for MFU (default %(default)s)")
+    parser.add_argument("--kv-dtype", choices=KV_DTYPES, default=d.kv_dtype,
+                        help="the stream's keys and values as the model computes them, or fp8 (default %(default)s)")
+    parser.add_argument("--duo", metavar="GATES", default=None,
+                        help="DuoAttention gates (`livesight calibrate duo`'s folder or duo_gates.json): the heads "
+                             "they mark keep only the stream's first and latest tokens")
+    parser.add_argument("--duo-sparsity", type=ENGINE["duo_sparsity"], default=d.duo_sparsity,
+                        help="with --duo, the share of KV heads that stream (default %(default)s)")
     parser.add_argument("--out", default="out/speed",
                         help="folder for speed.json, speed.md, speed.png, created if missing (default %(default)s)")
 
@@ -49,9 +56,13 @@ def main(args) -> int:
     from livesight.models.registry import load_adapter
     cfg = SpeedConfig(args.model, resolve_device(args.device), args.seconds, args.baseline_seconds, args.fps,
                       args.window, args.narrate_tokens, args.compression, args.retrieval, args.ask_every, args.scene,
-                      peak_tflops=args.peak_tflops)
+                      peak_tflops=args.peak_tflops, kv_dtype=args.kv_dtype, duo_gates=args.duo,
+                      duo_sparsity=args.duo_sparsity)
     writable_folder(args.out)
     adapter = load_adapter(cfg.model, cfg.device)
+    if cfg.duo_gates is not None:  # the gates must fit the model before the baselines' minutes
+        from livesight.kvcache.duo import load_duo
+        load_duo(cfg.duo_gates, cfg.duo_sparsity, adapter.num_layers, adapter.num_kv_heads)
     baselines = {}
     names = ("full", "window") if cfg.baseline_seconds > 0 else ()
     with progress(len(names) + 1, "bench speed", unit="phases") as bar:
@@ -77,6 +88,11 @@ def _hardware() -> dict:
     return {"gpu": gpu, "cpu": platform.processor() or platform.machine(), "torch": torch.__version__}
 
 
+def _kv_kind(cfg: dict) -> str:
+    kind = "fp8" if cfg.get("kv_dtype") == "fp8" else "model dtype"
+    return kind + (f", {cfg['duo_sparsity']:.0%} of KV heads streaming" if cfg.get("duo_gates") else "")
+
+
 def markdown(result: dict) -> str:
     cfg, s = result["config"], result["summary"]
     split = s["split_ms_p50"]
@@ -95,6 +111,8 @@ def markdown(result: dict) -> str:
              f"{split['prefill_ms']} / {split['decode_ms']} / {split['evict_ms']} ms |",
              f"| outside the chunk p50 (metrics, frames waiting) | {s['outside_chunk_ms_p50']} ms |",
              f"| decode per token p50 | {s['decode_ms_per_token_p50']} ms |",
+             *([f"| the stream's KV cache ({_kv_kind(cfg)}) | {s['kv_bytes'] / 1e6:.1f} MB |"]
+               if s.get("kv_bytes") else []),
              f"| prefill MFU p50 (of {cfg['peak_tflops']:g} TFLOP/s) | {100 * s['prefill_mfu_p50']:.1f} % |",
              f"| memory min / max (spread) | {s['mem_mb_min_max'][0]:.0f} / {s['mem_mb_min_max'][1]:.0f} MB "
              f"({100 * s['mem_spread']:.2f} %) |"]

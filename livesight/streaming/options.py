@@ -98,11 +98,13 @@ ENGINE: dict[str, Bound] = {
     "offload_ram_gb": Bound(float, 0, ram_gb, why="at most this machine's RAM"),
     "offload_disk_gb": Bound(float, 0, 1e6),
     "reuse_threshold": Bound(float, 0, 1, why="mean pixel change"),
+    "duo_sparsity": Bound(float, 0, 1, why="the share of KV heads that stream"),
     "keep_ratio": Bound(float, 0, 1, low_open=True),
     "keep_floor": Bound(float, 0, 1),
     "prune_threshold": Bound(float, 0, 2, high_open=True, why="1 - cosine similarity"),
 }
 SECONDS = Bound(float, 0, 1e7, low_open=True, why="at most about 115 days")  # a stream's length
+KV_DTYPES = ("model", "fp8")  # how a cache stores keys and values (kvcache/storage.py)
 STREAM_TIME = Bound(float, 0, 1e7, why="stream seconds")  # a moment in the stream (--ask)
 
 # The engine's defaults by flag dest, read off the config dataclasses (one place for each default)

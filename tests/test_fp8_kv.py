@@ -108,3 +108,86 @@ def test_fp8_halves_the_bytes_and_the_engine_refuses_it_by_name(tiny):
         Engine(adapter, SessionConfig(kv_dtype="fp8"), max_streams=2)
     with pytest.raises(ValueError, match="--kv-dtype must be model or fp8"):
         SessionConfig(kv_dtype="int4")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rotary_dims", [32, 16])  # full rotary, and a partial one (Qwen3.5 turns a quarter)
+def test_the_span_kernel_decodes_and_turns_8_bit_keys_as_it_loads_them(dtype, rotary_dims):
+    """Triton (the interpreter here, compiled on a GPU) against the reference: codes decoded with their scales,
+    keys turned by their slots' shifts after two moves, rows past `start` unseen, a padding slot masked."""
+    from livesight.kernels.span_attention import Fp8Span, span_attention_reference, span_attention_triton
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(3)
+    inv_freq = (1.0 / (1e4 ** (torch.arange(0, rotary_dims, 2).float() / rotary_dims))).to(device)
+    store = Fp8KV((1, 1, 2, 150, 32), dtype, device, inv_freq)
+    store.write(0, slice(0, 150), torch.randn(1, 2, 150, 32, generator=g).to(device, dtype),
+                torch.randn(1, 2, 150, 32, generator=g).to(device, dtype))
+    store.move(torch.arange(20, 150, device=device), 10, torch.full((130,), -7))  # a slide: tokens move down
+    store.move(torch.arange(40, 140, device=device), 40, torch.full((100,), 300))  # a retrieval makes room
+    assert store.shift[:140].unique().numel() == 3
+    end = 130
+    fp8 = Fp8Span(store.key_scale[0, :, :, :end], store.value_scale[0, :, :, :end], store.shift[:end], inv_freq)
+    q = torch.randn(1, 6, 3, 32, generator=g).to(device, dtype)
+    start = torch.tensor([end - 3], device=device)
+    bias = torch.zeros(end, dtype=dtype, device=device)
+    bias[12] = float("-inf")
+    codes_k, codes_v = store.keys[0, :, :, :end], store.values[0, :, :, :end]
+    for key_bias in (None, bias):
+        ref = span_attention_reference(q, *fp8.decode(codes_k, codes_v, dtype), 0.2, start, key_bias)
+        got = span_attention_triton(q, codes_k, codes_v, 0.2, start, key_bias, fp8)
+        torch.testing.assert_close(got, ref, atol=2e-5 if dtype == torch.float32 else 2e-2,
+                                   rtol=2e-5 if dtype == torch.float32 else 2e-2)
+    keys, _ = fp8.decode(codes_k, codes_v, torch.float32)  # past the rotary dims, a key is never turned
+    plain = dequantize(codes_k, fp8.key_scale, torch.float32)
+    assert torch.equal(keys[..., rotary_dims:], plain[..., rotary_dims:])
+    assert not torch.allclose(keys[..., :rotary_dims], plain[..., :rotary_dims])
+
+
+def test_an_fp8_static_step_reads_the_codes_and_equals_the_dynamic_one(tiny):
+    """The fixed-shape step (what a GPU's CUDA graphs replay) hands the span kernel the codes with their scales and
+    shifts; run eagerly here, through slides and a retrieval, its logits equal the dynamic step's."""
+    from livesight.streaming.static_step import StaticStep
+    logits = {}
+    for static in (False, True):
+        session = _session(tiny, "fp8", narrate=True)
+        if static:
+            session.stepper.static = StaticStep(session.adapter, session.cache, graphs=False)
+        seen, forward = [], session.stepper.forward
+        session.stepper.forward = lambda *a, **k: seen.append(forward(*a, **k)) or seen[-1]
+        for chunk in make_chunks(7):
+            session.add_chunk(chunk)
+            if chunk.index == 5:
+                assert session.ask("what moved?", remember=False)[-1].data["retrieved"]
+        logits[static] = seen
+        assert session.cache.kv.shift.abs().max() > 0
+    assert session.cache.fp8_span is not None  # the static step went through the codes
+    assert len(logits[True]) == len(logits[False])
+    for a, b in zip(logits[True], logits[False]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the span kernel compiled, and CUDA graphs, need a GPU")
+def test_fp8_cuda_graph_steps_read_the_codes_in_the_kernel_and_stay_close_to_eager():
+    """bf16 on a GPU: the graphs' decode steps go through the span kernel's fp8 path (codes decoded and turned as
+    they load); the eager steps decode whole layers first (rounded to bf16 there). The two stay within bf16's
+    rounding of each other through slides and a retrieval."""
+    from livesight.kernels.dispatch import last_path
+    from livesight.models.loader import load_model
+    loaded = load_model("tiny-random", "cuda", torch.bfloat16)
+    logits = {}
+    for graphs in (True, False):
+        session = Session(QwenVLAdapter(loaded), SessionConfig(
+            vision_window_s=3.0, text_sink=6, text_window=10, narrate_tokens=6, answer_tokens=4, system_prompt="sys",
+            retrieval=RetrievalConfig(top_k=2, scope="global"), kv_dtype="fp8", cuda_graphs=graphs), (180, 320))
+        seen, forward = [], session.stepper.forward
+        session.stepper.forward = lambda *a, **k: seen.append(forward(*a, **k)) or seen[-1]
+        for chunk in make_chunks(8):
+            session.add_chunk(chunk)
+            if chunk.index == 6:
+                session.ask("what moved?", remember=False)
+        logits[graphs] = seen
+        if graphs:
+            assert session.stepper.static.num_graphs > 0 and last_path["span_attention"] == "triton-fp8"
+    assert len(logits[True]) == len(logits[False])
+    worst = max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(logits[True], logits[False]))
+    assert worst < 0.05, worst

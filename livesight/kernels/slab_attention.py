@@ -132,7 +132,7 @@ def _slab_kernel(Q, K, V, Bias, Table, Out, Lse, sq_h, sq_m, sk_s, sk_h, sk_n, s
     attend_split(Q, K + slab * sk_s + kv_head * sk_h, V + slab * sv_s + kv_head * sv_h, Bias + slab * sb_s, Out,
                  Lse, tl.load(entry + 4) + tl.arange(0, BLOCK_M), tl.load(entry + 1), seg_rows, tl.load(entry + 3),
                  kv_head, split, groups, tl.num_programs(0) * groups, num_rows, keys_per_split, sq_h, sq_m, sk_n,
-                 sv_n, scale_log2, HAS_BIAS, DOT, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D)
+                 sv_n, scale_log2, Q, Q, Q, Q, HAS_BIAS, DOT, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D)
 
 
 def slab_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, plan: SlabPlan,

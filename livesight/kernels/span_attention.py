@@ -15,6 +15,7 @@ the split arithmetic.
 """
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -24,10 +25,27 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from livesight.kernels.attention import chunk_attention_reference
 from livesight.kernels.dispatch import report
+from livesight.kernels.quant import dequantize
+from livesight.kernels.rope import rotate_keys_reference
 from livesight.kernels.triton_support import check_device, dot_type, half_on_gpu, online_softmax_step
 
 use_reference = False  # switch: route every call through the plain-torch reference
 TARGET_PROGRAMS = 264  # two per SM of an H100: splits are added until a step has about this many
+
+
+class Fp8Span(NamedTuple):
+    """What reads 8-bit keys and values (kvcache/storage.py: Fp8KV) beside their codes: key_scale, value_scale
+    (1, Hkv, Lk, 1) float32 (a slot's scales 1 apart), shift (Lk,) int64, how far each slot's key must turn,
+    and the rotary inv_freq (HALF,)."""
+    key_scale: torch.Tensor
+    value_scale: torch.Tensor
+    shift: torch.Tensor
+    inv_freq: torch.Tensor
+
+    def decode(self, k: torch.Tensor, v: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes k, v (1, Hkv, Lk, D) uint8 -> keys turned to their slots' positions, values, in dtype."""
+        keys = dequantize(k, self.key_scale, dtype)
+        return rotate_keys_reference(keys, self.shift, self.inv_freq), dequantize(v, self.value_scale, dtype)
 
 
 def span_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, start: torch.Tensor,
@@ -58,12 +76,35 @@ def _span_sdpa(q, k, v, scale, start, key_bias):
 
 
 @triton.jit
+def _decoded(X, Scale, n, n_ok, cols, mask, s_n):
+    """8-bit codes (float8 e4m3 bits) of rows n, columns cols, times each row's scale -> float32."""
+    codes = tl.load(X + n[:, None] * s_n + cols[None, :], mask=mask, other=0)
+    return codes.to(tl.float8e4nv, bitcast=True).to(tl.float32) * tl.load(Scale + n, mask=n_ok, other=0.0)[:, None]
+
+
+@triton.jit
+def _turned_keys(K, KScale, Shift, InvFreq, n, n_ok, d, d_ok, sk_n, HALF: tl.constexpr):
+    """Keys kept as 8-bit codes at the positions they were written at, decoded and turned by their slot's
+    shift (kvcache/storage.py: Fp8KV): rotate-half rotary on the first 2 x HALF dims, float32 angles."""
+    mask = n_ok[:, None] & d_ok[None, :]
+    rotary = d < 2 * HALF
+    k = _decoded(K, KScale, n, n_ok, d, mask, sk_n)
+    partner = _decoded(K, KScale, n, n_ok, tl.where(d < HALF, d + HALF, d - HALF), mask & rotary[None, :], sk_n)
+    freq = tl.load(InvFreq + tl.where(d < HALF, d, d - HALF), mask=rotary & d_ok, other=0.0)
+    angle = tl.load(Shift + n, mask=n_ok, other=0).to(tl.float32)[:, None] * freq[None, :]
+    return k * tl.cos(angle) + tl.where(d < HALF, -1.0, 1.0)[None, :] * partner * tl.sin(angle)
+
+
+@triton.jit
 def attend_split(Q, K, V, Bias, Out, Lse, r, row0, seg_rows, start, kv_head, split, groups, num_heads, num_rows,
-                 keys_per_split, sq_h, sq_m, sk_n, sv_n, scale_log2, HAS_BIAS: tl.constexpr, DOT: tl.constexpr,
-                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                 keys_per_split, sq_h, sq_m, sk_n, sv_n, scale_log2, KScale, VScale, Shift, InvFreq,
+                 HAS_BIAS: tl.constexpr, DOT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, FP8: tl.constexpr = False, HALF: tl.constexpr = 0):
     """One program's share (span and slab attention): folded rows r of seg_rows tokens, q rows
     row0 .. written at slots start .., against split `split` of the keys of one KV head (K, V, Bias
-    point at its slots) -> the split's normalised partial output and log2-sum-exp in Out, Lse."""
+    point at its slots) -> the split's normalised partial output and log2-sum-exp in Out, Lse.
+    FP8: K and V hold 8-bit codes, KScale and VScale a scale per slot, Shift how far each slot's key must turn
+    (InvFreq: the HALF rotary frequencies)."""
     row_ok = r < groups * seg_rows
     head = kv_head * groups + r // tl.maximum(seg_rows, 1)  # query head kv_head * g + r // n, token r % n
     tok = r % tl.maximum(seg_rows, 1)  # (a padding entry of the slab plan has no rows)
@@ -80,12 +121,18 @@ def attend_split(Q, K, V, Bias, Out, Lse, r, row0, seg_rows, start, kv_head, spl
         n = n0 + tl.arange(0, BLOCK_N)
         n_ok = n < hi
         kv_mask = n_ok[:, None] & d_ok[None, :]
-        k = tl.load(K + n[:, None] * sk_n + d[None, :], mask=kv_mask, other=0.0)
+        if FP8:
+            k = _turned_keys(K, KScale, Shift, InvFreq, n, n_ok, d, d_ok, sk_n, HALF)
+        else:
+            k = tl.load(K + n[:, None] * sk_n + d[None, :], mask=kv_mask, other=0.0)
         s = tl.dot(q.to(DOT), tl.trans(k.to(DOT)), input_precision="ieee") * scale_log2
         if HAS_BIAS:
             s += tl.load(Bias + n, mask=n_ok, other=0.0).to(tl.float32)[None, :] * 1.4426950408889634
         s = tl.where(n_ok[None, :] & (n[None, :] <= start + tok[:, None]), s, float("-inf"))
-        v = tl.load(V + n[:, None] * sv_n + d[None, :], mask=kv_mask, other=0.0)
+        if FP8:
+            v = _decoded(V, VScale, n, n_ok, d, kv_mask, sv_n)
+        else:
+            v = tl.load(V + n[:, None] * sv_n + d[None, :], mask=kv_mask, other=0.0)
         m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, DOT)
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     out_row = (split * num_heads + head) * num_rows + row0 + tok
@@ -96,13 +143,14 @@ def attend_split(Q, K, V, Bias, Out, Lse, r, row0, seg_rows, start, kv_head, spl
 
 @triton.jit
 def _span_kernel(Q, K, V, Bias, Start, Out, Lse, sq_h, sq_m, sk_h, sk_n, sv_h, sv_n, num_rows, groups,
-                 keys_per_split, scale_log2, HAS_BIAS: tl.constexpr, DOT: tl.constexpr, HEAD_DIM: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                 keys_per_split, scale_log2, KScale, VScale, Shift, InvFreq, ss_h, HAS_BIAS: tl.constexpr,
+                 DOT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_D: tl.constexpr, FP8: tl.constexpr, HALF: tl.constexpr):
     kv_head, m_block, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     attend_split(Q, K + kv_head * sk_h, V + kv_head * sv_h, Bias, Out, Lse, m_block * BLOCK_M + tl.arange(0, BLOCK_M),
                  0, num_rows, tl.load(Start), kv_head, split, groups, tl.num_programs(0) * groups, num_rows,
-                 keys_per_split, sq_h, sq_m, sk_n, sv_n, scale_log2, HAS_BIAS, DOT, HEAD_DIM, BLOCK_M, BLOCK_N,
-                 BLOCK_D)
+                 keys_per_split, sq_h, sq_m, sk_n, sv_n, scale_log2, KScale + kv_head * ss_h, VScale + kv_head * ss_h,
+                 Shift, InvFreq, HAS_BIAS, DOT, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, FP8, HALF)
 
 
 @triton.jit
@@ -150,10 +198,14 @@ def span_plan(num_rows: int, num_keys: int, num_kv: int, groups: int) -> tuple[i
 
 
 def span_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, start: torch.Tensor,
-                          key_bias: torch.Tensor | None = None) -> torch.Tensor:
+                          key_bias: torch.Tensor | None = None, fp8: Fp8Span | None = None) -> torch.Tensor:
     """span_attention_reference's result from the Triton kernel. k, v may be views with any head and
-    slot strides (the cache's buffers); the last dimension must be contiguous."""
+    slot strides (the cache's buffers); the last dimension must be contiguous. fp8: k and v are 8-bit codes,
+    decoded and turned as the kernel loads them."""
     check_device(q)
+    if fp8 is not None:
+        assert k.dtype == torch.uint8 and fp8.key_scale.stride(2) == 1 and fp8.value_scale.stride(2) == 1
+        assert fp8.key_scale.stride(1) == fp8.value_scale.stride(1) and fp8.shift.stride(0) == 1
     _, num_heads, num_q, dim = q.shape
     num_kv, num_k = k.shape[1], k.shape[2]
     assert k.stride(-1) == 1 and v.stride(-1) == 1 and q.stride(-1) == 1 and k.shape[0] == 1
@@ -162,23 +214,29 @@ def span_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
     out = torch.empty(splits, num_heads, num_q, dim, dtype=torch.float32, device=q.device)
     lse = torch.empty(splits, num_heads, num_q, dtype=torch.float32, device=q.device)
     grid = (num_kv, -(-groups * num_q // block_m), splits)
+    companions = (fp8.key_scale, fp8.value_scale, fp8.shift, fp8.inv_freq) if fp8 is not None else (q, q, q, q)
     _span_kernel[grid](q, k, v, key_bias if key_bias is not None else q, start, out, lse,
                        q.stride(1), q.stride(2), k.stride(1), k.stride(2), v.stride(1), v.stride(2),
-                       num_q, groups, per_split, scale * math.log2(math.e), HAS_BIAS=key_bias is not None,
+                       num_q, groups, per_split, scale * math.log2(math.e), *companions,
+                       0 if fp8 is None else fp8.key_scale.stride(1), HAS_BIAS=key_bias is not None,
                        DOT=dot_type(q.dtype), HEAD_DIM=dim, BLOCK_M=block_m, BLOCK_N=64,
-                       BLOCK_D=triton.next_power_of_2(max(dim, 16)))
+                       BLOCK_D=triton.next_power_of_2(max(dim, 16)), FP8=fp8 is not None,
+                       HALF=0 if fp8 is None else fp8.inv_freq.numel())
     return out[0][None].to(q.dtype) if splits == 1 else merge_splits(out, lse, q.dtype)
 
 
 def span_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, start: torch.Tensor,
-                   key_bias: torch.Tensor | None = None) -> torch.Tensor:
+                   key_bias: torch.Tensor | None = None, fp8: Fp8Span | None = None) -> torch.Tensor:
     """Dispatch: the reference when switched on; Triton for CUDA half precision; one masked SDPA call
-    otherwise (the CPU)."""
+    otherwise (the CPU). fp8: k, v are 8-bit codes; the Triton kernel decodes them as it loads them, the
+    other paths first."""
+    if fp8 is not None and not (half_on_gpu(q) and not use_reference):
+        k, v = fp8.decode(k, v, q.dtype)
     if use_reference:
         report("span_attention", "reference")
         return span_attention_reference(q, k, v, scale, start, key_bias)
     if half_on_gpu(q):
-        report("span_attention", "triton")
-        return span_attention_triton(q, k, v, scale, start, key_bias)
+        report("span_attention", "triton-fp8" if fp8 is not None else "triton")
+        return span_attention_triton(q, k, v, scale, start, key_bias, fp8)
     report("span_attention", "sdpa-masked")
     return _span_sdpa(q, k, v, scale, start, key_bias)

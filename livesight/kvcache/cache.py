@@ -47,6 +47,9 @@ class StreamLayer(CacheLayerMixin):
             assert window is None, "a head-wise cache takes no static steps"
             slots, num_keys = self.owner.static_write
             kv.write(layer, slots, key_states, value_states)
+            if isinstance(kv, Fp8KV):  # the codes: the span kernel decodes them as it loads them
+                keys, values, self.owner.fp8_span = kv.span(layer, num_keys)
+                return keys, values
             return kv.read(layer, num_keys)
         if window is not None:  # the streaming heads' share goes to their own storage
             layout = self.owner.layout
@@ -119,7 +122,7 @@ class StreamCache(Cache):
             self.key_bias = buffers[2]
         # what is stored (fp8: the codes; head-wise: the retrieval heads)
         self.key_buffer, self.value_buffer = self.kv.keys, self.kv.values
-        self.dtype = dtype  # what attention reads
+        self.dtype, self.kv_dtype = dtype, kv_dtype  # what attention reads, and how the cache stores it
         assert self.key_buffer.shape == shape and self.key_bias.shape == (num_layers, capacity)
         self.num_layers, self.capacity, self.length = num_layers, capacity, 0
         self.rope_axes = rope_axes
@@ -128,6 +131,7 @@ class StreamCache(Cache):
         # key_bias: the same as an additive bias, 0 or -inf, in a buffer that lives as long as the cache
         # (CUDA graphs read it)
         self.static_write: tuple[torch.Tensor, int] | None = None  # set only during a static step
+        self.fp8_span = None  # in a static step of an fp8 cache: the last layer's scales and shifts
         self.slab: int | None = None  # which slab of a KVPool the buffers are, if they are one
         self.layer_of, self.linear = layer_of, linear
         super().__init__(layers=[StreamLayer(self, i) for i in range(num_layers)])

@@ -14,6 +14,7 @@ import torch
 
 from livesight.kernels import rotate_keys
 from livesight.kernels.quant import dequantize, quantize
+from livesight.kernels.span_attention import Fp8Span
 
 
 def _put(buffer: torch.Tensor, slots, x: torch.Tensor) -> None:
@@ -112,6 +113,13 @@ class Fp8KV(PlainKV):
         return self._decode(self.keys[layer, :, heads, :end], self.key_scale[layer, :, heads, :end],
                             self.values[layer, :, heads, :end], self.value_scale[layer, :, heads, :end],
                             self.shift[:end])
+
+    def span(self, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor, Fp8Span]:
+        """Slots 0 .. end - 1 of layer `layer` as stored: the codes, and what the span kernel decodes them with
+        as it loads them (kernels/span_attention.py)."""
+        return (self.keys[layer, :, :, :end], self.values[layer, :, :, :end],
+                Fp8Span(self.key_scale[layer, :, :, :end], self.value_scale[layer, :, :, :end], self.shift[:end],
+                        self.inv_freq))
 
     def take(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._decode(self.keys[:, :, :, index], self.key_scale[:, :, :, index],

@@ -55,8 +55,10 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
         out = slab_attention(query, key, value, scale, plan, None if key_bias is None else key_bias[layer])
     elif start is not None:  # a static step: fixed key span, rows written from slot `start` on
         key_bias = kwargs.get("livesight_key_bias")  # (L, capacity): padding in retrieved slots
+        cache = kwargs.get("livesight_cache")  # an fp8 cache's keys arrive as codes, with their scales and shifts
         out = span_attention(query, key, value, scale, start,
-                             None if key_bias is None else key_bias[layer, :key.shape[-2]])
+                             None if key_bias is None else key_bias[layer, :key.shape[-2]],
+                             None if cache is None else cache.fp8_span)
     else:
         window = kwargs.get("livesight_window")  # a head-wise cache's streaming heads (kvcache/headwise.py)
         key_valid = None if key_valid is None else key_valid[layer, :key.shape[-2]]
@@ -211,7 +213,8 @@ class TextAdapter:
         cache.static_write = (slots, num_keys)
         try:
             return self.run_layers(embeds, positions, cache, livesight_start=start,
-                                livesight_key_bias=cache.key_bias if padded else None)
+                                   livesight_key_bias=cache.key_bias if padded else None,
+                                   livesight_cache=cache if cache.kv_dtype == "fp8" else None)
         finally:
             cache.static_write = None
 

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# One stream's KV bytes and decode time with keys and values in 8 bits (--kv-dtype fp8) and with half the KV
+# heads streaming (DuoAttention, --duo), against the model's dtype: livesight bench speed on an H200
+# (results/speed/h200-kv-variants/), through the device tool from the repo root, in ONE command (carry .whl:
+# transformers 5.23.0, fla-core and einops wheels for Python 3.12), timeout_s 600:
+#   bash scripts/gpu_kv_variants.sh
+# Stages, each time-boxed (worst case 200 + 3 x 110 s):
+#   tests (≤ 200 s; SKIP_TESTS=1 skips): the fp8 span kernel compiled against its reference, fp8 CUDA-graph steps
+#         against eager ones, every Triton kernel, the static step, the slab kernel and Qwen3.5's GPU tests.
+#   speed (≤ 110 s each): $MODEL (default random-7b), SECONDS (default 120) of video with 20 narrated tokens a
+#         chunk and a question a minute, each way. The gates are random, drawn from seed 0: which heads stream
+#         changes neither bytes nor time (a trained model's come from `livesight calibrate duo`).
+# What comes back ($OUT): gpu.txt, tests.log, speed.log, speed_{model,fp8,duo}/speed.json and speed.md.
+set -uo pipefail
+MODEL=${MODEL:-random-7b}
+started=$SECONDS
+stamp() { echo "[$((SECONDS - started)) s] $*"; }
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+OUT=${OUT:-out}; mkdir -p "$OUT"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+} | tee "$OUT/gpu.txt"
+
+if [ -z "${SKIP_TESTS:-}" ]; then
+  stamp "tests on the GPU (at most 200 s)"
+  timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_fp8_kv.py tests/test_triton_kernels.py \
+    tests/test_static_step.py tests/test_slab_attention.py tests/test_qwen3_5.py > "$OUT/tests.log" 2>&1
+  stamp "tests: exit $?"; tail -4 "$OUT/tests.log"
+fi
+
+python3 - "$MODEL" <<'EOF'
+import json, os, sys
+import torch
+from livesight.models.configs import random_config
+text = random_config(sys.argv[1]).get_text_config()
+gates = torch.rand(text.num_hidden_layers, text.num_key_value_heads, generator=torch.Generator().manual_seed(0))
+os.makedirs("/tmp/gates", exist_ok=True)
+json.dump({"model": sys.argv[1], "gates": gates.tolist(), "settings": {"sink": 4, "recent": 64},
+           "data": "random gates (seed 0): bytes and time only"}, open("/tmp/gates/duo_gates.json", "w"))
+EOF
+
+speed() {  # name, then bench speed's arguments
+  local name=$1; shift
+  stamp "speed $name (at most 110 s)"
+  timeout 110 python3 -m livesight bench speed --model $MODEL --baseline-seconds 0 --seconds ${SECONDS_:-120} \
+    --narrate-tokens 20 --ask-every 60 --out "$OUT/speed_$name" "$@" > "/tmp/speed_$name.md" 2>> "$OUT/speed.log"
+  stamp "speed $name: exit $?"
+  grep -E "real-time factor|chunk latency|split p50|decode per token|KV cache|time to first token" "/tmp/speed_$name.md"
+}
+speed model
+speed fp8 --kv-dtype fp8
+speed duo --duo /tmp/gates --duo-sparsity 0.5
+stamp "done"

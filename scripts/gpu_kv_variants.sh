@@ -4,13 +4,14 @@
 # (results/speed/h200-kv-variants/), through the device tool from the repo root, in ONE command (carry .whl:
 # transformers 5.23.0, fla-core and einops wheels for Python 3.12), timeout_s 600:
 #   bash scripts/gpu_kv_variants.sh
-# Stages, each time-boxed (worst case 200 + 3 x 110 s):
+# Stages, each time-boxed (worst case 200 + 60 + 3 x 110 s):
 #   tests (≤ 200 s; SKIP_TESTS=1 skips): the fp8 span kernel compiled against its reference, fp8 CUDA-graph steps
-#         against eager ones, every Triton kernel, the static step, the slab kernel and Qwen3.5's GPU tests.
-#   speed (≤ 110 s each): $MODEL (default random-7b), SECONDS (default 120) of video with 20 narrated tokens a
+#         against eager ones, every Triton kernel, the static step and Qwen3.5's tests.
+#   kernel (≤ 60 s): scripts/kv_kernel_bench.py, the span kernel on fp8 against bf16 at 7B decode shapes.
+#   speed (≤ 110 s each): $MODEL (default random-7b), SECONDS_ (default 60) of video with 20 narrated tokens a
 #         chunk and a question a minute, each way. The gates are random, drawn from seed 0: which heads stream
 #         changes neither bytes nor time (a trained model's come from `livesight calibrate duo`).
-# What comes back ($OUT): gpu.txt, tests.log, speed.log, speed_{model,fp8,duo}/speed.json and speed.md.
+# What comes back ($OUT): gpu.txt, tests.log, kernels.json, speed.log, speed_{model,fp8,duo}/speed.json.
 set -uo pipefail
 MODEL=${MODEL:-random-7b}
 started=$SECONDS
@@ -24,10 +25,12 @@ OUT=${OUT:-out}; mkdir -p "$OUT"
 
 if [ -z "${SKIP_TESTS:-}" ]; then
   stamp "tests on the GPU (at most 200 s)"
-  timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_fp8_kv.py tests/test_triton_kernels.py \
-    tests/test_static_step.py tests/test_slab_attention.py tests/test_qwen3_5.py > "$OUT/tests.log" 2>&1
-  stamp "tests: exit $?"; tail -4 "$OUT/tests.log"
+  timeout 200 python3 -m pytest -v -p no:cacheprovider --tb=short tests/test_fp8_kv.py tests/test_triton_kernels.py \
+    tests/test_static_step.py tests/test_qwen3_5.py > "$OUT/tests.log" 2>&1
+  stamp "tests: exit $?"; grep -E "FAILED|passed|failed" "$OUT/tests.log" | tail -6
 fi
+stamp "kernel: span attention, fp8 against bf16 (at most 60 s)"
+timeout 60 python3 scripts/kv_kernel_bench.py --out "$OUT/kernels.json"
 
 python3 - "$MODEL" <<'EOF'
 import json, os, sys
@@ -43,9 +46,10 @@ EOF
 speed() {  # name, then bench speed's arguments
   local name=$1; shift
   stamp "speed $name (at most 110 s)"
-  timeout 110 python3 -m livesight bench speed --model $MODEL --baseline-seconds 0 --seconds ${SECONDS_:-120} \
-    --narrate-tokens 20 --ask-every 60 --out "$OUT/speed_$name" "$@" > "/tmp/speed_$name.md" 2>> "$OUT/speed.log"
+  timeout 110 python3 -m livesight bench speed --model $MODEL --baseline-seconds 0 --seconds ${SECONDS_:-60} \
+    --narrate-tokens 20 --ask-every 30 --out "/tmp/speed_$name" "$@" > "/tmp/speed_$name.md" 2>> "$OUT/speed.log"
   stamp "speed $name: exit $?"
+  mkdir -p "$OUT/speed_$name" && cp /tmp/speed_$name/speed.json "$OUT/speed_$name/"
   grep -E "real-time factor|chunk latency|split p50|decode per token|KV cache|time to first token" "/tmp/speed_$name.md"
 }
 speed model

@@ -41,7 +41,8 @@ def main() -> None:
             shift = torch.zeros(num_keys, dtype=torch.int64, device="cuda")
             if shift_kind == "moved":
                 shift.random_(-4000, 4000, generator=g)
-            fp8 = Fp8Span(sk, sv, shift, inv_freq)
+            angle = shift[:, None].double() * inv_freq.double()[None, :]
+            fp8 = Fp8Span(sk, sv, shift, inv_freq, angle.cos().half(), angle.sin().half())
             plain_ms = median_ms(lambda: span_attention_triton(q, k, v, 0.088, start))
             fp8_ms = median_ms(lambda: span_attention_triton(q, ck, cv, 0.088, start, None, fp8))
             plain_bytes = k.nbytes + v.nbytes

@@ -178,7 +178,9 @@ def test_cuda_graph_decode_steps_equal_the_eager_stream():
     advance the linear state twice, so the graphed stream equals the eager one, logits and state."""
     config = SessionConfig(vision_window_s=2.0, narrate_tokens=6, answer_tokens=4, text_sink=4, text_window=8,
                            system_prompt="s", retrieval=RetrievalConfig(top_k=1, scope="global"))
-    gpu = load_adapter("tiny-random-qwen3.5", "cuda")
+    from livesight.models.loader import load_model
+    from livesight.models.qwen3_5 import Qwen3_5Adapter
+    gpu = Qwen3_5Adapter(load_model("tiny-random-qwen3.5", "cuda", torch.float32))  # float32: exact to 1e-4
     results = {}
     for graphs in (True, False):
         session = Session(gpu, SessionConfig(**{**config.__dict__, "cuda_graphs": graphs}), (32, 32))

@@ -36,11 +36,13 @@ TARGET_PROGRAMS = 264  # two per SM of an H100: splits are added until a step ha
 class Fp8Span(NamedTuple):
     """What reads 8-bit keys and values (kvcache/storage.py: Fp8KV) beside their codes: key_scale, value_scale
     (1, Hkv, Lk, 1) float32 (a slot's scales 1 apart), shift (Lk,) int64, how far each slot's key must turn,
-    and the rotary inv_freq (HALF,)."""
+    the rotary inv_freq (HALF,), and the turn's cos and sin (Lk, HALF) (float16; the kernel reads these)."""
     key_scale: torch.Tensor
     value_scale: torch.Tensor
     shift: torch.Tensor
     inv_freq: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
 
     def decode(self, k: torch.Tensor, v: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Codes k, v (1, Hkv, Lk, D) uint8 -> keys turned to their slots' positions, values, in dtype."""
@@ -83,28 +85,29 @@ def _decoded(X, Scale, n, n_ok, cols, mask, s_n):
 
 
 @triton.jit
-def _turned_keys(K, KScale, Shift, InvFreq, n, n_ok, d, d_ok, sk_n, HALF: tl.constexpr):
+def _turned_keys(K, KScale, Cos, Sin, n, n_ok, d, d_ok, sk_n, HALF: tl.constexpr):
     """Keys kept as 8-bit codes at the positions they were written at, decoded and turned by their slot's
-    shift (kvcache/storage.py: Fp8KV): rotate-half rotary on the first 2 x HALF dims, float32 angles."""
+    shift (kvcache/storage.py: Fp8KV): rotate-half rotary on the first 2 x HALF dims, the cos and sin of each
+    slot's turn read from its tables (Lk, HALF)."""
     mask = n_ok[:, None] & d_ok[None, :]
     rotary = d < 2 * HALF
     k = _decoded(K, KScale, n, n_ok, d, mask, sk_n)
     partner = _decoded(K, KScale, n, n_ok, tl.where(d < HALF, d + HALF, d - HALF), mask & rotary[None, :], sk_n)
-    freq = tl.load(InvFreq + tl.where(d < HALF, d, d - HALF), mask=rotary & d_ok, other=0.0)
-    angle = tl.load(Shift + n, mask=n_ok, other=0).to(tl.float32)[:, None] * freq[None, :]
-    return k * tl.cos(angle) + tl.where(d < HALF, -1.0, 1.0)[None, :] * partner * tl.sin(angle)
+    turn = n[:, None] * HALF + tl.where(d < HALF, d, d - HALF)[None, :]
+    cos = tl.load(Cos + turn, mask=mask & rotary[None, :], other=1.0).to(tl.float32)
+    sin = tl.load(Sin + turn, mask=mask & rotary[None, :], other=0.0).to(tl.float32)
+    return k * cos + tl.where(d < HALF, -1.0, 1.0)[None, :] * partner * sin
 
 
 @triton.jit
 def attend_split(Q, K, V, Bias, Out, Lse, r, row0, seg_rows, start, kv_head, split, groups, num_heads, num_rows,
-                 keys_per_split, sq_h, sq_m, sk_n, sv_n, scale_log2, KScale, VScale, Shift, InvFreq,
+                 keys_per_split, sq_h, sq_m, sk_n, sv_n, scale_log2, KScale, VScale, Cos, Sin,
                  HAS_BIAS: tl.constexpr, DOT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, FP8: tl.constexpr = False, HALF: tl.constexpr = 0):
     """One program's share (span and slab attention): folded rows r of seg_rows tokens, q rows
     row0 .. written at slots start .., against split `split` of the keys of one KV head (K, V, Bias
     point at its slots) -> the split's normalised partial output and log2-sum-exp in Out, Lse.
-    FP8: K and V hold 8-bit codes, KScale and VScale a scale per slot, Shift how far each slot's key must turn
-    (InvFreq: the HALF rotary frequencies)."""
+    FP8: K and V hold 8-bit codes, KScale and VScale a scale per slot, Cos and Sin each slot's turn (Lk, HALF)."""
     row_ok = r < groups * seg_rows
     head = kv_head * groups + r // tl.maximum(seg_rows, 1)  # query head kv_head * g + r // n, token r % n
     tok = r % tl.maximum(seg_rows, 1)  # (a padding entry of the slab plan has no rows)
@@ -122,7 +125,7 @@ def attend_split(Q, K, V, Bias, Out, Lse, r, row0, seg_rows, start, kv_head, spl
         n_ok = n < hi
         kv_mask = n_ok[:, None] & d_ok[None, :]
         if FP8:
-            k = _turned_keys(K, KScale, Shift, InvFreq, n, n_ok, d, d_ok, sk_n, HALF)
+            k = _turned_keys(K, KScale, Cos, Sin, n, n_ok, d, d_ok, sk_n, HALF)
         else:
             k = tl.load(K + n[:, None] * sk_n + d[None, :], mask=kv_mask, other=0.0)
         s = tl.dot(q.to(DOT), tl.trans(k.to(DOT)), input_precision="ieee") * scale_log2
@@ -143,14 +146,14 @@ def attend_split(Q, K, V, Bias, Out, Lse, r, row0, seg_rows, start, kv_head, spl
 
 @triton.jit
 def _span_kernel(Q, K, V, Bias, Start, Out, Lse, sq_h, sq_m, sk_h, sk_n, sv_h, sv_n, num_rows, groups,
-                 keys_per_split, scale_log2, KScale, VScale, Shift, InvFreq, ss_h, HAS_BIAS: tl.constexpr,
+                 keys_per_split, scale_log2, KScale, VScale, Cos, Sin, ss_h, HAS_BIAS: tl.constexpr,
                  DOT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_D: tl.constexpr, FP8: tl.constexpr, HALF: tl.constexpr):
     kv_head, m_block, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     attend_split(Q, K + kv_head * sk_h, V + kv_head * sv_h, Bias, Out, Lse, m_block * BLOCK_M + tl.arange(0, BLOCK_M),
                  0, num_rows, tl.load(Start), kv_head, split, groups, tl.num_programs(0) * groups, num_rows,
                  keys_per_split, sq_h, sq_m, sk_n, sv_n, scale_log2, KScale + kv_head * ss_h, VScale + kv_head * ss_h,
-                 Shift, InvFreq, HAS_BIAS, DOT, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, FP8, HALF)
+                 Cos, Sin, HAS_BIAS, DOT, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, FP8, HALF)
 
 
 @triton.jit
@@ -205,7 +208,8 @@ def span_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
     check_device(q)
     if fp8 is not None:
         assert k.dtype == torch.uint8 and fp8.key_scale.stride(2) == 1 and fp8.value_scale.stride(2) == 1
-        assert fp8.key_scale.stride(1) == fp8.value_scale.stride(1) and fp8.shift.stride(0) == 1
+        assert fp8.key_scale.stride(1) == fp8.value_scale.stride(1)
+        assert fp8.cos.is_contiguous() and fp8.sin.is_contiguous() and fp8.cos.shape[-1] == fp8.inv_freq.numel()
     _, num_heads, num_q, dim = q.shape
     num_kv, num_k = k.shape[1], k.shape[2]
     assert k.stride(-1) == 1 and v.stride(-1) == 1 and q.stride(-1) == 1 and k.shape[0] == 1
@@ -214,7 +218,7 @@ def span_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
     out = torch.empty(splits, num_heads, num_q, dim, dtype=torch.float32, device=q.device)
     lse = torch.empty(splits, num_heads, num_q, dtype=torch.float32, device=q.device)
     grid = (num_kv, -(-groups * num_q // block_m), splits)
-    companions = (fp8.key_scale, fp8.value_scale, fp8.shift, fp8.inv_freq) if fp8 is not None else (q, q, q, q)
+    companions = (fp8.key_scale, fp8.value_scale, fp8.cos, fp8.sin) if fp8 is not None else (q, q, q, q)
     _span_kernel[grid](q, k, v, key_bias if key_bias is not None else q, start, out, lse,
                        q.stride(1), q.stride(2), k.stride(1), k.stride(2), v.stride(1), v.stride(2),
                        num_q, groups, per_split, scale * math.log2(math.e), *companions,

@@ -86,13 +86,18 @@ class Fp8KV(PlainKV):
         self.key_scale = torch.ones(*shape[:-1], 1, dtype=torch.float32, device=device)
         self.value_scale = torch.ones_like(self.key_scale)
         self.shift = torch.zeros(shape[3], dtype=torch.int64, device=device)
+        # each slot's turn, cos and sin of shift x inv_freq (2, capacity, HALF) in float16: what the span kernel
+        # reads instead of computing them (kernels/span_attention.py)
+        self.turn = torch.zeros(2, shape[3], inv_freq.numel(), dtype=torch.float16, device=device)
+        self.turn[0] = 1
         # whether any slot's shift was ever set nonzero: until then a CPU read skips the turn (a GPU read always
         # turns: a CUDA graph captured before the first move must still turn after it)
         self.moved = False
 
     @property
     def nbytes(self) -> int:
-        return super().nbytes + self.key_scale.nbytes + self.value_scale.nbytes + self.shift.nbytes
+        return (super().nbytes + self.key_scale.nbytes + self.value_scale.nbytes + self.shift.nbytes
+                + self.turn.nbytes)
 
     def write(self, layer: int, slots, keys: torch.Tensor, values: torch.Tensor, heads: slice = slice(None)) -> None:
         for codes, scales, x in ((self.keys, self.key_scale, keys), (self.values, self.value_scale, values)):
@@ -102,6 +107,9 @@ class Fp8KV(PlainKV):
         if layer == 0 and heads.start in (None, 0):
             _put(self.shift[None, :, None], slots, torch.zeros(1, keys.shape[2], 1, dtype=torch.int64,
                                                                 device=self.shift.device))
+            unturned = torch.zeros(2, keys.shape[2], self.turn.shape[2], dtype=self.turn.dtype, device=self.turn.device)
+            unturned[0] = 1
+            _put(self.turn, slots, unturned)
 
     def _decode(self, keys, key_scale, values, value_scale, shift) -> tuple[torch.Tensor, torch.Tensor]:
         keys = dequantize(keys, key_scale, self.dtype)
@@ -119,7 +127,7 @@ class Fp8KV(PlainKV):
         as it loads them (kernels/span_attention.py)."""
         return (self.keys[layer, :, :, :end], self.values[layer, :, :, :end],
                 Fp8Span(self.key_scale[layer, :, :, :end], self.value_scale[layer, :, :, :end], self.shift[:end],
-                        self.inv_freq))
+                        self.inv_freq, self.turn[0, :end], self.turn[1, :end]))
 
     def take(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._decode(self.keys[:, :, :, index], self.key_scale[:, :, :, index],
@@ -133,6 +141,7 @@ class Fp8KV(PlainKV):
             buffer[:, :, :, start:start + n] = x
         shift = self.shift[index]
         self.shift[start:start + n] = shift if delta is None else shift + delta.to(shift.device, non_blocking=True)
+        self._turns(start, start + n)
         self.moved = self.moved or delta is not None
 
     def put(self, start: int, keys: torch.Tensor, values: torch.Tensor) -> None:
@@ -149,3 +158,10 @@ class Fp8KV(PlainKV):
         for buffer, x in zip((self.keys, self.key_scale, self.values, self.value_scale), buffers):
             buffer[..., :n, :] = x
         self.shift[:n] = shift
+        self._turns(0, n)
+
+    def _turns(self, start: int, end: int) -> None:
+        """Slots start .. end - 1's turn tables from their shifts (angles in float64, as the reference's)."""
+        angle = self.shift[start:end, None].double() * self.inv_freq.double()[None, :]
+        self.turn[0, start:end] = angle.cos().to(self.turn.dtype)
+        self.turn[1, start:end] = angle.sin().to(self.turn.dtype)

@@ -46,6 +46,12 @@ except ImportError:  # fla-core is optional: the GPU's fast path
     fla_chunk = fla_recurrent = None
 
 
+def _torch_rule(rule):
+    """transformers' torch delta rule itself: where flash-linear-attention is installed, the name is bound to its
+    kernel, which takes CUDA tensors only (the torch path serves the CPU)."""
+    return getattr(rule, "__wrapped__", rule)
+
+
 def causal_conv(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x: (n, C) one stream's rows; tail: (C, K - 1) the inputs before them, updated in place; weight:
     (C, K) depthwise -> silu(conv) (n, C). As products summed, not cuDNN's convolution, whose algorithm
@@ -82,7 +88,7 @@ class OneRow:
     def rule(self, q, k, v, g, beta, index: int) -> torch.Tensor:
         """The recurrent delta rule for every one-row stream at once, each a batch entry -> (m, Hv, Dv)."""
         r = self.rows
-        o, final = modeling_qwen3_5.torch_recurrent_gated_delta_rule(
+        o, final = _torch_rule(modeling_qwen3_5.torch_recurrent_gated_delta_rule)(
             q[r, None], k[r, None], v[r, None], g=g[r, None], beta=beta[r, None],
             initial_state=self.pool.recurrent[self.slabs, index], output_final_state=True,
             use_qk_l2norm_in_kernel=True)
@@ -107,8 +113,8 @@ def delta_rule(q, k, v, g, beta, segments: list[tuple[int, int, LinearState]], i
             continue
         rows = slice(start, start + n)
         recurrent = state.recurrent[index]
-        rule = (modeling_qwen3_5.torch_recurrent_gated_delta_rule if n == 1
-                else modeling_qwen3_5.torch_chunk_gated_delta_rule)
+        rule = _torch_rule(modeling_qwen3_5.torch_recurrent_gated_delta_rule if n == 1
+                           else modeling_qwen3_5.torch_chunk_gated_delta_rule)
         o, final = rule(q[None, rows], k[None, rows], v[None, rows], g=g[None, rows], beta=beta[None, rows],
                         initial_state=recurrent[None], output_final_state=True, use_qk_l2norm_in_kernel=True)
         recurrent.copy_(final[0])

@@ -118,8 +118,8 @@ def test_other_families_streams_in_the_engine_equal_each_stream_alone(name):
     _check_engine_equals_alone(load_adapter(name, "cpu"))
 
 
-def _check_engine_equals_alone(adapter):
-    config = _config()
+def _check_engine_equals_alone(adapter, **settings):
+    config = _config(**settings)
     engine, logs, events, ids = _run_engine(adapter, config)
     assert engine.pool.free == [2], "the stream closed early gave its slab back; the others hold theirs"
     assert engine.stage_ms["streams"] > engine.stage_ms["steps"], "no step packed more than one stream"
@@ -137,13 +137,20 @@ def _check_engine_equals_alone(adapter):
 
 
 
+def test_an_fp8_pool_serves_each_stream_as_its_own_fp8_cache_would(tiny):
+    """Keys and values in 8 bits in the engine's pool: each stream's slab holds the codes, scales and shifts its own
+    cache would, through slides, retrieval and narration, so every step's logits equal the stream alone's."""
+    _check_engine_equals_alone(QwenVLAdapter(tiny), kv_dtype="fp8")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton slab kernel and batched CUDA graphs need a GPU")
-def test_batched_graphs_in_half_precision_follow_the_stream_alone():
+@pytest.mark.parametrize("kv_dtype", ["model", "fp8"])
+def test_batched_graphs_in_half_precision_follow_the_stream_alone(kv_dtype):
     """bfloat16 on a GPU: the engine's Triton slab attention and decode graphs against each stream alone
     (its own span kernel and graphs). Rounding differs, so logits agree to bf16 precision, step by step,
     until the first step where the two pick different tokens (from there the inputs differ)."""
     adapter = QwenVLAdapter(load_model("tiny-random", "cuda", torch.bfloat16))
-    config = _config(narrate_tokens=8)
+    config = _config(narrate_tokens=8, kv_dtype=kv_dtype)
     engine, logs, _, _ = _run_engine(adapter, config)
     assert engine.batch.num_graphs > 0, "no batched step replayed a CUDA graph"
     compared = 0

@@ -7,6 +7,7 @@ import torch
 
 from conftest import make_chunks
 from livesight.kernels.quant import dequantize, quantize
+from livesight.kvcache.pool import KVPool
 from livesight.kvcache.storage import Fp8KV
 from livesight.models.qwen2_5_vl import QwenVLAdapter
 from livesight.streaming.config import RetrievalConfig, SessionConfig
@@ -34,7 +35,7 @@ def test_a_key_moved_many_times_is_rounded_once():
     inv_freq = 1.0 / (1e4 ** (torch.arange(0, 32, 2).float() / 32))
     keys = torch.randn(2, 1, 2, 40, 32, generator=torch.Generator().manual_seed(1))
     values = torch.randn_like(keys)
-    store = Fp8KV(keys.shape, torch.float32, "cpu", inv_freq)
+    store = Fp8KV.allocate(keys.shape, torch.float32, "cpu", inv_freq)
     for layer in range(2):
         store.write(layer, slice(0, 40), keys[layer], values[layer])
     first = store.take(torch.arange(40))[0]
@@ -97,16 +98,15 @@ def test_fp8_snapshot_and_restore_leave_the_cache_bit_for_bit(tiny):
                for a, b in zip(after, before))
 
 
-def test_fp8_halves_the_bytes_and_the_engine_refuses_it_by_name(tiny):
-    from livesight.errors import InputError
-    from livesight.streaming.engine import Engine
+def test_fp8_halves_the_bytes_of_a_cache_and_of_a_pools_slab(tiny):
     adapter = QwenVLAdapter(tiny)
     plain, fp8 = adapter.new_cache(1000), adapter.new_cache(1000, "fp8")
     d = plain.key_buffer.shape[-1]  # 16 at tiny: 16 one-byte codes and a 4-byte scale against 16 floats of 4 bytes
     # and per slot (all layers): its shift (8 bytes), its turn's cos and sin (2 x 2 bytes x d / 2)
     assert fp8.nbytes == plain.nbytes * (d + 4) // (4 * d) + 1000 * (8 + 2 * d)
-    with pytest.raises(InputError, match="kv dtype fp8: the engine's shared pool"):
-        Engine(adapter, SessionConfig(kv_dtype="fp8"), max_streams=2)
+    pool = adapter.new_pool(3, 1000, "fp8")
+    allocated = sum(t.nbytes for t in pool.fp8) + pool.key_bias.nbytes
+    assert allocated == 4 * KVPool.slab_bytes(adapter.num_layers, adapter.num_kv_heads, d, 1000, 4, "fp8", d // 2)
     with pytest.raises(ValueError, match="--kv-dtype must be model or fp8"):
         SessionConfig(kv_dtype="int4")
 
@@ -121,7 +121,7 @@ def test_the_span_kernel_decodes_and_turns_8_bit_keys_as_it_loads_them(dtype, ro
     device = "cuda" if torch.cuda.is_available() else "cpu"
     g = torch.Generator().manual_seed(3)
     inv_freq = (1.0 / (1e4 ** (torch.arange(0, rotary_dims, 2).float() / rotary_dims))).to(device)
-    store = Fp8KV((1, 1, 2, 150, 32), dtype, device, inv_freq)
+    store = Fp8KV.allocate((1, 1, 2, 150, 32), dtype, device, inv_freq)
     store.write(0, slice(0, 150), torch.randn(1, 2, 150, 32, generator=g).to(device, dtype),
                 torch.randn(1, 2, 150, 32, generator=g).to(device, dtype))
     store.move(torch.arange(20, 150, device=device), 10, torch.full((130,), -7))  # a slide: tokens move down

@@ -162,3 +162,28 @@ def test_plan_block_count_bounds_every_step_of_a_bucket():
 def test_slab_plan_refuses_what_it_cannot_serve(segments, num_blocks):
     with pytest.raises(ValueError):
         _plan(segments, 8, 100, num_blocks)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_slab_kernel_decodes_an_fp8_pool_as_it_loads_it(dtype):
+    """An fp8 pool's layer (storage.py: Fp8Buffers): each slab's codes decoded with their scales and turned by
+    their slots' turns, against the reference on the decoded keys and values (float16 turn tables apart)."""
+    from livesight.kernels.quant import quantize
+    from livesight.kernels.span_attention import Fp8Span
+    from livesight.kvcache.storage import Fp8Buffers
+    inv_freq = (1.0 / (1e4 ** (torch.arange(0, 32, 2).float() / 32))).to(DEVICE)
+    buffers = Fp8Buffers.allocate((2, NUM_SLABS, NUM_KV, 200, 32), 16, DEVICE)
+    for codes, scales, seed in ((buffers.keys, buffers.key_scale, 2), (buffers.values, buffers.value_scale, 3)):
+        codes[1], scales[1] = quantize(_randn(NUM_SLABS, NUM_KV, 200, 32, seed=seed))
+    buffers.shift[1:].random_(-500, 500, generator=torch.Generator(DEVICE).manual_seed(4))  # slab 0 unmoved
+    angle = buffers.shift[..., None].double() * inv_freq.double()
+    buffers.turn[0], buffers.turn[1] = angle.cos().half(), angle.sin().half()
+    fp8 = Fp8Span(buffers.key_scale[1], buffers.value_scale[1], buffers.shift, inv_freq, buffers.turn[0],
+                  buffers.turn[1])
+    q = _randn(1, NUM_KV * GROUPS, NUM_ROWS, 32, dtype=dtype, seed=1)
+    plan = _plan(SEGMENTS, NUM_ROWS, 200, slab_plan_blocks(NUM_ROWS, NUM_SLABS, GROUPS))
+    key_bias = _bias(200, dtype)
+    got = slab_attention_triton(q, buffers.keys[1], buffers.values[1], 0.17, plan, key_bias, fp8)
+    ref = slab_attention_reference(q, *fp8.decode(buffers.keys[1], buffers.values[1], dtype), 0.17, SEGMENTS, key_bias)
+    tolerance = 1e-3 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got, ref, atol=tolerance, rtol=tolerance)

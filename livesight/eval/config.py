@@ -125,8 +125,11 @@ class StreamsConfig:
     height: int = 360
     seed: int = 0
     partial: bool = False  # partial re-encoding of a chunk that changed a little (off: the batched full pass)
+    kv_dtype: str = "model"  # the pool's keys and values as computed, or fp8 (kvcache/storage.py)
 
     def __post_init__(self) -> None:
+        if self.kv_dtype not in KV_DTYPES:
+            raise ValueError(f"--kv-dtype must be one of {', '.join(KV_DTYPES)}, got {self.kv_dtype!r}")
         if not self.streams or min(self.streams) < 1 or list(self.streams) != sorted(set(self.streams)):
             raise InputError(f"bench streams: --streams must be increasing counts >= 1, got {self.streams}")
         if not self.narrate_tokens or min(self.narrate_tokens) < 0:

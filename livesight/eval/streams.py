@@ -29,7 +29,8 @@ def session_config(cfg: StreamsConfig, narrate_tokens: int) -> SessionConfig:
     compression = CompressionConfig(reuse=cfg.compression, prune=cfg.compression, partial=cfg.partial)
     retrieval = RetrievalConfig(enabled=cfg.retrieval, ram_gb=cfg.offload_ram_gb, disk_gb=0.0)
     return SessionConfig(fps=cfg.fps, vision_window_s=cfg.window_s, narrate=narrate_tokens > 0,
-                         narrate_tokens=narrate_tokens, compression=compression, retrieval=retrieval)
+                         narrate_tokens=narrate_tokens, compression=compression, retrieval=retrieval,
+                         kv_dtype=cfg.kv_dtype)
 
 
 def memory_mb(device: torch.device) -> float:

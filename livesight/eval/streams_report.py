@@ -20,7 +20,7 @@ from livesight.eval.output import writable_folder
 from livesight.eval.streams_summary import markdown, plot, summarize
 from livesight.progress import progress
 from livesight.streaming.config import GB
-from livesight.streaming.options import ENGINE, Bound, resolve_device
+from livesight.streaming.options import ENGINE, KV_DTYPES, Bound, resolve_device
 
 SECONDS = Bound(float, 1, 86400, why="stream seconds, at most a day")
 
@@ -94,6 +94,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="memory bandwidth for the floor estimate, TB/s (default %(default)s: H200 measured)")
     parser.add_argument("--peak-tflops", type=Bound(float, 0, 1e5, low_open=True), default=d.peak_tflops,
                         help="matmul TFLOP/s for the floor estimate (default %(default)s: H200 bf16 measured)")
+    parser.add_argument("--kv-dtype", choices=KV_DTYPES, default=d.kv_dtype,
+                        help="the pool's keys and values as the model computes them, or fp8 (default %(default)s)")
     parser.add_argument("--out", default="out/streams",
                         help="folder for streams.json, streams.md, streams.png, created if missing; by convention "
                              "results/streams/<hardware> (default %(default)s)")
@@ -107,7 +109,8 @@ def config_from(args) -> StreamsConfig:
     return StreamsConfig(args.model, resolve_device(args.device), args.streams, modes, args.seconds,
                          args.warmup_seconds, args.fps, args.window, args.compression, args.retrieval, args.ask_every,
                          args.baseline_streams, args.arrivals, args.latency_bound, ram_gb, args.stop_at_miss,
-                         args.memory_seconds, args.bandwidth_tbs, args.peak_tflops, partial=args.partial)
+                         args.memory_seconds, args.bandwidth_tbs, args.peak_tflops, partial=args.partial,
+                         kv_dtype=args.kv_dtype)
 
 
 def main(args) -> int:
@@ -135,7 +138,7 @@ def measure(cfg: StreamsConfig, out: str) -> dict:
     frames_per_chunk = round(cfg.fps * cfg.chunk_s)
     pool = ChunkPool(size, frames_per_chunk, cfg.fps, cfg.chunk_s)
     result = {"config": asdict(cfg) | {"chunk_s": cfg.chunk_s}, "hardware": hardware(), "frame_size": list(size),
-              "finished": False, "model": model_facts(adapter, size, frames_per_chunk),
+              "finished": False, "model": model_facts(adapter, size, frames_per_chunk, cfg.kv_dtype),
               "modes": {str(m): {"engine": [], "today": []} for m in cfg.narrate_tokens}}
     # count by count, both modes at each: a run cut short loses the largest counts, not a whole mode
     plan = [(m, way, n) for way, ns in (("engine", cfg.streams), ("today", cfg.baseline_streams)) for n in ns

@@ -126,7 +126,8 @@ def markdown(result: dict) -> str:
     lines = [f"# bench streams: {cfg['model']} on {where}", "",
              f"Live streams of mixed synthetic scenes (stream i: static, quiet, shapes, busy by i mod 4, each from "
              f"its own offset) at {cfg['fps']:g} fps, {width}x{height} frames, 1-s chunks, window "
-             f"{cfg['window_s']:g} s, compression {'on' if cfg['compression'] else 'off'}, retrieval "
+             f"{cfg['window_s']:g} s, keys and values {'in fp8' if cfg.get('kv_dtype') == 'fp8' else 'as computed'}, "
+             f"compression {'on' if cfg['compression'] else 'off'}, retrieval "
              f"{'on' if cfg['retrieval'] else 'off'} ({cfg['offload_ram_gb']:g} GB RAM per stream). Chunks arrive "
              f"{'spread over each second (stream i at i/N)' if cfg['arrivals'] == 'spread' else 'all at once'}; "
              f"a question to a random stream every {cfg['ask_every_s']:g} s. Per count: {cfg['warmup_s']:g} s of "

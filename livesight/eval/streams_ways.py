@@ -68,7 +68,8 @@ class EngineWay:
         with its checkpoints), its offloaded blocks' representatives."""
         engine, adapter = self.engine, self.engine.adapter
         slab = KVPool.slab_bytes(adapter.num_layers, adapter.num_kv_heads, adapter.head_dim, engine.slab_capacity,
-                                 adapter.dtype.itemsize) + adapter.linear_state_bytes
+                                 adapter.dtype.itemsize, engine.config.kv_dtype, adapter.inv_freq.numel())
+        slab += adapter.linear_state_bytes
         _, tokens = slab_tokens(adapter, engine.config)
         reps = stream_bytes(adapter, engine.slab_capacity, tokens, engine.config)["representatives"]
         return {"cache_mb": round(slab / 2**20, 1), "representatives_mb": round(reps / 2**20, 1),

@@ -25,7 +25,7 @@ import triton.language as tl
 
 from livesight.kernels.attention import chunk_attention, chunk_attention_reference
 from livesight.kernels.dispatch import report
-from livesight.kernels.span_attention import attend_split, merge_splits, split_keys
+from livesight.kernels.span_attention import Fp8Span, attend_split, merge_splits, split_keys
 from livesight.kernels.triton_support import check_device, dot_type, half_on_gpu
 
 use_reference = False  # switch: route every call through the plain-torch reference
@@ -123,8 +123,9 @@ def slab_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
 
 @triton.jit
 def _slab_kernel(Q, K, V, Bias, Table, Out, Lse, sq_h, sq_m, sk_s, sk_h, sk_n, sv_s, sv_h, sv_n, sb_s, num_rows,
-                 groups, keys_per_split, scale_log2, HAS_BIAS: tl.constexpr, DOT: tl.constexpr,
-                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                 groups, keys_per_split, scale_log2, KScale, VScale, Cos, Sin, ss_s, ss_h, st_s,
+                 HAS_BIAS: tl.constexpr, DOT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, FP8: tl.constexpr, HALF: tl.constexpr):
     kv_head, block, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     entry = Table + block * 5
     slab = tl.load(entry).to(tl.int64)  # a pool's layer can pass 2**31 elements
@@ -132,15 +133,20 @@ def _slab_kernel(Q, K, V, Bias, Table, Out, Lse, sq_h, sq_m, sk_s, sk_h, sk_n, s
     attend_split(Q, K + slab * sk_s + kv_head * sk_h, V + slab * sv_s + kv_head * sv_h, Bias + slab * sb_s, Out,
                  Lse, tl.load(entry + 4) + tl.arange(0, BLOCK_M), tl.load(entry + 1), seg_rows, tl.load(entry + 3),
                  kv_head, split, groups, tl.num_programs(0) * groups, num_rows, keys_per_split, sq_h, sq_m, sk_n,
-                 sv_n, scale_log2, Q, Q, Q, Q, HAS_BIAS, DOT, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D)
+                 sv_n, scale_log2, KScale + slab * ss_s + kv_head * ss_h, VScale + slab * ss_s + kv_head * ss_h,
+                 Cos + slab * st_s, Sin + slab * st_s, HAS_BIAS, DOT, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, FP8, HALF)
 
 
 def slab_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, plan: SlabPlan,
-                          key_bias: torch.Tensor | None = None) -> torch.Tensor:
+                          key_bias: torch.Tensor | None = None, fp8: Fp8Span | None = None) -> torch.Tensor:
     """slab_attention_reference's result from the Triton kernel, with no device sync (capturable in a
     CUDA graph). k, v: (S, Hkv, C, D) with any strides but a contiguous last dimension (a layer of
-    the pool); key_bias: (S, C), last dimension contiguous."""
+    the pool); key_bias: (S, C), last dimension contiguous. fp8: k, v are codes; scales (S, Hkv, C, 1), turns
+    (S, C, HALF) contiguous: decoded and turned as the kernel loads them."""
     check_device(q)
+    if fp8 is not None:
+        assert k.dtype == torch.uint8 and fp8.key_scale.stride() == fp8.value_scale.stride()
+        assert fp8.key_scale.stride(2) == 1 and fp8.cos.is_contiguous() and fp8.sin.is_contiguous()
     _, num_heads, num_q, dim = q.shape
     assert q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1
     assert (num_q, num_heads, tuple(k.shape[1:3])) == (plan.num_rows, plan.num_kv * plan.groups,
@@ -151,11 +157,15 @@ def slab_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
     out = torch.empty(plan.num_splits, num_heads, num_q, dim, dtype=torch.float32, device=q.device)
     lse = torch.full((plan.num_splits, num_heads, num_q), float("-inf"), device=q.device)  # padding rows stay so
     grid = (plan.num_kv, plan.table.shape[0], plan.num_splits)
+    companions = (fp8.key_scale, fp8.value_scale, fp8.cos, fp8.sin) if fp8 is not None else (q, q, q, q)
+    strides = (fp8.key_scale.stride(0), fp8.key_scale.stride(1), fp8.cos.stride(0)) if fp8 is not None else (0, 0, 0)
     _slab_kernel[grid](q, k, v, key_bias if key_bias is not None else q, plan.table, out, lse, q.stride(1),
                        q.stride(2), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
                        0 if key_bias is None else key_bias.stride(0), num_q, plan.groups, plan.keys_per_split,
-                       scale * math.log2(math.e), HAS_BIAS=key_bias is not None, DOT=dot_type(q.dtype),
-                       HEAD_DIM=dim, BLOCK_M=plan.block_m, BLOCK_N=64, BLOCK_D=triton.next_power_of_2(max(dim, 16)))
+                       scale * math.log2(math.e), *companions, *strides, HAS_BIAS=key_bias is not None,
+                       DOT=dot_type(q.dtype), HEAD_DIM=dim, BLOCK_M=plan.block_m, BLOCK_N=64,
+                       BLOCK_D=triton.next_power_of_2(max(dim, 16)), FP8=fp8 is not None,
+                       HALF=0 if fp8 is None else fp8.inv_freq.numel())
     return merge_splits(out, lse, q.dtype)
 
 
@@ -172,15 +182,18 @@ def _slab_chunks(q, k, v, scale, segments, key_bias):
 
 
 def slab_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, plan: SlabPlan,
-                   key_bias: torch.Tensor | None = None) -> torch.Tensor:
+                   key_bias: torch.Tensor | None = None, fp8: Fp8Span | None = None) -> torch.Tensor:
     """Dispatch: the reference when switched on; Triton for CUDA half precision; otherwise (the CPU,
     CUDA float32) a chunk_attention call per segment, which reads the plan's host segments (and
-    syncs on key_bias: not for a graph). q: (1, Hq, N, D); k, v: (S, Hkv, C, D); key_bias: (S, C)."""
+    syncs on key_bias: not for a graph). q: (1, Hq, N, D); k, v: (S, Hkv, C, D); key_bias: (S, C).
+    fp8: k, v are an fp8 pool's codes; the Triton kernel decodes them as it loads them, the other paths first."""
+    if fp8 is not None and not (half_on_gpu(q) and not use_reference):
+        k, v = fp8.decode(k, v, q.dtype)
     if use_reference:
         report("slab_attention", "reference")
         return slab_attention_reference(q, k, v, scale, plan.segments, key_bias)
     if half_on_gpu(q):
-        report("slab_attention", "triton")
-        return slab_attention_triton(q, k, v, scale, plan, key_bias)
+        report("slab_attention", "triton-fp8" if fp8 is not None else "triton")
+        return slab_attention_triton(q, k, v, scale, plan, key_bias, fp8)
     report("slab_attention", "chunk-per-segment")
     return _slab_chunks(q, k, v, scale, plan.segments, key_bias)

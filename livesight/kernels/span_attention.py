@@ -45,9 +45,11 @@ class Fp8Span(NamedTuple):
     sin: torch.Tensor
 
     def decode(self, k: torch.Tensor, v: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """Codes k, v (1, Hkv, Lk, D) uint8 -> keys turned to their slots' positions, values, in dtype."""
+        """Codes k, v (1, Hkv, Lk, D) uint8 -> keys turned to their slots' positions, values, in dtype. A pool's
+        layer, (S, Hkv, C, D) with shifts (S, C), decodes every slab."""
         keys = dequantize(k, self.key_scale, dtype)
-        return rotate_keys_reference(keys, self.shift, self.inv_freq), dequantize(v, self.value_scale, dtype)
+        shift = self.shift if self.shift.dim() == 1 else self.shift[:, None, :]
+        return rotate_keys_reference(keys, shift, self.inv_freq), dequantize(v, self.value_scale, dtype)
 
 
 def span_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, start: torch.Tensor,

@@ -87,7 +87,7 @@ class StreamCache(Cache):
     rollback, truncation, snapshot and restore below takes along.
 
     kv_dtype "fp8": keys and values in 8 bits with scales (storage.py: Fp8KV); key_buffer and value_buffer
-    then hold the codes. Not for a KVPool's slab (buffers).
+    then hold the codes.
 
     duo: DuoAttention's streaming heads (headwise.py): the buffers then hold the retrieval heads alone, as one
     storage layer of all layers' (`layout`), and `window` the streaming heads' sink and recent tokens.
@@ -97,11 +97,12 @@ class StreamCache(Cache):
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, capacity: int,
                  inv_freq: torch.Tensor, dtype: torch.dtype, device: torch.device | str,
                  rope_axes: tuple[int, ...] | None = None,
-                 buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                 buffers: tuple[PlainKV | Fp8KV, torch.Tensor] | None = None,
                  layer_of: dict[int, int] | None = None, linear: LinearState | None = None, kv_dtype: str = "model",
                  duo: DuoHeads | None = None):
-        """buffers: (keys, values, key_bias) to use instead of allocating: a slab of a KVPool, views of
-        shapes (num_layers, 1, num_kv_heads, capacity, head_dim) twice and (num_layers, capacity)."""
+        """buffers: (storage, key_bias) to use instead of allocating: a slab of a KVPool, its keys and values
+        (PlainKV or Fp8KV, as kv_dtype says) over views of shape (num_layers, 1, num_kv_heads, capacity,
+        head_dim), and a view (num_layers, capacity)."""
         self.layout = HeadLayout(num_layers, num_kv_heads, duo)
         shape = self.layout.storage_shape(capacity, head_dim)
         self.inv_freq = inv_freq.float().to(device)
@@ -109,17 +110,13 @@ class StreamCache(Cache):
         if self.layout.headwise:
             assert buffers is None, "a head-wise cache allocates its own buffers"
             self.window = StreamingWindow(self.layout, duo.sink, duo.recent, head_dim, dtype, device, self.inv_freq)
-        if kv_dtype == "fp8":
-            assert buffers is None, "an fp8 cache allocates its own buffers"
-            self.kv = Fp8KV(shape, dtype, device, self.inv_freq)
-            self.key_bias = torch.zeros(num_layers, capacity, dtype=dtype, device=device)
+        if buffers is not None:
+            self.kv, self.key_bias = buffers
         else:
-            if buffers is None:
-                buffers = (torch.zeros(shape, dtype=dtype, device=device),
-                           torch.zeros(shape, dtype=dtype, device=device),
-                           torch.zeros(num_layers, capacity, dtype=dtype, device=device))
-            self.kv = PlainKV(buffers[0], buffers[1], self.inv_freq)
-            self.key_bias = buffers[2]
+            self.kv = (Fp8KV.allocate(shape, dtype, device, self.inv_freq) if kv_dtype == "fp8" else
+                       PlainKV(torch.zeros(shape, dtype=dtype, device=device),
+                               torch.zeros(shape, dtype=dtype, device=device), self.inv_freq))
+            self.key_bias = torch.zeros(num_layers, capacity, dtype=dtype, device=device)
         # what is stored (fp8: the codes; head-wise: the retrieval heads)
         self.key_buffer, self.value_buffer = self.kv.keys, self.kv.values
         self.dtype, self.kv_dtype = dtype, kv_dtype  # what attention reads, and how the cache stores it

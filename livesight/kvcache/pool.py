@@ -11,8 +11,11 @@ the padding rows of fixed-shape (graph-captured) steps, so they never touch a st
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from livesight.kernels.quant import quantize
+from livesight.kernels.span_attention import Fp8Span
 from livesight.kvcache.cache import StreamCache
 from livesight.kvcache.linear import LinearPool, LinearState
+from livesight.kvcache.storage import Fp8Buffers, Fp8KV, PlainKV
 
 
 class PoolFullError(RuntimeError):
@@ -33,10 +36,23 @@ class PoolLayer(CacheLayerMixin):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         """key_states, value_states: (1, Hkv, N, D) of a batched step -> the layer's whole pool
-        (S + 1, Hkv, C, D); token i lands at slot slots[i] of slab slabs[i]."""
+        (S + 1, Hkv, C, D); token i lands at slot slots[i] of slab slabs[i]. An fp8 pool's come back as codes,
+        and pool.fp8_span says how to read them."""
         slabs, slots = self.pool.write
-        self.keys[slabs, :, slots] = key_states[0].transpose(0, 1)
-        self.values[slabs, :, slots] = value_states[0].transpose(0, 1)
+        fp8 = self.pool.fp8
+        if fp8 is None:
+            self.keys[slabs, :, slots] = key_states[0].transpose(0, 1)
+            self.values[slabs, :, slots] = value_states[0].transpose(0, 1)
+            return self.keys, self.values
+        layer = self.layer_idx
+        for codes, scales, x in ((fp8.keys, fp8.key_scale, key_states), (fp8.values, fp8.value_scale, value_states)):
+            q, scale = quantize(x[0].transpose(0, 1))
+            codes[layer, slabs, :, slots], scales[layer, slabs, :, slots] = q, scale
+        if layer == 0:  # a new key is at the position it was written at
+            fp8.shift[slabs, slots] = 0
+            fp8.turn[0, slabs, slots], fp8.turn[1, slabs, slots] = 1.0, 0.0
+        self.pool.fp8_span = Fp8Span(fp8.key_scale[layer], fp8.value_scale[layer], fp8.shift, self.pool.spec[3],
+                                     fp8.turn[0], fp8.turn[1])
         return self.keys, self.values
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
@@ -51,17 +67,25 @@ class PoolLayer(CacheLayerMixin):
 
 class KVPool(Cache):
     """key_buffer, value_buffer: (num_layers, num_slabs + 1, num_kv_heads, slab_capacity, head_dim);
-    key_bias: (num_layers, num_slabs + 1, slab_capacity), each slab's padding mask (StreamCache.key_bias)."""
+    key_bias: (num_layers, num_slabs + 1, slab_capacity), each slab's padding mask (StreamCache.key_bias).
+    kv_dtype "fp8": the buffers hold 8-bit codes, `fp8` (storage.py: Fp8Buffers) their scales, shifts and turns."""
 
     def __init__(self, num_slabs: int, num_layers: int, num_kv_heads: int, head_dim: int, slab_capacity: int,
                  inv_freq: torch.Tensor, dtype: torch.dtype, device: torch.device | str,
                  rope_axes: tuple[int, ...] | None = None, layer_of: dict[int, int] | None = None,
-                 linear_pool: LinearPool | None = None):
+                 linear_pool: LinearPool | None = None, kv_dtype: str = "model"):
         """layer_of, linear_pool: a hybrid model's (StreamCache): the model's index of each full-attention
         layer -> its index here, and every stream's linear-attention state, a slab of it per cache taken."""
         shape = (num_layers, num_slabs + 1, num_kv_heads, slab_capacity, head_dim)
-        self.key_buffer = torch.zeros(shape, dtype=dtype, device=device)
-        self.value_buffer = torch.zeros(shape, dtype=dtype, device=device)
+        inv_freq = inv_freq.float().to(device)
+        self.fp8 = Fp8Buffers.allocate(shape, inv_freq.numel(), device) if kv_dtype == "fp8" else None
+        self.fp8_span: Fp8Span | None = None  # in a step: the layer's scales and turns
+        self.kv_dtype = kv_dtype
+        if self.fp8 is not None:
+            self.key_buffer, self.value_buffer = self.fp8.keys, self.fp8.values
+        else:
+            self.key_buffer = torch.zeros(shape, dtype=dtype, device=device)
+            self.value_buffer = torch.zeros(shape, dtype=dtype, device=device)
         self.key_bias = torch.zeros(num_layers, num_slabs + 1, slab_capacity, dtype=dtype, device=device)
         self.num_slabs, self.slab_capacity, self.num_layers = num_slabs, slab_capacity, num_layers
         self.spec = (num_layers, num_kv_heads, head_dim, inv_freq, dtype, device, rope_axes)
@@ -100,8 +124,13 @@ class KVPool(Cache):
         return self.num_slabs
 
     @staticmethod
-    def slab_bytes(num_layers: int, num_kv_heads: int, head_dim: int, slab_capacity: int, itemsize: int) -> int:
-        """Device bytes of one slab: keys, values and the key bias."""
+    def slab_bytes(num_layers: int, num_kv_heads: int, head_dim: int, slab_capacity: int, itemsize: int,
+                   kv_dtype: str = "model", half: int = 0) -> int:
+        """Device bytes of one slab: keys, values and the key bias (fp8: codes, scales, shifts, turns; half: the
+        rotary frequencies)."""
+        if kv_dtype == "fp8":
+            return slab_capacity * (Fp8Buffers.slot_bytes(num_layers, num_kv_heads, head_dim, half)
+                                    + num_layers * itemsize)
         return slab_capacity * num_layers * (2 * num_kv_heads * head_dim + 1) * itemsize
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -115,11 +144,16 @@ class KVPool(Cache):
             raise PoolFullError(f"all {self.num_slabs} slabs are in use")
         slab = self.free.pop(0)
         num_layers, num_kv_heads, head_dim, inv_freq, dtype, device, mrope = self.spec
-        view = (self.key_buffer[:, slab:slab + 1, :, :capacity], self.value_buffer[:, slab:slab + 1, :, :capacity],
-                self.key_bias[:, slab, :capacity])
-        view[2].zero_()
-        cache = StreamCache(num_layers, num_kv_heads, head_dim, capacity, inv_freq, dtype, device, mrope, view,
-                            self.layer_of, None if self.linear_pool is None else self.linear_pool.state(slab))
+        if self.fp8 is not None:
+            storage = Fp8KV(self.fp8.slab(slab, capacity), dtype, inv_freq)
+        else:
+            storage = PlainKV(self.key_buffer[:, slab:slab + 1, :, :capacity],
+                              self.value_buffer[:, slab:slab + 1, :, :capacity], inv_freq)
+        key_bias = self.key_bias[:, slab, :capacity]
+        key_bias.zero_()
+        cache = StreamCache(num_layers, num_kv_heads, head_dim, capacity, inv_freq, dtype, device, mrope,
+                            (storage, key_bias), self.layer_of,
+                            None if self.linear_pool is None else self.linear_pool.state(slab), self.kv_dtype)
         cache.slab = slab
         self.caches[slab] = cache
         return cache

@@ -10,6 +10,8 @@ layer, take slots, move slots to new positions, put retrieved tokens, copy the v
   window would be quantized 16 times, 11 % off (relative L2) instead of 3 %.
 """
 
+from typing import NamedTuple
+
 import torch
 
 from livesight.kernels import rotate_keys
@@ -75,24 +77,54 @@ class PlainKV:
         self.values[:, :, :, :keys.shape[3]] = values
 
 
+class Fp8Buffers(NamedTuple):
+    """What 8-bit keys and values take, for one cache or a pool of them: codes (layers, slabs, heads, capacity,
+    head dim) uint8 for keys and values, scales (layers, slabs, heads, capacity, 1) float32, each slot's shift
+    (slabs, capacity) int64 and its turn's cos and sin (2, slabs, capacity, HALF) float16."""
+    keys: torch.Tensor
+    values: torch.Tensor
+    key_scale: torch.Tensor
+    value_scale: torch.Tensor
+    shift: torch.Tensor
+    turn: torch.Tensor
+
+    @classmethod
+    def allocate(cls, shape: tuple[int, ...], half: int, device) -> "Fp8Buffers":
+        scales = torch.ones(*shape[:-1], 1, dtype=torch.float32, device=device)
+        turn = torch.zeros(2, shape[1], shape[3], half, dtype=torch.float16, device=device)
+        turn[0] = 1
+        return cls(torch.zeros(shape, dtype=torch.uint8, device=device), torch.zeros(shape, dtype=torch.uint8,
+                                                                                      device=device),
+                   scales, scales.clone(), torch.zeros(shape[1], shape[3], dtype=torch.int64, device=device), turn)
+
+    @staticmethod
+    def slot_bytes(num_layers: int, num_kv_heads: int, head_dim: int, half: int) -> int:
+        """One slot's bytes over all layers: codes and scales of keys and values, its shift and turn."""
+        return num_layers * num_kv_heads * 2 * (head_dim + 4) + 8 + 2 * half * 2
+
+    def slab(self, slab: int, capacity: int) -> "Fp8Buffers":
+        """Views of slab `slab`'s first `capacity` slots (slabs dimension kept for the codes and scales)."""
+        return Fp8Buffers(*(x[:, slab:slab + 1, :, :capacity] for x in self[:4]), self.shift[slab, :capacity],
+                          self.turn[:, slab, :capacity])
+
+
 class Fp8KV(PlainKV):
     """keys, values: uint8 codes (layers, 1, heads, capacity, head dim); scales (layers, 1, heads, capacity,
-    1) float32; shift (capacity,): how far each slot's token has moved since its key was written."""
+    1) float32; shift (capacity,): how far each slot's token has moved since its key was written; turn (2,
+    capacity, HALF). Views of Fp8Buffers: a cache's own, or a slab of a pool's."""
 
-    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, device, inv_freq: torch.Tensor):
-        super().__init__(torch.zeros(shape, dtype=torch.uint8, device=device),
-                         torch.zeros(shape, dtype=torch.uint8, device=device), inv_freq)
+    def __init__(self, buffers: Fp8Buffers, dtype: torch.dtype, inv_freq: torch.Tensor):
+        super().__init__(buffers.keys, buffers.values, inv_freq)
         self.dtype = dtype
-        self.key_scale = torch.ones(*shape[:-1], 1, dtype=torch.float32, device=device)
-        self.value_scale = torch.ones_like(self.key_scale)
-        self.shift = torch.zeros(shape[3], dtype=torch.int64, device=device)
-        # each slot's turn, cos and sin of shift x inv_freq (2, capacity, HALF) in float16: what the span kernel
-        # reads instead of computing them (kernels/span_attention.py)
-        self.turn = torch.zeros(2, shape[3], inv_freq.numel(), dtype=torch.float16, device=device)
-        self.turn[0] = 1
+        self.key_scale, self.value_scale, self.shift, self.turn = buffers[2:]
         # whether any slot's shift was ever set nonzero: until then a CPU read skips the turn (a GPU read always
         # turns: a CUDA graph captured before the first move must still turn after it)
         self.moved = False
+
+    @classmethod
+    def allocate(cls, shape: tuple[int, ...], dtype: torch.dtype, device, inv_freq: torch.Tensor) -> "Fp8KV":
+        """A cache's own: shape (layers, 1, heads, capacity, head dim)."""
+        return cls(Fp8Buffers.allocate(shape, inv_freq.numel(), device).slab(0, shape[3]), dtype, inv_freq)
 
     @property
     def nbytes(self) -> int:

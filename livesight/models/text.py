@@ -50,15 +50,15 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     start, key_valid = kwargs.get("livesight_start"), kwargs.get("livesight_key_valid")
     plan = kwargs.get("livesight_plan")
+    cache = kwargs.get("livesight_cache")  # an fp8 cache's or pool's keys arrive as codes, with their scales and turns
+    fp8 = None if cache is None else cache.fp8_span
     if plan is not None:  # a batched step: packed rows of many streams, each over its own slab of the pool
         key_bias = kwargs.get("livesight_key_bias")  # (L, S + 1, C): padding in retrieved slots
-        out = slab_attention(query, key, value, scale, plan, None if key_bias is None else key_bias[layer])
+        out = slab_attention(query, key, value, scale, plan, None if key_bias is None else key_bias[layer], fp8)
     elif start is not None:  # a static step: fixed key span, rows written from slot `start` on
         key_bias = kwargs.get("livesight_key_bias")  # (L, capacity): padding in retrieved slots
-        cache = kwargs.get("livesight_cache")  # an fp8 cache's keys arrive as codes, with their scales and shifts
         out = span_attention(query, key, value, scale, start,
-                             None if key_bias is None else key_bias[layer, :key.shape[-2]],
-                             None if cache is None else cache.fp8_span)
+                             None if key_bias is None else key_bias[layer, :key.shape[-2]], fp8)
     else:
         window = kwargs.get("livesight_window")  # a head-wise cache's streaming heads (kvcache/headwise.py)
         key_valid = None if key_valid is None else key_valid[layer, :key.shape[-2]]
@@ -126,11 +126,11 @@ class TextAdapter:
                            self.dtype, self.device, self.rope_axes, layer_of=self.layer_of,
                            linear=self.new_linear_state(), kv_dtype=kv_dtype, duo=duo)
 
-    def new_pool(self, num_slabs: int, slab_capacity: int) -> KVPool:
-        """The batched engine's pool: a cache slab for each of `num_slabs` streams."""
+    def new_pool(self, num_slabs: int, slab_capacity: int, kv_dtype: str = "model") -> KVPool:
+        """The batched engine's pool: a cache slab for each of `num_slabs` streams, keys and values in kv_dtype."""
         return KVPool(num_slabs, self.num_layers, self.num_kv_heads, self.head_dim, slab_capacity, self.inv_freq,
                       self.dtype, self.device, self.rope_axes, layer_of=self.layer_of,
-                      linear_pool=self.new_linear_pool(num_slabs))
+                      linear_pool=self.new_linear_pool(num_slabs), kv_dtype=kv_dtype)
 
     # A hybrid model's (qwen3_5.py): the model's index of each full-attention layer -> the cache's, and the
     # linear-attention layers' state per stream (a stream's own, a pool's for many, its bytes)
@@ -228,6 +228,7 @@ class TextAdapter:
         pool.write = (slabs, slots)
         try:
             return self.run_layers(embeds, positions, pool, livesight_plan=plan,
-                                livesight_key_bias=pool.key_bias if padded else None)
+                                   livesight_key_bias=pool.key_bias if padded else None,
+                                   livesight_cache=pool if pool.kv_dtype == "fp8" else None)
         finally:
             pool.write = None

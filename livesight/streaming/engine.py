@@ -64,16 +64,13 @@ class Engine:
         # closed is collected
         gc.collect()
         gc.freeze()
-        if config.kv_dtype != "model":
-            raise InputError(f"kv dtype {config.kv_dtype}: the engine's shared pool keeps keys and values in the "
-                             f"model's dtype; 8-bit keys and values serve a single stream's own cache for now")
         if config.duo_gates is not None:
             raise InputError(f"--duo {config.duo_gates}: the engine's shared pool keeps every KV head's whole window; "
                              f"streaming heads serve a single stream's own cache for now")
         self.slab_capacity, tokens_per_chunk = slab_tokens(adapter, config, max_frame)
         check_fits(adapter, self.slab_capacity, tokens_per_chunk, config, num_streams=max_streams)
         check_host_memory(config, max_streams)
-        self.pool = adapter.new_pool(max_streams, self.slab_capacity)
+        self.pool = adapter.new_pool(max_streams, self.slab_capacity, config.kv_dtype)
         self.batch = BatchStep(adapter, self.pool, config.cuda_graphs)
         self.lanes: dict[str, Lane] = {}
         self._ids = itertools.count()

@@ -26,6 +26,7 @@ from livesight.errors import InputError
 from livesight.kvcache import Segment, StreamCache, TokenTable, WindowPolicy
 from livesight.kvcache.blocks import OffloadedBlocks, vision_blocks
 from livesight.kvcache.duo import load_duo
+from livesight.kvcache.pool import KVPool
 from livesight.models.chat import ChatIds
 from livesight.models.qwen2_5_vl import QwenVLAdapter
 from livesight.streaming.chunker import Chunk
@@ -59,8 +60,9 @@ def stream_bytes(adapter: QwenVLAdapter, capacity: int, tokens_per_chunk: int, c
     element = adapter.dtype.itemsize
     retrieval = config.retrieval
     budget = (retrieval.ram_gb + retrieval.disk_gb) * GB if retrieval.enabled else 0
-    return {"cache": capacity * (2 * width + adapter.num_layers) * element  # keys, values, key bias
-            + adapter.linear_state_bytes,  # and a hybrid model's linear-attention state
+    cache = KVPool.slab_bytes(adapter.num_layers, adapter.num_kv_heads, adapter.head_dim, capacity, element,
+                              config.kv_dtype, adapter.inv_freq.numel())  # keys, values, key bias (fp8: and more)
+    return {"cache": cache + adapter.linear_state_bytes,  # and a hybrid model's linear-attention state
             "representatives": int(budget // (2 * width * tokens_per_chunk * element) * width * 4)}  # float32
 
 

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from livesight.models.qwen2_5_vl import QwenVLAdapter
 
 
-def model_facts(adapter: "QwenVLAdapter", size: tuple[int, int], frames_per_chunk: int, kv_dtype: str = "model") -> dict:
+def model_facts(adapter: "QwenVLAdapter", size: tuple[int, int], frames_per_chunk: int,
+                kv_dtype: str = "model") -> dict:
     """What the floor needs of the model: bytes one decode step reads (the layers and the output
     head; the embedding is a lookup), matmul parameters, KV bytes per token (fp8: codes and scales), the
     vision tower's size and patch rows per chunk."""

@@ -48,9 +48,11 @@ class PoolLayer(CacheLayerMixin):
         for codes, scales, x in ((fp8.keys, fp8.key_scale, key_states), (fp8.values, fp8.value_scale, value_states)):
             q, scale = quantize(x[0].transpose(0, 1))
             codes[layer, slabs, :, slots], scales[layer, slabs, :, slots] = q, scale
-        if layer == 0:  # a new key is at the position it was written at
-            fp8.shift[slabs, slots] = 0
-            fp8.turn[0, slabs, slots], fp8.turn[1, slabs, slots] = 1.0, 0.0
+        if layer == 0:  # a new key is at the position it was written at (device tensors: a CUDA graph captures this)
+            fp8.shift[slabs, slots] = torch.zeros(slabs.shape, dtype=fp8.shift.dtype, device=slabs.device)
+            unturned = torch.zeros(2, slabs.shape[0], fp8.turn.shape[-1], dtype=fp8.turn.dtype, device=slabs.device)
+            unturned[0] = 1
+            fp8.turn[:, slabs, slots] = unturned
         self.pool.fp8_span = Fp8Span(fp8.key_scale[layer], fp8.value_scale[layer], fp8.shift, self.pool.spec[3],
                                      fp8.turn[0], fp8.turn[1])
         return self.keys, self.values

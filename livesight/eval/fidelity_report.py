@@ -19,15 +19,17 @@ def name(policy: str) -> str:
     return NAMES[base] + (f", {float(share):.0%} of KV heads streaming" if share else "")
 
 
-def shares(text: str) -> tuple[float, ...]:
-    """--duo-sparsity's comma-separated shares."""
-    try:
-        values = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected shares such as 0.25,0.5,0.75, got {text!r}") from None
-    if not values or not all(0 < v <= 1 for v in values):
-        raise argparse.ArgumentTypeError(f"each share must be above 0 and at most 1, got {text!r}")
-    return values
+class Shares(Bound):
+    """--duo-sparsity's shares of KV heads, comma-separated, each above 0 and at most 1: '0.25,0.5' -> (0.25, 0.5)."""
+
+    def __init__(self):
+        super().__init__(float, 0, 1, low_open=True, why="the share of KV heads that stream")
+
+    def __call__(self, text: str) -> tuple[float, ...]:
+        try:
+            return tuple(self.parse(part) for part in text.split(","))
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{err} in {text!r}: write shares like 0.25,0.5,0.75") from None
 
 
 # SmolLM2-135M caches about 46 KB per token in float32: the dense policy's cache holds every token.
@@ -54,8 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "a scale per head and token; the oracle stays the stock model) (default %(default)s)")
     parser.add_argument("--duo", metavar="GATES", default=None,
                         help="DuoAttention gates (`livesight calibrate duo`'s folder or duo_gates.json): adds sink + "
-                             "window rows, and passkey rows with retrieval, with shares of the KV heads streaming")
-    parser.add_argument("--duo-sparsity", type=shares, default=d.duo_sparsities,
+                             "window rows, and passkey rows with retrieval, with shares of the KV heads streaming (default: none)")
+    parser.add_argument("--duo-sparsity", type=Shares(), default=d.duo_sparsities,
                         help="with --duo, the shares of KV heads that stream (default 0.25,0.5,0.75)")
     parser.add_argument("--out", default="out/fidelity",
                         help="folder for fidelity.json, fidelity.md, fidelity.png, created if missing (default "

@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the stream's keys and values as the model computes them, or fp8 (default %(default)s)")
     parser.add_argument("--duo", metavar="GATES", default=None,
                         help="DuoAttention gates (`livesight calibrate duo`'s folder or duo_gates.json): the heads "
-                             "they mark keep only the stream's first and latest tokens")
+                             "they mark keep only the stream's first and latest tokens (default: none)")
     parser.add_argument("--duo-sparsity", type=ENGINE["duo_sparsity"], default=d.duo_sparsity,
                         help="with --duo, the share of KV heads that stream (default %(default)s)")
     parser.add_argument("--out", default="out/speed",

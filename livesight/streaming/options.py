@@ -117,6 +117,7 @@ DEFAULTS: dict[str, Any] = {
     "offload_disk_gb": _R.disk_gb, "offload_dir": _R.folder,
     "reuse": _C.reuse, "reuse_threshold": _C.reuse_threshold, "prune": _C.prune, "keep_ratio": _C.keep_ratio,
     "keep_floor": _C.keep_floor, "prune_threshold": _C.prune_threshold, "partial": _C.partial,
+    "kv_dtype": _S.kv_dtype,
 }
 
 
@@ -172,6 +173,9 @@ def add_engine_args(p: argparse.ArgumentParser, narrate: bool = True, answer_tok
     add_compression_args(p)
     p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=d["cuda_graphs"],
                    help="on a GPU, replay vision passes and language-model steps from CUDA graphs (default: on)")
+    p.add_argument("--kv-dtype", choices=KV_DTYPES, default=d["kv_dtype"],
+                   help="keys and values as the model computes them, or fp8: 8 bits with a scale per head and "
+                        "token, about half the bytes per stream (default %(default)s)")
 
 
 def add_compression_args(p: argparse.ArgumentParser) -> None:
@@ -209,6 +213,8 @@ def build_config(values: Mapping[str, Any], names: Mapping[str, str] | None = No
             raise InputError(f"{name(dest)}: expected true or false, got {_shown(v[dest])}")
         return v[dest]
 
+    if v["kv_dtype"] not in KV_DTYPES:
+        raise InputError(f"{name('kv_dtype')}: expected {' or '.join(KV_DTYPES)}, got {_shown(v['kv_dtype'])}")
     if v["retrieve_scope"] not in ("layer", "global"):
         raise InputError(f"{name('retrieve_scope')}: expected layer or global, got {_shown(v['retrieve_scope'])}")
     folder = v["offload_dir"]
@@ -227,7 +233,7 @@ def build_config(values: Mapping[str, Any], names: Mapping[str, str] | None = No
                              text_sink=num("text_sink"), text_window=num("text_window"), narrate=yes("narrate"),
                              narrate_tokens=num("narrate_tokens"), answer_tokens=num("answer_tokens"),
                              max_pixels=num("max_pixels"), retrieval=retrieval, compression=compression,
-                             cuda_graphs=yes("cuda_graphs"))
+                             cuda_graphs=yes("cuda_graphs"), kv_dtype=v["kv_dtype"])
     except ValueError as err:  # the dataclasses' checks across fields
         raise InputError(str(err)) from None
 

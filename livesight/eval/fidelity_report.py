@@ -8,7 +8,7 @@ from livesight.eval import report
 from livesight.eval.config import DUO, KV_DTYPES, FidelityConfig
 from livesight.eval.output import writable_folder
 from livesight.progress import progress
-from livesight.streaming.options import Bound
+from livesight.streaming.options import Bound, check_gates_path
 
 NAMES = {"dense": "dense (full cache)", "window": "window only", "sink+window": "sink + window",
          "recompute": "sliding-window recompute (oracle)", "sink+window+retrieval": "sink + window + retrieval"}
@@ -56,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "a scale per head and token; the oracle stays the stock model) (default %(default)s)")
     parser.add_argument("--duo", metavar="GATES", default=None,
                         help="DuoAttention gates (`livesight calibrate duo`'s folder or duo_gates.json): adds sink + "
-                             "window rows, and passkey rows with retrieval, with shares of the KV heads streaming (default: none)")
+                             "window rows, and passkey rows with retrieval, with shares of the KV heads streaming "
+                             "(default: none)")
     parser.add_argument("--duo-sparsity", type=Shares(), default=d.duo_sparsities,
                         help="with --duo, the shares of KV heads that stream (default 0.25,0.5,0.75)")
     parser.add_argument("--out", default="out/fidelity",
@@ -127,6 +128,7 @@ def main(args) -> int:
     except ValueError as err:
         raise InputError(str(err)) from None
     writable_folder(args.out)
+    check_gates_path(args.duo)
     from livesight.eval.fidelity import num_phases, run_fidelity  # torch: once the flags are known to be good
     from livesight.models.registry import load_adapter
     from livesight.models.loader import SMOLLM2, load_smollm2

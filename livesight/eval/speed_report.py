@@ -9,7 +9,7 @@ from livesight.eval import report
 from livesight.eval.config import SpeedConfig
 from livesight.eval.output import writable_folder
 from livesight.progress import progress
-from livesight.streaming.options import ENGINE, KV_DTYPES, Bound, resolve_device
+from livesight.streaming.options import ENGINE, KV_DTYPES, Bound, check_gates_path, resolve_device
 from livesight.vision.synthetic import SCENES
 
 
@@ -59,6 +59,7 @@ def main(args) -> int:
                       peak_tflops=args.peak_tflops, kv_dtype=args.kv_dtype, duo_gates=args.duo,
                       duo_sparsity=args.duo_sparsity)
     writable_folder(args.out)
+    check_gates_path(cfg.duo_gates)
     adapter = load_adapter(cfg.model, cfg.device)
     if cfg.duo_gates is not None:  # the gates must fit the model before the baselines' minutes
         from livesight.kvcache.duo import load_duo

@@ -121,6 +121,13 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+def check_gates_path(path: str | None) -> None:
+    """--duo's gates before any model loads: a file or a folder that exists (kvcache/duo.py reads it)."""
+    if path is not None and not os.path.exists(path):
+        raise InputError(f"--duo {path}: no such file or folder; give the folder `livesight calibrate duo --out` "
+                         f"wrote, or its duo_gates.json")
+
+
 def flag(dest: str) -> str:
     return "--" + dest.replace("_", "-")
 

@@ -110,6 +110,8 @@ def test_numbers_out_of_bounds_are_refused_in_one_line(capsys, command, flag):
     (["bench", "compression", "--scenes", "quiet,windy"], "bad --scenes"),
     (["bench", "compression", "--size", "64x9"], "--size height: expected a whole number from 32"),
     (["bench", "fidelity", "--tokens", "100"], "--tokens (100) must exceed the window"),
+    (["bench", "fidelity", "--duo", "/nonexistent"], "--duo /nonexistent: no such file or folder"),
+    (["bench", "speed", "--duo", "/nonexistent", "--out", "OUT"], "--duo /nonexistent: no such file or folder"),
     (["eval", "vqa", "--data", "/nonexistent.jsonl", "--videos", ".", "--out", "OUT"], "no such file"),
 ])
 def test_bad_input_is_refused_before_torch_is_imported(tmp_path, argv, message):

@@ -127,8 +127,8 @@ def main(args) -> int:
                                 duo_gates=args.duo, duo_sparsities=args.duo_sparsity)
     except ValueError as err:
         raise InputError(str(err)) from None
-    writable_folder(args.out)
     check_gates_path(args.duo)
+    writable_folder(args.out)
     from livesight.eval.fidelity import num_phases, run_fidelity  # torch: once the flags are known to be good
     from livesight.models.registry import load_adapter
     from livesight.models.loader import SMOLLM2, load_smollm2

@@ -52,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
+    check_gates_path(args.duo)  # before torch: a mistake costs no import
     from livesight.eval.speed import run_baseline, run_engine, summarize
     from livesight.models.registry import load_adapter
     cfg = SpeedConfig(args.model, resolve_device(args.device), args.seconds, args.baseline_seconds, args.fps,
@@ -59,7 +60,6 @@ def main(args) -> int:
                       peak_tflops=args.peak_tflops, kv_dtype=args.kv_dtype, duo_gates=args.duo,
                       duo_sparsity=args.duo_sparsity)
     writable_folder(args.out)
-    check_gates_path(cfg.duo_gates)
     adapter = load_adapter(cfg.model, cfg.device)
     if cfg.duo_gates is not None:  # the gates must fit the model before the baselines' minutes
         from livesight.kvcache.duo import load_duo

@@ -68,11 +68,6 @@ class HeadLayout:
                 for heads in (self.retrieval[layer], self.streaming[layer]))
         return self._query_index[key]
 
-    def part(self, x: torch.Tensor, layer: int) -> torch.Tensor:
-        """x (storage layers, storage heads, ...) -> layer `layer`'s heads (h, ...)."""
-        storage_layer, heads = self.at(layer)
-        return x[storage_layer, heads]
-
     def assemble(self, parts: list[torch.Tensor]) -> torch.Tensor:
         """Each layer's (h, ...) -> the storage layout (storage layers, storage heads, ...)."""
         return torch.stack(parts) if not self.headwise else torch.cat(parts)[None]

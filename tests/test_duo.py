@@ -98,3 +98,12 @@ def test_calibration_prompts_end_with_their_own_key_but_its_last_token():
         head, tail = loaded.tokenizer.decode(ids).rsplit(QUESTION, 1)
         key = re.search(r"The pass key is (\d{5})\.", head).group(1)
         assert tail == " " + key[:-1]
+
+
+def test_the_gates_table_marks_the_heads_that_stream_at_half():
+    from livesight.train.duo_config import markdown
+    result = {"model": "m", "gates": [[0.9, 0.1], [0.2, 0.8]], "data": "d", "seconds": 1.0,
+              "settings": {"steps": 1, "lr": 0.1, "l1": 0.05, "sink": 4, "recent": 64},
+              "history": [{"distill": 0.01, "mean_gate": 0.5}]}
+    text = markdown(result)
+    assert "| 0 | 0.90 0.10* |" in text and "| 1 | 0.20* 0.80 |" in text

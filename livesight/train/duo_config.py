@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def markdown(result: dict) -> str:
-    from livesight.train.duo import streaming_heads
+    from livesight.kvcache.duo import streaming_heads
     import torch
     gates = torch.tensor(result["gates"])
     chosen = streaming_heads(gates, 0.5)

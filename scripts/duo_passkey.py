@@ -4,8 +4,8 @@ streaming (sink + recent keys) with the gates made hard, against every head full
 and the same number of streaming heads chosen at random. Scored by teacher forcing: a trial counts when
 the model's greedy choice is right at each of the key's tokens.
 
-    PYTHONPATH=. python scripts/duo_passkey.py --gates results/duo/smollm2-cpu-2core/duo_gates.json \\
-        [--sparsity 0.5] [--trials 10] [--out results/duo/smollm2-cpu-2core/passkey.json]
+    PYTHONPATH=. python scripts/duo_passkey.py --gates results/duo/smollm2-1000tok-cpu-2core/duo_gates.json \\
+        [--sparsity 0.5] [--trials 10] [--out results/duo/smollm2-1000tok-cpu-2core/passkey.json]
 """
 
 import argparse

@@ -46,6 +46,8 @@ class StreamLayer(CacheLayerMixin):
         if self.owner.static_write is not None:
             assert window is None, "a head-wise cache takes no static steps"
             slots, num_keys = self.owner.static_write
+            if self.layer_idx == 0:
+                kv.fresh(slots)
             kv.write(layer, slots, key_states, value_states)
             if isinstance(kv, Fp8KV):  # the codes: the span kernel decodes them as it loads them
                 keys, values, self.owner.fp8_span = kv.span(layer, num_keys)
@@ -62,6 +64,8 @@ class StreamLayer(CacheLayerMixin):
         if end > self.owner.capacity:
             raise CacheFullError(f"step of {key_states.shape[-2]} tokens overflows the cache "
                                  f"({start}/{self.owner.capacity})")
+        if self.layer_idx == 0:
+            kv.fresh(slice(start, end))
         kv.write(layer, slice(start, end), key_states, value_states, heads)
         if self.layer_idx == self.owner.num_layers - 1:
             self.owner.length = end

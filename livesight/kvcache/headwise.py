@@ -19,6 +19,7 @@ window.
 import torch
 
 from livesight.kernels import rotate_keys
+from livesight.kvcache.checkpoints import Checkpoints
 from livesight.kvcache.duo import DuoHeads
 from livesight.kvcache.table import Segment, TokenTable
 
@@ -92,7 +93,8 @@ class StreamingWindow:
         self.low = 0  # the oldest number the ring still holds
         self._step: tuple[int, int, int] | None = None  # the unrecorded step: (tokens, to the sink, to the ring)
         self.attending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> its step's keys, values
-        self._checkpoints: dict[int, tuple[int, int]] = {}  # cache length -> (num_sink, count) before that step
+        self._checkpoints = Checkpoints(keep, "streaming-head state")  # (num_sink, count) before each step
+        self._held: tuple[tuple[int, int, int], torch.Tensor] | None = None  # (counts, slots on the device)
 
     @property
     def nbytes(self) -> int:
@@ -102,10 +104,17 @@ class StreamingWindow:
         """The slots of numbers first .. end - 1."""
         return self.sink + torch.arange(first, end) % self.ring
 
-    def _held(self) -> torch.Tensor:
-        """The slots a step sees: the sink, then the window (the latest `recent` numbers)."""
-        window = self._slots(max(self.low, self.count - self.recent), self.count)
-        return torch.cat([torch.arange(self.num_sink), window])
+    def _window(self) -> torch.Tensor:
+        """The window's slots: the latest `recent` numbers the ring holds."""
+        return self._slots(max(self.low, self.count - self.recent), self.count)
+
+    def _held_slots(self) -> torch.Tensor:
+        """The slots a step sees, the sink's then the window's, on the device: made once per step, not per layer."""
+        counts = (self.num_sink, self.count, self.low)
+        if self._held is None or self._held[0] != counts:
+            slots = torch.cat([torch.arange(self.num_sink), self._window()])
+            self._held = counts, slots.to(self.keys.device, non_blocking=True)
+        return self._held[1]
 
     def write(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """A step's keys and values (1, s, n, D) of layer `layer`'s streaming heads -> `attending[layer]`: the
@@ -113,7 +122,7 @@ class StreamingWindow:
         n = keys.shape[2]
         to_sink = min(n, self.sink - self.num_sink)
         self._step = (n, to_sink, min(n - to_sink, self.recent))
-        heads, held = self.layout.stream_heads(layer), self._held().to(self.keys.device)
+        heads, held = self.layout.stream_heads(layer), self._held_slots()
         self.attending[layer] = tuple(torch.cat([buffer[heads][:, held][None], x], dim=2)
                                       for buffer, x in ((self.keys, keys), (self.values, values)))
 
@@ -147,9 +156,8 @@ class StreamingWindow:
         live = torch.nonzero(table.segment != Segment.RETRIEVED).squeeze(1)
         order = torch.argsort(table.seq[live])
         seqs, positions = table.seq[live][order], table.pos[0, live][order]
-        window = self._slots(max(self.low, self.count - self.recent), self.count)
         kept = []
-        for slots, start in ((torch.arange(self.num_sink), 0), (window, self.sink)):
+        for slots, start in ((torch.arange(self.num_sink), 0), (self._window(), self.sink)):
             if len(seqs) and len(slots):
                 held = self.seq[slots]
                 where = torch.searchsorted(seqs, held).clamp(max=len(seqs) - 1)
@@ -189,21 +197,16 @@ class StreamingWindow:
     def checkpoint(self, length: int) -> None:
         """Before a step that starts at cache length `length`: two counts (the ring still holds what a few
         steps push out)."""
-        self._checkpoints.pop(length, None)
-        self._checkpoints[length] = (self.num_sink, self.count)
-        while len(self._checkpoints) > self.keep:
-            self._checkpoints.pop(next(iter(self._checkpoints)))
+        self._checkpoints.put(length, (self.num_sink, self.count))
 
     def back_to(self, length: int) -> None:
         """As before the step that started at cache length `length` (decode steps taken back)."""
-        saved = self._checkpoints.get(length)
-        if saved is None or max(0, saved[1] - self.recent) < self.low:
+        num_sink, count = self._checkpoints.back_to(length)
+        if max(0, count - self.recent) < self.low:
             raise RuntimeError(f"the streaming heads cannot go back to cache length {length}: more than {SLACK} "
-                               f"tokens were recorded since (kept: {sorted(self._checkpoints)})")
-        self.num_sink, self.count = saved
+                               f"tokens were recorded since")
+        self.num_sink, self.count = num_sink, count
         self.discard()
-        for later in [n for n in self._checkpoints if n >= length]:
-            del self._checkpoints[later]
 
     def forget_checkpoints(self) -> None:
         self._checkpoints.clear()

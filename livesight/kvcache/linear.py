@@ -13,6 +13,8 @@ Its size does not grow with the stream: the recurrent state is (heads, key dim, 
 
 import torch
 
+from livesight.kvcache.checkpoints import Checkpoints
+
 
 class LinearPool:
     """Every stream's linear-attention state in two tensors, (slabs, layers, ...), for the batched engine:
@@ -46,7 +48,7 @@ class LinearState:
 
     def __init__(self, conv: torch.Tensor, recurrent: torch.Tensor, keep: int):
         self.conv, self.recurrent, self.keep = conv, recurrent, keep
-        self._checkpoints: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # cache length -> copies, oldest first
+        self._checkpoints = Checkpoints(keep, "linear-attention state")
 
     @classmethod
     def allocate(cls, num_layers: int, channels: int, tail: int, heads: int, key_dim: int, value_dim: int,
@@ -74,20 +76,12 @@ class LinearState:
 
     def checkpoint(self, length: int) -> None:
         """The state as it is before a step that starts at cache length `length`."""
-        self._checkpoints.pop(length, None)
-        self._checkpoints[length] = self.snapshot()
-        while len(self._checkpoints) > self.keep:
-            self._checkpoints.pop(next(iter(self._checkpoints)))
+        self._checkpoints.put(length, self.snapshot())
 
     def back_to(self, length: int) -> None:
         """The state as it was before the step that started at cache length `length`; later checkpoints
         are dropped. Raises if that step is older than the last `keep`."""
-        if length not in self._checkpoints:
-            raise RuntimeError(f"no linear-attention state kept for cache length {length} "
-                               f"(kept: {sorted(self._checkpoints)})")
-        self.put(self._checkpoints[length])
-        for later in [n for n in self._checkpoints if n >= length]:
-            del self._checkpoints[later]
+        self.put(self._checkpoints.back_to(length))
 
     def forget_checkpoints(self) -> None:
         """The cache was rearranged (compaction, retrieval): its old lengths no longer name steps."""

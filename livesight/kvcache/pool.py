@@ -15,7 +15,7 @@ from livesight.kernels.quant import quantize
 from livesight.kernels.span_attention import Fp8Span
 from livesight.kvcache.cache import StreamCache
 from livesight.kvcache.linear import LinearPool, LinearState
-from livesight.kvcache.storage import Fp8Buffers, Fp8KV, PlainKV
+from livesight.kvcache.storage import Fp8Buffers, Fp8KV, PlainKV, unturned
 
 
 class PoolFullError(RuntimeError):
@@ -50,10 +50,8 @@ class PoolLayer(CacheLayerMixin):
             codes[layer, slabs, :, slots], scales[layer, slabs, :, slots] = q, scale
         if layer == 0:  # a new key is at the position it was written at (device tensors: a CUDA graph captures this)
             fp8.shift[slabs, slots] = torch.zeros(slabs.shape, dtype=fp8.shift.dtype, device=slabs.device)
-            unturned = torch.zeros(2, slabs.shape[0], fp8.turn.shape[-1], dtype=fp8.turn.dtype, device=slabs.device)
-            unturned[0] = 1
-            fp8.turn[:, slabs, slots] = unturned
-        self.pool.fp8_span = Fp8Span(fp8.key_scale[layer], fp8.value_scale[layer], fp8.shift, self.pool.spec[3],
+            fp8.turn[:, slabs, slots] = unturned(slabs.shape[0], fp8.turn.shape[-1], slabs.device)
+        self.pool.fp8_span = Fp8Span(fp8.key_scale[layer], fp8.value_scale[layer], fp8.shift, self.pool.inv_freq,
                                      fp8.turn[0], fp8.turn[1])
         return self.keys, self.values
 
@@ -91,6 +89,7 @@ class KVPool(Cache):
         self.key_bias = torch.zeros(num_layers, num_slabs + 1, slab_capacity, dtype=dtype, device=device)
         self.num_slabs, self.slab_capacity, self.num_layers = num_slabs, slab_capacity, num_layers
         self.spec = (num_layers, num_kv_heads, head_dim, inv_freq, dtype, device, rope_axes)
+        self.inv_freq = inv_freq
         self.free = list(range(num_slabs))
         self.write: tuple[torch.Tensor, torch.Tensor] | None = None  # (slabs (N,), slots (N,)) during a step
         self.layer_of, self.linear_pool = layer_of, linear_pool

@@ -28,6 +28,13 @@ def _put(buffer: torch.Tensor, slots, x: torch.Tensor) -> None:
         buffer[..., slots, :] = x
 
 
+def unturned(n: int, half: int, device) -> torch.Tensor:
+    """The turn tables of n slots whose keys are at the positions they were written at: cos 1, sin 0 (2, n, half)."""
+    turn = torch.zeros(2, n, half, dtype=torch.float16, device=device)
+    turn[0] = 1
+    return turn
+
+
 class PlainKV:
     """keys, values: (layers, 1, heads, capacity, head dim) in the model's dtype."""
 
@@ -48,6 +55,10 @@ class PlainKV:
     def read(self, layer: int, end: int, heads: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
         """Slots 0 .. end - 1 of layer `layer`'s `heads` -> keys, values (1, h, end, D), keys at current positions."""
         return self.keys[layer, :, heads, :end], self.values[layer, :, heads, :end]
+
+    def fresh(self, slots) -> None:
+        """Slots (a slice, or (n,) indices) about to take a step's new tokens, once per step (the 8-bit kind
+        resets their turns)."""
 
     def take(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Slots `index` (n,) of every layer -> keys, values (layers, 1, heads, n, D), copies."""
@@ -91,8 +102,7 @@ class Fp8Buffers(NamedTuple):
     @classmethod
     def allocate(cls, shape: tuple[int, ...], half: int, device) -> "Fp8Buffers":
         scales = torch.ones(*shape[:-1], 1, dtype=torch.float32, device=device)
-        turn = torch.zeros(2, shape[1], shape[3], half, dtype=torch.float16, device=device)
-        turn[0] = 1
+        turn = unturned(shape[1] * shape[3], half, device).view(2, shape[1], shape[3], half)
         return cls(torch.zeros(shape, dtype=torch.uint8, device=device), torch.zeros(shape, dtype=torch.uint8,
                                                                                       device=device),
                    scales, scales.clone(), torch.zeros(shape[1], shape[3], dtype=torch.int64, device=device), turn)
@@ -136,12 +146,12 @@ class Fp8KV(PlainKV):
             q, s = quantize(x)
             _put(codes[layer, :, heads], slots, q)
             _put(scales[layer, :, heads], slots, s)
-        if layer == 0 and heads.start in (None, 0):
-            _put(self.shift[None, :, None], slots, torch.zeros(1, keys.shape[2], 1, dtype=torch.int64,
-                                                                device=self.shift.device))
-            unturned = torch.zeros(2, keys.shape[2], self.turn.shape[2], dtype=self.turn.dtype, device=self.turn.device)
-            unturned[0] = 1
-            _put(self.turn, slots, unturned)
+
+    def fresh(self, slots) -> None:
+        n = slots.numel() if isinstance(slots, torch.Tensor) else slots.stop - slots.start
+        device = self.shift.device
+        _put(self.shift[None, :, None], slots, torch.zeros(1, n, 1, dtype=torch.int64, device=device))
+        _put(self.turn, slots, unturned(n, self.turn.shape[2], device))
 
     def _decode(self, keys, key_scale, values, value_scale, shift) -> tuple[torch.Tensor, torch.Tensor]:
         keys = dequantize(keys, key_scale, self.dtype)
@@ -177,8 +187,10 @@ class Fp8KV(PlainKV):
         self.moved = self.moved or delta is not None
 
     def put(self, start: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        slots = slice(start, start + keys.shape[2])
+        self.fresh(slots)
         for layer in range(keys.shape[0]):
-            self.write(layer, slice(start, start + keys.shape[2]), keys[layer, None], values[layer, None])
+            self.write(layer, slots, keys[layer, None], values[layer, None])
 
     def copy(self, n: int) -> tuple:
         return tuple(buffer[..., :n, :].clone() for buffer in (self.keys, self.key_scale, self.values,

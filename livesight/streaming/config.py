@@ -67,7 +67,7 @@ class SessionConfig:
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     cuda_graphs: bool = True  # on a GPU, replay vision passes and language-model steps from CUDA graphs
     # how a stream's cache stores keys and values: as the model computes them, or "fp8" (kvcache/storage.py;
-    # a Session's own cache only, for now: the batched engine's pool keeps the model's dtype)
+    # a Session's own cache and the batched engine's pool alike)
     kv_dtype: str = "model"
     # DuoAttention (kvcache/duo.py): a gates file from `livesight calibrate duo`, and the share of KV heads that
     # stream (keep the sink and the latest tokens only); None: every head keeps the whole window

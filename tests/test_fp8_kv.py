@@ -51,6 +51,22 @@ def test_a_key_moved_many_times_is_rounded_once():
     assert torch.equal(got_values, dequantize(*quantize(values), torch.float32))
 
 
+def test_keys_put_where_moved_keys_were_are_read_unturned():
+    """Retrieval's insertion writes new keys into slots whose earlier tokens had moved: the new keys come back
+    at the positions they were put at (one rounding), not turned by what the slots held before."""
+    inv_freq = 1.0 / (1e4 ** (torch.arange(0, 32, 2).float() / 32))
+    g = torch.Generator().manual_seed(2)
+    store = Fp8KV.allocate((2, 1, 2, 40, 32), torch.float32, "cpu", inv_freq)
+    store.put(0, torch.randn(2, 2, 40, 32, generator=g), torch.randn(2, 2, 40, 32, generator=g))
+    store.move(torch.arange(10, 30), 20, torch.full((20,), 9))  # slots 20 .. 39 turned by 9
+    keys, values = torch.randn(2, 2, 10, 32, generator=g), torch.randn(2, 2, 10, 32, generator=g)
+    store.put(25, keys, values)  # into slots whose shift is 9
+    got, got_values = store.take(torch.arange(25, 35))
+    torch.testing.assert_close(got[:, 0], dequantize(*quantize(keys), torch.float32))
+    torch.testing.assert_close(got_values[:, 0], dequantize(*quantize(values), torch.float32))
+    assert bool((store.shift[25:35] == 0).all()) and bool((store.shift[20:25] == 9).all())
+
+
 def _session(tiny, kv_dtype: str, **changes) -> Session:
     config = SessionConfig(vision_window_s=3.0, text_sink=6, text_window=10, narrate_tokens=4, answer_tokens=4,
                            system_prompt="sys", retrieval=RetrievalConfig(top_k=2, scope="global"),

@@ -123,7 +123,9 @@ def test_streaming_heads_take_less_memory_and_sparsity_zero_is_todays_cache_bit_
     assert layout.num_retrieval + layout.num_streaming == layout.num_layers * layout.num_kv_heads
     assert half.cache.key_buffer.shape[2] == layout.num_retrieval and half.cache.key_buffer.shape[3] == capacity
     per_head_slot = 2 * half.cache.key_buffer.shape[-1] * 4  # keys and values, float32
-    assert half.cache.nbytes == per_head_slot * (layout.num_retrieval * capacity + layout.num_streaming * (3 + 8 + SLACK))
+    streaming_slots = 3 + 8 + SLACK  # sink, recent and the ring's slack
+    slots = layout.num_retrieval * capacity + layout.num_streaming * streaming_slots
+    assert half.cache.nbytes == per_head_slot * slots
     assert half.cache.nbytes < 0.75 * plain.cache.nbytes
 
 
@@ -138,4 +140,10 @@ def test_a_gates_file_is_checked_by_name(tiny, tmp_path):
     (tmp_path / "other.json").write_text(json.dumps({"gates": [[0.5]], "settings": {"sink": 4, "recent": 8}}))
     with pytest.raises(InputError, match=r"--duo .*\(1, 1\).*calibrate gates for this model"):
         load_duo(str(tmp_path / "other.json"), 0.5, *dims)
+    for settings, gates in (({"sink": 4, "recent": 10**9}, [[0.5] * dims[1]] * dims[0]),
+                            ({"sink": -1, "recent": 8}, [[0.5] * dims[1]] * dims[0]),
+                            ({"sink": 4, "recent": 8}, [[float("nan")] * dims[1]] * dims[0])):
+        (tmp_path / "odd.json").write_text(json.dumps({"gates": gates, "settings": settings}))
+        with pytest.raises(InputError, match="--duo .*must be within 0..4096 and 1..8192"):
+            load_duo(str(tmp_path / "odd.json"), 0.5, *dims)
     assert load_duo(_gates(tmp_path, tiny, 4, 8), 1.0, *dims).fraction == 1.0

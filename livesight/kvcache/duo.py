@@ -53,6 +53,9 @@ def load_duo(path: str, sparsity: float, num_layers: int, num_kv_heads: int) -> 
                          f"and give DIR or DIR/duo_gates.json") from None
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise InputError(f"--duo {path}: not a gates file written by `livesight calibrate duo` ({err})") from None
+    if not (0 <= sink <= 4096 and 1 <= recent <= 8192 and bool(torch.isfinite(gates).all())):
+        raise InputError(f"--duo {path}: sink {sink} and recent {recent} must be within 0..4096 and 1..8192, and "
+                         f"every gate a finite number; calibrate again")
     if tuple(gates.shape) != (num_layers, num_kv_heads):
         raise InputError(f"--duo {path}: gates for {tuple(gates.shape)} (layers, KV heads), but this model has "
                          f"({num_layers}, {num_kv_heads}); calibrate gates for this model")

@@ -15,11 +15,14 @@ from transformers import AttentionInterface
 from conftest import make_chunks
 from livesight.errors import InputError
 from livesight.kvcache.duo import load_duo
-from livesight.kvcache.headwise import SLACK
+from livesight.kvcache.headwise import SLACK, STEP_ROWS
 from livesight.kvcache.table import Segment
 from livesight.models.qwen2_5_vl import QwenVLAdapter
 from livesight.streaming.config import CompressionConfig, RetrievalConfig, SessionConfig
+from livesight.kernels.span_attention import StreamingSpan, span_attention, span_attention_reference
+from livesight.kernels.span_attention import span_attention_triton
 from livesight.streaming.session import Session
+from livesight.streaming.static_step import StaticStep, row_bucket
 from test_equivalence import run_lockstep
 
 MASKED = "lockstep_headwise"
@@ -127,6 +130,9 @@ def test_streaming_heads_take_less_memory_and_sparsity_zero_is_todays_cache_bit_
     slots = layout.num_retrieval * capacity + layout.num_streaming * streaming_slots
     assert half.cache.nbytes == per_head_slot * slots
     assert half.cache.nbytes < 0.75 * plain.cache.nbytes
+    StaticStep(half.adapter, half.cache, graphs=False)  # fixed-shape steps: the streaming heads' step area
+    rows = min(STEP_ROWS, row_bucket(capacity))
+    assert half.cache.nbytes == per_head_slot * (slots + layout.num_streaming * rows)
 
 
 def test_a_gates_file_is_checked_by_name(tiny, tmp_path):
@@ -147,3 +153,99 @@ def test_a_gates_file_is_checked_by_name(tiny, tmp_path):
         with pytest.raises(InputError, match="--duo .*must be within 0..4096 and 1..8192"):
             load_duo(str(tmp_path / "odd.json"), 0.5, *dims)
     assert load_duo(_gates(tmp_path, tiny, 4, 8), 1.0, *dims).fraction == 1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 5, 40])
+def test_one_kernel_launch_attends_both_kinds_of_heads_as_two_span_references(dtype, rows):
+    """A layer of 4 KV heads (2 query heads each), KV heads 0 and 3 retrieval, 1 and 2 streaming, in one launch:
+    each kind's query heads equal the span reference over that kind's keys (the retrieval heads' span with its
+    padding bias; the streaming heads' sink and ring with held_bias, then the step's rows causally)."""
+    g = torch.Generator().manual_seed(rows)
+    randn = lambda *shape: torch.randn(*shape, generator=g).to(dtype)  # noqa: E731
+    q = randn(1, 8, rows, 32)
+    k, v = randn(1, 4, 300, 32)[:, :2], randn(1, 4, 300, 32)[:, :2]  # the retrieval heads: views, head stride 300
+    area = 3 + 20
+    ks, vs = randn(1, 2, area + 64, 32)[:, :, :area + rows], randn(1, 2, area + 64, 32)[:, :, :area + rows]
+    held = torch.zeros(area + 64, dtype=dtype)
+    held[torch.tensor([1, 2, 5, 6, 7, 11, 19])] = float("-inf")  # a sink slot not filled yet; ring slots not held
+    key_bias = torch.zeros(300, dtype=dtype)
+    key_bias[40:45] = float("-inf")  # retrieved padding
+    start = torch.tensor([150])
+    retrieval_q, streaming_q = torch.tensor([0, 1, 6, 7]), torch.tensor([2, 3, 4, 5])
+    streaming = StreamingSpan(ks, vs, held, area, torch.tensor([0, 3, 1, 2], dtype=torch.int32), retrieval_q,
+                              streaming_q)
+    want = torch.empty_like(q)
+    want[:, retrieval_q] = span_attention_reference(q[:, retrieval_q], k, v, 0.2, start, key_bias)
+    want[:, streaming_q] = span_attention_reference(q[:, streaming_q], ks, vs, 0.2, torch.tensor([area]), held)
+    tolerance = 2e-2 if dtype == torch.bfloat16 else 2e-5
+    got = span_attention_triton(q, k, v, 0.2, start, key_bias, streaming=streaming)
+    torch.testing.assert_close(got, want, atol=tolerance, rtol=tolerance)
+    torch.testing.assert_close(span_attention(q, k, v, 0.2, start, key_bias, streaming=streaming), want,
+                               atol=tolerance, rtol=tolerance)
+    held[torch.tensor([11, 19])] = 0  # a mutation: two ring slots not held read as held
+    assert not torch.allclose(span_attention_triton(q, k, v, 0.2, start, key_bias, streaming=streaming), want,
+                              atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.parametrize("kv_dtype", ["model", "fp8"])
+def test_fixed_shape_steps_of_a_head_wise_cache_equal_its_dynamic_steps(tiny, tmp_path, kv_dtype):
+    """The function CUDA graphs capture, run eagerly: through slides, pruning, retrieval, an answer without a
+    trace and narration, every step's logits equal the dynamic forward's and the streaming heads hold the same
+    (fp8: the retrieval heads' keys and values in 8 bits)."""
+    gates = _gates(tmp_path, tiny, sink=3, recent=20)
+    runs = []
+    for static in (False, True):
+        session = Session(QwenVLAdapter(tiny), _config(gates, 0.5, narrate_tokens=6, kv_dtype=kv_dtype), (180, 320))
+        calls = []
+        if static:
+            step = StaticStep(session.adapter, session.cache, graphs=False)
+            session.stepper.static = step
+            call = step.__call__
+            step.__class__ = type("Counted", (StaticStep,), {"__call__": lambda self, e, p: calls.append(
+                e.shape[0]) or call(e, p)})
+        logits, forward = [], session.stepper.forward
+        session.stepper.forward = lambda *a, **k: logits.append(forward(*a, **k)) or logits[-1]
+        for chunk in make_chunks(8):
+            session.add_chunk(chunk)
+            if chunk.index == 5:
+                session.ask("what is here?", remember=False)
+        session.ask("what moved?")
+        runs.append((session, logits, calls))
+    (dynamic, want, _), (static, got, calls) = runs
+    assert len(calls) > 20 and any(row_bucket(n) > n for n in calls) and any(n == 1 for n in calls), calls
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert float((a - b).abs().max() / b.abs().max()) < 1e-5
+    window, reference = static.cache.window, dynamic.cache.window
+    assert (window.num_sink, window.count, window.low) == (reference.num_sink, reference.count, reference.low)
+    held = torch.cat([torch.arange(window.num_sink), window._window()])
+    torch.testing.assert_close(window.keys[:, held], reference.keys[:, held], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the span kernel compiled, and CUDA graphs, need a GPU")
+@pytest.mark.parametrize("kv_dtype", ["model", "fp8"])
+def test_head_wise_cuda_graph_steps_stay_close_to_eager_steps(tmp_path, kv_dtype):
+    """bf16 on a GPU: the graphs' steps attend to both kinds of heads in one span-kernel launch per layer; the
+    eager steps call SDPA for each kind. Through slides, a retrieval and narration they stay within bf16's
+    rounding of each other."""
+    from livesight.kernels.dispatch import last_path
+    from livesight.models.loader import load_model
+    loaded = load_model("tiny-random", "cuda", torch.bfloat16)
+    gates = _gates(tmp_path, loaded, sink=3, recent=20)
+    logits = {}
+    for graphs in (True, False):
+        session = Session(QwenVLAdapter(loaded), _config(gates, 0.5, narrate_tokens=6, kv_dtype=kv_dtype,
+                                                         cuda_graphs=graphs), (180, 320))
+        seen, forward = [], session.stepper.forward
+        session.stepper.forward = lambda *a, **k: seen.append(forward(*a, **k)) or seen[-1]
+        for chunk in make_chunks(8):
+            session.add_chunk(chunk)
+            if chunk.index == 6:
+                session.ask("what moved?", remember=False)
+        logits[graphs] = seen
+        if graphs:
+            assert session.stepper.static.num_graphs > 0 and last_path["span_attention"].endswith("-headwise")
+    assert len(logits[True]) == len(logits[False])
+    worst = max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(logits[True], logits[False]))
+    assert worst < 0.05, worst

@@ -52,6 +52,21 @@ class Fp8Span(NamedTuple):
         return rotate_keys_reference(keys, shift, self.inv_freq), dequantize(v, self.value_scale, dtype)
 
 
+class StreamingSpan(NamedTuple):
+    """A head-wise cache's streaming heads in a static step (kvcache/headwise.py: StreamingWindow.span): keys,
+    values (1, s, W, D), their sink and ring slots 0 .. start - 1 then the step's rows from slot `start` on;
+    held_bias (W,) 0 for the sink and window slots and the step's, -inf for the ring's others; kv_map (r + s,)
+    int32 the model's KV head of each of the layer's retrieval heads then its streaming heads; retrieval_q,
+    streaming_q: the query heads that read each kind (headwise.py: HeadLayout.query_index)."""
+    keys: torch.Tensor
+    values: torch.Tensor
+    held_bias: torch.Tensor
+    start: int
+    kv_map: torch.Tensor
+    retrieval_q: torch.Tensor
+    streaming_q: torch.Tensor
+
+
 def span_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, start: torch.Tensor,
                              key_bias: torch.Tensor | None = None) -> torch.Tensor:
     """q: (1, Hq, n, D); k, v: (1, Hkv, Lk, D); start: (1,) the slot of row 0; key_bias: (Lk,) additive
@@ -148,14 +163,30 @@ def attend_split(Q, K, V, Bias, Out, Lse, r, row0, seg_rows, start, kv_head, spl
 
 @triton.jit
 def _span_kernel(Q, K, V, Bias, Start, Out, Lse, sq_h, sq_m, sk_h, sk_n, sv_h, sv_n, num_rows, groups,
-                 keys_per_split, scale_log2, KScale, VScale, Cos, Sin, ss_h, HAS_BIAS: tl.constexpr,
-                 DOT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_D: tl.constexpr, FP8: tl.constexpr, HALF: tl.constexpr):
-    kv_head, m_block, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    attend_split(Q, K + kv_head * sk_h, V + kv_head * sv_h, Bias, Out, Lse, m_block * BLOCK_M + tl.arange(0, BLOCK_M),
-                 0, num_rows, tl.load(Start), kv_head, split, groups, tl.num_programs(0) * groups, num_rows,
-                 keys_per_split, sq_h, sq_m, sk_n, sv_n, scale_log2, KScale + kv_head * ss_h, VScale + kv_head * ss_h,
-                 Cos, Sin, HAS_BIAS, DOT, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, FP8, HALF)
+                 keys_per_split, scale_log2, KScale, VScale, Cos, Sin, ss_h, Ks, Vs, HeldBias, KvMap, num_retrieval,
+                 sks_h, sks_n, svs_h, svs_n, window_start, HAS_BIAS: tl.constexpr, DOT: tl.constexpr,
+                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                 FP8: tl.constexpr, HALF: tl.constexpr, HEADWISE: tl.constexpr):
+    """HEADWISE: programs kv < num_retrieval read K, V (the layer's retrieval heads), the others Ks, Vs (its
+    streaming heads: StreamingSpan); KvMap gives each program's KV head in the model's order."""
+    kv, m_block, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    rows = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
+    num_heads = tl.num_programs(0) * groups
+    kv_head = kv
+    streaming = False
+    if HEADWISE:
+        kv_head = tl.load(KvMap + kv)
+        streaming = kv >= num_retrieval
+    if streaming:  # its sink and window (HeldBias 0, the ring's other slots -inf), then the step's rows
+        head = kv - num_retrieval
+        attend_split(Q, Ks + head * sks_h, Vs + head * svs_h, HeldBias, Out, Lse, rows, 0, num_rows, window_start,
+                     kv_head, split, groups, num_heads, num_rows, keys_per_split, sq_h, sq_m, sks_n, svs_n,
+                     scale_log2, KScale, VScale, Cos, Sin, True, DOT, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, False, 0)
+    else:
+        attend_split(Q, K + kv * sk_h, V + kv * sv_h, Bias, Out, Lse, rows, 0, num_rows, tl.load(Start), kv_head,
+                     split, groups, num_heads, num_rows, keys_per_split, sq_h, sq_m, sk_n, sv_n, scale_log2,
+                     KScale + kv * ss_h, VScale + kv * ss_h, Cos, Sin, HAS_BIAS, DOT, HEAD_DIM, BLOCK_M, BLOCK_N,
+                     BLOCK_D, FP8, HALF)
 
 
 @triton.jit
@@ -203,46 +234,73 @@ def span_plan(num_rows: int, num_keys: int, num_kv: int, groups: int) -> tuple[i
 
 
 def span_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, start: torch.Tensor,
-                          key_bias: torch.Tensor | None = None, fp8: Fp8Span | None = None) -> torch.Tensor:
+                          key_bias: torch.Tensor | None = None, fp8: Fp8Span | None = None,
+                          streaming: StreamingSpan | None = None) -> torch.Tensor:
     """span_attention_reference's result from the Triton kernel. k, v may be views with any head and
     slot strides (the cache's buffers); the last dimension must be contiguous. fp8: k and v are 8-bit codes,
-    decoded and turned as the kernel loads them."""
+    decoded and turned as the kernel loads them. streaming: k, v are the layer's retrieval heads, and these its
+    streaming heads, in the same launch."""
     check_device(q)
     if fp8 is not None:
         assert k.dtype == torch.uint8 and fp8.key_scale.stride(2) == 1 and fp8.value_scale.stride(2) == 1
         assert fp8.key_scale.stride(1) == fp8.value_scale.stride(1)
         assert fp8.cos.is_contiguous() and fp8.sin.is_contiguous() and fp8.cos.shape[-1] == fp8.inv_freq.numel()
     _, num_heads, num_q, dim = q.shape
-    num_kv, num_k = k.shape[1], k.shape[2]
+    num_ret, num_k = k.shape[1], k.shape[2]
+    num_kv = num_ret if streaming is None else num_ret + streaming.keys.shape[1]
     assert k.stride(-1) == 1 and v.stride(-1) == 1 and q.stride(-1) == 1 and k.shape[0] == 1
     groups = num_heads // num_kv
-    block_m, splits, per_split = span_plan(num_q, num_k, num_kv, groups)
+    span_keys = num_k if streaming is None else max(num_k, streaming.keys.shape[2])
+    block_m, splits, per_split = span_plan(num_q, span_keys, num_kv, groups)
     out = torch.empty(splits, num_heads, num_q, dim, dtype=torch.float32, device=q.device)
     lse = torch.empty(splits, num_heads, num_q, dtype=torch.float32, device=q.device)
     grid = (num_kv, -(-groups * num_q // block_m), splits)
     companions = (fp8.key_scale, fp8.value_scale, fp8.cos, fp8.sin) if fp8 is not None else (q, q, q, q)
+    if streaming is not None:
+        ks, vs = streaming.keys, streaming.values
+        assert ks.stride(-1) == 1 and vs.stride(-1) == 1 and streaming.held_bias.shape[0] >= ks.shape[2]
+        heads = (ks, vs, streaming.held_bias, streaming.kv_map, num_ret, ks.stride(1), ks.stride(2), vs.stride(1),
+                 vs.stride(2), streaming.start)
+    else:
+        heads = (q, q, q, q, num_kv, 0, 0, 0, 0, 0)
     _span_kernel[grid](q, k, v, key_bias if key_bias is not None else q, start, out, lse,
                        q.stride(1), q.stride(2), k.stride(1), k.stride(2), v.stride(1), v.stride(2),
                        num_q, groups, per_split, scale * math.log2(math.e), *companions,
-                       0 if fp8 is None else fp8.key_scale.stride(1), HAS_BIAS=key_bias is not None,
+                       0 if fp8 is None else fp8.key_scale.stride(1), *heads, HAS_BIAS=key_bias is not None,
                        DOT=dot_type(q.dtype), HEAD_DIM=dim, BLOCK_M=block_m, BLOCK_N=64,
                        BLOCK_D=triton.next_power_of_2(max(dim, 16)), FP8=fp8 is not None,
-                       HALF=0 if fp8 is None else fp8.inv_freq.numel())
+                       HALF=0 if fp8 is None else fp8.inv_freq.numel(), HEADWISE=streaming is not None)
     return out[0][None].to(q.dtype) if splits == 1 else merge_splits(out, lse, q.dtype)
 
 
 def span_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, start: torch.Tensor,
-                   key_bias: torch.Tensor | None = None, fp8: Fp8Span | None = None) -> torch.Tensor:
+                   key_bias: torch.Tensor | None = None, fp8: Fp8Span | None = None,
+                   streaming: StreamingSpan | None = None) -> torch.Tensor:
     """Dispatch: the reference when switched on; Triton for CUDA half precision; one masked SDPA call
     otherwise (the CPU). fp8: k, v are 8-bit codes; the Triton kernel decodes them as it loads them, the
-    other paths first."""
+    other paths first. streaming: a head-wise cache's layer (k, v its retrieval heads): one kernel launch for
+    both kinds on the Triton path, one call for each elsewhere."""
     if fp8 is not None and not (half_on_gpu(q) and not use_reference):
         k, v = fp8.decode(k, v, q.dtype)
+    if half_on_gpu(q) and not use_reference:
+        report("span_attention", ("triton-fp8" if fp8 is not None else "triton")
+               + ("-headwise" if streaming is not None else ""))
+        return span_attention_triton(q, k, v, scale, start, key_bias, fp8, streaming)
+    if streaming is None:
+        return _span_torch(q, k, v, scale, start, key_bias)
+    out = torch.empty_like(q)
+    for heads, keys, values, first, bias in ((streaming.retrieval_q, k, v, start, key_bias),
+                                             (streaming.streaming_q, streaming.keys, streaming.values,
+                                              torch.full_like(start, streaming.start), streaming.held_bias)):
+        if heads.numel():
+            out[:, heads] = _span_torch(q[:, heads], keys, values, scale, first,
+                                        None if bias is None else bias[:keys.shape[2]])
+    return out
+
+
+def _span_torch(q, k, v, scale, start, key_bias):
     if use_reference:
         report("span_attention", "reference")
         return span_attention_reference(q, k, v, scale, start, key_bias)
-    if half_on_gpu(q):
-        report("span_attention", "triton-fp8" if fp8 is not None else "triton")
-        return span_attention_triton(q, k, v, scale, start, key_bias, fp8)
     report("span_attention", "sdpa-masked")
     return _span_sdpa(q, k, v, scale, start, key_bias)

@@ -43,22 +43,22 @@ class StreamLayer(CacheLayerMixin):
         In a static step (owner.static_write = (slots (n,), num_keys)) they go to the given slots,
         the length is left to the caller, and the first num_keys slots come back, whatever they hold."""
         kv, (layer, heads), window = self.owner.kv, self.at, self.owner.window
+        if window is not None:  # the streaming heads' share goes to their own storage
+            layout, static = self.owner.layout, self.owner.static_write is not None
+            streaming = layout.streaming[self.layer_idx]
+            (window.write_static if static else window.write)(self.layer_idx, key_states[:, streaming],
+                                                              value_states[:, streaming])
+            retrieval = layout.retrieval[self.layer_idx]
+            key_states, value_states = key_states[:, retrieval], value_states[:, retrieval]
         if self.owner.static_write is not None:
-            assert window is None, "a head-wise cache takes no static steps"
             slots, num_keys = self.owner.static_write
             if self.layer_idx == 0:
                 kv.fresh(slots)
-            kv.write(layer, slots, key_states, value_states)
+            kv.write(layer, slots, key_states, value_states, heads)
             if isinstance(kv, Fp8KV):  # the codes: the span kernel decodes them as it loads them
-                keys, values, self.owner.fp8_span = kv.span(layer, num_keys)
+                keys, values, self.owner.fp8_span = kv.span(layer, num_keys, heads)
                 return keys, values
-            return kv.read(layer, num_keys)
-        if window is not None:  # the streaming heads' share goes to their own storage
-            layout = self.owner.layout
-            window.write(self.layer_idx, key_states[:, layout.streaming[self.layer_idx]],
-                         value_states[:, layout.streaming[self.layer_idx]])
-            retrieval = layout.retrieval[self.layer_idx]
-            key_states, value_states = key_states[:, retrieval], value_states[:, retrieval]
+            return kv.read(layer, num_keys, heads)
         start = self.owner.length
         end = start + key_states.shape[-2]
         if end > self.owner.capacity:

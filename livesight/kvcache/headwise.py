@@ -14,16 +14,22 @@ window.
   ring keeps SLACK more, so that decode steps taken back past a stop token (at most STOP_CHECK_EVERY) find the
   tokens they pushed out still there. Keys are rotated at their tokens' positions in the cache's table, and
   turned when a compaction or a retrieval moves them (`sync`); a token the cache evicted leaves here too.
+  A fixed-shape step (streaming/static_step.py, replayed from a CUDA graph) of up to `step_rows` rows writes its
+  keys to a step area past the ring, and attends there with the sink and window through a bias (`begin_static`,
+  `span`): shapes fixed, what is held told by device data. `record` then copies the step's tokens from the area.
+  The area is added by `reserve_steps` (a cache that takes fixed-shape steps: STEP_ROWS rows, its only cost).
 """
 
 import torch
 
 from livesight.kernels import rotate_keys
+from livesight.kernels.span_attention import StreamingSpan
 from livesight.kvcache.checkpoints import Checkpoints
 from livesight.kvcache.duo import DuoHeads
 from livesight.kvcache.table import Segment, TokenTable
 
 SLACK = 8  # ring slots past the window: tokens a take-back can bring back
+STEP_ROWS = 256  # the step area a cache that takes fixed-shape steps reserves: the largest such step
 
 
 class HeadLayout:
@@ -83,7 +89,9 @@ class StreamingWindow:
                  inv_freq: torch.Tensor, keep: int = 5):
         self.layout, self.sink, self.recent, self.keep, self.inv_freq = layout, sink, recent, keep, inv_freq
         self.ring = recent + SLACK
-        shape = (layout.num_streaming, sink + self.ring, head_dim)
+        self.area = sink + self.ring  # the step area's first slot
+        self.step_rows = 0  # the step area's rows (reserve_steps)
+        shape = (layout.num_streaming, self.area, head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.seq = torch.full((sink + self.ring,), -1, dtype=torch.int64)  # each slot's token (stream index)
@@ -95,6 +103,10 @@ class StreamingWindow:
         self.attending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> its step's keys, values
         self._checkpoints = Checkpoints(keep, "streaming-head state")  # (num_sink, count) before each step
         self._held: tuple[tuple[int, int, int], torch.Tensor] | None = None  # (counts, slots on the device)
+        self._static = False  # the unrecorded step is a fixed-shape one: its tokens are in the step area
+        # a fixed-shape step's additive bias over the slots: 0 held (sink, window, step area), -inf not
+        self.held_bias = torch.zeros(self.area, dtype=dtype, device=device)
+        self._kv_map: dict[int, torch.Tensor] = {}
 
     @property
     def nbytes(self) -> int:
@@ -116,12 +128,54 @@ class StreamingWindow:
             self._held = counts, slots.to(self.keys.device, non_blocking=True)
         return self._held[1]
 
+    def reserve_steps(self, rows: int) -> None:
+        """Make room for fixed-shape steps of up to `rows` rows (before any CUDA graph reads the buffers)."""
+        if rows <= self.step_rows:
+            return
+        for name in ("keys", "values"):
+            old = getattr(self, name)
+            new = old.new_zeros(old.shape[0], self.area + rows, old.shape[2])
+            new[:, :self.area] = old[:, :self.area]
+            setattr(self, name, new)
+        self.held_bias = self.held_bias.new_zeros(self.area + rows)
+        self.step_rows = rows
+
+    def _plan(self, n: int) -> None:
+        to_sink = min(n, self.sink - self.num_sink)
+        self._step = (n, to_sink, min(n - to_sink, self.recent))
+
+    def begin_static(self, n: int) -> None:
+        """Before a fixed-shape step of n tokens (on the host, outside any CUDA graph): held_bias says what its
+        streaming heads see, and `record` will take the step's tokens from the step area."""
+        assert n <= self.step_rows, f"a fixed-shape step of {n} rows overflows the step area ({self.step_rows})"
+        bias = torch.full(self.held_bias.shape, float("-inf"), dtype=self.held_bias.dtype)
+        bias[torch.cat([torch.arange(self.num_sink), self._window()])] = 0
+        bias[self.area:] = 0
+        self.held_bias.copy_(bias, non_blocking=True)
+        self._plan(n)
+        self._static = True
+
+    def write_static(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """A fixed-shape step's keys and values (1, s, rows, D) of layer `layer`'s streaming heads, padding rows
+        included, -> the step area."""
+        heads, rows = self.layout.stream_heads(layer), keys.shape[2]
+        self.keys[heads, self.area:self.area + rows] = keys[0]
+        self.values[heads, self.area:self.area + rows] = values[0]
+
+    def span(self, layer: int, rows: int, num_q_heads: int) -> StreamingSpan:
+        """What the span kernel reads for layer `layer`'s streaming heads in a fixed-shape step of `rows` rows."""
+        heads, end = self.layout.stream_heads(layer), self.area + rows
+        device = self.keys.device
+        if layer not in self._kv_map:
+            self._kv_map[layer] = torch.cat([self.layout.retrieval[layer], self.layout.streaming[layer]]).to(
+                device, torch.int32)
+        return StreamingSpan(self.keys[heads, :end][None], self.values[heads, :end][None], self.held_bias[:end],
+                             self.area, self._kv_map[layer], *self.layout.query_index(layer, num_q_heads, device))
+
     def write(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """A step's keys and values (1, s, n, D) of layer `layer`'s streaming heads -> `attending[layer]`: the
         held ones and these, what the step attends to (and what `record` keeps of it)."""
-        n = keys.shape[2]
-        to_sink = min(n, self.sink - self.num_sink)
-        self._step = (n, to_sink, min(n - to_sink, self.recent))
+        self._plan(keys.shape[2])
         heads, held = self.layout.stream_heads(layer), self._held_slots()
         self.attending[layer] = tuple(torch.cat([buffer[heads][:, held][None], x], dim=2)
                                       for buffer, x in ((self.keys, keys), (self.values, values)))
@@ -129,20 +183,22 @@ class StreamingWindow:
     def record(self, rows: TokenTable) -> None:
         """The written step's tokens are the cache's now (rows: theirs, in the order they were written): the
         sink's newcomers join it, the step's latest `recent` tokens the ring."""
-        step, self._step = self._step, None
+        step, static, self._step = self._step, self._static, None
         if step is None:
             return
         n, to_sink, to_ring = step
         assert len(rows) == n, f"recorded {len(rows)} tokens, the streaming heads saw {n}"
         sink = slice(self.num_sink, self.num_sink + to_sink)
-        ring = self._slots(self.count, self.count + to_ring)
-        for layer, pair in self.attending.items():
-            heads = self.layout.stream_heads(layer)
+        ring = self._slots(self.count, self.count + to_ring).to(self.keys.device)
+        # every layer's heads at once from the step area, or each layer's from what it attended to
+        steps = ([(slice(None), (buffer[None, :, self.area:self.area + n] for buffer in (self.keys, self.values)))]
+                 if static else [(self.layout.stream_heads(layer), pair) for layer, pair in self.attending.items()])
+        for heads, pair in steps:
             for buffer, x in zip((self.keys, self.values), pair):
                 new = x[0, :, x.shape[2] - n:]
                 buffer[heads, sink] = new[:, :to_sink]
-                buffer[heads].index_copy_(1, ring.to(buffer.device), new[:, n - to_ring:])
-        self.attending.clear()
+                buffer[heads].index_copy_(1, ring, new[:, n - to_ring:])
+        self.discard()
         self.seq[sink], self.pos[sink] = rows.seq[:to_sink], rows.pos[0, :to_sink]
         self.seq[ring], self.pos[ring] = rows.seq[n - to_ring:], rows.pos[0, n - to_ring:]
         self.num_sink += to_sink
@@ -178,17 +234,17 @@ class StreamingWindow:
 
     def discard(self) -> None:
         """Forget a step written but not recorded (a probe rolled back)."""
-        self._step = None
+        self._step, self._static = None, False
         self.attending.clear()
 
     def snapshot(self) -> tuple:
-        return (self.keys.clone(), self.values.clone(), self.seq.clone(), self.pos.clone(), self.num_sink,
-                self.count, self.low)
+        return (self.keys[:, :self.area].clone(), self.values[:, :self.area].clone(), self.seq.clone(),
+                self.pos.clone(), self.num_sink, self.count, self.low)
 
     def restore(self, state: tuple) -> None:
         keys, values, seq, pos, self.num_sink, self.count, self.low = state
-        self.keys.copy_(keys)
-        self.values.copy_(values)
+        self.keys[:, :self.area] = keys
+        self.values[:, :self.area] = values
         self.seq.copy_(seq)
         self.pos.copy_(pos)
         self.discard()

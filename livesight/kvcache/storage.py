@@ -164,12 +164,12 @@ class Fp8KV(PlainKV):
                             self.values[layer, :, heads, :end], self.value_scale[layer, :, heads, :end],
                             self.shift[:end])
 
-    def span(self, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor, Fp8Span]:
-        """Slots 0 .. end - 1 of layer `layer` as stored: the codes, and what the span kernel decodes them with
-        as it loads them (kernels/span_attention.py)."""
-        return (self.keys[layer, :, :, :end], self.values[layer, :, :, :end],
-                Fp8Span(self.key_scale[layer, :, :, :end], self.value_scale[layer, :, :, :end], self.shift[:end],
-                        self.inv_freq, self.turn[0, :end], self.turn[1, :end]))
+    def span(self, layer: int, end: int, heads: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor, Fp8Span]:
+        """Slots 0 .. end - 1 of layer `layer`'s `heads` as stored: the codes, and what the span kernel decodes
+        them with as it loads them (kernels/span_attention.py)."""
+        return (self.keys[layer, :, heads, :end], self.values[layer, :, heads, :end],
+                Fp8Span(self.key_scale[layer, :, heads, :end], self.value_scale[layer, :, heads, :end],
+                        self.shift[:end], self.inv_freq, self.turn[0, :end], self.turn[1, :end]))
 
     def take(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._decode(self.keys[:, :, :, index], self.key_scale[:, :, :, index],

@@ -52,15 +52,16 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     plan = kwargs.get("livesight_plan")
     cache = kwargs.get("livesight_cache")  # an fp8 cache's or pool's keys arrive as codes, with their scales and turns
     fp8 = None if cache is None else cache.fp8_span
+    window = kwargs.get("livesight_window")  # a head-wise cache's streaming heads (kvcache/headwise.py)
     if plan is not None:  # a batched step: packed rows of many streams, each over its own slab of the pool
         key_bias = kwargs.get("livesight_key_bias")  # (L, S + 1, C): padding in retrieved slots
         out = slab_attention(query, key, value, scale, plan, None if key_bias is None else key_bias[layer], fp8)
     elif start is not None:  # a static step: fixed key span, rows written from slot `start` on
         key_bias = kwargs.get("livesight_key_bias")  # (L, capacity): padding in retrieved slots
+        streaming = None if window is None else window.span(layer, query.shape[2], query.shape[1])
         out = span_attention(query, key, value, scale, start,
-                             None if key_bias is None else key_bias[layer, :key.shape[-2]], fp8)
+                             None if key_bias is None else key_bias[layer, :key.shape[-2]], fp8, streaming)
     else:
-        window = kwargs.get("livesight_window")  # a head-wise cache's streaming heads (kvcache/headwise.py)
         key_valid = None if key_valid is None else key_valid[layer, :key.shape[-2]]
         if window is not None:
             out = headwise_attention(query, key, value, *window.attending[layer],
@@ -214,7 +215,8 @@ class TextAdapter:
         try:
             return self.run_layers(embeds, positions, cache, livesight_start=start,
                                    livesight_key_bias=cache.key_bias if padded else None,
-                                   livesight_cache=cache if cache.kv_dtype == "fp8" else None)
+                                   livesight_cache=cache if cache.kv_dtype == "fp8" else None,
+                                   livesight_window=cache.window)
         finally:
             cache.static_write = None
 

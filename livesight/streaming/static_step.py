@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from livesight.kernels.dispatch import report
 from livesight.kernels.graphs import GraphReplay
 from livesight.kvcache import StreamCache
+from livesight.kvcache.headwise import STEP_ROWS
 from livesight.models.text import TextAdapter
 
 ROW_STEP = 64
@@ -34,6 +35,8 @@ class StaticStep:
         self.adapter, self.cache, self.graphs = adapter, cache, graphs
         self._replays: dict[tuple[int, int], GraphReplay] = {}
         self._pool = torch.cuda.graph_pool_handle() if graphs else None
+        if cache.window is not None:  # a head-wise cache's streaming heads: a step area for these steps' rows
+            cache.window.reserve_steps(min(STEP_ROWS, row_bucket(cache.capacity)))
 
     @property
     def num_graphs(self) -> int:
@@ -42,9 +45,11 @@ class StaticStep:
     def fits(self, num_tokens: int) -> bool:
         """Whether a step of num_tokens can run here: its padding must fit in the cache, and a model whose
         layers cannot take padding rows (a hybrid model's linear state folds in every row) runs only steps
-        that need none (a decode step's one row, and steps of a bucket's size)."""
+        that need none (a decode step's one row, and steps of a bucket's size); a head-wise cache's step area holds
+        the rows of one (headwise.py: STEP_ROWS)."""
         rows = row_bucket(num_tokens)
-        return self.cache.length + rows <= self.cache.capacity and (self.adapter.pad_rows or rows == num_tokens)
+        return (self.cache.length + rows <= self.cache.capacity and (self.adapter.pad_rows or rows == num_tokens)
+                and (self.cache.window is None or rows <= self.cache.window.step_rows))
 
     @torch.inference_mode()
     def __call__(self, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -59,6 +64,8 @@ class StaticStep:
         positions = torch.cat([positions, positions[:, -1:].expand(-1, pad)], dim=1).to(device, non_blocking=True)
         start_slot = torch.tensor([start]).to(device, non_blocking=True)
         padded = cache.key_valid is not None  # after retrieval of unequal blocks: a graph that adds the key bias
+        if cache.window is not None:  # a head-wise cache's streaming heads: what they hold, as device data
+            cache.window.begin_static(num_tokens)
         if self.graphs:
             report("lm_step", "cuda-graph")
             replay = self._replays.get((rows, num_keys, padded))

@@ -20,10 +20,10 @@ class CacheStepper:
         graphs: on a GPU, run steps at fixed shapes replayed from CUDA graphs (static_step.py).
         cache: the cache to fill (a slab of an engine's pool), else one of `capacity` is allocated, its keys
         and values in kv_dtype ("model", or "fp8": kvcache/storage.py), its KV heads of the kinds `duo` says
-        (kvcache/duo.py; a head-wise cache runs its steps eagerly, for now)."""
+        (kvcache/duo.py)."""
         self.adapter, self.policy, self.offload = adapter, policy, offload
         self.cache: StreamCache = adapter.new_cache(capacity, kv_dtype, duo) if cache is None else cache
-        use_graphs = graphs and self.cache.key_buffer.is_cuda and self.cache.window is None
+        use_graphs = graphs and self.cache.key_buffer.is_cuda
         self.static: StaticStep | None = StaticStep(adapter, self.cache, graphs=True) if use_graphs else None
         self._pos = self._seq = self._group = 0
 

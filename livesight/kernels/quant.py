@@ -4,17 +4,28 @@ mantissa bits of its own magnitude (at most 2^-4 of itself off).
 
 The codes are stored as uint8 (the same bytes as float8_e4m3fn): indexing, copies and index_copy_ work on
 them on every device, where float8 tensors lack some of these on the CPU.
+
+`quantize_into` writes a step's keys and values into a cache's codes and scales: on a GPU one Triton launch
+per layer, where the torch ops (a max, a division, a clamp, a cast and four indexed writes for keys and values)
+are some twenty kernels, each a few microseconds of a CUDA graph's decode step.
 """
 
 import torch
+import triton
+import triton.language as tl
+
+from livesight.kernels.dispatch import report
+from livesight.kernels.triton_support import check_device, on_gpu
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
+TINY = torch.finfo(torch.float32).tiny
+use_reference = False  # switch: route every call through the plain-torch reference
 
 
 def quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x (..., D) -> codes (..., D) uint8 and scales (..., 1) float32, x ~ codes * scales."""
-    scale = (x.float().abs().amax(dim=-1, keepdim=True) / FP8_MAX).clamp_min(torch.finfo(torch.float32).tiny)
+    scale = (x.float().abs().amax(dim=-1, keepdim=True) / FP8_MAX).clamp_min(TINY)
     codes = (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8).view(torch.uint8)
     return codes, scale
 
@@ -22,3 +33,66 @@ def quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def dequantize(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """codes (..., D) uint8, scales (..., 1) -> values (..., D) in `dtype`."""
     return (codes.view(FP8).float() * scale).to(dtype)
+
+
+def quantize_into_reference(keys: torch.Tensor, values: torch.Tensor, targets: tuple, slabs: torch.Tensor | None,
+                            slots: torch.Tensor) -> None:
+    """keys, values (H, n, D) -> targets (key codes, key scales, value codes, value scales): codes (B, H, C, D)
+    uint8, scales (B, H, C, 1) float32; token i goes to slab slabs[i] (0 when None), slot slots[i]."""
+    slabs = torch.zeros_like(slots) if slabs is None else slabs
+    for x, codes, scales in ((keys, *targets[:2]), (values, *targets[2:])):
+        q, s = quantize(x.transpose(0, 1))  # (n, H, D)
+        codes[slabs, :, slots], scales[slabs, :, slots] = q, s
+
+
+@triton.jit
+def _quantize_row(X, Codes, Scales, d, d_ok):
+    x = tl.load(X + d, mask=d_ok, other=0.0).to(tl.float32)
+    scale = tl.maximum(tl.math.div_rn(tl.max(tl.abs(x), 0), 448.0), 1.1754943508222875e-38)
+    codes = tl.clamp(tl.math.div_rn(x, scale), -448.0, 448.0).to(tl.float8e4nv)
+    tl.store(Codes + d, codes.to(tl.uint8, bitcast=True), mask=d_ok)
+    tl.store(Scales, scale)
+
+
+@triton.jit
+def _quantize_kernel(K, V, sx_h, sx_n, KCodes, KScales, VCodes, VScales, Slabs, Slots, sc_b, sc_h, sc_n, ss_b, ss_h,
+                     ss_n, HAS_SLABS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Program (token i, head h, keys or values): one row's codes and scale."""
+    i, h, which = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    slot = tl.load(Slots + i).to(tl.int64)
+    slab = tl.load(Slabs + i).to(tl.int64) if HAS_SLABS else 0
+    code_at = slab * sc_b + h * sc_h + slot * sc_n
+    scale_at = slab * ss_b + h * ss_h + slot * ss_n
+    row = h * sx_h + i * sx_n
+    d = tl.arange(0, BLOCK_D)
+    if which == 0:
+        _quantize_row(K + row, KCodes + code_at, KScales + scale_at, d, d < HEAD_DIM)
+    else:
+        _quantize_row(V + row, VCodes + code_at, VScales + scale_at, d, d < HEAD_DIM)
+
+
+def quantize_into_triton(keys: torch.Tensor, values: torch.Tensor, targets: tuple, slabs: torch.Tensor | None,
+                         slots: torch.Tensor) -> None:
+    check_device(keys)
+    key_codes, key_scales, value_codes, value_scales = targets
+    if keys.stride() != values.stride() or keys.stride(-1) != 1:
+        keys, values = keys.contiguous(), values.contiguous()
+    num_heads, n, dim = keys.shape
+    assert key_codes.stride() == value_codes.stride() and key_scales.stride() == value_scales.stride()
+    assert key_codes.stride(-1) == 1
+    _quantize_kernel[(n, num_heads, 2)](keys, values, keys.stride(0), keys.stride(1), key_codes, key_scales,
+                                        value_codes, value_scales, slots if slabs is None else slabs, slots,
+                                        key_codes.stride(0), key_codes.stride(1), key_codes.stride(2),
+                                        key_scales.stride(0), key_scales.stride(1), key_scales.stride(2),
+                                        HAS_SLABS=slabs is not None, HEAD_DIM=dim,
+                                        BLOCK_D=triton.next_power_of_2(dim))
+
+
+def quantize_into(keys: torch.Tensor, values: torch.Tensor, targets: tuple, slabs: torch.Tensor | None,
+                  slots: torch.Tensor) -> None:
+    """Dispatch (quantize_into_reference's arguments): Triton for CUDA tensors, torch otherwise."""
+    if on_gpu(keys) and not use_reference:
+        report("quantize_into", "triton")
+        return quantize_into_triton(keys, values, targets, slabs, slots)
+    report("quantize_into", "reference")
+    return quantize_into_reference(keys, values, targets, slabs, slots)

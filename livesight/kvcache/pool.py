@@ -11,7 +11,7 @@ the padding rows of fixed-shape (graph-captured) steps, so they never touch a st
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from livesight.kernels.quant import quantize
+from livesight.kernels.quant import quantize_into
 from livesight.kernels.span_attention import Fp8Span
 from livesight.kvcache.cache import StreamCache
 from livesight.kvcache.linear import LinearPool, LinearState
@@ -45,9 +45,8 @@ class PoolLayer(CacheLayerMixin):
             self.values[slabs, :, slots] = value_states[0].transpose(0, 1)
             return self.keys, self.values
         layer = self.layer_idx
-        for codes, scales, x in ((fp8.keys, fp8.key_scale, key_states), (fp8.values, fp8.value_scale, value_states)):
-            q, scale = quantize(x[0].transpose(0, 1))
-            codes[layer, slabs, :, slots], scales[layer, slabs, :, slots] = q, scale
+        quantize_into(key_states[0], value_states[0], (fp8.keys[layer], fp8.key_scale[layer], fp8.values[layer],
+                                                       fp8.value_scale[layer]), slabs, slots)
         if layer == 0:  # a new key is at the position it was written at (device tensors: a CUDA graph captures this)
             fp8.shift[slabs, slots] = torch.zeros(slabs.shape, dtype=fp8.shift.dtype, device=slabs.device)
             fp8.turn[:, slabs, slots] = unturned(slabs.shape[0], fp8.turn.shape[-1], slabs.device)

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 
 from livesight.kernels import rotate_keys
-from livesight.kernels.quant import dequantize, quantize
+from livesight.kernels.quant import dequantize, quantize_into
 from livesight.kernels.span_attention import Fp8Span
 
 
@@ -142,10 +142,10 @@ class Fp8KV(PlainKV):
                 + self.turn.nbytes)
 
     def write(self, layer: int, slots, keys: torch.Tensor, values: torch.Tensor, heads: slice = slice(None)) -> None:
-        for codes, scales, x in ((self.keys, self.key_scale, keys), (self.values, self.value_scale, values)):
-            q, s = quantize(x)
-            _put(codes[layer, :, heads], slots, q)
-            _put(scales[layer, :, heads], slots, s)
+        if not isinstance(slots, torch.Tensor):
+            slots = torch.arange(slots.start, slots.stop, device=self.keys.device)
+        quantize_into(keys[0], values[0], tuple(buffer[layer, :, heads] for buffer in (
+            self.keys, self.key_scale, self.values, self.value_scale)), None, slots)
 
     def fresh(self, slots) -> None:
         n = slots.numel() if isinstance(slots, torch.Tensor) else slots.stop - slots.start

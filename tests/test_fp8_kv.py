@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import make_chunks
+from livesight.kernels import rotate_keys
 from livesight.kernels.quant import dequantize, quantize
 from livesight.kvcache.pool import KVPool
 from livesight.kvcache.storage import Fp8KV
@@ -109,9 +110,9 @@ def test_keys_put_where_moved_keys_were_are_read_unturned():
 
 
 def _session(tiny, kv_dtype: str, **changes) -> Session:
-    config = SessionConfig(vision_window_s=3.0, text_sink=6, text_window=10, narrate_tokens=4, answer_tokens=4,
-                           system_prompt="sys", retrieval=RetrievalConfig(top_k=2, scope="global"),
-                           kv_dtype=kv_dtype, **changes)
+    settings = dict(vision_window_s=3.0, text_sink=6, text_window=10, narrate_tokens=4, answer_tokens=4,
+                    system_prompt="sys", retrieval=RetrievalConfig(top_k=2, scope="global"), kv_dtype=kv_dtype)
+    config = SessionConfig(**(settings | changes))
     return Session(QwenVLAdapter(tiny), config, (180, 320))
 
 
@@ -139,6 +140,49 @@ def test_an_fp8_stream_slides_retrieves_and_answers_close_to_the_plain_one(tiny)
         assert float(((got - want).norm(dim=-1) / want.norm(dim=-1)).max()) < 0.045  # requantizing: 0.09
     for a, b in zip(logits["fp8"], logits["model"]):
         assert float((a - b).abs().max() / b.abs().max()) < 0.05
+
+
+def test_fp8_blocks_are_offloaded_as_the_caches_own_codes_in_half_the_bytes(tiny, tmp_path):
+    """An fp8 stream's evicted blocks keep the codes, scales and pending turns the cache held (no decode, no
+    second rounding): unpacked, each equals the keys and values the cache read at eviction, bit for bit, in RAM
+    and after a spill to disk; each takes (D + 4) / (4 D) of a float32 block's bytes."""
+    session = _session(tiny, "fp8", retrieval=RetrievalConfig(top_k=2, scope="global", ram_gb=2e-5,
+                                                              folder=str(tmp_path)))
+    offloaded, held, by_seq = session.offloaded, [], {}
+    offload = offloaded.offload
+
+    def offload_seen(index, time_range):
+        held.append(session.cache.kv.take(index))
+        table = session.cache.table
+        for j, i in enumerate(index.tolist()):
+            by_seq[int(table.seq[i])] = (held[-1][0][:, 0, :, j], int(table.pos[0, i]))
+        offload(index, time_range)
+    offloaded.offload = offload_seen
+    for chunk in make_chunks(9):
+        session.add_chunk(chunk)
+    store, kv = offloaded.store, session.cache.kv
+    d = kv.keys.shape[-1]
+    assert len(store.blocks) == len(held) >= 3 and store.stats.disk_bytes > 0 and store.stats.ram_bytes > 0
+    assert any(float(b.shift.abs().max()) > 0 for b in store.blocks), "no offloaded key was owed a turn"
+    for block, (keys, values) in zip(store.blocks, held):
+        assert block.nbytes == 2 * keys.numel() * (d + 4) // d  # one byte per element, four per scale
+        stored = store.load(block, list(range(keys.shape[0])))
+        for layer, (k, v) in stored.items():
+            assert k.dtype == torch.uint8 and k.shape[-1] == d + 4
+            got_k, got_v = kv.unpack(k, v, block.shift)
+            assert torch.equal(got_k, keys[layer, 0]) and torch.equal(got_v, values[layer, 0])
+    inserted = []
+    insert = session.cache.insert_retrieved
+    session.cache.insert_retrieved = lambda keys, values, rows, valid=None: inserted.append((keys, rows)) or insert(
+        keys, values, rows, valid)
+    answer = session.ask("what moved?")[-1]
+    assert answer.data["retrieved"] and inserted, "nothing was retrieved"
+    keys, rows = inserted[0]  # global scope: layer 0's rows describe every layer's slots
+    real = torch.nonzero(rows.seq >= 0).squeeze(1)
+    for j in real.tolist():  # each brought back turned from where it left to its slot: the owed turn and the move
+        evicted_key, evicted_pos = by_seq[int(rows.seq[j])]
+        want = rotate_keys(evicted_key, torch.tensor([int(rows.pos[0, j]) - evicted_pos]), kv.inv_freq)
+        torch.testing.assert_close(keys[:, :, j], want, atol=1e-5, rtol=1e-5)
 
 
 def test_fp8_snapshot_and_restore_leave_the_cache_bit_for_bit(tiny):

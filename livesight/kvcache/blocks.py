@@ -15,7 +15,7 @@ import torch
 
 from livesight import scratch
 from livesight.errors import InputError
-from livesight.kernels import rotate_keys, score_blocks, select_blocks
+from livesight.kernels import score_blocks, select_blocks
 from livesight.kvcache.cache import StreamCache
 from livesight.kvcache.offload import OffloadStore
 from livesight.kvcache.table import Segment, TokenTable
@@ -40,7 +40,7 @@ class OffloadedBlocks:
                              f"Give a writable folder, or leave the flag out") from None
         self.close = weakref.finalize(self, scratch.remove, self.folder)
         shape = cache.key_buffer.shape  # (L, 1, Hkv, capacity, D)
-        block_bytes = 2 * shape[0] * shape[2] * block_tokens * shape[4] * cache.dtype.itemsize  # as gathered
+        block_bytes = 2 * shape[0] * shape[2] * block_tokens * cache.kv.stored_width  # as gathered
         self.store = OffloadStore(self.folder, ram_bytes, disk_bytes, block_bytes, (shape[0], shape[2], shape[4]),
                                   cache.key_buffer.device)
 
@@ -50,9 +50,10 @@ class OffloadedBlocks:
         if index.numel() > self.block_tokens:  # the retrieved slots could not hold it
             self.store.stats.skipped += 1
             return
-        keys, values = self.cache.gather(index)
+        keys, values, shift = self.cache.gather(index)  # as the cache stores them: fp8 blocks stay 8-bit
         rows = self.cache.table.select(index)
-        self.store.put(keys, values, rows, self.cache.representative(keys, rows.pos), time_range)
+        decoded = self.cache.kv.unpack(keys, values, shift)[0]
+        self.store.put(keys, values, rows, self.cache.representative(decoded, rows.pos), time_range, shift)
 
     @property
     def can_retrieve(self) -> bool:
@@ -87,7 +88,8 @@ class OffloadedBlocks:
 
     def _load(self, chosen: torch.Tensor, blocks: list) -> dict | None:
         """Each chosen (block, layer) on the device: {block: {layer: (keys, values)}}, a layer's (h, n, D). On a
-        GPU the copies are queued on a side stream while the next blocks are read."""
+        GPU the copies are queued on a side stream while the next blocks are read. A block's pending turns (its
+        keys' shifts, 8-bit blocks) go along as {block: {"shift": (n,)}}."""
         device = self.cache.key_buffer.device
         side = torch.cuda.Stream(device) if device.type == "cuda" else None
         loaded: dict[int, dict] = {}
@@ -102,13 +104,15 @@ class OffloadedBlocks:
                              for i, (k, v) in part.items()}
                 loaded[b] = {layer: tuple(x[layout.at(layer)[1]] for x in on_device[layout.at(layer)[0]])
                              for layer in layers}
+                shift = blocks[b].shift
+                loaded[b]["shift"] = None if shift is None else shift.to(device, non_blocking=True)
         if side is not None:
             main = torch.cuda.current_stream(device)
             main.wait_stream(side)
             for per_layer in loaded.values():
-                for k, v in per_layer.values():
-                    k.record_stream(main)
-                    v.record_stream(main)
+                for x in per_layer.values():
+                    for t in (x if isinstance(x, tuple) else () if x is None else (x,)):
+                        t.record_stream(main)
         return loaded
 
     def _insert(self, chosen: torch.Tensor, blocks: list, loaded: dict) -> None:
@@ -125,15 +129,24 @@ class OffloadedBlocks:
         sizes = torch.tensor([len(b.rows) for b in blocks])[chosen]  # (L, k)
         total = int(sizes.sum(1).max())
         pad = total - sizes.sum(1)  # (L,)
+        device = cache.key_buffer.device
         keys, values = [], []
         for layer, row in enumerate(chosen.tolist()):
             parts = [loaded[b][layer] for b in row]
-            keys.append(self._padded([k for k, _ in parts], int(pad[layer])))
-            values.append(self._padded([v for _, v in parts], int(pad[layer])))
-        token_shift = [torch.cat([s.repeat_interleave(n), torch.zeros(int(p), dtype=torch.int64)])
-                       for s, n, p in zip(shift, sizes, pad)]  # each layer's (R,)
-        keys = cache.layout.assemble([rotate_keys(k, s[None], cache.inv_freq) if k.numel() else k
-                                      for k, s in zip(keys, token_shift)])
+            k, v = (self._padded([x[i] for x in parts], int(pad[layer])) for i in (0, 1))
+            # each token's turn: its block's move, and what its stored key still owed (8-bit blocks)
+            token_shift = torch.cat([shift[layer].repeat_interleave(sizes[layer]),
+                                     torch.zeros(int(pad[layer]), dtype=torch.int64)]).to(device, non_blocking=True)
+            owed = [loaded[b]["shift"] for b in row]
+            if owed[0] is not None:
+                token_shift = token_shift + torch.cat(owed + [token_shift.new_zeros(int(pad[layer]))])
+            if k.numel():
+                k, v = cache.kv.unpack(k, v, token_shift)
+            else:  # a layer without retrieval heads (head-wise cache)
+                k = v = k.new_empty(*k.shape[:-1], cache.key_buffer.shape[-1], dtype=cache.dtype)
+            keys.append(k)
+            values.append(v)
+        keys = cache.layout.assemble(keys)
         valid = torch.arange(total)[None, :] < (total - pad)[:, None]  # (L, R)
         rows = TokenTable.empty()
         for j, b in enumerate(chosen[0].tolist()):

@@ -204,10 +204,11 @@ class StreamCache(Cache):
             if state is not None:
                 state.forget_checkpoints()
 
-    def gather(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Buffer slots `index` (n,) -> keys, values (L, Hkv, n, D), copies."""
-        keys, values = self.kv.take(index.to(self.key_buffer.device, non_blocking=True))
-        return keys[:, 0], values[:, 0]
+    def gather(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Buffer slots `index` (n,) as an offloaded block keeps them -> keys, values (L, Hkv, n, W), copies, and
+        each slot's pending turn (n,) or None (storage.py: `stored`; kv.unpack reads them)."""
+        keys, values, shift = self.kv.stored(index.to(self.key_buffer.device, non_blocking=True))
+        return keys[:, 0], values[:, 0], shift
 
     def representative(self, keys: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """keys (L, Hkv, n, D) rotated at positions (3, n) -> (L, Hkv, D): their mean before rotary."""

@@ -28,6 +28,7 @@ class Block:
     time_range: tuple[float, float]  # the stream moment it shows, [t_start, t_end]
     keys: torch.Tensor | None  # (L, Hkv, n, D) on the CPU while in RAM
     values: torch.Tensor | None
+    shift: torch.Tensor | None = None  # (n,) how far each key must still turn (8-bit blocks), kept in RAM
     path: str | None = None  # the file while on disk
     nbytes: int = 0
     copying: Future | None = None  # keys and values are complete once this is done
@@ -65,17 +66,18 @@ class OffloadStore:
         return len(self.blocks)
 
     def put(self, keys: torch.Tensor, values: torch.Tensor, rows: TokenTable, representative: torch.Tensor,
-            time_range: tuple[float, float]) -> None:
-        """keys, values: (L, Hkv, n, D) on any device; representative: (L, Hkv, D)."""
+            time_range: tuple[float, float], shift: torch.Tensor | None = None) -> None:
+        """keys, values: (L, Hkv, n, W) on any device, as the cache stores them (storage.py: `stored`);
+        representative: (L, Hkv, D); shift: (n,) their keys' pending turns, or None."""
         nbytes = keys.nbytes + values.nbytes
         if nbytes > max(self.ram_budget, self.disk_budget):
             self.stats.dropped += 1
             return
         if not self._free:
             self._drop(self.blocks[0])
-        (keys_cpu, values_cpu), copying = self._to_ram(keys, values)
-        block = Block(self._next, self._free.pop(), rows, time_range, keys_cpu, values_cpu, nbytes=nbytes,
-                      copying=copying)
+        (keys_cpu, values_cpu, *owed), copying = self._to_ram(keys, values, *([] if shift is None else [shift]))
+        block = Block(self._next, self._free.pop(), rows, time_range, keys_cpu, values_cpu, owed[0] if owed else None,
+                      nbytes=nbytes, copying=copying)
         self.representatives[block.slot] = representative.float()
         self._next += 1
         self.blocks.append(block)

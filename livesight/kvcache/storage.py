@@ -64,6 +64,22 @@ class PlainKV:
         """Slots `index` (n,) of every layer -> keys, values (layers, 1, heads, n, D), copies."""
         return self.keys[:, :, :, index], self.values[:, :, :, index]
 
+    @property
+    def stored_width(self) -> int:
+        """The bytes of one (head, token)'s key as `stored` gives it."""
+        return self.keys.shape[-1] * self.keys.element_size()
+
+    def stored(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Slots `index` (n,) of every layer as an offloaded block keeps them -> keys, values (layers, 1, heads, n,
+        W) and how far each slot's key must still turn (n,), or None: here the keys and values themselves."""
+        return *self.take(index), None
+
+    def unpack(self, keys: torch.Tensor, values: torch.Tensor, shift: torch.Tensor | None) -> tuple[torch.Tensor,
+                                                                                                     torch.Tensor]:
+        """A stored block's keys and values (..., n, W) -> keys, values (..., n, D) in the model's dtype, keys
+        turned by shift (n,) (None: as they are)."""
+        return (keys if shift is None else rotate_keys(keys, shift, self.inv_freq)), values
+
     def move(self, index: torch.Tensor, start: int, delta: torch.Tensor | None) -> None:
         """Slots `index` (n,) to slots start .. start + n - 1, their tokens' positions moved by delta (n,)."""
         keys, values = self.take(index)
@@ -174,6 +190,24 @@ class Fp8KV(PlainKV):
     def take(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._decode(self.keys[:, :, :, index], self.key_scale[:, :, :, index],
                             self.values[:, :, :, index], self.value_scale[:, :, :, index], self.shift[index])
+
+    def stored(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """In 8 bits, as the cache holds them: each (head, token)'s codes and its scale's 4 bytes, (..., D + 4)
+        uint8, and the slots' shifts, so an offloaded block takes half the bytes and no second rounding."""
+        return (*(torch.cat([codes[:, :, :, index], scales[:, :, :, index].view(torch.uint8)], dim=-1)
+                  for codes, scales in ((self.keys, self.key_scale), (self.values, self.value_scale))),
+                self.shift[index])
+
+    @property
+    def stored_width(self) -> int:
+        return self.keys.shape[-1] + 4
+
+    def unpack(self, keys: torch.Tensor, values: torch.Tensor, shift: torch.Tensor | None) -> tuple[torch.Tensor,
+                                                                                                     torch.Tensor]:
+        dim = keys.shape[-1] - 4
+        keys, values = (dequantize(x[..., :dim], x[..., dim:].contiguous().view(torch.float32), self.dtype)
+                        for x in (keys, values))
+        return super().unpack(keys, values, shift)
 
     def move(self, index: torch.Tensor, start: int, delta: torch.Tensor | None) -> None:
         """The codes move as they are; only the slots' shift changes (no second rounding)."""

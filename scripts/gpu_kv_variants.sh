@@ -5,9 +5,10 @@
 # transformers 5.23.0, fla-core and einops wheels for Python 3.12), timeout_s 600:
 #   bash scripts/gpu_kv_variants.sh
 # Stages, each time-boxed (worst case 200 + 60 + 3 x 110 s):
-#   tests (≤ 200 s; SKIP_TESTS=1 skips): the fp8 span kernel compiled against its reference, fp8 CUDA-graph steps
-#         against eager ones, every Triton kernel, the static step and Qwen3.5's tests.
-#   kernel (≤ 60 s): scripts/kv_kernel_bench.py, the span kernel on fp8 against bf16 at 7B decode shapes.
+#   tests (≤ 200 s; SKIP_TESTS=1 skips): the fp8 span and quantize kernels compiled against their references, fp8
+#         and head-wise CUDA-graph steps against eager ones, every Triton kernel, the static step, the engine.
+#   kernel (≤ 60 s): scripts/kv_kernel_bench.py, the span kernel on fp8 and half-streaming heads against bf16 at 7B
+#         decode shapes, and an 8-bit write of a decode step's keys and values.
 #   speed (≤ 110 s each): $MODEL (default random-7b), SECONDS_ (default 60) of video with 20 narrated tokens a
 #         chunk and a question a minute, each way. The gates are random, drawn from seed 0: which heads stream
 #         changes neither bytes nor time (a trained model's come from `livesight calibrate duo`).
@@ -26,7 +27,7 @@ OUT=${OUT:-out}; mkdir -p "$OUT"
 if [ -z "${SKIP_TESTS:-}" ]; then
   stamp "tests on the GPU (at most 200 s)"
   timeout 200 python3 -m pytest -v -p no:cacheprovider --tb=short tests/test_fp8_kv.py tests/test_triton_kernels.py \
-    tests/test_static_step.py tests/test_qwen3_5.py > "$OUT/tests.log" 2>&1
+    tests/test_static_step.py tests/test_headwise.py tests/test_engine.py > "$OUT/tests.log" 2>&1
   stamp "tests: exit $?"; grep -E "FAILED|passed|failed" "$OUT/tests.log" | tail -6
 fi
 stamp "kernel: span attention, fp8 against bf16 (at most 60 s)"

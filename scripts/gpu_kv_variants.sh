@@ -4,7 +4,7 @@
 # (results/speed/h200-kv-variants/), through the device tool from the repo root, in ONE command (carry .whl:
 # transformers 5.23.0, fla-core and einops wheels for Python 3.12), timeout_s 600:
 #   bash scripts/gpu_kv_variants.sh
-# Stages, each time-boxed (worst case 200 + 60 + 3 x 110 s):
+# Stages, each time-boxed (worst case 200 + 60 + 3 x 110 s); TESTS, SKIP_KERNEL=1 and VARIANTS pick a subset:
 #   tests (≤ 200 s; SKIP_TESTS=1 skips): the fp8 span and quantize kernels compiled against their references, fp8
 #         and head-wise CUDA-graph steps against eager ones, every Triton kernel, the static step, the engine.
 #   kernel (≤ 60 s): scripts/kv_kernel_bench.py, the span kernel on fp8 and half-streaming heads against bf16 at 7B
@@ -26,12 +26,15 @@ OUT=${OUT:-out}; mkdir -p "$OUT"
 
 if [ -z "${SKIP_TESTS:-}" ]; then
   stamp "tests on the GPU (at most 200 s)"
-  timeout 200 python3 -m pytest -v -p no:cacheprovider --tb=short tests/test_fp8_kv.py tests/test_triton_kernels.py \
-    tests/test_static_step.py tests/test_headwise.py tests/test_engine.py > "$OUT/tests.log" 2>&1
+  timeout 200 python3 -m pytest -v -p no:cacheprovider --tb=short ${TESTS:-tests/test_fp8_kv.py \
+    tests/test_triton_kernels.py tests/test_static_step.py tests/test_headwise.py tests/test_engine.py} \
+    > "$OUT/tests.log" 2>&1
   stamp "tests: exit $?"; grep -E "FAILED|passed|failed" "$OUT/tests.log" | tail -6
 fi
-stamp "kernel: span attention, fp8 against bf16 (at most 60 s)"
-timeout 60 python3 scripts/kv_kernel_bench.py --out "$OUT/kernels.json"
+if [ -z "${SKIP_KERNEL:-}" ]; then
+  stamp "kernel: span attention, fp8 against bf16 (at most 60 s)"
+  timeout 60 python3 scripts/kv_kernel_bench.py --out "$OUT/kernels.json"
+fi
 
 python3 - "$MODEL" <<'EOF'
 import json, os, sys
@@ -53,7 +56,11 @@ speed() {  # name, then bench speed's arguments
   mkdir -p "$OUT/speed_$name" && cp /tmp/speed_$name/speed.json "$OUT/speed_$name/"
   grep -E "real-time factor|chunk latency|split p50|decode per token|KV cache|time to first token" "/tmp/speed_$name.md"
 }
-speed model
-speed fp8 --kv-dtype fp8
-speed duo --duo /tmp/gates --duo-sparsity 0.5
+for variant in ${VARIANTS:-model fp8 duo}; do  # VARIANTS: which of the three to run
+  case $variant in
+    model) speed model ;;
+    fp8) speed fp8 --kv-dtype fp8 ;;
+    duo) speed duo --duo /tmp/gates --duo-sparsity 0.5 ;;
+  esac
+done
 stamp "done"

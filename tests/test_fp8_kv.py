@@ -37,38 +37,25 @@ def test_the_quantize_and_write_kernel_writes_the_references_bytes(dtype, pooled
     and scales as quantize() and indexed writes, bit for bit: a single cache's slots, or a pool's (slab, slot)
     pairs; strided inputs (a layer's step transposed); rows of any scale, zeros included; other slots untouched."""
     from livesight.kernels.quant import quantize_into_reference, quantize_into_triton
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # compiled on a GPU, interpreted on the CPU
     g = torch.Generator().manual_seed(3)
-    keys = (torch.randn(7, 3, 48, generator=g) * torch.logspace(-4, 4, 7)[:, None, None]).to(dtype).transpose(0, 1)
-    values = torch.randn(3, 7, 48, generator=g).to(dtype)
+    keys = (torch.randn(7, 3, 48, generator=g) * torch.logspace(-4, 4, 7)[:, None, None]).to(device, dtype)
+    keys = keys.transpose(0, 1)
+    values = torch.randn(3, 7, 48, generator=g).to(device, dtype)
     values[1, 2] = 0
-    slabs = torch.tensor([0, 2, 2, 1, 0, 2, 1]) if pooled else None
-    slots = torch.tensor([5, 0, 9, 3, 11, 4, 6])
+    slabs = torch.tensor([0, 2, 2, 1, 0, 2, 1], device=device) if pooled else None
+    slots = torch.tensor([5, 0, 9, 3, 11, 4, 6], device=device)
     made = []
     for write in (quantize_into_reference, quantize_into_triton):
-        targets = (torch.full((3, 3, 12, 48), 7, dtype=torch.uint8), torch.full((3, 3, 12, 1), -1.0),
-                   torch.full((3, 3, 12, 48), 7, dtype=torch.uint8), torch.full((3, 3, 12, 1), -1.0))
+        targets = tuple(torch.full((3, 3, 12, width), fill, dtype=dtype, device=device)
+                        for width, fill, dtype in ((48, 7, torch.uint8), (1, -1.0, torch.float32)) * 2)
         write(keys, values, targets, slabs, slots)
         made.append(targets)
     for want, got in zip(*made):
-        if want.dtype == torch.uint8 and not keys.is_cuda:
-            _within_one_step(want, got)
-        else:
-            assert torch.equal(want, got)
+        assert torch.equal(want, got)
     first = slabs if pooled else torch.zeros_like(slots)
     assert torch.equal(made[1][1][first, :, slots], quantize(keys.transpose(0, 1))[1])
     assert int((made[1][0] == 7).all(-1).sum()) == 3 * 3 * 12 - 7 * 3  # the rest untouched
-
-
-def _within_one_step(want: torch.Tensor, got: torch.Tensor) -> None:
-    """Triton's interpreter (numpy) casts float32 to e4m3 its own way: ties away from even, and a mantissa that
-    rounds up to 2^k lands on 2^(k-1). The compiled kernel casts in hardware (round to nearest even) and is held
-    bit for bit on a GPU; under the interpreter each code must be the reference's or its neighbour."""
-    from livesight.kernels.quant import FP8
-    w, g = want.view(FP8).float(), got.view(FP8).float()
-    step = torch.ldexp(torch.ones_like(w), torch.frexp(w).exponent - 4).clamp_min(2.0 ** -9)  # e4m3's spacing
-    carry = (g * 2 == w) & (torch.frexp(w).mantissa.abs() == 0.5)
-    assert bool((((w - g).abs() <= step) | carry).all()), "codes differ by more than one step"
-    assert float((w != g).float().mean()) < 0.1
 
 
 def test_a_key_moved_many_times_is_rounded_once():

@@ -161,20 +161,21 @@ def test_one_kernel_launch_attends_both_kinds_of_heads_as_two_span_references(dt
     """A layer of 4 KV heads (2 query heads each), KV heads 0 and 3 retrieval, 1 and 2 streaming, in one launch:
     each kind's query heads equal the span reference over that kind's keys (the retrieval heads' span with its
     padding bias; the streaming heads' sink and ring with held_bias, then the step's rows causally)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # compiled on a GPU, interpreted on the CPU
     g = torch.Generator().manual_seed(rows)
-    randn = lambda *shape: torch.randn(*shape, generator=g).to(dtype)  # noqa: E731
+    randn = lambda *shape: torch.randn(*shape, generator=g).to(device, dtype)  # noqa: E731
     q = randn(1, 8, rows, 32)
     k, v = randn(1, 4, 300, 32)[:, :2], randn(1, 4, 300, 32)[:, :2]  # the retrieval heads: views, head stride 300
     area = 3 + 20
     ks, vs = randn(1, 2, area + 64, 32)[:, :, :area + rows], randn(1, 2, area + 64, 32)[:, :, :area + rows]
-    held = torch.zeros(area + 64, dtype=dtype)
+    held = torch.zeros(area + 64, dtype=dtype, device=device)
     held[torch.tensor([1, 2, 5, 6, 7, 11, 19])] = float("-inf")  # a sink slot not filled yet; ring slots not held
-    key_bias = torch.zeros(300, dtype=dtype)
+    key_bias = torch.zeros(300, dtype=dtype, device=device)
     key_bias[40:45] = float("-inf")  # retrieved padding
-    start = torch.tensor([150])
-    retrieval_q, streaming_q = torch.tensor([0, 1, 6, 7]), torch.tensor([2, 3, 4, 5])
-    streaming = StreamingSpan(ks, vs, held, area, torch.tensor([0, 3, 1, 2], dtype=torch.int32), retrieval_q,
-                              streaming_q)
+    start = torch.tensor([150], device=device)
+    retrieval_q, streaming_q = torch.tensor([0, 1, 6, 7], device=device), torch.tensor([2, 3, 4, 5], device=device)
+    streaming = StreamingSpan(ks, vs, held, area, torch.tensor([0, 3, 1, 2], dtype=torch.int32, device=device),
+                              retrieval_q, streaming_q)
     want = torch.empty_like(q)
     want[:, retrieval_q] = span_attention_reference(q[:, retrieval_q], k, v, 0.2, start, key_bias)
     want[:, streaming_q] = span_attention_reference(q[:, streaming_q], ks, vs, 0.2, torch.tensor([area]), held)
@@ -225,27 +226,50 @@ def test_fixed_shape_steps_of_a_head_wise_cache_equal_its_dynamic_steps(tiny, tm
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the span kernel compiled, and CUDA graphs, need a GPU")
 @pytest.mark.parametrize("kv_dtype", ["model", "fp8"])
-def test_head_wise_cuda_graph_steps_stay_close_to_eager_steps(tmp_path, kv_dtype):
-    """bf16 on a GPU: the graphs' steps attend to both kinds of heads in one span-kernel launch per layer; the
-    eager steps call SDPA for each kind. Through slides, a retrieval and narration they stay within bf16's
-    rounding of each other."""
+def test_head_wise_cuda_graphs_replay_the_fixed_shape_step_whose_kernel_matches_the_reference(tmp_path, kv_dtype):
+    """bf16 on a GPU, through slides, a retrieval and narration. Run eagerly, the fixed-shape step's span kernel
+    (both kinds of heads in one launch) matches the torch reference path on every call's own inputs; replayed
+    from CUDA graphs, the same steps give the same logits. (The CPU test above holds the fixed-shape step equal to
+    the dynamic one; against the eager dynamic path in bf16 a random model's near-tied narration soon picks
+    other tokens, so the runs are compared here where they take the same inputs.)"""
+    import livesight.kernels.span_attention as span_module
+    import livesight.models.text as text_module
     from livesight.kernels.dispatch import last_path
     from livesight.models.loader import load_model
     loaded = load_model("tiny-random", "cuda", torch.bfloat16)
     gates = _gates(tmp_path, loaded, sink=3, recent=20)
+    kernel, worst = text_module.span_attention, []
+
+    def checked(q, k, v, scale, start, key_bias=None, fp8=None, streaming=None):
+        out = kernel(q, k, v, scale, start, key_bias, fp8, streaming)
+        span_module.use_reference = True
+        try:
+            ref = kernel(q, k, v, scale, start, key_bias, fp8, streaming)
+        finally:
+            span_module.use_reference = False
+        worst.append(float((out.float() - ref.float()).abs().max() / ref.float().abs().max()))
+        return out
+
     logits = {}
-    for graphs in (True, False):
+    for graphs in (False, True):
         session = Session(QwenVLAdapter(loaded), _config(gates, 0.5, narrate_tokens=6, kv_dtype=kv_dtype,
                                                          cuda_graphs=graphs), (180, 320))
+        if not graphs:  # the function the graphs capture, run eagerly, each span call checked
+            session.stepper.static = StaticStep(session.adapter, session.cache, graphs=False)
+            text_module.span_attention = checked
         seen, forward = [], session.stepper.forward
-        session.stepper.forward = lambda *a, **k: seen.append(forward(*a, **k)) or seen[-1]
-        for chunk in make_chunks(8):
-            session.add_chunk(chunk)
-            if chunk.index == 6:
-                session.ask("what moved?", remember=False)
+        session.stepper.forward = lambda *a, **k: seen.append(forward(*a, **k).float()) or seen[-1]
+        try:
+            for chunk in make_chunks(8):
+                session.add_chunk(chunk)
+                if chunk.index == 6:
+                    assert session.ask("what moved?", remember=False)[-1].data["retrieved"]
+        finally:
+            text_module.span_attention = kernel
         logits[graphs] = seen
         if graphs:
             assert session.stepper.static.num_graphs > 0 and last_path["span_attention"].endswith("-headwise")
+    assert len(worst) > 50 and max(worst) < 1e-2, max(worst)
     assert len(logits[True]) == len(logits[False])
-    worst = max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(logits[True], logits[False]))
-    assert worst < 0.05, worst
+    for a, b in zip(logits[True], logits[False]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

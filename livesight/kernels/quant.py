@@ -25,7 +25,9 @@ use_reference = False  # switch: route every call through the plain-torch refere
 
 def quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x (..., D) -> codes (..., D) uint8 and scales (..., 1) float32, x ~ codes * scales."""
-    scale = (x.float().abs().amax(dim=-1, keepdim=True) / FP8_MAX).clamp_min(TINY)
+    amax = x.float().abs().amax(dim=-1, keepdim=True)
+    # divided by a tensor, not a Python number: CUDA torch multiplies by a number's reciprocal (1 ulp off at times)
+    scale = (amax / torch.full((), FP8_MAX, device=amax.device)).clamp_min(TINY)
     codes = (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8).view(torch.uint8)
     return codes, scale
 
@@ -46,10 +48,21 @@ def quantize_into_reference(keys: torch.Tensor, values: torch.Tensor, targets: t
 
 
 @triton.jit
+def _e4m3_grid(y):
+    """y (float32, |y| <= 448) rounded to the nearest e4m3 value, ties to even, in float32 arithmetic: 3 mantissa
+    bits below the exponent, a fixed step of 2^-9 among the subnormals. The cast that follows is then exact, so
+    the codes do not hang on how a backend casts (Triton's interpreter rounds its own way)."""
+    exponent = tl.maximum(((y.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127, -6)
+    step = ((exponent - 3 + 127) << 23).to(tl.float32, bitcast=True)  # 2^(exponent - 3), a power of two
+    steps = y * ((3 - exponent + 127) << 23).to(tl.float32, bitcast=True)  # y / step, exact; |steps| <= 16
+    return ((steps + 12582912.0) - 12582912.0) * step  # adding 1.5 x 2^23 rounds to an integer, ties to even
+
+
+@triton.jit
 def _quantize_row(X, Codes, Scales, d, d_ok):
     x = tl.load(X + d, mask=d_ok, other=0.0).to(tl.float32)
     scale = tl.maximum(tl.math.div_rn(tl.max(tl.abs(x), 0), 448.0), 1.1754943508222875e-38)
-    codes = tl.clamp(tl.math.div_rn(x, scale), -448.0, 448.0).to(tl.float8e4nv)
+    codes = _e4m3_grid(tl.clamp(tl.math.div_rn(x, scale), -448.0, 448.0)).to(tl.float8e4nv)
     tl.store(Codes + d, codes.to(tl.uint8, bitcast=True), mask=d_ok)
     tl.store(Scales, scale)
 

@@ -44,11 +44,10 @@ class StreamLayer(CacheLayerMixin):
         the length is left to the caller, and the first num_keys slots come back, whatever they hold."""
         kv, (layer, heads), window = self.owner.kv, self.at, self.owner.window
         if window is not None:  # the streaming heads' share goes to their own storage
-            layout, static = self.owner.layout, self.owner.static_write is not None
-            streaming = layout.streaming[self.layer_idx]
+            static = self.owner.static_write is not None
+            retrieval, streaming = self.owner.layout.kv_index(self.layer_idx, key_states.device)
             (window.write_static if static else window.write)(self.layer_idx, key_states[:, streaming],
                                                               value_states[:, streaming])
-            retrieval = layout.retrieval[self.layer_idx]
             key_states, value_states = key_states[:, retrieval], value_states[:, retrieval]
         if self.owner.static_write is not None:
             slots, num_keys = self.owner.static_write

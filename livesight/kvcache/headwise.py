@@ -50,6 +50,7 @@ class HeadLayout:
         self.stream_offset = [sum(stream_counts[:layer]) for layer in range(num_layers)]
         self.num_streaming = sum(stream_counts)
         self._query_index: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._kv_index: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def storage_shape(self, capacity: int, head_dim: int) -> tuple[int, ...]:
         if not self.headwise:
@@ -63,6 +64,14 @@ class HeadLayout:
 
     def stream_heads(self, layer: int) -> slice:
         return slice(self.stream_offset[layer], self.stream_offset[layer] + len(self.streaming[layer]))
+
+    def kv_index(self, layer: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer `layer`'s retrieval KV heads and its streaming ones, on `device` (made once: a CUDA graph's
+        capture takes no copy from the host)."""
+        key = (layer, str(device))
+        if key not in self._kv_index:
+            self._kv_index[key] = (self.retrieval[layer].to(device), self.streaming[layer].to(device))
+        return self._kv_index[key]
 
     def query_index(self, layer: int, num_q_heads: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """The query heads that read layer `layer`'s retrieval heads, and those that read its streaming heads, on
@@ -189,7 +198,7 @@ class StreamingWindow:
         n, to_sink, to_ring = step
         assert len(rows) == n, f"recorded {len(rows)} tokens, the streaming heads saw {n}"
         sink = slice(self.num_sink, self.num_sink + to_sink)
-        ring = self._slots(self.count, self.count + to_ring).to(self.keys.device)
+        ring = self._slots(self.count, self.count + to_ring).to(self.keys.device, non_blocking=True)
         # every layer's heads at once from the step area, or each layer's from what it attended to
         steps = ([(slice(None), (buffer[None, :, self.area:self.area + n] for buffer in (self.keys, self.values)))]
                  if static else [(self.layout.stream_heads(layer), pair) for layer, pair in self.attending.items()])

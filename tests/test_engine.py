@@ -6,6 +6,8 @@ So the proof is a lockstep comparison: record every logits row the engine hands 
 each stream alone (a Session, its own cache) over the same chunks and questions, and compare.
 """
 
+import json
+
 import pytest
 import torch
 
@@ -143,14 +145,34 @@ def test_an_fp8_pool_serves_each_stream_as_its_own_fp8_cache_would(tiny):
     _check_engine_equals_alone(QwenVLAdapter(tiny), kv_dtype="fp8")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton slab kernel and batched CUDA graphs need a GPU")
 @pytest.mark.parametrize("kv_dtype", ["model", "fp8"])
-def test_batched_graphs_in_half_precision_follow_the_stream_alone(kv_dtype):
+def test_a_head_wise_pool_serves_each_stream_as_its_own_head_wise_cache_would(tiny, tmp_path, kv_dtype):
+    """Half the KV heads streaming (DuoAttention) in the engine's pool: each slab's retrieval heads and its streaming
+    heads' window with its step area hold what the stream's own head-wise cache would, through slides, retrieval
+    and narration, so every step's logits equal the stream alone's (and with keys and values in 8 bits)."""
+    _check_engine_equals_alone(QwenVLAdapter(tiny), kv_dtype=kv_dtype, duo_gates=_duo_gates(tmp_path, tiny),
+                               duo_sparsity=0.5)
+
+
+def _duo_gates(folder, loaded) -> str:
+    """Random gates (seed 0) for `loaded`'s KV heads, sink 3 and recent 12, in folder/duo_gates.json -> folder."""
+    text = loaded.model.config.get_text_config()
+    gates = torch.rand(text.num_hidden_layers, text.num_key_value_heads, generator=torch.Generator().manual_seed(0))
+    (folder / "duo_gates.json").write_text(json.dumps({"gates": gates.tolist(), "settings": {"sink": 3, "recent": 12}}))
+    return str(folder)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton slab kernel and batched CUDA graphs need a GPU")
+@pytest.mark.parametrize("kind", ["model", "fp8", "duo", "duo-fp8"])
+def test_batched_graphs_in_half_precision_follow_the_stream_alone(kind, tmp_path):
     """bfloat16 on a GPU: the engine's Triton slab attention and decode graphs against each stream alone
     (its own span kernel and graphs). Rounding differs, so logits agree to bf16 precision, step by step,
-    until the first step where the two pick different tokens (from there the inputs differ)."""
-    adapter = QwenVLAdapter(load_model("tiny-random", "cuda", torch.bfloat16))
-    config = _config(narrate_tokens=8, kv_dtype=kv_dtype)
+    until the first step where the two pick different tokens (from there the inputs differ). duo: half the KV
+    heads streaming, both kinds in one slab-kernel launch."""
+    loaded = load_model("tiny-random", "cuda", torch.bfloat16)
+    adapter = QwenVLAdapter(loaded)
+    duo = dict(duo_gates=_duo_gates(tmp_path, loaded), duo_sparsity=0.5) if kind.startswith("duo") else {}
+    config = _config(narrate_tokens=8, kv_dtype="fp8" if kind.endswith("fp8") else "model", **duo)
     engine, logs, _, _ = _run_engine(adapter, config)
     assert engine.batch.num_graphs > 0, "no batched step replayed a CUDA graph"
     compared = 0

@@ -128,11 +128,12 @@ def test_streaming_heads_take_less_memory_and_sparsity_zero_is_todays_cache_bit_
     per_head_slot = 2 * half.cache.key_buffer.shape[-1] * 4  # keys and values, float32
     streaming_slots = 3 + 8 + SLACK  # sink, recent and the ring's slack
     slots = layout.num_retrieval * capacity + layout.num_streaming * streaming_slots
-    assert half.cache.nbytes == per_head_slot * slots
+    held_bias = 4 * (3 + 8 + SLACK)  # a float32 bias per slot of the window
+    assert half.cache.nbytes == per_head_slot * slots + held_bias
     assert half.cache.nbytes < 0.75 * plain.cache.nbytes
     StaticStep(half.adapter, half.cache, graphs=False)  # fixed-shape steps: the streaming heads' step area
     rows = min(STEP_ROWS, row_bucket(capacity))
-    assert half.cache.nbytes == per_head_slot * (slots + layout.num_streaming * rows)
+    assert half.cache.nbytes == per_head_slot * (slots + layout.num_streaming * rows) + held_bias + 4 * rows
 
 
 def test_a_gates_file_is_checked_by_name(tiny, tmp_path):

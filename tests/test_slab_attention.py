@@ -54,6 +54,41 @@ def test_slab_attention_kernel_matches_reference(dtype):
     assert torch.equal(got[:, :, 44:], torch.zeros_like(got[:, :, 44:]))  # padding rows: zeros, not NaN
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_head_wise_pool_attends_both_kinds_of_heads_in_one_launch(dtype):
+    """KV head 1 retrieval, KV head 0 streaming (DuoAttention): the retrieval heads' query heads as the reference
+    over their slabs; the streaming heads' over each slab's window (its held slots, by held_bias) with the
+    segment's rows in the step area from slot `area` on, causally. A mutation (a slot not held read as held)
+    fails."""
+    from livesight.kernels.span_attention import StreamingSpan
+    q = _randn(1, NUM_KV * GROUPS, NUM_ROWS, 32, dtype=dtype, seed=11)
+    k, v = _pool(200, 32, dtype, seed=12)
+    k, v = k[:, 1:], v[:, 1:]  # the retrieval head's storage
+    area, rows = 30, 40
+    ks = _randn(NUM_SLABS, 1, area + rows + 5, 32, dtype=dtype, seed=13)[:, :, :area + rows]
+    vs = _randn(NUM_SLABS, 1, area + rows + 5, 32, dtype=dtype, seed=14)[:, :, :area + rows]
+    held = torch.zeros(NUM_SLABS, area + rows, dtype=dtype, device=DEVICE)
+    held[:, 7:19] = float("-inf")  # ring slots outside each window
+    held[2, 2] = float("-inf")  # a sink slot not filled yet
+    retrieval_q = torch.arange(GROUPS, 2 * GROUPS, device=DEVICE)
+    streaming_q = torch.arange(0, GROUPS, device=DEVICE)
+    streaming = StreamingSpan(ks, vs, held, area, torch.tensor([1, 0], dtype=torch.int32, device=DEVICE),
+                              retrieval_q, streaming_q)
+    plan = _plan(SEGMENTS, NUM_ROWS, 200, slab_plan_blocks(NUM_ROWS, NUM_SLABS, GROUPS))
+    key_bias = _bias(200, dtype)
+    want = torch.zeros_like(q)
+    want[:, retrieval_q] = slab_attention_reference(q[:, retrieval_q], k, v, 0.17, SEGMENTS, key_bias)
+    windows = [(slab, row0, n, area) for slab, row0, n, _ in SEGMENTS]
+    want[:, streaming_q] = slab_attention_reference(q[:, streaming_q], ks, vs, 0.17, windows, held)
+    got = slab_attention_triton(q, k, v, 0.17, plan, key_bias, streaming=streaming)
+    torch.testing.assert_close(got, want, atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
+    torch.testing.assert_close(slab_attention(q, k, v, 0.17, plan, key_bias, streaming=streaming), want,
+                               atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
+    held[:, 7:19] = 0
+    assert not torch.allclose(slab_attention_triton(q, k, v, 0.17, plan, key_bias, streaming=streaming), want,
+                              atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
+
+
 def test_one_plan_size_serves_every_step_that_fits():
     """A graph's replay: the call (shapes, BLOCK_M, splits) stays, only the table's contents change."""
     q = _randn(1, NUM_KV * GROUPS, 12, 16, dtype=torch.float16, seed=3)

@@ -20,7 +20,6 @@ import torch
 
 from livesight.eval.step_times import StepTimes
 from livesight.eval.streams_load import EventLog
-from livesight.kvcache.pool import KVPool
 from livesight.models.qwen2_5_vl import QwenVLAdapter
 from livesight.streaming.chunker import Chunk
 from livesight.streaming.config import SessionConfig
@@ -67,11 +66,9 @@ class EngineWay:
         """Device memory one stream holds: its slab of the pool (and a hybrid model's linear-attention state
         with its checkpoints), its offloaded blocks' representatives."""
         engine, adapter = self.engine, self.engine.adapter
-        slab = KVPool.slab_bytes(adapter.num_layers, adapter.num_kv_heads, adapter.head_dim, engine.slab_capacity,
-                                 adapter.dtype.itemsize, engine.config.kv_dtype, adapter.inv_freq.numel())
-        slab += adapter.linear_state_bytes
         _, tokens = slab_tokens(adapter, engine.config)
-        reps = stream_bytes(adapter, engine.slab_capacity, tokens, engine.config)["representatives"]
+        need = stream_bytes(adapter, engine.slab_capacity, tokens, engine.config)
+        slab, reps = need["cache"], need["representatives"]
         return {"cache_mb": round(slab / 2**20, 1), "representatives_mb": round(reps / 2**20, 1),
                 "vision_store_mb": round(self.vision_store / 2**20, 1)}
 

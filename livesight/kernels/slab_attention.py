@@ -25,7 +25,7 @@ import triton.language as tl
 
 from livesight.kernels.attention import chunk_attention, chunk_attention_reference
 from livesight.kernels.dispatch import report
-from livesight.kernels.span_attention import Fp8Span, attend_split, merge_splits, split_keys
+from livesight.kernels.span_attention import Fp8Span, StreamingSpan, attend_split, merge_splits, split_keys
 from livesight.kernels.triton_support import check_device, dot_type, half_on_gpu
 
 use_reference = False  # switch: route every call through the plain-torch reference
@@ -103,8 +103,8 @@ def slab_plan(segments: Iterable[tuple[int, int, int, int]], num_rows: int, grou
         raise ValueError(f"the segments need {len(entries)} blocks of {block_m} rows; the plan has {num_blocks}")
     table = torch.tensor(entries + [(0, 0, 0, 0, 0)] * (num_blocks - len(entries)), dtype=torch.int32)
     splits, per_split = split_keys(capacity, num_kv * num_blocks)
-    return SlabPlan(segments, table.reshape(num_blocks, 5).to(device, non_blocking=True), num_rows, groups, capacity, num_kv, block_m,
-                    splits, per_split)
+    return SlabPlan(segments, table.reshape(num_blocks, 5).to(device, non_blocking=True), num_rows, groups, capacity,
+                    num_kv, block_m, splits, per_split)
 
 
 def slab_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
@@ -123,34 +123,56 @@ def slab_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
 
 @triton.jit
 def _slab_kernel(Q, K, V, Bias, Table, Out, Lse, sq_h, sq_m, sk_s, sk_h, sk_n, sv_s, sv_h, sv_n, sb_s, num_rows,
-                 groups, keys_per_split, scale_log2, KScale, VScale, Cos, Sin, ss_s, ss_h, st_s,
+                 groups, keys_per_split, scale_log2, KScale, VScale, Cos, Sin, ss_s, ss_h, st_s, Ks, Vs, HeldBias,
+                 KvMap, num_retrieval, sks_s, sks_h, sks_n, svs_s, svs_h, svs_n, shb_s, window_start,
                  HAS_BIAS: tl.constexpr, DOT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, FP8: tl.constexpr, HALF: tl.constexpr):
-    kv_head, block, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+                 BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, FP8: tl.constexpr, HALF: tl.constexpr,
+                 HEADWISE: tl.constexpr):
+    """HEADWISE: programs kv < num_retrieval read K, V (the layer's retrieval heads), the others Ks, Vs (its
+    streaming heads, each slab's window with the step's rows in its step area from window_start on)."""
+    kv, block, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     entry = Table + block * 5
     slab = tl.load(entry).to(tl.int64)  # a pool's layer can pass 2**31 elements
     seg_rows = tl.load(entry + 2)
-    attend_split(Q, K + slab * sk_s + kv_head * sk_h, V + slab * sv_s + kv_head * sv_h, Bias + slab * sb_s, Out,
-                 Lse, tl.load(entry + 4) + tl.arange(0, BLOCK_M), tl.load(entry + 1), seg_rows, tl.load(entry + 3),
-                 kv_head, split, groups, tl.num_programs(0) * groups, num_rows, keys_per_split, sq_h, sq_m, sk_n,
-                 sv_n, scale_log2, KScale + slab * ss_s + kv_head * ss_h, VScale + slab * ss_s + kv_head * ss_h,
-                 Cos + slab * st_s, Sin + slab * st_s, HAS_BIAS, DOT, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, FP8, HALF)
+    rows, row0 = tl.load(entry + 4) + tl.arange(0, BLOCK_M), tl.load(entry + 1)
+    num_heads = tl.num_programs(0) * groups
+    kv_head = kv
+    streaming = False
+    if HEADWISE:
+        kv_head = tl.load(KvMap + kv)
+        streaming = kv >= num_retrieval
+    if streaming:
+        head = kv - num_retrieval
+        attend_split(Q, Ks + slab * sks_s + head * sks_h, Vs + slab * svs_s + head * svs_h, HeldBias + slab * shb_s,
+                     Out, Lse, rows, row0, seg_rows, window_start, kv_head, split, groups, num_heads, num_rows,
+                     keys_per_split, sq_h, sq_m, sks_n, svs_n, scale_log2, KScale, VScale, Cos, Sin, True, DOT,
+                     HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, False, 0)
+    else:
+        attend_split(Q, K + slab * sk_s + kv * sk_h, V + slab * sv_s + kv * sv_h, Bias + slab * sb_s, Out, Lse, rows,
+                     row0, seg_rows, tl.load(entry + 3), kv_head, split, groups, num_heads, num_rows, keys_per_split,
+                     sq_h, sq_m, sk_n, sv_n, scale_log2, KScale + slab * ss_s + kv * ss_h,
+                     VScale + slab * ss_s + kv * ss_h, Cos + slab * st_s, Sin + slab * st_s, HAS_BIAS, DOT, HEAD_DIM,
+                     BLOCK_M, BLOCK_N, BLOCK_D, FP8, HALF)
 
 
 def slab_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, plan: SlabPlan,
-                          key_bias: torch.Tensor | None = None, fp8: Fp8Span | None = None) -> torch.Tensor:
+                          key_bias: torch.Tensor | None = None, fp8: Fp8Span | None = None,
+                          streaming: StreamingSpan | None = None) -> torch.Tensor:
     """slab_attention_reference's result from the Triton kernel, with no device sync (capturable in a
     CUDA graph). k, v: (S, Hkv, C, D) with any strides but a contiguous last dimension (a layer of
     the pool); key_bias: (S, C), last dimension contiguous. fp8: k, v are codes; scales (S, Hkv, C, 1), turns
-    (S, C, HALF) contiguous: decoded and turned as the kernel loads them."""
+    (S, C, HALF) contiguous: decoded and turned as the kernel loads them. streaming: k, v are a head-wise pool's
+    retrieval heads, and these its streaming heads, in the same launch."""
     check_device(q)
     if fp8 is not None:
         assert k.dtype == torch.uint8 and fp8.key_scale.stride() == fp8.value_scale.stride()
         assert fp8.key_scale.stride(2) == 1 and fp8.cos.is_contiguous() and fp8.sin.is_contiguous()
     _, num_heads, num_q, dim = q.shape
+    num_ret = k.shape[1]
+    num_kv = num_ret + (0 if streaming is None else streaming.keys.shape[1])
     assert q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1
-    assert (num_q, num_heads, tuple(k.shape[1:3])) == (plan.num_rows, plan.num_kv * plan.groups,
-                                                       (plan.num_kv, plan.capacity)), "plan made for other shapes"
+    assert (num_q, num_heads, num_kv, k.shape[2]) == (plan.num_rows, plan.num_kv * plan.groups, plan.num_kv,
+                                                      plan.capacity), "plan made for other shapes"
     assert all(s.slab < k.shape[0] for s in plan.segments), "a segment's slab is outside the pool"
     assert plan.table.device == q.device, "plan made for another device"
     assert key_bias is None or key_bias.stride(-1) == 1
@@ -159,13 +181,22 @@ def slab_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
     grid = (plan.num_kv, plan.table.shape[0], plan.num_splits)
     companions = (fp8.key_scale, fp8.value_scale, fp8.cos, fp8.sin) if fp8 is not None else (q, q, q, q)
     strides = (fp8.key_scale.stride(0), fp8.key_scale.stride(1), fp8.cos.stride(0)) if fp8 is not None else (0, 0, 0)
+    if streaming is not None:
+        ks, vs, held = streaming.keys, streaming.values, streaming.held_bias
+        assert ks.stride(-1) == 1 and vs.stride(-1) == 1 and held.stride(-1) == 1
+        most = streaming.start + max((s.num_rows for s in plan.segments), default=0)
+        assert most <= min(ks.shape[2], plan.num_splits * plan.keys_per_split), "a step overflows the step area"
+        heads = (ks, vs, held, streaming.kv_map, num_ret, *ks.stride()[:3], *vs.stride()[:3], held.stride(0),
+                 streaming.start)
+    else:
+        heads = (q, q, q, q, num_kv, 0, 0, 0, 0, 0, 0, 0, 0)
     _slab_kernel[grid](q, k, v, key_bias if key_bias is not None else q, plan.table, out, lse, q.stride(1),
                        q.stride(2), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
                        0 if key_bias is None else key_bias.stride(0), num_q, plan.groups, plan.keys_per_split,
-                       scale * math.log2(math.e), *companions, *strides, HAS_BIAS=key_bias is not None,
+                       scale * math.log2(math.e), *companions, *strides, *heads, HAS_BIAS=key_bias is not None,
                        DOT=dot_type(q.dtype), HEAD_DIM=dim, BLOCK_M=plan.block_m, BLOCK_N=64,
                        BLOCK_D=triton.next_power_of_2(max(dim, 16)), FP8=fp8 is not None,
-                       HALF=0 if fp8 is None else fp8.inv_freq.numel())
+                       HALF=0 if fp8 is None else fp8.inv_freq.numel(), HEADWISE=streaming is not None)
     return merge_splits(out, lse, q.dtype)
 
 
@@ -181,19 +212,38 @@ def _slab_chunks(q, k, v, scale, segments, key_bias):
     return out
 
 
+def _by_kind(path, q, k, v, scale, segments, key_bias, streaming: StreamingSpan | None):
+    """path (_slab_chunks' signature) for each kind of a head-wise pool's heads: the retrieval heads over their
+    slabs, the streaming heads over their windows, each segment's rows in its step area (start = the area's)."""
+    if streaming is None:
+        return path(q, k, v, scale, segments, key_bias)
+    out = torch.empty_like(q)
+    windows = [(slab, row0, n, streaming.start) for slab, row0, n, _ in segments]
+    for heads, keys, values, segs, bias in ((streaming.retrieval_q, k, v, segments, key_bias),
+                                            (streaming.streaming_q, streaming.keys, streaming.values, windows,
+                                             streaming.held_bias)):
+        if heads.numel():
+            out[:, heads] = path(q[:, heads], keys, values, scale, segs, bias)
+    return out
+
+
 def slab_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, plan: SlabPlan,
-                   key_bias: torch.Tensor | None = None, fp8: Fp8Span | None = None) -> torch.Tensor:
+                   key_bias: torch.Tensor | None = None, fp8: Fp8Span | None = None,
+                   streaming: StreamingSpan | None = None) -> torch.Tensor:
     """Dispatch: the reference when switched on; Triton for CUDA half precision; otherwise (the CPU,
     CUDA float32) a chunk_attention call per segment, which reads the plan's host segments (and
     syncs on key_bias: not for a graph). q: (1, Hq, N, D); k, v: (S, Hkv, C, D); key_bias: (S, C).
-    fp8: k, v are an fp8 pool's codes; the Triton kernel decodes them as it loads them, the other paths first."""
+    fp8: k, v are an fp8 pool's codes; the Triton kernel decodes them as it loads them, the other paths first.
+    streaming: a head-wise pool's streaming heads (k, v its retrieval heads): one launch for both on the Triton
+    path, a call for each kind elsewhere."""
     if fp8 is not None and not (half_on_gpu(q) and not use_reference):
         k, v = fp8.decode(k, v, q.dtype)
     if use_reference:
         report("slab_attention", "reference")
-        return slab_attention_reference(q, k, v, scale, plan.segments, key_bias)
+        return _by_kind(lambda *a: slab_attention_reference(*a), q, k, v, scale, plan.segments, key_bias, streaming)
     if half_on_gpu(q):
-        report("slab_attention", "triton-fp8" if fp8 is not None else "triton")
-        return slab_attention_triton(q, k, v, scale, plan, key_bias, fp8)
+        report("slab_attention", ("triton-fp8" if fp8 is not None else "triton")
+               + ("-headwise" if streaming is not None else ""))
+        return slab_attention_triton(q, k, v, scale, plan, key_bias, fp8, streaming)
     report("slab_attention", "chunk-per-segment")
-    return _slab_chunks(q, k, v, scale, plan.segments, key_bias)
+    return _by_kind(_slab_chunks, q, k, v, scale, plan.segments, key_bias, streaming)

@@ -11,7 +11,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from livesight.kernels import unrotate
 from livesight.kvcache.duo import DuoHeads
-from livesight.kvcache.headwise import HeadLayout, StreamingWindow
+from livesight.kvcache.headwise import HeadLayout, StreamingWindow, WindowStorage
 from livesight.kvcache.linear import LinearState
 from livesight.kvcache.storage import Fp8KV, PlainKV
 from livesight.kvcache.table import Segment, TokenTable, compaction_shift
@@ -94,7 +94,6 @@ class StreamCache(Cache):
 
     duo: DuoAttention's streaming heads (headwise.py): the buffers then hold the retrieval heads alone, as one
     storage layer of all layers' (`layout`), and `window` the streaming heads' sink and recent tokens.
-    Not for a KVPool's slab.
     """
 
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, capacity: int,
@@ -102,17 +101,19 @@ class StreamCache(Cache):
                  rope_axes: tuple[int, ...] | None = None,
                  buffers: tuple[PlainKV | Fp8KV, torch.Tensor] | None = None,
                  layer_of: dict[int, int] | None = None, linear: LinearState | None = None, kv_dtype: str = "model",
-                 duo: DuoHeads | None = None):
+                 duo: DuoHeads | None = None, window_storage: WindowStorage | None = None):
         """buffers: (storage, key_bias) to use instead of allocating: a slab of a KVPool, its keys and values
         (PlainKV or Fp8KV, as kv_dtype says) over views of shape (num_layers, 1, num_kv_heads, capacity,
-        head_dim), and a view (num_layers, capacity)."""
+        head_dim) (head-wise: the retrieval heads' (1, 1, R, capacity, head_dim)), and a view (num_layers, capacity);
+        window_storage: a head-wise slab's streaming heads (headwise.py: WindowStorage.slab)."""
         self.layout = HeadLayout(num_layers, num_kv_heads, duo)
         shape = self.layout.storage_shape(capacity, head_dim)
         self.inv_freq = inv_freq.float().to(device)
         self.window = None
         if self.layout.headwise:
-            assert buffers is None, "a head-wise cache allocates its own buffers"
-            self.window = StreamingWindow(self.layout, duo.sink, duo.recent, head_dim, dtype, device, self.inv_freq)
+            assert (buffers is None) == (window_storage is None), "a pool's slab brings both kinds of heads' storage"
+            self.window = StreamingWindow(self.layout, duo.sink, duo.recent, head_dim, dtype, device, self.inv_freq,
+                                          storage=window_storage)
         if buffers is not None:
             self.kv, self.key_bias = buffers
         else:

@@ -20,6 +20,8 @@ window.
   The area is added by `reserve_steps` (a cache that takes fixed-shape steps: STEP_ROWS rows, its only cost).
 """
 
+from typing import NamedTuple
+
 import torch
 
 from livesight.kernels import rotate_keys
@@ -50,12 +52,14 @@ class HeadLayout:
         self.stream_offset = [sum(stream_counts[:layer]) for layer in range(num_layers)]
         self.num_streaming = sum(stream_counts)
         self._query_index: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._kv_index: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._kv_index: dict[tuple, tuple[torch.Tensor, torch.Tensor] | torch.Tensor] = {}
 
-    def storage_shape(self, capacity: int, head_dim: int) -> tuple[int, ...]:
+    def storage_shape(self, capacity: int, head_dim: int, slabs: int = 1) -> tuple[int, ...]:
+        """The keys' (or values') storage: (storage layers, slabs, heads, capacity, D); a KVPool's has a slab per
+        stream and one for padding rows, a stream's own one."""
         if not self.headwise:
-            return (self.num_layers, 1, self.num_kv_heads, capacity, head_dim)
-        return (1, 1, self.num_retrieval, capacity, head_dim)
+            return (self.num_layers, slabs, self.num_kv_heads, capacity, head_dim)
+        return (1, slabs, self.num_retrieval, capacity, head_dim)
 
     def at(self, layer: int) -> tuple[int, slice]:
         if not self.headwise:
@@ -71,6 +75,14 @@ class HeadLayout:
         key = (layer, str(device))
         if key not in self._kv_index:
             self._kv_index[key] = (self.retrieval[layer].to(device), self.streaming[layer].to(device))
+        return self._kv_index[key]
+
+    def kv_map(self, layer: int, device) -> torch.Tensor:
+        """The model's KV head of each of layer `layer`'s retrieval heads then its streaming heads, int32 on
+        `device` (the span and slab kernels' order of programs)."""
+        key = ("map", layer, str(device))
+        if key not in self._kv_index:
+            self._kv_index[key] = torch.cat([self.retrieval[layer], self.streaming[layer]]).to(device, torch.int32)
         return self._kv_index[key]
 
     def query_index(self, layer: int, num_q_heads: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,20 +101,49 @@ class HeadLayout:
         return torch.stack(parts) if not self.headwise else torch.cat(parts)[None]
 
 
+class WindowStorage(NamedTuple):
+    """The streaming heads' keys and values, (slabs, S, W, D), W = sink + recent + SLACK + step rows, and each
+    slab's held bias (slabs, W): a fixed-shape step's additive bias over the slots, 0 held (sink, window, step
+    area), -inf not. One stream's (slab) or a KVPool's (a slab per stream and one for padding rows)."""
+    keys: torch.Tensor
+    values: torch.Tensor
+    held_bias: torch.Tensor
+    own: bool = True  # a stream's own (reserve_steps may grow it), not a pool's slab
+
+    @classmethod
+    def allocate(cls, slabs: int, num_streaming: int, sink: int, recent: int, step_rows: int, head_dim: int,
+                 dtype: torch.dtype, device) -> "WindowStorage":
+        width = sink + recent + SLACK + step_rows
+        keys = torch.zeros(slabs, num_streaming, width, head_dim, dtype=dtype, device=device)
+        return cls(keys, torch.zeros_like(keys), torch.zeros(slabs, width, dtype=dtype, device=device))
+
+    @staticmethod
+    def slab_bytes(num_streaming: int, sink: int, recent: int, step_rows: int, head_dim: int, itemsize: int) -> int:
+        return (sink + recent + SLACK + step_rows) * (2 * num_streaming * head_dim + 1) * itemsize
+
+    def slab(self, slab: int, own: bool = True) -> "WindowStorage":
+        return WindowStorage(self.keys[slab], self.values[slab], self.held_bias[slab], own)
+
+
 class StreamingWindow:
     """The streaming heads' storage of one stream (see the module's note). Tokens past the sink are numbered in
     the order they were recorded (since the last `sync`); number a sits in ring slot a % (recent + SLACK). A step
     rolled back before it was recorded leaves nothing here: its keys wait in `attending` until `record`."""
 
     def __init__(self, layout: HeadLayout, sink: int, recent: int, head_dim: int, dtype: torch.dtype, device,
-                 inv_freq: torch.Tensor, keep: int = 5):
+                 inv_freq: torch.Tensor, keep: int = 5, storage: "WindowStorage | None" = None):
+        """storage: views to hold the window in (a slab of a KVPool's: WindowStorage.slab), its step area
+        reserved; None: allocated here, without one (reserve_steps adds it)."""
         self.layout, self.sink, self.recent, self.keep, self.inv_freq = layout, sink, recent, keep, inv_freq
         self.ring = recent + SLACK
         self.area = sink + self.ring  # the step area's first slot
-        self.step_rows = 0  # the step area's rows (reserve_steps)
-        shape = (layout.num_streaming, self.area, head_dim)
-        self.keys = torch.zeros(shape, dtype=dtype, device=device)
-        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        if storage is None:
+            storage = WindowStorage.allocate(1, layout.num_streaming, sink, recent, 0, head_dim, dtype, device).slab(0)
+        self.keys, self.values, self.held_bias = storage[:3]
+        assert self.keys.shape[:2] == (layout.num_streaming, self.held_bias.shape[0])
+        assert self.keys.shape[1] >= self.area
+        self.step_rows = self.keys.shape[1] - self.area  # the step area's rows
+        self._own = storage.own
         self.seq = torch.full((sink + self.ring,), -1, dtype=torch.int64)  # each slot's token (stream index)
         self.pos = torch.zeros(sink + self.ring, dtype=torch.int64)  # the position its key is rotated at
         self.num_sink = 0
@@ -113,13 +154,10 @@ class StreamingWindow:
         self._checkpoints = Checkpoints(keep, "streaming-head state")  # (num_sink, count) before each step
         self._held: tuple[tuple[int, int, int], torch.Tensor] | None = None  # (counts, slots on the device)
         self._static = False  # the unrecorded step is a fixed-shape one: its tokens are in the step area
-        # a fixed-shape step's additive bias over the slots: 0 held (sink, window, step area), -inf not
-        self.held_bias = torch.zeros(self.area, dtype=dtype, device=device)
-        self._kv_map: dict[int, torch.Tensor] = {}
 
     @property
     def nbytes(self) -> int:
-        return self.keys.nbytes + self.values.nbytes
+        return self.keys.nbytes + self.values.nbytes + self.held_bias.nbytes
 
     def _slots(self, first: int, end: int) -> torch.Tensor:
         """The slots of numbers first .. end - 1."""
@@ -141,6 +179,7 @@ class StreamingWindow:
         """Make room for fixed-shape steps of up to `rows` rows (before any CUDA graph reads the buffers)."""
         if rows <= self.step_rows:
             return
+        assert self._own, "a pool's window has its step area already"
         for name in ("keys", "values"):
             old = getattr(self, name)
             new = old.new_zeros(old.shape[0], self.area + rows, old.shape[2])
@@ -173,13 +212,10 @@ class StreamingWindow:
 
     def span(self, layer: int, rows: int, num_q_heads: int) -> StreamingSpan:
         """What the span kernel reads for layer `layer`'s streaming heads in a fixed-shape step of `rows` rows."""
-        heads, end = self.layout.stream_heads(layer), self.area + rows
-        device = self.keys.device
-        if layer not in self._kv_map:
-            self._kv_map[layer] = torch.cat([self.layout.retrieval[layer], self.layout.streaming[layer]]).to(
-                device, torch.int32)
+        heads, end, device = self.layout.stream_heads(layer), self.area + rows, self.keys.device
         return StreamingSpan(self.keys[heads, :end][None], self.values[heads, :end][None], self.held_bias[:end],
-                             self.area, self._kv_map[layer], *self.layout.query_index(layer, num_q_heads, device))
+                             self.area, self.layout.kv_map(layer, device),
+                             *self.layout.query_index(layer, num_q_heads, device))
 
     def write(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """A step's keys and values (1, s, n, D) of layer `layer`'s streaming heads -> `attending[layer]`: the

@@ -55,7 +55,9 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     window = kwargs.get("livesight_window")  # a head-wise cache's streaming heads (kvcache/headwise.py)
     if plan is not None:  # a batched step: packed rows of many streams, each over its own slab of the pool
         key_bias = kwargs.get("livesight_key_bias")  # (L, S + 1, C): padding in retrieved slots
-        out = slab_attention(query, key, value, scale, plan, None if key_bias is None else key_bias[layer], fp8)
+        streaming = None if cache is None else cache.streaming_span  # a head-wise pool's streaming heads
+        out = slab_attention(query, key, value, scale, plan, None if key_bias is None else key_bias[layer], fp8,
+                             streaming)
     elif start is not None:  # a static step: fixed key span, rows written from slot `start` on
         key_bias = kwargs.get("livesight_key_bias")  # (L, capacity): padding in retrieved slots
         streaming = None if window is None else window.span(layer, query.shape[2], query.shape[1])
@@ -127,11 +129,15 @@ class TextAdapter:
                            self.dtype, self.device, self.rope_axes, layer_of=self.layer_of,
                            linear=self.new_linear_state(), kv_dtype=kv_dtype, duo=duo)
 
-    def new_pool(self, num_slabs: int, slab_capacity: int, kv_dtype: str = "model") -> KVPool:
-        """The batched engine's pool: a cache slab for each of `num_slabs` streams, keys and values in kv_dtype."""
+    def new_pool(self, num_slabs: int, slab_capacity: int, kv_dtype: str = "model", duo: DuoHeads | None = None,
+                 step_rows: int = 0) -> KVPool:
+        """The batched engine's pool: a cache slab for each of `num_slabs` streams, keys and values in kv_dtype;
+        duo: which KV heads stream, each slab's streaming heads with a step area of step_rows rows (the most one
+        stream's step packs)."""
         return KVPool(num_slabs, self.num_layers, self.num_kv_heads, self.head_dim, slab_capacity, self.inv_freq,
                       self.dtype, self.device, self.rope_axes, layer_of=self.layer_of,
-                      linear_pool=self.new_linear_pool(num_slabs), kv_dtype=kv_dtype)
+                      linear_pool=self.new_linear_pool(num_slabs), kv_dtype=kv_dtype, duo=duo, step_rows=step_rows,
+                      num_q_heads=self.language_model.config.num_attention_heads)
 
     # A hybrid model's (qwen3_5.py): the model's index of each full-attention layer -> the cache's, and the
     # linear-attention layers' state per stream (a stream's own, a pool's for many, its bytes)
@@ -222,15 +228,16 @@ class TextAdapter:
 
 
     def pool_hidden(self, embeds: torch.Tensor, positions: torch.Tensor, pool: KVPool, slabs: torch.Tensor,
-                    slots: torch.Tensor, plan, padded: bool = False) -> torch.Tensor:
+                    slots: torch.Tensor, plan, padded: bool = False,
+                    area_slots: torch.Tensor | None = None) -> torch.Tensor:
         """A batched step (streaming/batch_step.py): the packed tokens of many streams, embeds (N, hidden)
         and positions (3, N), token i written to slot slots[i] of slab slabs[i] of `pool` and attending to
         its own slab as the slab plan says (kernels/slab_attention.py). padded: some slab's retrieved slots
-        hold padding, which pool.key_bias hides. -> last hidden states (N, hidden)."""
-        pool.write = (slabs, slots)
+        hold padding, which pool.key_bias hides. area_slots: a head-wise pool's, where token i's streaming heads
+        go in its slab's step area. -> last hidden states (N, hidden)."""
+        pool.write = (slabs, slots, area_slots)
         try:
             return self.run_layers(embeds, positions, pool, livesight_plan=plan,
-                                   livesight_key_bias=pool.key_bias if padded else None,
-                                   livesight_cache=pool if pool.kv_dtype == "fp8" else None)
+                                   livesight_key_bias=pool.key_bias if padded else None, livesight_cache=pool)
         finally:
             pool.write = None

@@ -56,13 +56,18 @@ class BatchStep:
             cache, n = stepper.cache, len(table)
             if cache.length + n > cache.capacity:
                 raise CacheFullError(f"step of {n} tokens overflows the cache ({cache.length}/{cache.capacity})")
+            if cache.window is not None and n > cache.window.step_rows:
+                raise CacheFullError(f"step of {n} tokens overflows the streaming heads' step area "
+                                     f"({cache.window.step_rows} rows)")
             segments.append((cache.slab, row, n, cache.length))
             row += n
         embeds = self._embeds([piece for _, builder in steps for piece in builder.embeds])
         positions = torch.cat([table.pos for table in tables], dim=1)
         padded = any(stepper.cache.key_valid is not None for stepper, _ in steps)
-        for stepper, _ in steps:
+        for (stepper, _), (_, _, n, _) in zip(steps, segments):
             stepper.cache.begin_step()
+            if stepper.cache.window is not None:  # a head-wise pool's streaming heads: what each holds
+                stepper.cache.window.begin_static(n)
         self.pool.segments = segments  # a hybrid model's linear layers run each stream's rows on its own state
         try:
             hidden = self._hidden(embeds, positions, segments, padded)
@@ -91,10 +96,10 @@ class BatchStep:
         if self.graphs and num_rows <= GRAPH_MAX_ROWS:
             return self._replayed(embeds, positions, segments, padded)[:num_rows]
         report("lm_batch", "eager")
-        slabs, slots = self._slots(segments, 0)
+        slabs, slots, area_slots = self._slots(segments, 0)
         plan = slab_plan(segments, num_rows, self.groups, self.pool.slab_capacity, self.adapter.num_kv_heads, device)
         return self.adapter.pool_hidden(embeds.to(device, non_blocking=True), positions.to(device, non_blocking=True),
-                                        self.pool, slabs, slots, plan, padded)
+                                        self.pool, slabs, slots, plan, padded, area_slots)
 
     def _replayed(self, embeds, positions, segments, padded: bool) -> torch.Tensor:
         """The step at (rows, segments) rounded up to buckets, from a CUDA graph captured once per bucket
@@ -108,25 +113,33 @@ class BatchStep:
         plan = slab_plan(segments, rows, self.groups, self.pool.slab_capacity, self.adapter.num_kv_heads, device,
                          num_blocks)
         pad = rows - num_rows
-        slabs, slots = self._slots(segments, pad)
+        slabs, slots, area_slots = self._slots(segments, pad)
         embeds = F.pad(embeds, (0, 0, 0, pad)).to(device, non_blocking=True)
         positions = F.pad(positions, (0, pad)).to(device, non_blocking=True)
         key = (rows, num_blocks, plan.block_m, padded)
         report("lm_batch", "cuda-graph")
         replay = self._replays.get(key)
+        inputs = [embeds, positions, slabs, slots, plan.table] + ([] if area_slots is None else [area_slots])
         if replay is None:
-            def step(e, p, sl, so, table):
-                return self.adapter.pool_hidden(e, p, self.pool, sl, so, dataclasses.replace(plan, table=table), padded)
-            replay = GraphReplay(step, [embeds, positions, slabs, slots, plan.table], self._pool)
+            def step(e, p, sl, so, table, area=None):
+                return self.adapter.pool_hidden(e, p, self.pool, sl, so, dataclasses.replace(plan, table=table), padded,
+                                                area)
+            replay = GraphReplay(step, inputs, self._pool)
             self._replays[key] = replay
-        return replay(embeds, positions, slabs, slots, plan.table)
+        return replay(*inputs)
 
-    def _slots(self, segments: list[tuple[int, int, int, int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Where each row's key and value go -> (slabs (N + pad,), slots (N + pad,)) on the device; padding
-        rows go to the pool's spare slab."""
-        slabs = [torch.full((n,), slab) for slab, _, n, _ in segments] + [torch.full((pad,), self.pool.dump_slab)]
+    def _slots(self, segments: list[tuple[int, int, int, int]], pad: int) -> tuple[torch.Tensor, ...]:
+        """Where each row's key and value go -> (slabs (N + pad,), slots (N + pad,), and a head-wise pool's slots
+        of its streaming heads' step area (N + pad,), else None) on the device; padding rows go to the pool's
+        spare slab."""
+        pool, device = self.pool, self.pool.key_buffer.device
+        slabs = [torch.full((n,), slab) for slab, _, n, _ in segments] + [torch.full((pad,), pool.dump_slab)]
         slots = [torch.arange(start, start + n) for _, _, n, start in segments]
-        slots.append(torch.arange(pad) % self.pool.slab_capacity)
-        device = self.pool.key_buffer.device
-        return torch.cat(slabs).to(device, non_blocking=True), torch.cat(slots).to(device, non_blocking=True)
+        slots.append(torch.arange(pad) % pool.slab_capacity)
+        area = None
+        if pool.window is not None:  # each stream's rows fill its step area from its first slot
+            rows = pool.window.keys.shape[2] - pool.window_area
+            area = torch.cat([torch.arange(n) for _, _, n, _ in segments] + [torch.arange(pad) % rows])
+            area = (area + pool.window_area).to(device, non_blocking=True)
+        return torch.cat(slabs).to(device, non_blocking=True), torch.cat(slots).to(device, non_blocking=True), area
 

@@ -36,7 +36,8 @@ from livesight.streaming.chunker import Chunk
 from livesight.streaming.config import SessionConfig
 from livesight.streaming.events import Event
 from livesight.streaming.lane import Job, Lane
-from livesight.streaming.stream import Stream, VisionWork, check_fits, check_host_memory, slab_tokens
+from livesight.streaming.stream import (Stream, VisionWork, check_fits, check_host_memory, duo_heads, largest_step,
+                                       slab_tokens)
 
 MAX_PENDING = 2  # chunks a live stream may have waiting; one more drops the oldest
 # Live chunks arrive spread over each second; started at once, each would be a prefill step and a vision
@@ -64,13 +65,11 @@ class Engine:
         # closed is collected
         gc.collect()
         gc.freeze()
-        if config.duo_gates is not None:
-            raise InputError(f"--duo {config.duo_gates}: the engine's shared pool keeps every KV head's whole window; "
-                             f"streaming heads serve a single stream's own cache for now")
         self.slab_capacity, tokens_per_chunk = slab_tokens(adapter, config, max_frame)
         check_fits(adapter, self.slab_capacity, tokens_per_chunk, config, num_streams=max_streams)
         check_host_memory(config, max_streams)
-        self.pool = adapter.new_pool(max_streams, self.slab_capacity, config.kv_dtype)
+        self.pool = adapter.new_pool(max_streams, self.slab_capacity, config.kv_dtype, duo_heads(adapter, config),
+                                     largest_step(config, tokens_per_chunk, adapter.chat_ids()))
         self.batch = BatchStep(adapter, self.pool, config.cuda_graphs)
         self.lanes: dict[str, Lane] = {}
         self._ids = itertools.count()

@@ -25,7 +25,7 @@ import torch
 from livesight.errors import InputError
 from livesight.kvcache import Segment, StreamCache, TokenTable, WindowPolicy
 from livesight.kvcache.blocks import OffloadedBlocks, vision_blocks
-from livesight.kvcache.duo import load_duo
+from livesight.kvcache.duo import DuoHeads, load_duo
 from livesight.kvcache.pool import KVPool
 from livesight.models.chat import ChatIds
 from livesight.models.qwen2_5_vl import QwenVLAdapter
@@ -54,14 +54,23 @@ class VisionWork:
 Work = Generator[VisionWork | StepBuilder, Any, list[Event]]
 
 
+def duo_heads(adapter: QwenVLAdapter, config: SessionConfig) -> DuoHeads | None:
+    """The KV heads that stream (config.duo_gates at config.duo_sparsity), or None."""
+    if config.duo_gates is None:
+        return None
+    return load_duo(config.duo_gates, config.duo_sparsity, adapter.num_layers, adapter.num_kv_heads)
+
+
 def stream_bytes(adapter: QwenVLAdapter, capacity: int, tokens_per_chunk: int, config: SessionConfig) -> dict[str, int]:
     """The device bytes one stream holds: its cache, and its offloaded blocks' representatives."""
     width = adapter.num_layers * adapter.num_kv_heads * adapter.head_dim
     element = adapter.dtype.itemsize
     retrieval = config.retrieval
     budget = (retrieval.ram_gb + retrieval.disk_gb) * GB if retrieval.enabled else 0
+    # keys, values, key bias (fp8: and more; duo: the retrieval heads, and the streaming heads' window and step area)
     cache = KVPool.slab_bytes(adapter.num_layers, adapter.num_kv_heads, adapter.head_dim, capacity, element,
-                              config.kv_dtype, adapter.inv_freq.numel())  # keys, values, key bias (fp8: and more)
+                              config.kv_dtype, adapter.inv_freq.numel(), duo_heads(adapter, config),
+                              largest_step(config, tokens_per_chunk, adapter.chat_ids()))
     return {"cache": cache + adapter.linear_state_bytes,  # and a hybrid model's linear-attention state
             "representatives": int(budget // (2 * width * tokens_per_chunk * element) * width * 4)}  # float32
 
@@ -93,13 +102,19 @@ def cache_capacity(config: SessionConfig, tokens_per_chunk: int, chat: ChatIds) 
     largest step (a chunk with its narration, or a question with its answer)."""
     caps = WindowPolicy(config.vision_window_s, config.text_sink, config.text_window).caps(
         tokens_per_chunk, config.chunk_seconds)
+    retrieval = config.retrieval
+    slots = retrieval.top_k * tokens_per_chunk if retrieval.enabled else 0
+    return (len(chat.system(config.system_prompt)) + caps["vision"] + caps["text"] + slots
+            + largest_step(config, tokens_per_chunk, chat))
+
+
+def largest_step(config: SessionConfig, tokens_per_chunk: int, chat: ChatIds) -> int:
+    """The most tokens a stream's turn adds before the window's next compaction, which bounds any one step of it:
+    a chunk with its narration, or a question with its answer."""
     chunk_step = PENDING_MAX + tokens_per_chunk + len(chat.assistant) + config.narrate_tokens
     question_step = (PENDING_MAX + len(chat.user_open) + config.max_question_tokens + len(chat.turn_close)
                      + len(chat.assistant) + config.answer_tokens)
-    retrieval = config.retrieval
-    slots = retrieval.top_k * tokens_per_chunk if retrieval.enabled else 0
-    return len(chat.system(config.system_prompt)) + caps["vision"] + caps["text"] + slots + max(chunk_step,
-                                                                                                question_step)
+    return max(chunk_step, question_step)
 
 
 def slab_tokens(adapter: QwenVLAdapter, config: SessionConfig,
@@ -154,11 +169,10 @@ class Stream:
         if cache is None:
             check_fits(adapter, self.capacity, self.tokens_per_chunk, config)
         retrieval = config.retrieval
-        duo = None if config.duo_gates is None else load_duo(config.duo_gates, config.duo_sparsity, adapter.num_layers,
-                                                             adapter.num_kv_heads)
         self.stepper = CacheStepper(adapter, self.policy, self.capacity, self._offload if retrieval.enabled else None,
-                                    config.cuda_graphs and cache is None, None if cache is None else cache(self.capacity),
-                                    config.kv_dtype, duo)
+                                    config.cuda_graphs and cache is None,
+                                    None if cache is None else cache(self.capacity), config.kv_dtype,
+                                    duo_heads(adapter, config))
         self.cache = self.stepper.cache
         self.temporal_stride = adapter.temporal_stride(config.fps)
         self.offloaded = None

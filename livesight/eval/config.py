@@ -126,6 +126,8 @@ class StreamsConfig:
     seed: int = 0
     partial: bool = False  # partial re-encoding of a chunk that changed a little (off: the batched full pass)
     kv_dtype: str = "model"  # the pool's keys and values as computed, or fp8 (kvcache/storage.py)
+    duo_gates: str | None = None  # DuoAttention gates: this share of the pool's KV heads stream (kvcache/duo.py)
+    duo_sparsity: float = 0.5
 
     def __post_init__(self) -> None:
         if self.kv_dtype not in KV_DTYPES:

@@ -30,7 +30,7 @@ def session_config(cfg: StreamsConfig, narrate_tokens: int) -> SessionConfig:
     retrieval = RetrievalConfig(enabled=cfg.retrieval, ram_gb=cfg.offload_ram_gb, disk_gb=0.0)
     return SessionConfig(fps=cfg.fps, vision_window_s=cfg.window_s, narrate=narrate_tokens > 0,
                          narrate_tokens=narrate_tokens, compression=compression, retrieval=retrieval,
-                         kv_dtype=cfg.kv_dtype)
+                         kv_dtype=cfg.kv_dtype, duo_gates=cfg.duo_gates, duo_sparsity=cfg.duo_sparsity)
 
 
 def memory_mb(device: torch.device) -> float:

@@ -15,21 +15,24 @@ import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from livesight.kvcache.duo import DuoHeads
     from livesight.models.qwen2_5_vl import QwenVLAdapter
 
 
 def model_facts(adapter: "QwenVLAdapter", size: tuple[int, int], frames_per_chunk: int,
-                kv_dtype: str = "model") -> dict:
+                kv_dtype: str = "model", duo: "DuoHeads | None" = None) -> dict:
     """What the floor needs of the model: bytes one decode step reads (the layers and the output
-    head; the embedding is a lookup), matmul parameters, KV bytes per token (fp8: codes and scales), the
-    vision tower's size and patch rows per chunk."""
+    head; the embedding is a lookup), matmul parameters, KV bytes per token (fp8: codes and scales; duo: of the
+    retrieval heads, the streaming heads' few hundred slots left out), the vision tower's size and patch rows
+    per chunk."""
+    heads = adapter.num_layers * adapter.num_kv_heads - (0 if duo is None else int(duo.streaming.sum()))
     lm, itemsize = adapter.language_model, adapter.dtype.itemsize
     layers = sum(p.numel() for p in lm.layers.parameters())
     head = sum(p.numel() for p in adapter.lm_head.parameters()) + sum(p.numel() for p in lm.norm.parameters())
     grid_t, grid_h, grid_w = adapter.patch_grid(size, frames_per_chunk)
     return {"decode_bytes": (layers + head) * itemsize, "lm_params": layers,
-            "kv_bytes_per_token": 2 * adapter.num_layers * adapter.num_kv_heads
-            * (adapter.head_dim + 4 if kv_dtype == "fp8" else adapter.head_dim * itemsize),
+            "kv_bytes_per_token": 2 * heads * (adapter.head_dim + 4 if kv_dtype == "fp8"
+                                               else adapter.head_dim * itemsize),
             "attention_width": adapter.num_layers * lm.config.num_attention_heads * adapter.head_dim,
             "vision_params": sum(p.numel() for p in adapter.visual.parameters()),
             "vision_rows": grid_t * grid_h * grid_w}

@@ -20,7 +20,7 @@ from livesight.eval.output import writable_folder
 from livesight.eval.streams_summary import markdown, plot, summarize
 from livesight.progress import progress
 from livesight.streaming.config import GB
-from livesight.streaming.options import ENGINE, KV_DTYPES, Bound, resolve_device
+from livesight.streaming.options import ENGINE, KV_DTYPES, Bound, check_gates_path, resolve_device
 
 SECONDS = Bound(float, 1, 86400, why="stream seconds, at most a day")
 
@@ -96,6 +96,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="matmul TFLOP/s for the floor estimate (default %(default)s: H200 bf16 measured)")
     parser.add_argument("--kv-dtype", choices=KV_DTYPES, default=d.kv_dtype,
                         help="the pool's keys and values as the model computes them, or fp8 (default %(default)s)")
+    parser.add_argument("--duo", metavar="GATES", default=None,
+                        help="DuoAttention gates (`livesight calibrate duo`'s folder or duo_gates.json): the heads "
+                             "they mark keep only each stream's first and latest tokens (default: none)")
+    parser.add_argument("--duo-sparsity", type=ENGINE["duo_sparsity"], default=d.duo_sparsity,
+                        help="with --duo, the share of KV heads that stream (default %(default)s)")
     parser.add_argument("--out", default="out/streams",
                         help="folder for streams.json, streams.md, streams.png, created if missing; by convention "
                              "results/streams/<hardware> (default %(default)s)")
@@ -110,10 +115,11 @@ def config_from(args) -> StreamsConfig:
                          args.warmup_seconds, args.fps, args.window, args.compression, args.retrieval, args.ask_every,
                          args.baseline_streams, args.arrivals, args.latency_bound, ram_gb, args.stop_at_miss,
                          args.memory_seconds, args.bandwidth_tbs, args.peak_tflops, partial=args.partial,
-                         kv_dtype=args.kv_dtype)
+                         kv_dtype=args.kv_dtype, duo_gates=args.duo, duo_sparsity=args.duo_sparsity)
 
 
 def main(args) -> int:
+    check_gates_path(args.duo)  # before torch: a mistake costs no import
     from livesight.eval.streams import session_config
     cfg = config_from(args)
     for narrate_tokens in cfg.narrate_tokens:
@@ -129,8 +135,9 @@ def main(args) -> int:
 
 def measure(cfg: StreamsConfig, out: str) -> dict:
     """Every planned run, the outputs saved after each; then the memory run, if asked for."""
-    from livesight.eval.streams import run_count
+    from livesight.eval.streams import run_count, session_config
     from livesight.eval.streams_floor import model_facts
+    from livesight.streaming.stream import duo_heads
     from livesight.eval.streams_load import ChunkPool
     from livesight.models.registry import load_adapter
     adapter = load_adapter(cfg.model, cfg.device)
@@ -138,7 +145,8 @@ def measure(cfg: StreamsConfig, out: str) -> dict:
     frames_per_chunk = round(cfg.fps * cfg.chunk_s)
     pool = ChunkPool(size, frames_per_chunk, cfg.fps, cfg.chunk_s)
     result = {"config": asdict(cfg) | {"chunk_s": cfg.chunk_s}, "hardware": hardware(), "frame_size": list(size),
-              "finished": False, "model": model_facts(adapter, size, frames_per_chunk, cfg.kv_dtype),
+              "finished": False, "model": model_facts(adapter, size, frames_per_chunk, cfg.kv_dtype,
+                                                      duo_heads(adapter, session_config(cfg, 0))),
               "modes": {str(m): {"engine": [], "today": []} for m in cfg.narrate_tokens}}
     # count by count, both modes at each: a run cut short loses the largest counts, not a whole mode
     plan = [(m, way, n) for way, ns in (("engine", cfg.streams), ("today", cfg.baseline_streams)) for n in ns

@@ -119,6 +119,13 @@ def _mode_lines(mode: str, runs: dict, s: dict, result: dict) -> list[str]:
     return lines
 
 
+def duo_note(cfg: dict) -> str:
+    """', DuoAttention: S of the KV heads streaming (gates G)' when the run had --duo, else ''."""
+    if not cfg.get("duo_gates"):
+        return ""
+    return f", DuoAttention: {cfg['duo_sparsity']:.0%} of the KV heads streaming (gates {cfg['duo_gates']})"
+
+
 def markdown(result: dict) -> str:
     cfg, hw, summary = result["config"], result["hardware"], result["summary"]
     where = hw["gpu"] if cfg["device"].startswith("cuda") else f"CPU ({hw['cores']} cores)"
@@ -126,7 +133,8 @@ def markdown(result: dict) -> str:
     lines = [f"# bench streams: {cfg['model']} on {where}", "",
              f"Live streams of mixed synthetic scenes (stream i: static, quiet, shapes, busy by i mod 4, each from "
              f"its own offset) at {cfg['fps']:g} fps, {width}x{height} frames, 1-s chunks, window "
-             f"{cfg['window_s']:g} s, keys and values {'in fp8' if cfg.get('kv_dtype') == 'fp8' else 'as computed'}, "
+             f"{cfg['window_s']:g} s, keys and values {'in fp8' if cfg.get('kv_dtype') == 'fp8' else 'as computed'}"
+             f"{duo_note(cfg)}, "
              f"compression {'on' if cfg['compression'] else 'off'}, retrieval "
              f"{'on' if cfg['retrieval'] else 'off'} ({cfg['offload_ram_gb']:g} GB RAM per stream). Chunks arrive "
              f"{'spread over each second (stream i at i/N)' if cfg['arrivals'] == 'spread' else 'all at once'}; "

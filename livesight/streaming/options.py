@@ -117,14 +117,15 @@ DEFAULTS: dict[str, Any] = {
     "offload_disk_gb": _R.disk_gb, "offload_dir": _R.folder,
     "reuse": _C.reuse, "reuse_threshold": _C.reuse_threshold, "prune": _C.prune, "keep_ratio": _C.keep_ratio,
     "keep_floor": _C.keep_floor, "prune_threshold": _C.prune_threshold, "partial": _C.partial,
-    "kv_dtype": _S.kv_dtype,
+    "kv_dtype": _S.kv_dtype, "duo": _S.duo_gates, "duo_sparsity": _S.duo_sparsity,
 }
 
 
-def check_gates_path(path: str | None) -> None:
-    """--duo's gates before any model loads: a file or a folder that exists (kvcache/duo.py reads it)."""
+def check_gates_path(path: str | None, name: str = "--duo") -> None:
+    """--duo's gates before any model loads: a file or a folder that exists (kvcache/duo.py reads it); `name`: what
+    a message calls the input."""
     if path is not None and not os.path.exists(path):
-        raise InputError(f"--duo {path}: no such file or folder; give the folder `livesight calibrate duo --out` "
+        raise InputError(f"{name} {path}: no such file or folder; give the folder `livesight calibrate duo --out` "
                          f"wrote, or its duo_gates.json")
 
 
@@ -183,6 +184,11 @@ def add_engine_args(p: argparse.ArgumentParser, narrate: bool = True, answer_tok
     p.add_argument("--kv-dtype", choices=KV_DTYPES, default=d["kv_dtype"],
                    help="keys and values as the model computes them, or fp8: 8 bits with a scale per head and "
                         "token, about half the bytes per stream (default %(default)s)")
+    p.add_argument("--duo", metavar="GATES", default=d["duo"],
+                   help="DuoAttention gates (`livesight calibrate duo`'s folder or its duo_gates.json): the KV heads "
+                        "they mark least needed keep only each stream's first and latest tokens (default: none)")
+    p.add_argument("--duo-sparsity", type=ENGINE["duo_sparsity"], default=d["duo_sparsity"],
+                   help="with --duo, the share of KV heads that stream (default %(default)s)")
 
 
 def add_compression_args(p: argparse.ArgumentParser) -> None:
@@ -222,6 +228,9 @@ def build_config(values: Mapping[str, Any], names: Mapping[str, str] | None = No
 
     if v["kv_dtype"] not in KV_DTYPES:
         raise InputError(f"{name('kv_dtype')}: expected {' or '.join(KV_DTYPES)}, got {_shown(v['kv_dtype'])}")
+    if v["duo"] is not None and not isinstance(v["duo"], str):
+        raise InputError(f"{name('duo')}: expected a gates file or folder, got {_shown(v['duo'])}")
+    check_gates_path(v["duo"], name("duo"))
     if v["retrieve_scope"] not in ("layer", "global"):
         raise InputError(f"{name('retrieve_scope')}: expected layer or global, got {_shown(v['retrieve_scope'])}")
     folder = v["offload_dir"]
@@ -240,7 +249,8 @@ def build_config(values: Mapping[str, Any], names: Mapping[str, str] | None = No
                              text_sink=num("text_sink"), text_window=num("text_window"), narrate=yes("narrate"),
                              narrate_tokens=num("narrate_tokens"), answer_tokens=num("answer_tokens"),
                              max_pixels=num("max_pixels"), retrieval=retrieval, compression=compression,
-                             cuda_graphs=yes("cuda_graphs"), kv_dtype=v["kv_dtype"])
+                             cuda_graphs=yes("cuda_graphs"), kv_dtype=v["kv_dtype"], duo_gates=v["duo"],
+                             duo_sparsity=num("duo_sparsity"))
     except ValueError as err:  # the dataclasses' checks across fields
         raise InputError(str(err)) from None
 

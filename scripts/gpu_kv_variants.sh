@@ -12,7 +12,10 @@
 #   speed (≤ 110 s each): $MODEL (default random-7b), SECONDS_ (default 60) of video with 20 narrated tokens a
 #         chunk and a question a minute, each way. The gates are random, drawn from seed 0: which heads stream
 #         changes neither bytes nor time (a trained model's come from `livesight calibrate duo`).
-# What comes back ($OUT): gpu.txt, tests.log, kernels.json, speed.log, speed_{model,fp8,duo}/speed.json.
+#   streams (≤ 120 s each; only with STREAMS=N): livesight bench streams, N streams of $MODEL without narration in
+#         the engine's pool, each way (10 s of warm-up, 6 s measured): bytes per stream, memory per stream, real time.
+# What comes back ($OUT): gpu.txt, tests.log, kernels.json, speed.log, speed_{model,fp8,duo}/speed.json,
+# streams.log, streams_{model,fp8,duo}/streams.json.
 set -uo pipefail
 MODEL=${MODEL:-random-7b}
 started=$SECONDS
@@ -56,11 +59,26 @@ speed() {  # name, then bench speed's arguments
   mkdir -p "$OUT/speed_$name" && cp /tmp/speed_$name/speed.json "$OUT/speed_$name/"
   grep -E "real-time factor|chunk latency|split p50|decode per token|KV cache|time to first token" "/tmp/speed_$name.md"
 }
+flags() {  # a variant's flags
+  case $1 in model) ;; fp8) echo "--kv-dtype fp8" ;; duo) echo "--duo /tmp/gates --duo-sparsity 0.5" ;; esac
+}
 for variant in ${VARIANTS:-model fp8 duo}; do  # VARIANTS: which of the three to run
-  case $variant in
-    model) speed model ;;
-    fp8) speed fp8 --kv-dtype fp8 ;;
-    duo) speed duo --duo /tmp/gates --duo-sparsity 0.5 ;;
-  esac
+  speed $variant $(flags $variant)
 done
+
+streams() {  # name, then bench streams' arguments
+  local name=$1; shift
+  stamp "streams $name: $STREAMS streams without narration (at most 120 s)"
+  timeout 120 python3 -m livesight bench streams --model $MODEL --streams $STREAMS --narration off --seconds 6 \
+    --warmup-seconds 10 --baseline-streams none --out "$OUT/streams_$name" "$@" > "/tmp/streams_$name.md" \
+    2>> "$OUT/streams.log"
+  stamp "streams $name: exit $?"
+  grep -E "^\| engine" "/tmp/streams_$name.md"
+  rm -f "$OUT/streams_$name/streams.png" "$OUT/streams_$name/streams.md"
+}
+if [ -n "${STREAMS:-}" ]; then  # STREAMS: a count, for bench streams with each variant's pool
+  for variant in ${VARIANTS:-model fp8 duo}; do
+    streams $variant $(flags $variant)
+  done
+fi
 stamp "done"

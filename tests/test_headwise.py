@@ -274,3 +274,39 @@ def test_head_wise_cuda_graphs_replay_the_fixed_shape_step_whose_kernel_matches_
     assert len(logits[True]) == len(logits[False])
     for a, b in zip(logits[True], logits[False]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fp8", [False, True])
+@pytest.mark.parametrize("pooled", [False, True])
+def test_one_write_puts_each_kind_of_heads_where_it_goes(fp8, pooled):
+    """kernels/kv_write.py: KV heads 0 and 3 retrieval, 1 and 2 streaming; each token's rows to the retrieval
+    heads' cache slots (in 8 bits with fp8) and the streaming heads' step-area slots, in one launch (interpreted
+    here, compiled on a GPU), bytes equal to the torch reference; nothing else touched."""
+    from livesight.kernels.kv_write import HeadwiseTargets, headwise_write_reference, headwise_write_triton
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(5)
+    keys = torch.randn(5, 4, 32, generator=g).to(device, torch.bfloat16).transpose(0, 1)  # (H, n, D), strided
+    values = torch.randn(4, 5, 32, generator=g).to(device, torch.bfloat16)
+    slabs = torch.tensor([2, 0, 2, 1, 0], device=device) if pooled else None
+    slots = torch.tensor([7, 3, 8, 0, 11], device=device)
+    area_slots = torch.tensor([20, 21, 22, 20, 22], device=device) if pooled else torch.arange(20, 25, device=device)
+    kind = torch.tensor([0, 1, 1, 0], dtype=torch.int32, device=device)
+    index = torch.tensor([0, 0, 1, 1], dtype=torch.int32, device=device)
+    made = []
+    for write in (headwise_write_reference, headwise_write_triton):
+        slabs_n = 3 if pooled else 1
+        if fp8:
+            retrieval = tuple(torch.full((slabs_n, 2, 12, width), fill, dtype=dtype, device=device)
+                              for width, fill, dtype in ((32, 7, torch.uint8), (1, -1.0, torch.float32)) * 2)
+        else:
+            retrieval = tuple(torch.full((slabs_n, 2, 12, 32), 9.0, dtype=torch.bfloat16, device=device)
+                              for _ in range(2))
+        area = tuple(torch.full((slabs_n, 2, 26, 32), 9.0, dtype=torch.bfloat16, device=device) for _ in range(2))
+        write(keys, values, HeadwiseTargets(retrieval, area, kind, index), slabs, slots, area_slots)
+        made.append(retrieval + area)
+    for want, got in zip(*made):
+        assert torch.equal(want, got)
+    first = slabs if pooled else torch.zeros_like(slots)
+    assert torch.equal(made[1][-2][first, 1, area_slots], keys[2])  # KV head 2: the second streaming head
+    touched = int((made[1][-2] != 9.0).any(-1).sum())
+    assert touched == 2 * 5  # two streaming heads x five tokens, nothing else

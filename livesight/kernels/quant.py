@@ -59,7 +59,7 @@ def _e4m3_grid(y):
 
 
 @triton.jit
-def _quantize_row(X, Codes, Scales, d, d_ok):
+def quantize_row(X, Codes, Scales, d, d_ok):
     x = tl.load(X + d, mask=d_ok, other=0.0).to(tl.float32)
     scale = tl.maximum(tl.math.div_rn(tl.max(tl.abs(x), 0), 448.0), 1.1754943508222875e-38)
     codes = _e4m3_grid(tl.clamp(tl.math.div_rn(x, scale), -448.0, 448.0)).to(tl.float8e4nv)
@@ -79,9 +79,9 @@ def _quantize_kernel(K, V, sx_h, sx_n, KCodes, KScales, VCodes, VScales, Slabs, 
     row = h * sx_h + i * sx_n
     d = tl.arange(0, BLOCK_D)
     if which == 0:
-        _quantize_row(K + row, KCodes + code_at, KScales + scale_at, d, d < HEAD_DIM)
+        quantize_row(K + row, KCodes + code_at, KScales + scale_at, d, d < HEAD_DIM)
     else:
-        _quantize_row(V + row, VCodes + code_at, VScales + scale_at, d, d < HEAD_DIM)
+        quantize_row(V + row, VCodes + code_at, VScales + scale_at, d, d < HEAD_DIM)
 
 
 def quantize_into_triton(keys: torch.Tensor, values: torch.Tensor, targets: tuple, slabs: torch.Tensor | None,

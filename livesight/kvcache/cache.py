@@ -10,6 +10,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from livesight.kernels import unrotate
+from livesight.kernels.kv_write import HeadwiseTargets, headwise_write
 from livesight.kvcache.duo import DuoHeads
 from livesight.kvcache.headwise import HeadLayout, StreamingWindow, WindowStorage
 from livesight.kvcache.linear import LinearState
@@ -43,21 +44,25 @@ class StreamLayer(CacheLayerMixin):
         In a static step (owner.static_write = (slots (n,), num_keys)) they go to the given slots,
         the length is left to the caller, and the first num_keys slots come back, whatever they hold."""
         kv, (layer, heads), window = self.owner.kv, self.at, self.owner.window
-        if window is not None:  # the streaming heads' share goes to their own storage
-            static = self.owner.static_write is not None
-            retrieval, streaming = self.owner.layout.kv_index(self.layer_idx, key_states.device)
-            (window.write_static if static else window.write)(self.layer_idx, key_states[:, streaming],
-                                                              value_states[:, streaming])
-            key_states, value_states = key_states[:, retrieval], value_states[:, retrieval]
         if self.owner.static_write is not None:
             slots, num_keys = self.owner.static_write
             if self.layer_idx == 0:
                 kv.fresh(slots)
-            kv.write(layer, slots, key_states, value_states, heads)
+            if window is None:
+                kv.write(layer, slots, key_states, value_states, heads)
+            else:  # both kinds in one write: the streaming heads' rows to their step area
+                rows, device = key_states.shape[2], key_states.device
+                targets = HeadwiseTargets(kv.targets(layer, heads), window.step_targets(self.layer_idx),
+                                          *self.owner.layout.write_map(self.layer_idx, device))
+                headwise_write(key_states[0], value_states[0], targets, None, slots, window.area_slots(rows))
             if isinstance(kv, Fp8KV):  # the codes: the span kernel decodes them as it loads them
                 keys, values, self.owner.fp8_span = kv.span(layer, num_keys, heads)
                 return keys, values
             return kv.read(layer, num_keys, heads)
+        if window is not None:  # the streaming heads' share goes to their own storage
+            retrieval, streaming = self.owner.layout.kv_index(self.layer_idx, key_states.device)
+            window.write(self.layer_idx, key_states[:, streaming], value_states[:, streaming])
+            key_states, value_states = key_states[:, retrieval], value_states[:, retrieval]
         start = self.owner.length
         end = start + key_states.shape[-2]
         if end > self.owner.capacity:

@@ -85,6 +85,19 @@ class HeadLayout:
             self._kv_index[key] = torch.cat([self.retrieval[layer], self.streaming[layer]]).to(device, torch.int32)
         return self._kv_index[key]
 
+    def write_map(self, layer: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each of layer `layer`'s KV heads: its kind (0 retrieval, 1 streaming) and its place among its kind's
+        heads, int32 on `device` (kernels/kv_write.py)."""
+        key = ("write", layer, str(device))
+        if key not in self._kv_index:
+            kind = torch.zeros(self.num_kv_heads, dtype=torch.int32)
+            index = torch.zeros(self.num_kv_heads, dtype=torch.int32)
+            for k, heads in enumerate((self.retrieval[layer], self.streaming[layer])):
+                kind[heads] = k
+                index[heads] = torch.arange(len(heads), dtype=torch.int32)
+            self._kv_index[key] = (kind.to(device), index.to(device))
+        return self._kv_index[key]
+
     def query_index(self, layer: int, num_q_heads: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """The query heads that read layer `layer`'s retrieval heads, and those that read its streaming heads, on
         `device`; each KV head's grouped query heads together, in order (made once per layer)."""
@@ -154,6 +167,7 @@ class StreamingWindow:
         self._checkpoints = Checkpoints(keep, "streaming-head state")  # (num_sink, count) before each step
         self._held: tuple[tuple[int, int, int], torch.Tensor] | None = None  # (counts, slots on the device)
         self._static = False  # the unrecorded step is a fixed-shape one: its tokens are in the step area
+        self._area_slots: dict[int, torch.Tensor] = {}
 
     @property
     def nbytes(self) -> int:
@@ -203,12 +217,17 @@ class StreamingWindow:
         self._plan(n)
         self._static = True
 
-    def write_static(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """A fixed-shape step's keys and values (1, s, rows, D) of layer `layer`'s streaming heads, padding rows
-        included, -> the step area."""
-        heads, rows = self.layout.stream_heads(layer), keys.shape[2]
-        self.keys[heads, self.area:self.area + rows] = keys[0]
-        self.values[heads, self.area:self.area + rows] = values[0]
+    def step_targets(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer `layer`'s streaming heads, (1, s, W, D) keys and values: where a fixed-shape step writes its rows
+        (at area_slots) (kernels/kv_write.py)."""
+        heads = self.layout.stream_heads(layer)
+        return self.keys[heads][None], self.values[heads][None]
+
+    def area_slots(self, rows: int) -> torch.Tensor:
+        """The step area's first `rows` slots, on the device (made once per size: a CUDA graph reads them)."""
+        if rows not in self._area_slots:
+            self._area_slots[rows] = torch.arange(self.area, self.area + rows, device=self.keys.device)
+        return self._area_slots[rows]
 
     def span(self, layer: int, rows: int, num_q_heads: int) -> StreamingSpan:
         """What the span kernel reads for layer `layer`'s streaming heads in a fixed-shape step of `rows` rows."""

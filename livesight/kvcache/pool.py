@@ -11,6 +11,7 @@ the padding rows of fixed-shape (graph-captured) steps, so they never touch a st
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from livesight.kernels.kv_write import HeadwiseTargets, headwise_write
 from livesight.kernels.quant import quantize_into
 from livesight.kernels.span_attention import Fp8Span, StreamingSpan
 from livesight.kvcache.cache import StreamCache
@@ -45,24 +46,25 @@ class PoolLayer(CacheLayerMixin):
         and pool.fp8_span says how to read them. A head-wise pool's streaming heads write theirs to their slab's
         step area (row i at area_slots[i]), pool.streaming_span says how to read them, and the retrieval heads' come
         back."""
-        pool, layer, (at, heads) = self.pool, self.layer_idx, self.at
+        pool, layer, (at, heads), fp8 = self.pool, self.layer_idx, self.at, self.pool.fp8
         slabs, slots, area_slots = pool.write
-        if pool.window is not None:
-            retrieval, streaming = pool.layout.kv_index(layer, key_states.device)
-            window, mine = pool.window, pool.layout.stream_heads(layer)
-            for buffer, x in ((window.keys, key_states), (window.values, value_states)):
-                buffer[:, mine][slabs, :, area_slots] = x[0, streaming].transpose(0, 1)
+        retrieval = (self.keys, self.values) if fp8 is None else tuple(x[at][:, heads] for x in (
+            fp8.keys, fp8.key_scale, fp8.values, fp8.value_scale))
+        if pool.window is not None:  # both kinds in one write: the streaming heads' rows to their slab's step area
+            window, mine, device = pool.window, pool.layout.stream_heads(layer), key_states.device
+            targets = HeadwiseTargets(retrieval, (window.keys[:, mine], window.values[:, mine]),
+                                      *pool.layout.write_map(layer, device))
+            headwise_write(key_states[0], value_states[0], targets, slabs, slots, area_slots)
             pool.streaming_span = StreamingSpan(window.keys[:, mine], window.values[:, mine], window.held_bias,
-                                                pool.window_area, pool.layout.kv_map(layer, key_states.device),
-                                                *pool.layout.query_index(layer, pool.num_q_heads, key_states.device))
-            key_states, value_states = key_states[:, retrieval], value_states[:, retrieval]
-        fp8 = pool.fp8
-        if fp8 is None:
+                                                pool.window_area, pool.layout.kv_map(layer, device),
+                                                *pool.layout.query_index(layer, pool.num_q_heads, device))
+        elif fp8 is None:
             self.keys[slabs, :, slots] = key_states[0].transpose(0, 1)
             self.values[slabs, :, slots] = value_states[0].transpose(0, 1)
+        else:
+            quantize_into(key_states[0], value_states[0], retrieval, slabs, slots)
+        if fp8 is None:
             return self.keys, self.values
-        quantize_into(key_states[0], value_states[0], tuple(x[at][:, heads] for x in (
-            fp8.keys, fp8.key_scale, fp8.values, fp8.value_scale)), slabs, slots)
         if layer == 0:  # a new key is at the position it was written at (device tensors: a CUDA graph captures this)
             fp8.shift[slabs, slots] = torch.zeros(slabs.shape, dtype=fp8.shift.dtype, device=slabs.device)
             fp8.turn[:, slabs, slots] = unturned(slabs.shape[0], fp8.turn.shape[-1], slabs.device)

@@ -52,6 +52,11 @@ class PlainKV:
         _put(self.keys[layer, :, heads], slots, keys)
         _put(self.values[layer, :, heads], slots, values)
 
+    def targets(self, layer: int, heads: slice = slice(None)) -> tuple[torch.Tensor, ...]:
+        """Layer `layer`'s `heads`, (1, h, C, D) keys and values: where a head-wise write puts its retrieval heads'
+        rows (kernels/kv_write.py)."""
+        return self.keys[layer][:, heads], self.values[layer][:, heads]
+
     def read(self, layer: int, end: int, heads: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
         """Slots 0 .. end - 1 of layer `layer`'s `heads` -> keys, values (1, h, end, D), keys at current positions."""
         return self.keys[layer, :, heads, :end], self.values[layer, :, heads, :end]
@@ -162,6 +167,10 @@ class Fp8KV(PlainKV):
             slots = torch.arange(slots.start, slots.stop, device=self.keys.device)
         quantize_into(keys[0], values[0], tuple(buffer[layer, :, heads] for buffer in (
             self.keys, self.key_scale, self.values, self.value_scale)), None, slots)
+
+    def targets(self, layer: int, heads: slice = slice(None)) -> tuple[torch.Tensor, ...]:
+        """In 8 bits: key codes, key scales, value codes, value scales."""
+        return tuple(x[layer][:, heads] for x in (self.keys, self.key_scale, self.values, self.value_scale))
 
     def fresh(self, slots) -> None:
         n = slots.numel() if isinstance(slots, torch.Tensor) else slots.stop - slots.start

@@ -17,7 +17,8 @@ window.
   A fixed-shape step (streaming/static_step.py, replayed from a CUDA graph) of up to `step_rows` rows writes its
   keys to a step area past the ring, and attends there with the sink and window through a bias (`begin_static`,
   `span`): shapes fixed, what is held told by device data. `record` then copies the step's tokens from the area.
-  The area is added by `reserve_steps` (a cache that takes fixed-shape steps: STEP_ROWS rows, its only cost).
+  A stream's own cache gets its area from `reserve_steps` (when it first takes fixed-shape steps: STEP_ROWS rows,
+  its only cost); a slab of a KVPool comes with one sized to a stream's largest step (WindowStorage).
 """
 
 from typing import NamedTuple

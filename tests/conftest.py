@@ -16,6 +16,18 @@ if not torch.cuda.is_available():
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # a test's devices: the GPU where there is one
 
 
+@pytest.fixture(autouse=True)
+def _release_frozen():
+    """Session and Engine freeze the collector on what exists when they start (gc.freeze: no full collection
+    mid-step); in one test process that makes every earlier test's sessions immortal, gigabytes by the
+    suite's middle. Each test's leftovers are unfrozen and collected after it."""
+    yield
+    import gc
+    if gc.get_freeze_count():
+        gc.unfreeze()
+        gc.collect()
+
+
 @pytest.fixture(scope="session")
 def tiny():
     from livesight.models.loader import load_model

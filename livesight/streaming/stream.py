@@ -65,6 +65,7 @@ def stream_bytes(adapter: QwenVLAdapter, capacity: int, tokens_per_chunk: int, c
     """The device bytes one stream holds: its cache, and its offloaded blocks' representatives."""
     width = adapter.num_layers * adapter.num_kv_heads * adapter.head_dim
     element = adapter.dtype.itemsize
+    stored = (adapter.head_dim + 4) / adapter.head_dim if config.kv_dtype == "fp8" else element  # an offloaded block's
     retrieval = config.retrieval
     budget = (retrieval.ram_gb + retrieval.disk_gb) * GB if retrieval.enabled else 0
     # keys, values, key bias (fp8: and more; duo: the retrieval heads, and the streaming heads' window and step area)
@@ -72,7 +73,7 @@ def stream_bytes(adapter: QwenVLAdapter, capacity: int, tokens_per_chunk: int, c
                               config.kv_dtype, adapter.inv_freq.numel(), duo_heads(adapter, config),
                               largest_step(config, tokens_per_chunk, adapter.chat_ids()))
     return {"cache": cache + adapter.linear_state_bytes,  # and a hybrid model's linear-attention state
-            "representatives": int(budget // (2 * width * tokens_per_chunk * element) * width * 4)}  # float32
+            "representatives": int(budget // (2 * width * tokens_per_chunk * stored) * width * 4)}  # float32
 
 
 def check_fits(adapter: QwenVLAdapter, capacity: int, tokens_per_chunk: int, config: SessionConfig,

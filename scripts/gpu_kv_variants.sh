@@ -4,9 +4,11 @@
 # (results/speed/h200-kv-variants/), through the device tool from the repo root, in ONE command (carry .whl:
 # transformers 5.23.0, fla-core and einops wheels for Python 3.12), timeout_s 600:
 #   bash scripts/gpu_kv_variants.sh
-# Stages, each time-boxed (worst case 200 + 60 + 3 x 110 s); TESTS, SKIP_KERNEL=1 and VARIANTS pick a subset:
+# Stages, each time-boxed (worst case 200 + 60 + 3 x 110 s); TESTS, SKIP_KERNEL=1 and VARIANTS (of model, fp8, duo,
+# duofp8: both at once) pick a subset:
 #   tests (≤ 200 s; SKIP_TESTS=1 skips): the fp8 span and quantize kernels compiled against their references, fp8
 #         and head-wise CUDA-graph steps against eager ones, every Triton kernel, the static step, the engine.
+#   probe (≤ 90 s; only with PROBE=1): scripts/decode_sync_probe.py, where a narrated chunk waits on the GPU.
 #   kernel (≤ 60 s): scripts/kv_kernel_bench.py, the span kernel on fp8 and half-streaming heads against bf16 at 7B
 #         decode shapes, and an 8-bit write of a decode step's keys and values.
 #   speed (≤ 110 s each): $MODEL (default random-7b), SECONDS_ (default 60) of video with 20 narrated tokens a
@@ -14,8 +16,8 @@
 #         changes neither bytes nor time (a trained model's come from `livesight calibrate duo`).
 #   streams (≤ 120 s each; only with STREAMS=N): livesight bench streams, N streams of $MODEL without narration in
 #         the engine's pool, each way (10 s of warm-up, 6 s measured): bytes per stream, memory per stream, real time.
-# What comes back ($OUT): gpu.txt, tests.log, kernels.json, speed.log, speed_{model,fp8,duo}/speed.json,
-# streams.log, streams_{model,fp8,duo}/streams.json.
+# What comes back ($OUT): gpu.txt, tests.log, syncs.json, kernels.json, speed.log, speed_{model,fp8,duo}/speed.json,
+# streams.log, streams_{model,fp8,duo}/streams.json (PACK=1: all but gpu.txt in kv-variants.tgz).
 set -uo pipefail
 MODEL=${MODEL:-random-7b}
 started=$SECONDS
@@ -39,6 +41,11 @@ if [ -z "${SKIP_KERNEL:-}" ]; then
   timeout 60 python3 scripts/kv_kernel_bench.py --out "$OUT/kernels.json"
 fi
 
+if [ -n "${PROBE:-}" ]; then  # PROBE=1: where a narrated chunk waits on the GPU, each variant (tiny-random)
+  stamp "sync probe (at most 90 s)"
+  timeout 90 python3 scripts/decode_sync_probe.py --out "$OUT/syncs.json" 2>&1 | grep -v Warning | tail -40
+fi
+
 python3 - "$MODEL" <<'EOF'
 import json, os, sys
 import torch
@@ -60,9 +67,12 @@ speed() {  # name, then bench speed's arguments
   grep -E "real-time factor|chunk latency|split p50|decode per token|KV cache|time to first token" "/tmp/speed_$name.md"
 }
 flags() {  # a variant's flags
-  case $1 in model) ;; fp8) echo "--kv-dtype fp8" ;; duo) echo "--duo /tmp/gates --duo-sparsity 0.5" ;; esac
+  case $1 in
+    model) ;; fp8) echo "--kv-dtype fp8" ;; duo) echo "--duo /tmp/gates --duo-sparsity 0.5" ;;
+    duofp8) echo "--kv-dtype fp8 --duo /tmp/gates --duo-sparsity 0.5" ;;
+  esac
 }
-for variant in ${VARIANTS:-model fp8 duo}; do  # VARIANTS: which of the three to run
+for variant in ${VARIANTS:-model fp8 duo}; do  # VARIANTS: which to run
   speed $variant $(flags $variant)
 done
 
@@ -77,8 +87,12 @@ streams() {  # name, then bench streams' arguments
   rm -f "$OUT/streams_$name/streams.png" "$OUT/streams_$name/streams.md"
 }
 if [ -n "${STREAMS:-}" ]; then  # STREAMS: a count, for bench streams with each variant's pool
-  for variant in ${VARIANTS:-model fp8 duo}; do
+  for variant in ${STREAM_VARIANTS:-${VARIANTS:-model fp8 duo}}; do  # STREAM_VARIANTS: which, if not VARIANTS
     streams $variant $(flags $variant)
   done
+fi
+if [ -n "${PACK:-}" ]; then  # PACK=1: everything but gpu.txt in one archive (the device returns at most 8 files)
+  tar czf /tmp/kv-variants.tgz -C "$OUT" --exclude gpu.txt . && find "$OUT" -mindepth 1 ! -name gpu.txt -delete
+  mv /tmp/kv-variants.tgz "$OUT/"
 fi
 stamp "done"

@@ -169,6 +169,7 @@ class StreamingWindow:
         self._held: tuple[tuple[int, int, int], torch.Tensor] | None = None  # (counts, slots on the device)
         self._static = False  # the unrecorded step is a fixed-shape one: its tokens are in the step area
         self._area_slots: dict[int, torch.Tensor] = {}
+        self._cyclic: torch.Tensor | None = None  # _ring_view's table
 
     @property
     def nbytes(self) -> int:
@@ -177,6 +178,13 @@ class StreamingWindow:
     def _slots(self, first: int, end: int) -> torch.Tensor:
         """The slots of numbers first .. end - 1."""
         return self.sink + torch.arange(first, end) % self.ring
+
+    def _ring_view(self, first: int, n: int) -> torch.Tensor:
+        """The slots of numbers first .. first + n - 1 (n <= recent), on the device: a view of a table made once,
+        so that recording a step neither copies to the device nor, indexing the host's tables, waits for it."""
+        if self._cyclic is None:
+            self._cyclic = self.sink + torch.arange(2 * self.ring, device=self.keys.device) % self.ring
+        return self._cyclic[first % self.ring:first % self.ring + n]
 
     def _window(self) -> torch.Tensor:
         """The window's slots: the latest `recent` numbers the ring holds."""
@@ -254,7 +262,7 @@ class StreamingWindow:
         n, to_sink, to_ring = step
         assert len(rows) == n, f"recorded {len(rows)} tokens, the streaming heads saw {n}"
         sink = slice(self.num_sink, self.num_sink + to_sink)
-        ring = self._slots(self.count, self.count + to_ring).to(self.keys.device, non_blocking=True)
+        ring, on_device = self._slots(self.count, self.count + to_ring), self._ring_view(self.count, to_ring)
         # every layer's heads at once from the step area, or each layer's from what it attended to
         steps = ([(slice(None), (buffer[None, :, self.area:self.area + n] for buffer in (self.keys, self.values)))]
                  if static else [(self.layout.stream_heads(layer), pair) for layer, pair in self.attending.items()])
@@ -262,7 +270,7 @@ class StreamingWindow:
             for buffer, x in zip((self.keys, self.values), pair):
                 new = x[0, :, x.shape[2] - n:]
                 buffer[heads, sink] = new[:, :to_sink]
-                buffer[heads].index_copy_(1, ring, new[:, n - to_ring:])
+                buffer[heads].index_copy_(1, on_device, new[:, n - to_ring:])
         self.discard()
         self.seq[sink], self.pos[sink] = rows.seq[:to_sink], rows.pos[0, :to_sink]
         self.seq[ring], self.pos[ring] = rows.seq[n - to_ring:], rows.pos[0, n - to_ring:]
@@ -286,7 +294,7 @@ class StreamingWindow:
                 slots, delta = slots[found], positions[where[found]] - self.pos[slots[found]]
             else:
                 slots, delta = slots[:0], torch.zeros(0, dtype=torch.int64)
-            index = slots.to(self.keys.device)
+            index = slots.to(self.keys.device, non_blocking=True)
             keys, values = self.keys[:, index], self.values[:, index]
             if bool((delta != 0).any()):
                 keys = rotate_keys(keys, delta.to(self.keys.device), self.inv_freq)

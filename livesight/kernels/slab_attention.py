@@ -25,7 +25,8 @@ import triton.language as tl
 
 from livesight.kernels.attention import chunk_attention, chunk_attention_reference
 from livesight.kernels.dispatch import report
-from livesight.kernels.span_attention import Fp8Span, StreamingSpan, attend_split, merge_splits, split_keys
+from livesight.kernels.span_attention import (Fp8Span, StreamingSpan, attend_split, head_kind, merge_splits,
+                                              split_keys)
 from livesight.kernels.triton_support import check_device, dot_type, half_on_gpu
 
 use_reference = False  # switch: route every call through the plain-torch reference
@@ -136,11 +137,7 @@ def _slab_kernel(Q, K, V, Bias, Table, Out, Lse, sq_h, sq_m, sk_s, sk_h, sk_n, s
     seg_rows = tl.load(entry + 2)
     rows, row0 = tl.load(entry + 4) + tl.arange(0, BLOCK_M), tl.load(entry + 1)
     num_heads = tl.num_programs(0) * groups
-    kv_head = kv
-    streaming = False
-    if HEADWISE:
-        kv_head = tl.load(KvMap + kv)
-        streaming = kv >= num_retrieval
+    kv_head, streaming = head_kind(KvMap, kv, num_retrieval, HEADWISE)
     if streaming:
         head = kv - num_retrieval
         attend_split(Q, Ks + slab * sks_s + head * sks_h, Vs + slab * svs_s + head * svs_h, HeldBias + slab * shb_s,

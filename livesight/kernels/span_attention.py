@@ -117,6 +117,18 @@ def _turned_keys(K, KScale, Cos, Sin, n, n_ok, d, d_ok, sk_n, HALF: tl.constexpr
 
 
 @triton.jit
+def head_kind(KvMap, kv, num_retrieval, HEADWISE: tl.constexpr):
+    """Program kv's KV head in the model's order, and whether it is a streaming head (HEADWISE: KvMap lists the
+    layer's retrieval heads, then its streaming heads; else program kv is KV head kv)."""
+    kv_head = kv
+    streaming = False
+    if HEADWISE:
+        kv_head = tl.load(KvMap + kv)
+        streaming = kv >= num_retrieval
+    return kv_head, streaming
+
+
+@triton.jit
 def attend_split(Q, K, V, Bias, Out, Lse, r, row0, seg_rows, start, kv_head, split, groups, num_heads, num_rows,
                  keys_per_split, sq_h, sq_m, sk_n, sv_n, scale_log2, KScale, VScale, Cos, Sin,
                  HAS_BIAS: tl.constexpr, DOT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -172,11 +184,7 @@ def _span_kernel(Q, K, V, Bias, Start, Out, Lse, sq_h, sq_m, sk_h, sk_n, sv_h, s
     kv, m_block, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     rows = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
     num_heads = tl.num_programs(0) * groups
-    kv_head = kv
-    streaming = False
-    if HEADWISE:
-        kv_head = tl.load(KvMap + kv)
-        streaming = kv >= num_retrieval
+    kv_head, streaming = head_kind(KvMap, kv, num_retrieval, HEADWISE)
     if streaming:  # its sink and window (HeldBias 0, the ring's other slots -inf), then the step's rows
         head = kv - num_retrieval
         attend_split(Q, Ks + head * sks_h, Vs + head * svs_h, HeldBias, Out, Lse, rows, 0, num_rows, window_start,

@@ -112,6 +112,8 @@ def test_numbers_out_of_bounds_are_refused_in_one_line(capsys, command, flag):
     (["bench", "fidelity", "--tokens", "100"], "--tokens (100) must exceed the window"),
     (["bench", "fidelity", "--duo", "/nonexistent"], "--duo /nonexistent: no such file or folder"),
     (["bench", "speed", "--duo", "/nonexistent", "--out", "OUT"], "--duo /nonexistent: no such file or folder"),
+    (["bench", "recall", "--duo", "/nonexistent", "--out", "OUT"], "--duo /nonexistent: no such file or folder"),
+    (["bench", "recall", "--duo-sparsity", "0.5", "--out", "OUT"], "--duo-sparsity needs --duo GATES"),
     (["eval", "vqa", "--data", "/nonexistent.jsonl", "--videos", ".", "--out", "OUT"], "no such file"),
 ])
 def test_bad_input_is_refused_before_torch_is_imported(tmp_path, argv, message):

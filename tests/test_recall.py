@@ -1,13 +1,20 @@
 """`livesight bench recall` (a CPU smoke run on 2 minutes of the world with toy-vlm): per setting, the
 accuracy by age bucket is what `livesight eval vqa` reports for the same settings on the same set, and
 `livesight eval streamingbench` on the same questions in StreamingBench's layout (the bench measures the
-evaluator's engine, nothing else), whether settings run one after another or several at once; every
-cell of the matrix is run or says why not; the outputs are written."""
+evaluator's engine, nothing else), whether settings run one after another or several at once; so are its
+DuoAttention rows (a share of KV heads streaming) and its fp8 rows, with the engine given the very settings
+the evaluator gives it; every cell of the matrix is run or says why not; the outputs are written; bad --duo
+input is refused before anything runs."""
 
 import json
 
+import pytest
+
 from livesight.app.cli import main
 from livesight.eval.recall import setting
+
+# the evaluator's flags for the bench's (window, off) cell at --window 4
+WINDOW_OFF = ["--vision-window", "4", "--no-retrieve", "--no-reuse", "--no-prune", "--answer-tokens", "8"]
 
 
 def test_bench_recall_equals_the_evaluator_on_its_own_set(tmp_path, capsys):
@@ -92,9 +99,11 @@ def test_a_setting_whose_questions_failed_says_why():
         "id": "w0-2", "group": "recall", "reply": "red", "score_strict": 0.0, "score_robust": 1.0, "latency_ms": 5.0}
     row = accuracy([answered, failed, dict(failed, id="w0-3")])
     assert row["errors"] == 2 and row["first_error"] == "video: cannot read world_0.mp4: No module named 'decord'"
-    result = {"config": {"model": "m", "videos": 1, "seconds": 60, "seed": 0, "window": 16.0, "narrate": False},
-              "questions": {"age 0-16 s": 3}, "runs": [{"policy": "window", "compression": "off", "fits": True} | row]}
-    assert "First error (window, off): video: cannot read world_0.mp4: No module named 'decord'" in markdown(result)
+    result = {"config": {"model": "m", "videos": 1, "seconds": 60, "seed": 0, "window": 16.0, "narrate": False,
+                         "kv_dtype": "model", "duo": None}, "questions": {"age 0-16 s": 3},
+              "runs": [{"policy": "window", "compression": "off", "sparsity": None, "fits": True} | row]}
+    assert "First error (window, off, KV heads all): video: cannot read world_0.mp4: No module named 'decord'" in \
+        markdown(result)
     assert "first_error" not in accuracy([answered])
 
 
@@ -103,7 +112,7 @@ def test_a_stopped_bench_goes_on_where_it_stopped(tmp_path, monkeypatch):
     a different set starts afresh."""
     from livesight.eval import recall
     ran, real = [], recall.run_cell
-    monkeypatch.setattr(recall, "run_cell", lambda args, qs, p, c: ran.append((p, c)) or real(args, qs, p, c))
+    monkeypatch.setattr(recall, "run_cell", lambda args, qs, p, c, s: ran.append((p, c)) or real(args, qs, p, c, s))
     flags = ["bench", "recall", "--device", "cpu", "--model", "tiny-random", "--videos", "1", "--seconds", "20",
              "--per-video", "2", "--window", "4", "--out", str(tmp_path)]
     assert main(flags + ["--policies", "window", "--compression", "off"]) == 0
@@ -114,3 +123,130 @@ def test_a_stopped_bench_goes_on_where_it_stopped(tmp_path, monkeypatch):
     assert [(r["policy"], r["compression"]) for r in runs] == [("window", "off"), ("retrieval-4", "off")]
     assert main(flags + ["--policies", "window", "--compression", "off", "--per-video", "3"]) == 0
     assert ran[-1] == ("window", "off")  # another set: run again
+
+
+def _gates(folder, model: str, sink: int = 0, recent: int = 2, low: int = 0):
+    """A duo_gates.json for `model`'s (layers, KV heads), the lowest gate at head `low`, as `livesight calibrate
+    duo` writes it. Streaming heads keeping 2 tokens see next to nothing: their rows differ from the others."""
+    from livesight.models.registry import load_adapter
+    adapter = load_adapter(model, "cpu")
+    gates = [[1.0 + layer + head / 10 for head in range(adapter.num_kv_heads)] for layer in range(adapter.num_layers)]
+    gates[low // adapter.num_kv_heads][low % adapter.num_kv_heads] = 0.0
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "duo_gates.json").write_text(json.dumps({"gates": gates, "settings": {"sink": sink, "recent": recent}}))
+    return folder
+
+
+@pytest.fixture
+def engine_configs(monkeypatch):
+    """The SessionConfig each evaluator engine was built with, in order (the bench's cells and `eval vqa`)."""
+    from livesight.eval import engine as eval_engine
+    configs, real = [], eval_engine.VideoEngine.__init__
+    monkeypatch.setattr(eval_engine.VideoEngine, "__init__",
+                        lambda self, adapter, config, n: configs.append(config) or real(self, adapter, config, n))
+    return configs
+
+
+def _evaluator(set_folder, out, model: str, flags: list[str]) -> dict:
+    """`livesight eval vqa` on the bench's set: {bucket: (robust, strict)} as the bench rounds them."""
+    assert main(["eval", "vqa", "--data", str(set_folder / "questions.jsonl"), "--videos", str(set_folder / "videos"),
+                 "--out", str(out), "--device", "cpu", "--model", model] + WINDOW_OFF + flags) == 0
+    tasks = json.loads((out / "summary.json").read_text())["scores"]["tasks"]
+    return {name: (round(t["robust"] / 100, 3), round(t["strict"] / 100, 3)) for name, t in tasks.items()}
+
+
+def _figures(run: dict) -> dict:
+    return {name: (b["accuracy"], b["strict"]) for name, b in run["buckets"].items()}
+
+
+def test_duo_rows_equal_the_evaluator_with_the_same_heads_streaming(tmp_path, capsys, engine_configs):
+    """Each (policy, compression) runs with every head whole, then with each share streaming; a duo row is
+    what `eval vqa --duo G --duo-sparsity S` gives on the same set, from an engine given the same settings.
+    toy-vlm, not tiny-random: a model that answers makes the rows tell the heads apart."""
+    out, gates = tmp_path / "recall", _gates(tmp_path / "gates", "toy-vlm")
+    assert main(["bench", "recall", "--device", "cpu", "--videos", "1", "--seconds", "60", "--per-video", "8",
+                 "--window", "4", "--policies", "window", "--compression", "off", "--duo", str(gates),
+                 "--duo-sparsity", "1,0.25", "--out", str(out)]) == 0
+    result = json.loads((out / "recall.json").read_text())
+    assert [r["sparsity"] for r in result["runs"]] == [None, 0.25, 1.0]
+    assert all(r["fits"] and r["errors"] == 0 for r in result["runs"])
+    whole, quarter, streaming = result["runs"]
+    assert _figures(whole) != _figures(streaming)  # the set tells the heads apart, or the test proves nothing
+    assert result["config"]["duo"] | {"sha256": None} == {"gates": str(gates), "sha256": None, "sink": 0, "recent": 2}
+    table = (out / "recall.md").read_text()
+    assert all(f"| window | off | {heads} |" in table for heads in ("all", "duo 0.25", "duo 1"))
+    assert f"DuoAttention gates {gates} rank lowest stream, keeping only the first 0 tokens and the latest 2." in table
+    assert (out / "recall.png").stat().st_size > 0
+    bench_configs = {c.duo_sparsity if c.duo_gates else None: c for c in engine_configs}
+    assert len(engine_configs) == len(bench_configs) == 3
+    capsys.readouterr()
+    for run in (quarter, streaming):
+        share = f"{run['sparsity']:g}"
+        assert _evaluator(out / "set", tmp_path / f"eval-{share}", "toy-vlm",
+                          ["--duo", str(gates), "--duo-sparsity", share]) == _figures(run)
+        assert engine_configs[-1] == bench_configs[run["sparsity"]]
+
+
+def test_fp8_rows_equal_the_evaluator_with_fp8(tmp_path, capsys, engine_configs):
+    """--kv-dtype fp8: every row is `eval vqa --kv-dtype fp8`'s on the same set, the heading and recall.json say
+    so, and a folder's rows of the other dtype are not mixed in."""
+    out = tmp_path / "recall"
+    flags = ["bench", "recall", "--device", "cpu", "--model", "tiny-random", "--videos", "1", "--seconds", "20",
+             "--per-video", "4", "--window", "4", "--policies", "window", "--compression", "off", "--out", str(out)]
+    assert main(flags + ["--kv-dtype", "fp8"]) == 0
+    result = json.loads((out / "recall.json").read_text())
+    assert result["config"]["kv_dtype"] == "fp8" and len(result["runs"]) == 1
+    assert (out / "recall.md").read_text().startswith("# bench recall: tiny-random, keys and values in fp8\n")
+    bench_config = engine_configs[-1]
+    capsys.readouterr()
+    fp8 = _evaluator(out / "set", tmp_path / "eval", "tiny-random", ["--kv-dtype", "fp8"])
+    assert fp8 == _figures(result["runs"][0])
+    assert engine_configs[-1] == bench_config and bench_config.kv_dtype == "fp8"
+    assert main(flags) == 0  # the model's dtype into the same folder: run again, not kept
+    assert engine_configs[-1].kv_dtype == "model" and len(engine_configs) == 3
+    assert json.loads((out / "recall.json").read_text())["config"]["kv_dtype"] == "model"
+
+
+def test_more_shares_and_other_gates_resume_correctly(tmp_path, monkeypatch):
+    """Runs are kept by (policy, compression, share): another share runs alone; other gates at the same path
+    run everything again."""
+    from livesight.eval import recall
+    ran, real = [], recall.run_cell
+    monkeypatch.setattr(recall, "run_cell", lambda args, qs, p, c, s: ran.append((p, c, s)) or real(args, qs, p, c, s))
+    gates = _gates(tmp_path / "gates", "tiny-random")
+    flags = ["bench", "recall", "--device", "cpu", "--model", "tiny-random", "--videos", "1", "--seconds", "20",
+             "--per-video", "2", "--window", "4", "--policies", "window", "--compression", "off", "--duo", str(gates),
+             "--out", str(tmp_path / "recall")]
+    assert main(flags + ["--duo-sparsity", "0.5"]) == 0
+    assert main(flags + ["--duo-sparsity", "0.5,1"]) == 0
+    assert ran == [("window", "off", None), ("window", "off", 0.5), ("window", "off", 1.0)]
+    _gates(gates, "tiny-random", low=1)  # calibrated again into the same folder
+    assert main(flags + ["--duo-sparsity", "0.5"]) == 0
+    assert ran[3:] == [("window", "off", None), ("window", "off", 0.5)]
+    runs = json.loads((tmp_path / "recall" / "recall.json").read_text())["runs"]
+    assert [r["sparsity"] for r in runs] == [None, 0.5]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--duo", "{tmp}/nowhere"], "--duo {tmp}/nowhere: no such file or folder"),
+    (["--duo", "{tmp}/toy"], "--duo {tmp}/toy: gates for (4, 2) (layers, KV heads), but this model has (3, 2)"),
+    (["--duo", "{tmp}/tiny", "--duo-sparsity", "0"], "argument --duo-sparsity: expected a number above 0 to 1"),
+    (["--duo", "{tmp}/tiny", "--duo-sparsity", "0.5,1.5"], "argument --duo-sparsity: expected a number above 0 to 1"),
+    (["--duo-sparsity", "0.5"], "--duo-sparsity needs --duo GATES"),
+])
+def test_bad_duo_input_is_named_before_anything_runs(tmp_path, capsys, monkeypatch, flags, message):
+    from livesight.eval import recall
+    monkeypatch.setattr(recall, "run_cell", lambda *cell: pytest.fail(f"a setting ran: {cell}"))
+    (tmp_path / "toy" / "duo_gates.json").parent.mkdir()
+    (tmp_path / "toy" / "duo_gates.json").write_text(json.dumps({"gates": [[1, 2]] * 4, "settings": {"sink": 4,
+                                                                                                     "recent": 64}}))
+    _gates(tmp_path / "tiny", "tiny-random")
+    out = tmp_path / "recall"
+    argv = ["bench", "recall", "--device", "cpu", "--model", "tiny-random", "--videos", "1", "--seconds", "20",
+            "--per-video", "2", "--out", str(out)] + [f.format(tmp=tmp_path) for f in flags]
+    try:
+        code = main(argv)
+    except SystemExit as stop:  # argparse's own refusal of a flag's value
+        code = stop.code
+    assert code == 2 and message.format(tmp=tmp_path) in capsys.readouterr().err
+    assert not (out / "set").exists() and not (out / "recall.json").exists()

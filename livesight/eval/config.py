@@ -11,6 +11,7 @@ from livesight.vision.synthetic import SCENES
 POLICIES = ("dense", "window", "sink+window")
 RECALL_POLICIES = ("dense", "sink+window", "sink+window+retrieval")
 DUO = ", duo "  # a policy's name, this, and the share of KV heads that stream: "sink+window, duo 0.5"
+DUO_SPARSITIES = (0.25, 0.5, 0.75)  # a bench's shares of streaming KV heads with --duo and no --duo-sparsity
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class FidelityConfig:
     seed: int = 0
     kv_dtype: str = "model"  # keys and values as the model computes them, or "fp8" (kvcache/storage.py)
     duo_gates: str | None = None  # DuoAttention gates: sink + window rows with these shares of heads streaming
-    duo_sparsities: tuple[float, ...] = (0.25, 0.5, 0.75)
+    duo_sparsities: tuple[float, ...] = DUO_SPARSITIES
 
     def __post_init__(self) -> None:
         if not all(0 < s <= 1 for s in self.duo_sparsities):

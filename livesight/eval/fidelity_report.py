@@ -8,7 +8,7 @@ from livesight.eval import report
 from livesight.eval.config import DUO, KV_DTYPES, FidelityConfig
 from livesight.eval.output import writable_folder
 from livesight.progress import progress
-from livesight.streaming.options import Bound, check_gates_path
+from livesight.streaming.options import Bound, Shares, check_gates_path
 
 NAMES = {"dense": "dense (full cache)", "window": "window only", "sink+window": "sink + window",
          "recompute": "sliding-window recompute (oracle)", "sink+window+retrieval": "sink + window + retrieval"}
@@ -17,19 +17,6 @@ NAMES = {"dense": "dense (full cache)", "window": "window only", "sink+window": 
 def name(policy: str) -> str:
     base, _, share = policy.partition(DUO)
     return NAMES[base] + (f", {float(share):.0%} of KV heads streaming" if share else "")
-
-
-class Shares(Bound):
-    """--duo-sparsity's shares of KV heads, comma-separated, each above 0 and at most 1: '0.25,0.5' -> (0.25, 0.5)."""
-
-    def __init__(self):
-        super().__init__(float, 0, 1, low_open=True, why="the share of KV heads that stream")
-
-    def __call__(self, text: str) -> tuple[float, ...]:
-        try:
-            return tuple(self.parse(part) for part in text.split(","))
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(f"{err} in {text!r}: write shares like 0.25,0.5,0.75") from None
 
 
 # SmolLM2-135M caches about 46 KB per token in float32: the dense policy's cache holds every token.
@@ -85,7 +72,8 @@ def markdown(result: dict) -> str:
         f"Model {s['model']}, text {s['text']}: {s['tokens']} tokens; window W = {s['window']} "
         f"(sink S = {s['sink']}), {s['chunk']} tokens per step; oracle on {s['oracle_targets']} evenly spaced "
         f"tokens past the first W; passkey: {trials} trials, keys at depth {s['passkey_depths'][0]:g}–"
-        f"{s['passkey_depths'][1]:g} of about {result['passkey']['dense'][0]['prompt_tokens'] if trials else 0} tokens, prefilled "
+        f"{s['passkey_depths'][1]:g} of about {result['passkey']['dense'][0]['prompt_tokens'] if trials else 0} "
+        f"tokens, prefilled "
         f"{s['passkey_chunk']} tokens per step; retrieval brings back the top {s['retrieve_top_k']} blocks of "
         f"{s['retrieve_block']} tokens ({s['retrieve_scope']} scope) for the question. Keys and values "
         f"{'in fp8 (e4m3, a scale per head and token)' if s.get('kv_dtype') == 'fp8' else 'in the model dtype'}."
@@ -108,12 +96,14 @@ def plot(result: dict, path: str, bin_tokens: int = 256) -> None:
         ax.plot((np.arange(bins) + 0.5) * bin_tokens, ppl, label=name(p), lw=1.0 if DUO in p else 1.5)
     targets, oracle = np.array(result["oracle_targets"]), np.array(result["oracle_nll"])
     groups = np.array_split(np.arange(len(targets)), max(1, len(targets) // 16))
-    ax.plot([targets[g].mean() for g in groups], [np.exp(oracle[g].mean()) for g in groups], "k.", label=NAMES["recompute"])
+    ax.plot([targets[g].mean() for g in groups], [np.exp(oracle[g].mean()) for g in groups], "k.",
+            label=NAMES["recompute"])
     ax.axvline(result["settings"]["window"], color="grey", lw=0.8, ls=":")
     ax.set_yscale("log")
     ax.set_xlabel("token position")
     ax.set_ylabel(f"perplexity (per {bin_tokens} tokens)")
-    ax.set_title(f"{result['settings']['model']}: window {result['settings']['window']}, sink {result['settings']['sink']}")
+    s = result["settings"]
+    ax.set_title(f"{s['model']}: window {s['window']}, sink {s['sink']}")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)

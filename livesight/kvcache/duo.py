@@ -38,13 +38,17 @@ def streaming_heads(gates: torch.Tensor, sparsity: float) -> torch.Tensor:
     return chosen.view(gates.shape)
 
 
+def gates_file(path: str) -> str:
+    """--duo's value (duo_gates.json, or the folder holding it) -> the gates file."""
+    return path.rstrip("/") + "/duo_gates.json" if not path.endswith(".json") else path
+
+
 def load_duo(path: str, sparsity: float, num_layers: int, num_kv_heads: int) -> DuoHeads:
     """A gates file (duo_gates.json, or the folder holding it) -> the heads that stream at `sparsity`, with the
     sink and recent window the gates were calibrated for. Raises InputError naming --duo for a file that is
     missing, unreadable or made for another model's heads."""
-    file = path.rstrip("/") + "/duo_gates.json" if not path.endswith(".json") else path
     try:
-        with open(file) as f:
+        with open(gates_file(path)) as f:
             saved = json.load(f)
         gates = torch.tensor(saved["gates"], dtype=torch.float32)
         sink, recent = int(saved["settings"]["sink"]), int(saved["settings"]["recent"])

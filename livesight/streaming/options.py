@@ -70,6 +70,20 @@ class Bound:
             raise InputError(f"{name}: {err}") from None
 
 
+class Shares(Bound):
+    """--duo-sparsity's shares of KV heads in a bench, comma-separated, each above 0 and at most 1: a row per
+    share. '0.25,0.5' -> (0.25, 0.5)."""
+
+    def __init__(self):
+        super().__init__(float, 0, 1, low_open=True, why="the share of KV heads that stream")
+
+    def __call__(self, text: str) -> tuple[float, ...]:
+        try:
+            return tuple(self.parse(part) for part in text.split(","))
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{err} in {text!r}: write shares like 0.25,0.5,0.75") from None
+
+
 def _number(x: float) -> str:
     return f"{int(x):,}" if x == int(x) else f"{x:.3g}"
 

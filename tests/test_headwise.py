@@ -6,6 +6,7 @@ layer and head, what a streaming head no longer holds. The set is worked out her
 alone (which tokens were recorded and which were taken back), not from the engine's storage.
 """
 
+import dataclasses
 import json
 
 import pytest
@@ -156,6 +157,22 @@ def test_a_gates_file_is_checked_by_name(tiny, tmp_path):
     assert load_duo(_gates(tmp_path, tiny, 4, 8), 1.0, *dims).fraction == 1.0
 
 
+def test_every_head_streaming_is_refused_with_retrieval_and_runs_without(tiny, tmp_path):
+    """Retrieval brings back what retrieval heads keep: with none left (a share of 1, or one that rounds to every
+    head) a session is refused by name before anything is allocated; without retrieval it streams."""
+    gates = _gates(tmp_path, tiny, sink=3, recent=20)
+    for share in (1.0, 0.95):
+        with pytest.raises(InputError, match=f"--duo-sparsity {share:g} makes every KV head a streaming head.*"
+                                             f"--no-retrieve"):
+            Session(QwenVLAdapter(tiny), _config(gates, share), (180, 320))
+    config = _config(gates, 1.0)
+    session = Session(QwenVLAdapter(tiny), dataclasses.replace(config, retrieval=dataclasses.replace(
+        config.retrieval, enabled=False)), (180, 320))
+    for chunk in make_chunks(3):
+        session.add_chunk(chunk)
+    assert session.cache.window.count > 0 and session.cache.layout.num_retrieval == 0
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("rows", [1, 5, 40])
 def test_one_kernel_launch_attends_both_kinds_of_heads_as_two_span_references(dtype, rows):
@@ -190,15 +207,17 @@ def test_one_kernel_launch_attends_both_kinds_of_heads_as_two_span_references(dt
                               atol=tolerance, rtol=tolerance)
 
 
-@pytest.mark.parametrize("kv_dtype", ["model", "fp8"])
-def test_fixed_shape_steps_of_a_head_wise_cache_equal_its_dynamic_steps(tiny, tmp_path, kv_dtype):
+@pytest.mark.parametrize("kv_dtype,sparsity", [("model", 0.5), ("fp8", 0.5), ("model", 1 / 6)])
+def test_fixed_shape_steps_of_a_head_wise_cache_equal_its_dynamic_steps(tiny, tmp_path, kv_dtype, sparsity):
     """The function CUDA graphs capture, run eagerly: through slides, pruning, retrieval, an answer without a
     trace and narration, every step's logits equal the dynamic forward's and the streaming heads hold the same
-    (fp8: the retrieval heads' keys and values in 8 bits)."""
+    (fp8: the retrieval heads' keys and values in 8 bits; 1 / 6: one streaming head of tiny's six, whose window
+    and step area are one contiguous block)."""
     gates = _gates(tmp_path, tiny, sink=3, recent=20)
     runs = []
     for static in (False, True):
-        session = Session(QwenVLAdapter(tiny), _config(gates, 0.5, narrate_tokens=6, kv_dtype=kv_dtype), (180, 320))
+        session = Session(QwenVLAdapter(tiny), _config(gates, sparsity, narrate_tokens=6, kv_dtype=kv_dtype),
+                          (180, 320))
         calls = []
         if static:
             step = StaticStep(session.adapter, session.cache, graphs=False)

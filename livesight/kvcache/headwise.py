@@ -270,7 +270,7 @@ class StreamingWindow:
             for buffer, x in zip((self.keys, self.values), pair):
                 new = x[0, :, x.shape[2] - n:]
                 buffer[heads, sink] = new[:, :to_sink]
-                buffer[heads].index_copy_(1, on_device, new[:, n - to_ring:])
+                buffer[heads, :self.area].index_copy_(1, on_device, new[:, n - to_ring:])  # not over the area
         self.discard()
         self.seq[sink], self.pos[sink] = rows.seq[:to_sink], rows.pos[0, :to_sink]
         self.seq[ring], self.pos[ring] = rows.seq[n - to_ring:], rows.pos[0, n - to_ring:]

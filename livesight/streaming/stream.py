@@ -55,10 +55,16 @@ Work = Generator[VisionWork | StepBuilder, Any, list[Event]]
 
 
 def duo_heads(adapter: QwenVLAdapter, config: SessionConfig) -> DuoHeads | None:
-    """The KV heads that stream (config.duo_gates at config.duo_sparsity), or None."""
+    """The KV heads that stream (config.duo_gates at config.duo_sparsity), or None. With retrieval on, some must
+    not: retrieval brings back what the retrieval heads keep."""
     if config.duo_gates is None:
         return None
-    return load_duo(config.duo_gates, config.duo_sparsity, adapter.num_layers, adapter.num_kv_heads)
+    heads = load_duo(config.duo_gates, config.duo_sparsity, adapter.num_layers, adapter.num_kv_heads)
+    if config.retrieval.enabled and bool(heads.streaming.all()):
+        raise InputError(f"--duo-sparsity {config.duo_sparsity:g} makes every KV head a streaming head, which leaves "
+                         f"retrieval nothing to bring back: give a smaller share, or turn retrieval off "
+                         f"(--no-retrieve)")
+    return heads
 
 
 def stream_bytes(adapter: QwenVLAdapter, capacity: int, tokens_per_chunk: int, config: SessionConfig) -> dict[str, int]:

@@ -2,39 +2,65 @@
 heads) and which do as well with the attention sink and a short recent window (streaming heads).
 
 Each (layer, KV head) has a gate in [0, 1]; the head's attention output is gate x full attention +
-(1 - gate) x streaming attention (the first `sink` keys and the last `recent` ones). With the model frozen,
-the gates are trained on synthetic passkey prompts to keep the last hidden states of the prompt's closing
-tokens (the question, where the key must be recalled) where full attention puts them (mean squared error,
-relative to their mean square), plus `l1` times the mean gate, which pushes every gate toward streaming.
-A head whose gate stays high is one whose distant keys the answer needs. kvcache/duo.py turns the gates into
-a choice: the lowest `sparsity` share of them stream.
+(1 - gate) x streaming attention (the first `sink` keys and the `recent` latest ones). With the model frozen,
+the gates are trained to keep the last hidden states of each sample's closing tokens (where what lies far
+back must be recalled) where full attention puts them (mean squared error, relative to their mean square),
+plus `l1` times the mean gate, which pushes every gate toward streaming. A head whose gate stays high is one
+whose distant keys the answer needs. kvcache/duo.py turns the gates into a choice: the lowest `sparsity`
+share of them stream.
 
-The data: passkey prompts (eval/corpus.py's template) with 5-digit keys and depths drawn from `seed`; the
-passkey evaluation draws its trials from seed 0 and depths in a fixed grid, calibration from seed 1000 on.
-Everything is drawn from the seed, so a calibration is reproducible on one machine.
+The samples come from a source, one per step: passkey prompts for a text model (train/duo_passkey.py),
+visual recall questions laid out as the engine holds its cache for toy-vlm (train/duo_visual.py). Each is
+drawn from the calibration's seed, so a calibration is reproducible on one machine.
 """
 
 import json
 import os
-import random
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from typing import Iterator, Protocol
 
 import torch
 from transformers import AttentionInterface
 
-from livesight.eval.corpus import passkey_prompt
 from livesight.train.duo_config import DuoConfig
 
 DUO_ATTENTION = "livesight_duo"
-SEED_OFFSET = 1000  # calibration prompts never share a seed with the passkey evaluation (seed 0)
 
 
-def streaming_mask(n: int, sink: int, recent: int, device=None) -> torch.Tensor:
-    """(n, n) bool: query i sees key j (j <= i) if j < sink or i - j < recent."""
+@dataclass
+class Sample:
+    inputs: dict  # the language model's forward arguments (input_ids, or inputs_embeds and position_ids),
+    #               batch of one, n tokens
+    closing: tuple[int, int]  # [a, b): the tokens whose last hidden states are distilled
+    step_starts: torch.Tensor | None = None  # (n,) the first token of each token's engine step; None: a
+    #                                          plain sliding window (each query sees its `recent` latest keys)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.inputs["input_ids" if "input_ids" in self.inputs else "inputs_embeds"].shape[1]
+
+
+class Source(Protocol):
+    name: str  # the model's name, saved with the gates
+    language_model: torch.nn.Module  # frozen, its config's attention implementation switched to the gated one
+    settings: dict  # the source's own settings, saved beside the loop's
+    data: str | dict  # what the samples were, saved with the gates (read once the last step is done)
+
+    def samples(self) -> Iterator[Sample]:
+        """One sample per step, drawn from the calibration's seed."""
+
+
+def streaming_mask(n: int, sink: int, recent: int, device=None, step_starts: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """(n, n) bool: query i sees key j <= i if j < sink or j is among its latest keys: i - j < recent, or with
+    step_starts (n,), the engine's head-wise cache (kvcache/headwise.py): the `recent` tokens before i's step
+    and the step's own."""
     i = torch.arange(n, device=device)[:, None]
     j = torch.arange(n, device=device)[None, :]
-    return (j <= i) & ((j < sink) | (i - j < recent))
+    if step_starts is None:
+        return (j <= i) & ((j < sink) | (i - j < recent))
+    return (j <= i) & ((j < sink) | (j >= step_starts.to(device)[:, None] - recent))
 
 
 def _softmax_attention(query, key, value, allowed: torch.Tensor, scale: float) -> torch.Tensor:
@@ -46,7 +72,7 @@ def _softmax_attention(query, key, value, allowed: torch.Tensor, scale: float) -
 def duo_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """transformers' attention signature, over a whole prompt (no cache): q (B, Hq, n, D), k/v (B, Hkv, n, D)
     -> (B, n, Hq, D), each query head mixing full and streaming attention by its KV head's gate
-    (kwargs duo_gates (layers, Hkv), duo_sink, duo_recent)."""
+    (kwargs duo_gates (layers, Hkv), duo_mask (n, n) bool: what a streaming head sees, streaming_mask)."""
     gates = kwargs["duo_gates"][module.layer_idx]  # (Hkv,)
     groups = query.shape[1] // key.shape[1]
     key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
@@ -54,49 +80,35 @@ def duo_attention(module, query, key, value, attention_mask, scaling=None, dropo
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     causal = streaming_mask(n, n, n, query.device)
     full = _softmax_attention(query, key, value, causal, scale)
-    stream = _softmax_attention(query, key, value, streaming_mask(n, kwargs["duo_sink"], kwargs["duo_recent"],
-                                                                  query.device), scale)
+    stream = _softmax_attention(query, key, value, kwargs["duo_mask"].to(query.device), scale)
     gate = gates.repeat_interleave(groups)[None, :, None, None].to(full.dtype)
     return (gate * full + (1 - gate) * stream).transpose(1, 2).contiguous(), None
 
 
-def prompts(tokenizer, config: DuoConfig) -> list[list[int]]:
-    """config.steps passkey prompts, one per step, drawn from the seed (keys, depths), each followed by its
-    own key but the key's last token: the closing hidden states are those that predict the key's digits."""
-    rng = random.Random(SEED_OFFSET + config.seed)
-    out = []
-    for _ in range(config.steps):
-        key = rng.randint(10000, 99999)
-        out.append(tokenizer.encode(passkey_prompt(key, config.filler, rng.uniform(0.05, 0.6)) + f" {key}",
-                                    add_special_tokens=False)[:-1])
-    return out
-
-
-def _hidden(model, ids: torch.Tensor, **kwargs) -> torch.Tensor:
-    return model.model(input_ids=ids, **kwargs).last_hidden_state
-
-
-def calibrate(loaded, config: DuoConfig, log=print) -> dict:
-    """Train the gates of `loaded` (a decoder-only text model, frozen) -> a JSON-ready dict: the gates
+def calibrate(source: Source, config: DuoConfig, log=print) -> dict:
+    """Train the gates of `source`'s language model (frozen) on its samples -> a JSON-ready dict: the gates
     (layers, KV heads), the loss at each step, the settings and the data's description."""
     AttentionInterface.register(DUO_ATTENTION, duo_attention)
     torch.manual_seed(config.seed)
-    model, text = loaded.model, loaded.model.config
+    model, text = source.language_model, source.language_model.config
     for p in model.parameters():
         p.requires_grad_(False)
     gates = torch.nn.Parameter(torch.ones(text.num_hidden_layers, text.num_key_value_heads))
     optimizer = torch.optim.Adam([gates], lr=config.lr)
     history, started = [], time.perf_counter()
     original = text._attn_implementation
+    samples = source.samples()
     try:
-        for step, ids in enumerate(prompts(loaded.tokenizer, config)):
-            ids = torch.tensor([ids], device=model.device)
+        for step in range(config.steps):
+            sample = next(samples)
+            a, b = sample.closing
             with torch.no_grad():
                 text._attn_implementation = "eager"
-                target = _hidden(model, ids)[:, -config.closing:].float()
+                target = model(**sample.inputs).last_hidden_state[:, a:b].float()
+            mask = streaming_mask(sample.num_tokens, config.sink, config.recent, target.device, sample.step_starts)
             text._attn_implementation = DUO_ATTENTION
-            got = _hidden(model, ids, duo_gates=gates, duo_sink=config.sink, duo_recent=config.recent)
-            distill = ((got[:, -config.closing:].float() - target) ** 2).mean() / (target ** 2).mean()
+            got = model(**sample.inputs, duo_gates=gates, duo_mask=mask).last_hidden_state[:, a:b]
+            distill = ((got.float() - target) ** 2).mean() / (target ** 2).mean()
             loss = distill + config.l1 * gates.mean()
             optimizer.zero_grad()
             loss.backward()
@@ -106,16 +118,14 @@ def calibrate(loaded, config: DuoConfig, log=print) -> dict:
             mean_gate = float(gates.detach().mean())
             error = float(distill.detach())
             history.append({"step": step, "distill": round(error, 6), "mean_gate": round(mean_gate, 4),
-                            "tokens": ids.shape[1]})
+                            "tokens": sample.num_tokens})
             if step % 10 == 0 or step == config.steps - 1:
                 log(f"step {step}: distillation {error:.5f}, mean gate {mean_gate:.3f}, "
                     f"{time.perf_counter() - started:.0f} s")
     finally:
         text._attn_implementation = original
-    return {"model": loaded.name, "gates": gates.detach().tolist(), "settings": asdict(config), "history": history,
-            "data": f"{config.steps} passkey prompts of {config.filler} filler sentences (eval/corpus.py's template), "
-                    f"keys and depths drawn from seed {SEED_OFFSET + config.seed}",
-            "seconds": round(time.perf_counter() - started, 1)}
+    return {"model": source.name, "gates": gates.detach().tolist(), "settings": asdict(config) | source.settings,
+            "history": history, "data": source.data, "seconds": round(time.perf_counter() - started, 1)}
 
 
 def save_gates(result: dict, folder: str) -> str:
@@ -125,4 +135,3 @@ def save_gates(result: dict, folder: str) -> str:
         json.dump(result, f, indent=1)
     os.replace(path + ".part", path)
     return path
-

@@ -27,13 +27,11 @@ import torch
 from livesight.errors import InputError
 from livesight.eval.output import writable_folder
 from livesight.streaming.config import SessionConfig
-from livesight.models.loader import CLIP_MEAN, CLIP_STD
 from livesight.train.batches import LABELS, Batch, BatchStream
 from livesight.train.config import TRAIN_SEED_BASE, TrainConfig
 from livesight.train.frames import render_bank
-from livesight.train.toy_model import (GRID, MAX_PIXELS, SOURCE_SIZE, TEMPORAL_STRIDE, WORDS, adopt_words, new_model,
-                                       save, toy_tokenizer)
-from livesight.vision.preprocess import to_patches
+from livesight.train.toy_model import (GRID, MAX_PIXELS, SOURCE_SIZE, TEMPORAL_STRIDE, embed_with_vision, load_saved,
+                                       new_model, save, toy_tokenizer, vision_tokens)
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -47,13 +45,7 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
-        self.model = new_model(cfg.seed).to(cfg.device)
-        if cfg.init is not None:  # transformers' loader reads a saved folder's names into the model's
-            from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
-            saved = Qwen2_5_VLForConditionalGeneration.from_pretrained(cfg.init, dtype=torch.float32)
-            self.model.load_state_dict(saved.state_dict())
-            if WORDS[0] not in AutoTokenizer.from_pretrained(cfg.init).get_vocab():  # trained on bytes alone
-                adopt_words(self.model)
+        self.model = (new_model(cfg.seed) if cfg.init is None else load_saved(cfg.init, cfg.seed)).to(cfg.device)
         self.log_tau = torch.zeros((), device=cfg.device, requires_grad=True)  # the retrieval loss's temperature
         # training only (not saved with the model): one linear read-out per label of each chunk's tokens, which
         # teaches the tower what the world shows from the first step on
@@ -93,10 +85,7 @@ class Trainer:
         """-> losses and metrics of one batch."""
         model, device = self.model, self.cfg.device
         self.captured = {"q": [], "k": []}
-        pixels, (gt, gh, gw) = to_patches(frames, CLIP_MEAN, CLIP_STD)
-        grid = torch.tensor([[1, gh, gw]], device=device).expand(gt, 3)
-        visual = model.model.visual(pixels, grid_thw=grid)
-        visual = getattr(visual, "pooler_output", visual)  # (chunks * tokens, hidden); older transformers: the tensor
+        visual = vision_tokens(model, frames)  # (chunks * tokens, hidden)
         seen = visual.float().view(len(batch.labels), -1)  # (chunks, tokens * hidden)
         targets = batch.labels.to(device)
         label_loss = sum(torch.nn.functional.cross_entropy(head(seen), targets[:, i], ignore_index=-100)
@@ -106,9 +95,7 @@ class Trainer:
         scale = visual.float().pow(2).mean(-1).sqrt()
         scale_loss = torch.nn.functional.relu(scale - 1.0).pow(2).mean()
         ids = batch.ids.to(device)
-        embeds = model.model.language_model.embed_tokens(ids.clamp(min=0))
-        is_vision = ids < 0
-        embeds = embeds.masked_scatter(is_vision[..., None], visual[(-ids[is_vision] - 1)].to(embeds.dtype))
+        embeds = embed_with_vision(model, ids, visual)
         # padding is at the end of each row, so the causal mask alone keeps it from every real token
         hidden = model.model.language_model(inputs_embeds=embeds, position_ids=batch.pos.to(device)).last_hidden_state
         weight = batch.weight.to(device)[:, 1:]

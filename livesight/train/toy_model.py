@@ -12,13 +12,13 @@ import os
 
 import torch
 from tokenizers import AddedToken
-from transformers import AttentionInterface, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import AttentionInterface, AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from livesight.kernels.attention import segment_attention
 from livesight.kernels.varlen_attention import segments_of
 from livesight.models.configs import qwen_vl_config
 from livesight.models.loader import CLIP_MEAN, CLIP_STD, build_byte_tokenizer
-from livesight.vision.preprocess import fit_size
+from livesight.vision.preprocess import fit_size, to_patches
 from livesight.vision.world import BACKGROUNDS, COLOURS, TEXTS
 
 MAX_PIXELS = 168 * 336  # a 640 x 360 source is fit into 168 x 308: 6 x 11 = 66 tokens per chunk
@@ -72,6 +72,36 @@ def new_model(seed: int) -> Qwen2_5_VLForConditionalGeneration:
     model.model.visual.config._attn_implementation = TRAIN_VISION_ATTENTION
     model.model.language_model.config._attn_implementation = "sdpa"
     return model
+
+
+def load_saved(folder: str, seed: int = 0) -> Qwen2_5_VLForConditionalGeneration:
+    """new_model(seed), with training's attention implementations, holding the weights saved in `folder` (a
+    model trained on bytes alone gets the word tokens, adopt_words)."""
+    model = new_model(seed)
+    # transformers' loader reads a saved folder's names into the model's
+    saved = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
+    model.load_state_dict(saved.state_dict())
+    if WORDS[0] not in AutoTokenizer.from_pretrained(folder).get_vocab():  # trained on bytes alone
+        adopt_words(model)
+    return model
+
+
+def vision_tokens(model: Qwen2_5_VLForConditionalGeneration, frames: torch.Tensor) -> torch.Tensor:
+    """frames (chunks * 2, 3, h, w) in [0, 1], chunk after chunk -> the tower's tokens (chunks * grid tokens,
+    hidden), chunk after chunk."""
+    pixels, (gt, gh, gw) = to_patches(frames, CLIP_MEAN, CLIP_STD)
+    grid = torch.tensor([[1, gh, gw]], device=frames.device).expand(gt, 3)
+    visual = model.model.visual(pixels, grid_thw=grid)
+    return getattr(visual, "pooler_output", visual)  # older transformers: the tensor
+
+
+def embed_with_vision(model: Qwen2_5_VLForConditionalGeneration, ids: torch.Tensor, visual: torch.Tensor
+                      ) -> torch.Tensor:
+    """ids (B, L), vision tokens as -(1 + row of `visual`) (train/layouts.py) -> the language model's input
+    embeddings (B, L, hidden)."""
+    embeds = model.model.language_model.embed_tokens(ids.clamp(min=0))
+    is_vision = ids < 0
+    return embeds.masked_scatter(is_vision[..., None], visual[(-ids[is_vision] - 1)].to(embeds.dtype))
 
 
 def train_vision_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0,

@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="DuoAttention gates (`livesight calibrate duo`'s folder or duo_gates.json): adds sink + "
                              "window rows, and passkey rows with retrieval, with shares of the KV heads streaming "
                              "(default: none)")
-    parser.add_argument("--duo-sparsity", type=Shares(), default=d.duo_sparsities,
+    parser.add_argument("--duo-sparsity", type=Shares(), default=d.duo_sparsities, metavar="S,S,...",
                         help="with --duo, the shares of KV heads that stream (default 0.25,0.5,0.75)")
     parser.add_argument("--out", default="out/fidelity",
                         help="folder for fidelity.json, fidelity.md, fidelity.png, created if missing (default "

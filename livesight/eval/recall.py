@@ -66,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duo", metavar="GATES", default=None,
                         help="DuoAttention gates (`livesight calibrate duo`'s folder or its duo_gates.json): each "
                              "setting runs again with each --duo-sparsity share of KV heads streaming (default: none)")
-    parser.add_argument("--duo-sparsity", type=Shares(), default=None,
+    parser.add_argument("--duo-sparsity", type=Shares(), default=None, metavar="S,S,...",
                         help="with --duo, the shares of KV heads that stream (default "
                              f"{','.join(f'{s:g}' for s in DUO_SPARSITIES)})")
     parser.add_argument("--jobs", type=Bound(int, 1, 256), default=1,

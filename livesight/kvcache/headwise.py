@@ -297,7 +297,7 @@ class StreamingWindow:
             index = slots.to(self.keys.device, non_blocking=True)
             keys, values = self.keys[:, index], self.values[:, index]
             if bool((delta != 0).any()):
-                keys = rotate_keys(keys, delta.to(self.keys.device), self.inv_freq)
+                keys = rotate_keys(keys, delta.to(self.keys.device, non_blocking=True), self.inv_freq)
             to = slice(start, start + len(slots))
             self.keys[:, to], self.values[:, to] = keys, values
             self.seq[to], self.pos[to] = self.seq[slots].clone(), self.pos[slots] + delta

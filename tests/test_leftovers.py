@@ -45,9 +45,11 @@ def commands(tmp_path, offload):
     from livesight.vision.synthetic import write_video
     videos = tmp_path / "videos"
     videos.mkdir(exist_ok=True)
-    write_video(str(videos / "long.mp4"), 90.0, 4.0, 160, 96)
+    # 10 minutes of video: tiny-random streams 90 s in under a second, and the eval must still be at work (its
+    # offload folder there) a second after that folder appears, when the signal comes
+    write_video(str(videos / "long.mp4"), 600.0, 4.0, 160, 96)
     (tmp_path / "set.jsonl").write_text("".join(json.dumps(
-        {"video": "long.mp4", "time": t, "question": "what?", "answer": "x"}) + "\n" for t in (30, 60, 89)))
+        {"video": "long.mp4", "time": t, "question": "what?", "answer": "x"}) + "\n" for t in (30, 300, 599)))
     return {
         "run": ["run", "--source", "synthetic", "--seconds", "600", "--realtime", "--no-narrate",
                 "--offload-dir", str(offload), "--vision-window", "2"],

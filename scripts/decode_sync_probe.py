@@ -11,6 +11,7 @@ change where the code waits.
 
 import argparse
 import collections
+import dataclasses
 import json
 import os
 import tempfile
@@ -80,7 +81,7 @@ def main() -> None:
         variants = {"model": {}, "fp8": {"kv_dtype": "fp8"},
                     "duo": {"duo_gates": random_gates(adapter, folder), "duo_sparsity": 0.5}}
         for name, changes in variants.items():
-            result[name] = probe(adapter, SessionConfig(**{**base.__dict__, **changes}), args.chunks)
+            result[name] = probe(adapter, dataclasses.replace(base, **changes), args.chunks)
             print(name, json.dumps(result[name], indent=1), flush=True)
     if args.out:
         with open(args.out, "w") as f:

@@ -121,7 +121,7 @@ def duo_gates(args, shares: tuple[float | None, ...]) -> dict | None:
         return None
     from livesight.kvcache.duo import gates_file, load_duo
     adapter = _adapter(args.model, args.device)
-    duo = [load_duo(args.duo, share, adapter.num_layers, adapter.num_kv_heads) for share in shares if share][0]
+    duo = load_duo(args.duo, shares[1], adapter.num_layers, adapter.num_kv_heads)  # its sink, recent: any share's
     if args.jobs > 1:  # the settings run in processes of their own, each loading the model: free this one
         _adapter.cache_clear()
     with open(gates_file(args.duo), "rb") as f:  # the same path may hold gates calibrated again

@@ -18,6 +18,14 @@ from livesight.kernels import rotate_keys
 from livesight.kernels.quant import dequantize, quantize_into
 from livesight.kernels.span_attention import Fp8Span
 
+SCALE_BYTES = 4  # an fp8 (head, token)'s scale: float32
+
+
+def stored_width(kv_dtype: str, head_dim: int, itemsize: int) -> int:
+    """The bytes of one (head, token)'s key (or value) in an offloaded block: the model's dtype, or fp8's codes
+    and scale."""
+    return head_dim + SCALE_BYTES if kv_dtype == "fp8" else head_dim * itemsize
+
 
 def _put(buffer: torch.Tensor, slots, x: torch.Tensor) -> None:
     """buffer (..., C, D) along its slot dim (-2): a slice, or index_copy_ by an index tensor (the form a
@@ -72,7 +80,7 @@ class PlainKV:
     @property
     def stored_width(self) -> int:
         """The bytes of one (head, token)'s key as `stored` gives it."""
-        return self.keys.shape[-1] * self.keys.element_size()
+        return stored_width("model", self.keys.shape[-1], self.keys.element_size())
 
     def stored(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Slots `index` (n,) of every layer as an offloaded block keeps them -> keys, values (layers, 1, heads, n,
@@ -209,11 +217,11 @@ class Fp8KV(PlainKV):
 
     @property
     def stored_width(self) -> int:
-        return self.keys.shape[-1] + 4
+        return stored_width("fp8", self.keys.shape[-1], 1)
 
     def unpack(self, keys: torch.Tensor, values: torch.Tensor, shift: torch.Tensor | None) -> tuple[torch.Tensor,
                                                                                                      torch.Tensor]:
-        dim = keys.shape[-1] - 4
+        dim = keys.shape[-1] - SCALE_BYTES
         keys, values = (dequantize(x[..., :dim], x[..., dim:].contiguous().view(torch.float32), self.dtype)
                         for x in (keys, values))
         return super().unpack(keys, values, shift)

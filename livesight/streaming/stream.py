@@ -27,6 +27,7 @@ from livesight.kvcache import Segment, StreamCache, TokenTable, WindowPolicy
 from livesight.kvcache.blocks import OffloadedBlocks, vision_blocks
 from livesight.kvcache.duo import DuoHeads, load_duo
 from livesight.kvcache.pool import KVPool
+from livesight.kvcache.storage import stored_width
 from livesight.models.chat import ChatIds
 from livesight.models.qwen2_5_vl import QwenVLAdapter
 from livesight.streaming.chunker import Chunk
@@ -69,9 +70,8 @@ def duo_heads(adapter: QwenVLAdapter, config: SessionConfig) -> DuoHeads | None:
 
 def stream_bytes(adapter: QwenVLAdapter, capacity: int, tokens_per_chunk: int, config: SessionConfig) -> dict[str, int]:
     """The device bytes one stream holds: its cache, and its offloaded blocks' representatives."""
-    width = adapter.num_layers * adapter.num_kv_heads * adapter.head_dim
-    element = adapter.dtype.itemsize
-    stored = (adapter.head_dim + 4) / adapter.head_dim if config.kv_dtype == "fp8" else element  # an offloaded block's
+    heads, element = adapter.num_layers * adapter.num_kv_heads, adapter.dtype.itemsize
+    block = 2 * heads * tokens_per_chunk * stored_width(config.kv_dtype, adapter.head_dim, element)  # offloaded
     retrieval = config.retrieval
     budget = (retrieval.ram_gb + retrieval.disk_gb) * GB if retrieval.enabled else 0
     # keys, values, key bias (fp8: and more; duo: the retrieval heads, and the streaming heads' window and step area)
@@ -79,7 +79,7 @@ def stream_bytes(adapter: QwenVLAdapter, capacity: int, tokens_per_chunk: int, c
                               config.kv_dtype, adapter.inv_freq.numel(), duo_heads(adapter, config),
                               largest_step(config, tokens_per_chunk, adapter.chat_ids()))
     return {"cache": cache + adapter.linear_state_bytes,  # and a hybrid model's linear-attention state
-            "representatives": int(budget // (2 * width * tokens_per_chunk * stored) * width * 4)}  # float32
+            "representatives": int(budget // block * heads * adapter.head_dim * 4)}  # float32, one per block
 
 
 def check_fits(adapter: QwenVLAdapter, capacity: int, tokens_per_chunk: int, config: SessionConfig,
